@@ -1,0 +1,212 @@
+"""Storage helpers over fsspec: the same calls for local folders and object stores.
+
+Every function takes a URL (a plain path, ``file://``, ``s3://`` ...) and an optional
+``storage_options`` dict handed to fsspec. Credentials belong in ``storage_options`` or the
+usual environment variables, never in the URL; any ``user:pass@`` that slips into a URL is
+removed by :func:`redact_url` before the URL is shown anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from llie.imageio import is_image_name
+
+StorageOptions = dict[str, Any] | None
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]*@")
+_QUERY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#]*)\?[^\s#]*")
+
+
+def redact_url(text: str) -> str:
+    """Remove ``user:pass@`` and query strings (pre-signed URLs carry signatures there).
+
+    Works on a URL or on any text that contains URLs, such as an exception message.
+    """
+    text = _USERINFO.sub(r"\g<scheme>***@", str(text))
+    return _QUERY.sub(r"\g<scheme>?***", text)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One readable line for an exception, safe to log or store."""
+    msg = str(exc).strip() or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {redact_url(msg)}"
+
+
+def _fs(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(url: str, rel: str) -> str:
+    """``url`` + ``/`` + ``rel``, refusing anything that could escape ``url``.
+
+    ``rel`` comes from listings of other folders (or from users), so ``..`` and absolute
+    paths are rejected instead of being resolved.
+    """
+    rel = str(rel)
+    if not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", rel) or "://" in rel:
+        raise ValueError(f"not a relative path: {rel!r}")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError(f"relative path must stay inside its root: {rel!r}")
+    return str(url).rstrip("/") + "/" + "/".join(parts)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _list_local(root: str) -> list[str]:
+    root_real = os.path.realpath(root)
+    if not os.path.isdir(root_real):
+        raise FileNotFoundError(f"no such folder: {root}")
+    found: list[str] = []
+
+    def walk(dir_path: str, rel_prefix: str, ancestors: frozenset[str]) -> None:
+        with os.scandir(dir_path) as it:
+            entries = list(it)
+        for entry in entries:
+            # Hidden folders too: .git, .Trash, our own temp files from write_bytes_atomic.
+            if entry.name.startswith("."):
+                continue
+            rel = rel_prefix + entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                # A link out of the tree could expose (and, via the output mirror, copy)
+                # files the caller never pointed us at.
+                if not _within(target, root_real):
+                    continue
+                if os.path.isdir(target):
+                    if target not in ancestors:  # a link to an ancestor would loop forever
+                        walk(entry.path, rel + "/", ancestors | {target})
+                elif os.path.isfile(target) and is_image_name(entry.name):
+                    found.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                walk(entry.path, rel + "/", ancestors | {os.path.realpath(entry.path)})
+            elif entry.is_file(follow_symlinks=False) and is_image_name(entry.name):
+                found.append(rel)
+
+    walk(root, "", frozenset({root_real}))
+    return sorted(found)
+
+
+def list_images(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Image files under ``url``, recursively, as sorted relative POSIX paths.
+
+    Hidden files and folders and non-image extensions are skipped. Locally, symlinks that
+    resolve outside ``url`` are ignored. A missing root raises FileNotFoundError so that a
+    typo in a URL is not mistaken for an empty archive.
+    """
+    fs, root = _fs(url, storage_options)
+    if _is_local(fs):
+        return _list_local(root)
+    root = root.rstrip("/")
+    found = []
+    for path in fs.find(root, withdirs=False, detail=False):
+        if not path.startswith(root + "/"):
+            continue
+        rel = path[len(root) + 1 :]
+        parts = rel.split("/")
+        if any(p.startswith(".") for p in parts) or not is_image_name(parts[-1]):
+            continue
+        found.append(rel)
+    if not found and not fs.exists(root):
+        raise FileNotFoundError(f"no such folder: {redact_url(url)}")
+    return sorted(found)
+
+
+def list_files(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Names of the plain files directly inside ``url`` (not recursive); [] if it is missing."""
+    fs, root = _fs(url, storage_options)
+    # Object stores cache listings; a fresh look is what callers polling for progress want.
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(root)
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+
+
+def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+    fs, path = _fs(url, storage_options)
+    return fs.cat_file(path)
+
+
+def exists(url: str, storage_options: StorageOptions = None) -> bool:
+    fs, path = _fs(url, storage_options)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Write ``data`` so that readers see either the old file or the whole new one.
+
+    Locally: a hidden temp file in the destination folder (same filesystem, so the rename is
+    atomic) then ``os.replace``. Object stores: one put; an object only becomes visible once
+    the upload completes, so there is never a partial object.
+    """
+    fs, path = _fs(url, storage_options)
+    if not _is_local(fs):
+        fs.pipe_file(path, bytes(data))
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache(posixpath.dirname(path))
+        return
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; outputs should get the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _normalise(url: str, storage_options: StorageOptions) -> tuple[str, str]:
+    fs, path = _fs(url, storage_options)
+    if _is_local(fs):
+        return "file", os.path.realpath(path)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, posixpath.normpath("/" + path.strip("/"))
+
+
+def check_output_not_inside_input(
+    input_url: str, output_url: str, storage_options: StorageOptions = None
+) -> None:
+    """Refuse an output that equals, contains or sits inside the input.
+
+    Outputs mirror input paths, so an overlap would make a rerun enhance its own outputs
+    (or overwrite originals).
+    """
+    in_proto, in_path = _normalise(input_url, storage_options)
+    out_proto, out_path = _normalise(output_url, storage_options)
+    if in_proto != out_proto:
+        return
+    if _within(out_path, in_path) or _within(in_path, out_path):
+        raise ValueError(
+            f"output {redact_url(output_url)} overlaps input {redact_url(input_url)}: "
+            "choose an output folder outside the input (and not containing it)"
+        )

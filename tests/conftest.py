@@ -1,0 +1,130 @@
+"""Shared fixtures: synthetic images, a real moto S3 server, one Prefect test harness."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before anything imports prefect: its settings are read once per process.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="llie-prefect-home-"))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FAKE_KEY_ID = "AKIALLIETESTKEY00001"
+FAKE_SECRET = "llie-test-secret-do-not-log-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gradient(width: int = 64, height: int = 48, seed: int = 0, peak: float = 0.25) -> np.ndarray:
+    """A dark, smooth test picture: gradients plus a little seeded noise, uint8 HxWx3."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1)
+    img = peak * base * (0.6 + 0.4 * rng.random(3)) + rng.normal(0, 0.01, base.shape)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def encode(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_images(root: Path, names: list[str], width: int = 64, height: int = 48, peak: float = 0.25) -> None:
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fmt = "JPEG" if name.lower().endswith((".jpg", ".jpeg")) else "PNG"
+        path.write_bytes(encode(gradient(width, height, seed=i, peak=peak), fmt))
+
+
+@pytest.fixture
+def make_images():
+    """``make_images(root, names, **size)`` writes small gradient images (format from the name)."""
+    return write_images
+
+
+@dataclass(frozen=True)
+class S3Env:
+    endpoint: str
+    bucket: str
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}".rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch) -> S3Env:
+    """A fresh bucket on the moto server, reachable through the standard AWS env vars.
+
+    Env vars (not storage_options) because that is how credentials reach Dask workers and
+    deployment subprocesses too: they inherit the environment.
+    """
+    import boto3
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    # s3fs caches filesystem objects, which would keep an endpoint from an earlier test.
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"llie-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    yield S3Env(endpoint=moto_endpoint, bucket=bucket)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session.
+
+    The harness only changes this process's settings; exporting PREFECT_API_URL as well lets
+    Dask worker processes (which start from the environment) talk to the same API instead of
+    each booting a temporary server of its own.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        mp = pytest.MonkeyPatch()
+        mp.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+        try:
+            yield PREFECT_API_URL.value()
+        finally:
+            mp.undo()
+
+
+@pytest.fixture(scope="session")
+def enhancer():
+    """The default bundle shipped in the package, loaded once for the session."""
+    from llie.pipeline import Enhancer
+
+    return Enhancer.load(None, device="cpu")
