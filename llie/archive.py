@@ -1,0 +1,349 @@
+"""Archive runs as shards: plan them, enhance one, record what happened in Parquet.
+
+Nothing here knows about Prefect or Dask; the orchestration layers call these functions.
+
+Metrics dataset layout (hive partitioned, one file per shard)::
+
+    <output_url>/_metrics/run_id=<run_id>/<shard_id>.parquet
+
+``run_id`` lives only in the folder name, never as a column inside the files: when a value
+is stored twice, readers infer the folder value's type ("42" becomes an integer) and then
+refuse to merge it with the string column. Readers get it back as a column through hive
+partitioning (see :func:`read_metrics`); each file also carries it in its schema metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llie import storage
+from llie.imageio import DecodeLimits, ImageDecodeError, decode_image, encode_image
+from llie.metrics import no_reference_stats, psnr, ssim
+
+SCHEMA_VERSION = 1
+METRICS_DIR = "_metrics"
+NR_STATS = ("brightness", "contrast", "entropy", "noise", "clipped")
+PIPELINE_STAGES = ("features", "quantiles", "mapping", "refiner")
+STAGES = ("read", "decode", *PIPELINE_STAGES, "metrics", "encode", "write")
+STATUSES = ("ok", "error", "skipped")
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _fields() -> list[pa.Field]:
+    fields = [
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("rel_path", pa.string(), nullable=False),
+        pa.field("input_path", pa.string(), nullable=False),
+        pa.field("output_path", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("warning", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("psnr", pa.float64()),
+        pa.field("ssim", pa.float64()),
+    ]
+    fields += [pa.field(f"before_{k}", pa.float64()) for k in NR_STATS]
+    fields += [pa.field(f"after_{k}", pa.float64()) for k in NR_STATS]
+    fields += [pa.field(f"sec_{s}", pa.float64()) for s in STAGES]
+    fields += [
+        pa.field("bytes_in", pa.int64()),
+        pa.field("bytes_out", pa.int64()),
+        pa.field("worker", pa.string(), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+    return fields
+
+
+METRICS_SCHEMA: pa.Schema = pa.schema(
+    _fields(), metadata={b"llie.schema_version": str(SCHEMA_VERSION).encode()}
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A fixed batch of relative image paths; the unit of work, retry and resume."""
+
+    shard_id: str
+    paths: tuple[str, ...]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def fingerprint_paths(paths: Iterable[str]) -> str:
+    """Content fingerprint of a shard: if the archive changes, a stale shard file is detectable."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def plan_shards(paths: Iterable[str], shard_size: int) -> list[Shard]:
+    """Split paths into shards of at most ``shard_size``, the same way for the same listing.
+
+    Paths are sorted and de-duplicated first, so the plan does not depend on listing order.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    ordered = sorted(set(paths))
+    shards = []
+    for n, start in enumerate(range(0, len(ordered), shard_size)):
+        chunk = tuple(ordered[start : start + shard_size])
+        shards.append(Shard(f"shard-{n:05d}", chunk, fingerprint_paths(chunk)))
+    return shards
+
+
+def new_run_id() -> str:
+    """UTC timestamp plus a short random suffix: sortable, and two runs never collide.
+
+    Always contains letters, so hive partition readers keep it a string.
+    """
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def validate_run_id(run_id: str) -> str:
+    """run_id becomes a folder name and a partition value: keep it to a safe alphabet."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(
+            f"invalid run_id {run_id!r}: use letters, digits, '.', '_' or '-' (max 128), "
+            "starting with a letter or digit"
+        )
+    return run_id
+
+
+def metrics_root(output_url: str) -> str:
+    return storage.join(output_url, METRICS_DIR)
+
+
+def metrics_url(output_url: str, run_id: str) -> str:
+    return storage.join(output_url, f"{METRICS_DIR}/run_id={validate_run_id(run_id)}")
+
+
+def shard_parquet_url(output_url: str, run_id: str, shard_id: str) -> str:
+    return storage.join(metrics_url(output_url, run_id), f"{shard_id}.parquet")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+def _base_row(shard: Shard, rel: str, input_url: str, output_url: str, run_id: str) -> dict[str, Any]:
+    row: dict[str, Any] = {name: None for name in METRICS_SCHEMA.names}
+    row.update(
+        run_id=run_id,
+        shard_id=shard.shard_id,
+        rel_path=rel,
+        input_path=storage.redact_url(storage.join(input_url, rel)),
+        status="error",
+    )
+    return row
+
+
+def _is_over_limit(exc: ImageDecodeError) -> bool:
+    # llie.imageio has no dedicated exception type for this; its reasons start this way.
+    return str(exc).startswith("image too large")
+
+
+def _reference_scores(
+    enhanced: np.ndarray, ref_url: str, limits: DecodeLimits, storage_options: storage.StorageOptions
+) -> tuple[float | None, float | None, str | None]:
+    """(psnr, ssim, warning). A missing or mismatched reference never fails the image."""
+    try:
+        ref = decode_image(storage.read_bytes(ref_url, storage_options), limits)
+    except FileNotFoundError:
+        return None, None, "no reference image"
+    except ImageDecodeError as exc:
+        return None, None, f"reference unreadable: {exc}"
+    if ref.rgb.shape != enhanced.shape:
+        return None, None, (
+            f"reference is {ref.width}x{ref.height}, output is {enhanced.shape[1]}x{enhanced.shape[0]}"
+        )
+    return float(psnr(enhanced, ref.rgb)), float(ssim(enhanced, ref.rgb)), None
+
+
+def process_image(
+    shard: Shard,
+    rel: str,
+    input_url: str,
+    output_url: str,
+    enhancer: Any,
+    reference_url: str | None = None,
+    run_id: str = "",
+    limits: DecodeLimits | None = None,
+    stages: str = "full",
+    storage_options: storage.StorageOptions = None,
+) -> dict[str, Any]:
+    """Enhance one image and return its metrics row; failures become an ``error`` row."""
+    limits = limits or DecodeLimits()
+    row = _base_row(shard, rel, input_url, output_url, run_id)
+    timer = _Timer()
+    step = "read"
+    try:
+        t = time.perf_counter()
+        data = storage.read_bytes(storage.join(input_url, rel), storage_options)
+        timer.add("read", t)
+        row["bytes_in"] = len(data)
+
+        step = "decode"
+        t = time.perf_counter()
+        img = decode_image(data, limits)
+        timer.add("decode", t)
+        row.update(width=int(img.width), height=int(img.height), format=img.format)
+
+        step = "metrics"
+        t = time.perf_counter()
+        before = no_reference_stats(img.rgb).as_dict("before_")
+        timer.add("metrics", t)
+
+        step = "enhance"
+        row["model_version"] = enhancer.model_version
+        result = enhancer.enhance(img.rgb, stages=stages)
+        for stage in PIPELINE_STAGES:
+            timer.seconds[stage] = float(result.seconds.get(stage, 0.0))
+
+        step = "encode"
+        t = time.perf_counter()
+        encoded = encode_image(result.image, like=img)
+        timer.add("encode", t)
+
+        step = "write"
+        out_url = storage.join(output_url, rel)
+        t = time.perf_counter()
+        storage.write_bytes_atomic(out_url, encoded, storage_options)
+        timer.add("write", t)
+        row.update(output_path=storage.redact_url(out_url), bytes_out=len(encoded))
+
+        step = "metrics"
+        t = time.perf_counter()
+        after = no_reference_stats(result.image).as_dict("after_")
+        for k in NR_STATS:
+            row[f"before_{k}"] = float(before[f"before_{k}"])
+            row[f"after_{k}"] = float(after[f"after_{k}"])
+        if reference_url is not None:
+            row["psnr"], row["ssim"], row["warning"] = _reference_scores(
+                result.image, storage.join(reference_url, rel), limits, storage_options
+            )
+        timer.add("metrics", t)
+        row["status"] = "ok"
+    except ImageDecodeError as exc:
+        reason = storage.redact_url(str(exc))
+        # Over the pixel limit is a choice the caller made (--max-pixels), not a broken file.
+        if _is_over_limit(exc):
+            row["status"] = "skipped"
+        row["error"] = f"{step}: {reason}"
+    except Exception as exc:  # one bad image must not sink the shard
+        row["error"] = f"{step}: {storage.describe_error(exc)}"
+    for stage in STAGES:
+        row[f"sec_{stage}"] = timer.seconds.get(stage)
+    row["worker"] = worker_name()
+    row["finished_at"] = datetime.now(timezone.utc)
+    return row
+
+
+def process_shard(
+    shard: Shard,
+    input_url: str,
+    output_url: str,
+    enhancer: Any,
+    reference_url: str | None = None,
+    run_id: str = "",
+    limits: DecodeLimits | None = None,
+    progress: bool = False,
+    stages: str = "full",
+    storage_options: storage.StorageOptions = None,
+) -> list[dict[str, Any]]:
+    """Enhance every image of a shard; one row per image, in shard order.
+
+    Outputs are written atomically at the input's relative path, so running a shard twice
+    (a retry, or Dask re-running work from a lost worker) just rewrites the same files.
+    """
+    paths: Iterable[str] = shard.paths
+    if progress:
+        from tqdm.auto import tqdm
+
+        paths = tqdm(paths, desc=shard.shard_id, unit="img")
+    return [
+        process_image(
+            shard, rel, input_url, output_url, enhancer, reference_url, run_id, limits, stages,
+            storage_options,
+        )
+        for rel in paths
+    ]
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Rows (extra keys such as run_id ignored) as a table with exactly METRICS_SCHEMA."""
+    columns = {name: [row.get(name) for row in rows] for name in METRICS_SCHEMA.names}
+    table = pa.Table.from_pydict(columns, schema=METRICS_SCHEMA)
+    if metadata:
+        merged = dict(METRICS_SCHEMA.metadata or {})
+        merged.update({f"llie.{k}".encode(): str(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    return table
+
+
+def write_shard_parquet(
+    rows: Sequence[dict[str, Any]],
+    url: str,
+    metadata: dict[str, str] | None = None,
+    storage_options: storage.StorageOptions = None,
+) -> None:
+    """Write one shard's rows atomically: a reader never sees half a file, a rerun replaces it."""
+    buf = io.BytesIO()
+    pq.write_table(rows_to_table(rows, metadata), buf, compression="zstd")
+    storage.write_bytes_atomic(url, buf.getvalue(), storage_options)
+
+
+def read_shard_parquet(url: str, storage_options: storage.StorageOptions = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_bytes(url, storage_options)))
+
+
+def shard_metadata(table: pa.Table) -> dict[str, str]:
+    """The ``llie.*`` key-value metadata of a shard file, without the prefix."""
+    meta = table.schema.metadata or {}
+    return {k.decode()[5:]: v.decode() for k, v in meta.items() if k.startswith(b"llie.")}
+
+
+def read_metrics(
+    output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
+) -> pa.Table:
+    """All metrics rows under ``output_url`` (or one run), with ``run_id`` as a string column."""
+    import fsspec
+    import pyarrow.dataset as ds
+
+    root = metrics_url(output_url, run_id) if run_id else metrics_root(output_url)
+    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    schema = METRICS_SCHEMA.append(pa.field("run_id", pa.string()))
+    if run_id:
+        table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table()
+        return table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string()))
+    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+    return ds.dataset(path, filesystem=fs, format="parquet", schema=schema, partitioning=partitioning).to_table()

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from llie import archive, storage
+from llie.imageio import DecodeLimits, decode_image
+
+
+def test_plan_shards_is_deterministic():
+    paths = [f"d{i % 3}/img{i:03d}.jpg" for i in range(10)]
+    shuffled = paths[:]
+    random.Random(1).shuffle(shuffled)
+    a = archive.plan_shards(paths, 4)
+    b = archive.plan_shards(shuffled + paths[:2], 4)  # order and duplicates do not matter
+    assert a == b
+    assert [s.shard_id for s in a] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert [len(s) for s in a] == [4, 4, 2]
+    assert [p for s in a for p in s.paths] == sorted(paths)
+    assert len({s.fingerprint for s in a}) == 3
+    # Same position, different content: a different fingerprint.
+    changed = archive.plan_shards(paths[:-1] + ["d0/new.jpg"], 4)
+    assert changed[0].shard_id == a[0].shard_id and changed[0].fingerprint != a[0].fingerprint
+    assert archive.plan_shards([], 4) == []
+    with pytest.raises(ValueError):
+        archive.plan_shards(paths, 0)
+
+
+@pytest.mark.parametrize("good", ["20250101T000000Z-abc123", "my-run.2", "42"])
+def test_run_id_accepts(good):
+    assert archive.validate_run_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "x=y", "has space", "-lead", "é"])
+def test_run_id_refuses(bad):
+    with pytest.raises(ValueError):
+        archive.validate_run_id(bad)
+
+
+def test_new_run_id_is_unique_and_valid():
+    ids = {archive.new_run_id() for _ in range(20)}
+    assert len(ids) == 20
+    for run_id in ids:
+        archive.validate_run_id(run_id)
+        assert run_id.startswith(datetime.now(timezone.utc).strftime("%Y%m%d"))
+
+
+@pytest.fixture
+def archive_dirs(tmp_path, make_images):
+    inp, ref, out = tmp_path / "in", tmp_path / "ref", tmp_path / "out"
+    names = ["a.png", "sub/b.jpg", "sub/deeper/c.PNG"]
+    make_images(inp, names, peak=0.2)
+    make_images(ref, names[:2], peak=0.8)  # c has no reference
+    return inp, ref, out, names
+
+
+def test_process_shard_rows_and_outputs(archive_dirs, enhancer):
+    inp, ref, out, names = archive_dirs
+    [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
+    rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id="r1")
+    assert [r["rel_path"] for r in rows] == sorted(names)
+    by = {r["rel_path"]: r for r in rows}
+    for name in names:
+        row = by[name]
+        assert row["status"] == "ok", row["error"]
+        assert row["error"] is None
+        assert row["run_id"] == "r1" and row["shard_id"] == "shard-00000"
+        assert row["input_path"] == f"{inp}/{name}"
+        assert row["output_path"] == f"{out}/{name}"
+        assert (row["width"], row["height"]) == (64, 48)
+        assert row["model_version"] == enhancer.model_version
+        assert row["bytes_in"] == (inp / name).stat().st_size
+        assert row["bytes_out"] == (out / name).stat().st_size
+        written = decode_image((out / name).read_bytes(), DecodeLimits())
+        assert (written.width, written.height) == (64, 48)
+        assert written.format == decode_image((inp / name).read_bytes(), DecodeLimits()).format
+        for k in archive.NR_STATS:
+            assert np.isfinite(row[f"before_{k}"]) and np.isfinite(row[f"after_{k}"])
+        for stage in archive.STAGES:
+            assert row[f"sec_{stage}"] is not None and row[f"sec_{stage}"] >= 0
+        assert row["finished_at"].tzinfo is not None
+        assert str(__import__("os").getpid()) in row["worker"]
+    assert by["a.png"]["psnr"] > 0 and -1 <= by["a.png"]["ssim"] <= 1
+    assert by["sub/deeper/c.PNG"]["psnr"] is None
+    assert by["sub/deeper/c.PNG"]["warning"] == "no reference image"
+    # The enhancer brightens a dark image.
+    assert by["a.png"]["after_brightness"] > by["a.png"]["before_brightness"]
+
+
+def test_broken_files_become_error_rows(tmp_path, make_images, enhancer):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, ["good1.png", "good2.jpg"])
+    (inp / "empty.jpg").write_bytes(b"")
+    (inp / "text.jpg").write_text("this is not a jpeg\n")
+    good = (inp / "good2.jpg").read_bytes()
+    (inp / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    paths = storage.list_images(str(inp))
+    [shard] = archive.plan_shards(paths + ["vanished.png"], 10)  # listed, then deleted
+    rows = archive.process_shard(shard, str(inp), str(out), enhancer, run_id="r")
+    by = {r["rel_path"]: r for r in rows}
+    assert len(rows) == 6
+    assert {k for k, r in by.items() if r["status"] == "ok"} == {"good1.png", "good2.jpg"}
+    for bad in ["empty.jpg", "text.jpg", "truncated.jpg", "vanished.png"]:
+        row = by[bad]
+        assert row["status"] == "error"
+        assert row["error"] and len(row["error"]) > 10, row["error"]
+        assert row["output_path"] is None and not (out / bad).exists()
+        assert row["finished_at"] is not None and row["worker"]
+    assert by["vanished.png"]["error"].startswith("read: FileNotFoundError")
+    assert by["empty.jpg"]["error"].startswith("decode:")
+    assert by["text.jpg"]["error"].startswith("decode:")
+    assert by["truncated.jpg"]["error"].startswith("decode:")
+    # The error rows still fit the schema.
+    assert archive.rows_to_table(rows).num_rows == 6
+
+
+def test_enhancer_failure_is_an_error_row_and_shard_goes_on(tmp_path, make_images, enhancer):
+    class Flaky:
+        model_version = "flaky"
+
+        def enhance(self, rgb, stages="full"):
+            if rgb.shape[1] == 32:
+                raise RuntimeError("boom on narrow images")
+            return enhancer.enhance(rgb, stages=stages)
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, ["a.png"], width=32)
+    make_images(inp, ["b.png"])
+    [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
+    rows = archive.process_shard(shard, str(inp), str(out), Flaky(), run_id="r")
+    assert [r["status"] for r in rows] == ["error", "ok"]
+    assert rows[0]["error"] == "enhance: RuntimeError: boom on narrow images"
+
+
+def test_too_large_image_is_not_processed(tmp_path, make_images, enhancer):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, ["big.png"], width=64, height=48)
+    [shard] = archive.plan_shards(["big.png"], 1)
+    [row] = archive.process_shard(shard, str(inp), str(out), enhancer, limits=DecodeLimits(max_pixels=1000))
+    assert row["status"] == "skipped"
+    assert row["error"].startswith("decode: image too large")
+    assert not (out / "big.png").exists()
+
+
+def test_shard_rerun_is_idempotent(archive_dirs, enhancer):
+    inp, ref, out, names = archive_dirs
+    [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
+    url = archive.shard_parquet_url(str(out), "r1", shard.shard_id)
+    for _ in range(2):
+        rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id="r1")
+        archive.write_shard_parquet(rows, url, {"run_id": "r1", "shard_fingerprint": shard.fingerprint})
+        first = {n: (out / n).read_bytes() for n in names} if _ == 0 else first
+    assert {n: (out / n).read_bytes() for n in names} == first
+    table = archive.read_metrics(str(out))
+    assert table.num_rows == len(names)
+    assert sorted(table.column("rel_path").to_pylist()) == sorted(names)
+    # Only outputs and the metrics file: no stray temp files.
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(names + ["_metrics/run_id=r1/shard-00000.parquet"])
+
+
+def test_parquet_schema_and_hive_readers(archive_dirs, enhancer):
+    duckdb = pytest.importorskip("duckdb")
+    inp, ref, out, names = archive_dirs
+    shards = archive.plan_shards(storage.list_images(str(inp)), 2)
+    run_ids = ["20250101T000000Z-aaaaaa", "42"]  # "42" would be inferred as an int by readers
+    for run_id in run_ids:
+        for shard in shards:
+            rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id=run_id)
+            url = archive.shard_parquet_url(str(out), run_id, shard.shard_id)
+            archive.write_shard_parquet(rows, url, {"run_id": run_id, "shard_fingerprint": shard.fingerprint})
+
+    one = archive.read_shard_parquet(archive.shard_parquet_url(str(out), run_ids[0], "shard-00000"))
+    assert one.schema.equals(archive.METRICS_SCHEMA)  # the exact declared columns and types
+    meta = archive.shard_metadata(one)
+    assert meta["schema_version"] == str(archive.SCHEMA_VERSION)
+    assert meta["run_id"] == run_ids[0] and meta["shard_fingerprint"] == shards[0].fingerprint
+    assert "run_id" not in one.column_names
+
+    metrics = out / "_metrics"
+    # pyarrow with plain hive partitioning (run_id inferred) ...
+    table = ds.dataset(str(metrics), format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 2 * len(names)
+    assert {str(v) for v in table.column("run_id").to_pylist()} == set(run_ids)
+    # ... and our reader, which pins run_id to a string.
+    table = archive.read_metrics(str(out))
+    assert table.schema.field("run_id").type == pa.string()
+    assert sorted(set(table.column("run_id").to_pylist())) == sorted(run_ids)
+    assert archive.read_metrics(str(out), run_id="42").num_rows == len(names)
+
+    con = duckdb.connect()
+    got = con.execute(
+        f"SELECT run_id::VARCHAR, count(*), count(psnr), min(finished_at) FROM read_parquet("
+        f"'{metrics}/*/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert [(r[0], r[1], r[2]) for r in got] == [("20250101T000000Z-aaaaaa", 3, 2), ("42", 3, 2)]
