@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -36,6 +37,9 @@ from llie.metrics import no_reference_stats, psnr, ssim
 
 SCHEMA_VERSION = 1
 METRICS_DIR = "_metrics"
+# Next to the shard files; the leading "_" keeps it out of pyarrow's dataset discovery and a
+# "*.parquet" glob never matches it.
+RUN_MANIFEST = "_run.json"
 NR_STATS = ("brightness", "contrast", "entropy", "noise", "clipped")
 PIPELINE_STAGES = ("features", "quantiles", "mapping", "refiner")
 STAGES = ("read", "decode", *PIPELINE_STAGES, "metrics", "encode", "write")
@@ -141,6 +145,29 @@ def metrics_url(output_url: str, run_id: str) -> str:
 
 def shard_parquet_url(output_url: str, run_id: str, shard_id: str) -> str:
     return storage.join(metrics_url(output_url, run_id), f"{shard_id}.parquet")
+
+
+def run_manifest_url(output_url: str, run_id: str) -> str:
+    return storage.join(metrics_url(output_url, run_id), RUN_MANIFEST)
+
+
+def write_run_manifest(output_url: str, run_id: str, manifest: dict[str, Any]) -> None:
+    """What a run was asked to do: lets a resume check its plan and a progress bar its total."""
+    data = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True, default=str)
+    storage.write_bytes_atomic(run_manifest_url(output_url, run_id), data.encode())
+
+
+def read_run_manifest(output_url: str, run_id: str) -> dict[str, Any] | None:
+    url = run_manifest_url(output_url, run_id)
+    if not storage.exists(url):
+        return None
+    return json.loads(storage.read_bytes(url))
+
+
+def shard_files(output_url: str, run_id: str) -> list[str]:
+    """shard ids that have a Parquet file in this run (finished, or resumed from before)."""
+    names = storage.list_files(metrics_url(output_url, run_id))
+    return [n[: -len(".parquet")] for n in names if n.startswith("shard-") and n.endswith(".parquet")]
 
 
 def worker_name() -> str:

@@ -151,6 +151,17 @@ def exists(url: str, storage_options: StorageOptions = None) -> bool:
     return fs.exists(path)
 
 
+def remove(url: str, storage_options: StorageOptions = None) -> None:
+    """Delete one file; a missing file is not an error (the goal state is reached)."""
+    fs, path = _fs(url, storage_options)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(posixpath.dirname(path))
+
+
 def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
     """Write ``data`` so that readers see either the old file or the whole new one.
 

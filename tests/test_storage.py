@@ -129,6 +129,13 @@ def test_write_failure_leaves_old_file_and_no_temp(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]
 
 
+def test_remove(tmp_path):
+    _touch(tmp_path / "f")
+    storage.remove(str(tmp_path / "f"))
+    storage.remove(str(tmp_path / "f"))  # already gone: fine
+    assert not (tmp_path / "f").exists()
+
+
 def test_list_files(tmp_path):
     _touch(tmp_path / "m" / "b.parquet")
     _touch(tmp_path / "m" / "a.parquet")
@@ -155,6 +162,8 @@ def test_s3_roundtrip(s3):
     storage.write_bytes_atomic(s3.url("in/b.jpg"), b"new")
     assert storage.read_bytes(s3.url("in/b.jpg")) == b"new"
     assert storage.list_files(s3.url("in")) == ["b.jpg", "notes.txt"]
+    storage.remove(s3.url("in/notes.txt"))
+    assert storage.list_files(s3.url("in")) == ["b.jpg"]
     with pytest.raises(FileNotFoundError):
         storage.list_images(s3.url("missing-prefix"))
 

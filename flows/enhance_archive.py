@@ -1,0 +1,224 @@
+"""The archive flow: list, plan shards, enhance them on Dask, summarise from the Parquet files."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.client.orchestration import get_client
+from prefect.tasks import exponential_backoff
+from prefect_dask import DaskTaskRunner
+
+from llie import archive, storage
+from tasks.enhance import enhance_shard
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _current_api_url() -> str | None:
+    """The API this flow run reports to, including a temporary one Prefect started for us."""
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url or "")
+    return url.rstrip("/") or None
+
+
+def make_task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner:
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    env = {}
+    api_url = _current_api_url()
+    if api_url:
+        # Workers are fresh processes: without this each would boot a temporary API server of
+        # its own (slow, and its task runs would land in a different database).
+        env["PREFECT_API_URL"] = api_url
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n_workers,
+            # One task per process; parallelism inside a task comes from torch threads.
+            "threads_per_worker": 1,
+            "processes": True,
+            # ":0" = any free port, so two runs (or a test suite) never fight over 8787.
+            "dashboard_address": ":0",
+            "env": env,
+        },
+    )
+
+
+def _check_resume(output_url: str, run_id: str, shard_size: int, shards: list[archive.Shard], logger) -> None:
+    manifest = archive.read_run_manifest(output_url, run_id)
+    if manifest and manifest.get("shard_size") != shard_size:
+        raise ValueError(
+            f"run {run_id} was planned with shard_size={manifest.get('shard_size')}; "
+            f"resume it with the same shard size, or start a new run_id"
+        )
+    planned = {s.shard_id for s in shards}
+    for stale in sorted(set(archive.shard_files(output_url, run_id)) - planned):
+        # The archive shrank since this run started: that file describes a shard that no longer
+        # exists and would otherwise show up as duplicate rows in the dataset.
+        logger.warning("removing %s from run %s: not part of the current plan", stale, run_id)
+        storage.remove(archive.shard_parquet_url(output_url, run_id, stale))
+
+
+def _summarise(
+    output_url: str, run_id: str, shards: list[archive.Shard], results: list[Any], elapsed: float
+) -> dict[str, Any]:
+    failed = [s.shard_id for s, r in zip(shards, results) if isinstance(r, BaseException)]
+    done = [r for r in results if isinstance(r, dict)]
+    planned = {s.shard_id for s in shards}
+    counts = {"ok": 0, "error": 0, "skipped": 0}
+    psnrs: list[float] = []
+    if archive.shard_files(output_url, run_id):
+        # The Parquet files, not the task return values, are the record: they also cover
+        # shards finished by an earlier attempt of this run.
+        table = archive.read_metrics(output_url, run_id)
+        for shard_id, status, value in zip(
+            table.column("shard_id").to_pylist(), table.column("status").to_pylist(), table.column("psnr").to_pylist()
+        ):
+            if shard_id not in planned:
+                continue
+            counts[status] = counts.get(status, 0) + 1
+            if status == "ok" and value is not None and math.isfinite(value):
+                psnrs.append(value)
+    processed = sum(r["processed"] for r in done)
+    metrics = archive.metrics_url(output_url, run_id)
+    return {
+        "run_id": run_id,
+        "images": sum(len(s) for s in shards),
+        "ok": counts["ok"],
+        "errors": counts["error"],
+        "skipped": counts["skipped"],
+        "mean_psnr": sum(psnrs) / len(psnrs) if psnrs else None,
+        "images_per_second": processed / elapsed if processed and elapsed > 0 else 0.0,
+        "processed": processed,
+        "shards": len(shards),
+        "shards_resumed": sum(1 for r in done if r["resumed"]),
+        "failed_shards": sorted(failed),
+        "seconds": round(elapsed, 3),
+        "metrics_url": storage.redact_url(metrics),
+        "output_url": storage.redact_url(output_url),
+    }
+
+
+@flow(name="enhance-archive")
+def enhance_archive(
+    input_url: str,
+    output_url: str,
+    model: str | None = None,
+    shard_size: int = 64,
+    reference_url: str | None = None,
+    dask_address: str | None = None,
+    n_workers: int | None = None,
+    run_id: str | None = None,
+    retries: int = 2,
+    retry_failed: bool = False,
+    max_pixels: int | None = None,
+    retry_delay_seconds: float = 10.0,
+    torch_threads: int | None = None,
+    device: str = "auto",
+    fault_marker_url: str | None = None,
+) -> dict[str, Any]:
+    """Enhance every image under ``input_url`` into ``output_url`` (same relative paths).
+
+    Args:
+        input_url: folder or object-store prefix with the originals (read only).
+        output_url: where enhanced images and ``_metrics/run_id=<run_id>/*.parquet`` go;
+            must not overlap ``input_url``.
+        model: model bundle path; None = the default bundle shipped with llie.
+        shard_size: images per task; also the unit of retry and resume.
+        reference_url: optional folder of well-lit references with the same relative paths,
+            for PSNR/SSIM.
+        dask_address: scheduler of an existing Dask cluster; None = a LocalCluster here.
+        n_workers: LocalCluster worker processes; default one per CPU.
+        run_id: pass an earlier run's id to resume it; default a new timestamped id.
+        retries: attempts after the first for a shard that raises.
+        retry_failed: also redo images that ended with an error/skipped row in this run.
+        max_pixels: decode limit per image; default llie.imageio's.
+        retry_delay_seconds: first retry delay; doubles each further retry.
+        torch_threads: torch threads per task; default CPUs / workers for a LocalCluster.
+        device: torch device for the refiner ("auto", "cpu", "cuda").
+        fault_marker_url: testing only: a folder; each shard fails its first attempt.
+    """
+    logger = get_run_logger()
+    storage.check_output_not_inside_input(input_url, output_url)
+    run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+
+    paths = storage.list_images(input_url)
+    reserved = [p for p in paths if p.split("/", 1)[0] == archive.METRICS_DIR]
+    if reserved:
+        logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR)
+        paths = [p for p in paths if p.split("/", 1)[0] != archive.METRICS_DIR]
+    shards = archive.plan_shards(paths, shard_size)
+    _check_resume(output_url, run_id, shard_size, shards, logger)
+    archive.write_run_manifest(
+        output_url,
+        run_id,
+        {
+            "run_id": run_id,
+            "input_url": storage.redact_url(input_url),
+            "output_url": storage.redact_url(output_url),
+            "reference_url": storage.redact_url(reference_url) if reference_url else None,
+            "model": model,
+            "shard_size": shard_size,
+            "shards": len(shards),
+            "images": len(paths),
+            "started_at": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    logger.info(
+        "run %s: %d images in %d shards from %s -> %s",
+        run_id, len(paths), len(shards), storage.redact_url(input_url), storage.redact_url(output_url),
+    )
+
+    started = time.perf_counter()
+    results: list[Any] = []
+    if shards:
+        workers = n_workers or available_cpus()
+        if torch_threads is None and not dask_address:
+            torch_threads = max(1, available_cpus() // workers)
+        task = enhance_shard.with_options(
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds) if retries else 0,
+        )
+        with make_task_runner(dask_address, workers) as runner:
+            futures = runner.map(
+                task,
+                {
+                    "shard": shards,
+                    "input_url": unmapped(input_url),
+                    "output_url": unmapped(output_url),
+                    "bundle_path": unmapped(model),
+                    "reference_url": unmapped(reference_url),
+                    "run_id": unmapped(run_id),
+                    "max_pixels": unmapped(max_pixels),
+                    "threads": unmapped(torch_threads),
+                    "device": unmapped(device),
+                    "retry_failed": unmapped(retry_failed),
+                    "fault_marker_url": unmapped(fault_marker_url),
+                },
+            )
+            # One failed shard must not hide the others' results: collect, then decide.
+            results = [f.result(raise_on_failure=False) for f in futures]
+
+    for shard, result in zip(shards, results):
+        if isinstance(result, BaseException):
+            logger.error("%s failed after %d retries: %s", shard.shard_id, retries, storage.describe_error(result))
+    summary = _summarise(output_url, run_id, shards, results, time.perf_counter() - started)
+    logger.info("summary: %s", summary)
+    if summary["failed_shards"]:
+        raise RuntimeError(
+            f"{len(summary['failed_shards'])} shard(s) failed after retries: "
+            f"{', '.join(summary['failed_shards'][:10])}; rerun with run_id={run_id} to resume"
+        )
+    return summary

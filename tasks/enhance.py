@@ -1,0 +1,138 @@
+"""The shard task: enhance one shard on whichever worker Dask picks, record it, or resume it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+from llie import archive, storage
+from llie.imageio import DecodeLimits
+from llie.pipeline import Enhancer, set_threads
+
+# One Enhancer per worker process and bundle: loading a bundle (XGBoost + ViT weights) costs far
+# more than enhancing a small shard, and Dask reuses worker processes across tasks. Only bundle
+# *paths* travel to workers; model objects are never pickled.
+_ENHANCERS: dict[tuple[str | None, str], Enhancer] = {}
+_ENHANCERS_LOCK = threading.Lock()
+# A shard of broken files should not flood the run log; the Parquet file has every row.
+_MAX_LOGGED_PROBLEMS = 5
+
+
+def get_enhancer(bundle_path: str | None, device: str = "auto") -> Enhancer:
+    key = (None if bundle_path is None else str(bundle_path), device)
+    with _ENHANCERS_LOCK:
+        if key not in _ENHANCERS:
+            _ENHANCERS[key] = Enhancer.load(key[0], device=device)
+        return _ENHANCERS[key]
+
+
+def _summarise(shard: archive.Shard, rows: list[dict[str, Any]], resumed: bool, seconds: float) -> dict[str, Any]:
+    statuses = [r["status"] for r in rows]
+    return {
+        "shard_id": shard.shard_id,
+        "images": len(rows),
+        "ok": statuses.count("ok"),
+        "errors": statuses.count("error"),
+        "skipped": statuses.count("skipped"),
+        "resumed": resumed,
+        "processed": 0 if resumed else len(rows),
+        "seconds": seconds,
+    }
+
+
+def _existing_rows(url: str, shard: archive.Shard) -> list[dict[str, Any]] | None:
+    """Rows of a finished earlier attempt at this very shard, or None if it must be (re)done."""
+    if not storage.exists(url):
+        return None
+    table = archive.read_shard_parquet(url)
+    if archive.shard_metadata(table).get("shard_fingerprint") != shard.fingerprint:
+        # Same shard id, different images: the archive changed since that run.
+        return None
+    return table.to_pylist()
+
+
+def _inject_fault(marker_url: str | None, shard: archive.Shard) -> None:
+    """Testing only: fail the first attempt at a shard, in a way a retry can observe."""
+    if not marker_url:
+        return
+    marker = storage.join(marker_url, shard.shard_id)
+    if not storage.exists(marker):
+        storage.write_bytes_atomic(marker, b"failed once\n")
+        raise RuntimeError(f"injected failure for {shard.shard_id} (first attempt)")
+
+
+@task(
+    name="enhance-shard",
+    task_run_name="enhance-{shard.shard_id}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    # Resume is decided from the Parquet file itself, not from Prefect's result cache.
+    cache_policy=None,
+)
+def enhance_shard(
+    shard: archive.Shard,
+    input_url: str,
+    output_url: str,
+    bundle_path: str | None,
+    reference_url: str | None,
+    run_id: str,
+    max_pixels: int | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    retry_failed: bool = False,
+    fault_marker_url: str | None = None,
+) -> dict[str, Any]:
+    """Enhance one shard and write its Parquet; skip it when an earlier run already did.
+
+    Idempotent: outputs and the Parquet file are replaced atomically, so a retry, a resumed
+    run, or Dask re-running the task after losing a worker all end with one row per image.
+    With ``retry_failed`` a finished shard is redone for its non-ok images only; its ok rows
+    are kept and the file rewritten, never appended to.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    url = archive.shard_parquet_url(output_url, run_id, shard.shard_id)
+    previous = _existing_rows(url, shard)
+    todo = list(shard.paths)
+    if previous is not None:
+        failed = [r["rel_path"] for r in previous if r["status"] != "ok"]
+        if not (retry_failed and failed):
+            logger.info("%s already done (%d rows), skipping", shard.shard_id, len(previous))
+            return _summarise(shard, previous, resumed=True, seconds=0.0)
+        todo = failed
+        logger.info("%s: retrying %d failed image(s)", shard.shard_id, len(todo))
+
+    if threads:
+        set_threads(threads)
+    enhancer = get_enhancer(bundle_path, device)
+    limits = DecodeLimits() if max_pixels is None else DecodeLimits(max_pixels=max_pixels)
+    subset = archive.Shard(shard.shard_id, tuple(todo), shard.fingerprint)
+    rows = archive.process_shard(
+        subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits
+    )
+    _inject_fault(fault_marker_url, shard)
+
+    if previous is not None:
+        redone = {r["rel_path"]: r for r in rows}
+        rows = [redone.get(r["rel_path"], r) for r in previous]
+    archive.write_shard_parquet(
+        rows,
+        url,
+        metadata={"run_id": run_id, "shard_fingerprint": shard.fingerprint, "model_version": enhancer.model_version},
+    )
+    summary = _summarise(shard, rows, resumed=False, seconds=time.perf_counter() - started)
+    summary["processed"] = len(todo)
+    problems = [r for r in rows if r["status"] != "ok"]
+    for row in problems[:_MAX_LOGGED_PROBLEMS]:
+        logger.warning("%s %s: %s", row["status"], row["rel_path"], row["error"])
+    if len(problems) > _MAX_LOGGED_PROBLEMS:
+        logger.warning("... and %d more; see the Parquet file", len(problems) - _MAX_LOGGED_PROBLEMS)
+    logger.info(
+        "%s: %d ok, %d errors, %d skipped in %.1fs",
+        shard.shard_id, summary["ok"], summary["errors"], summary["skipped"], summary["seconds"],
+    )
+    return summary
