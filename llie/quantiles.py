@@ -1,0 +1,153 @@
+"""Stage 2: XGBoost predicts the well-lit image's value at percentiles 0, 5, ..., 100 per channel.
+
+The 63 targets (3 channels x 21 percentiles) are strongly correlated, so the booster regresses their
+leading principal components: a tenth of the trees for the same accuracy, which keeps the shipped model
+at a few MB. Predictions are made monotone by construction: every output goes through an isotonic
+(pool-adjacent-violators) projection, then a clip to [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+from safetensors.numpy import load_file, save_file
+
+from .features import PERCENTILES, channel_histograms, extract_features, histogram_percentiles
+
+N_CHANNELS = 3
+N_QUANTILES = len(PERCENTILES)
+
+
+@dataclass(frozen=True)
+class QuantileModelConfig:
+    # chosen on the validation split (val PSNR after stage 3, and a shipped model of a few MB)
+    n_components: int = 12
+    n_estimators: int = 200
+    max_depth: int = 4
+    learning_rate: float = 0.08
+    subsample: float = 0.8
+    colsample_bytree: float = 0.2
+    min_child_weight: float = 20.0
+    reg_lambda: float = 1.0
+    augmentations: int = 24  # histogram rows drawn per training pair
+    seed: int = 0
+
+
+def isotonic(values: np.ndarray) -> np.ndarray:
+    """Least-squares non-decreasing fit of the last axis (pool adjacent violators)."""
+    flat = np.asarray(values, np.float64).reshape(-1, values.shape[-1])
+    out = np.empty_like(flat)
+    for r, row in enumerate(flat):
+        means, sizes = [], []
+        for v in row:
+            means.append(v)
+            sizes.append(1)
+            while len(means) > 1 and means[-2] > means[-1]:
+                m, s = means.pop(), sizes.pop()
+                means[-1] = (means[-1] * sizes[-1] + m * s) / (sizes[-1] + s)
+                sizes[-1] += s
+        out[r] = np.repeat(means, sizes)
+    return out.reshape(values.shape)
+
+
+def target_quantiles(high: np.ndarray) -> np.ndarray:
+    """(3, 21) percentile values of a well-lit image: what stage 2 learns to predict."""
+    return histogram_percentiles(channel_histograms(high))
+
+
+def augmented_rows(
+    low: np.ndarray, high: np.ndarray, rng: np.random.Generator, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` (features, targets) rows from one pair: the full image plus random crops with exposure jitter.
+
+    Flips are pointless here (a histogram does not see them); crops change both histograms consistently,
+    and exposure jitter of the input alone teaches that the well-lit result does not depend on how dark
+    the shot was, which is how LOL pairs several exposures with one target.
+    """
+    h, w = low.shape[:2]
+    feats, targets = [], []
+    for i in range(n):
+        if i == 0:
+            lo, hi = low, high
+        else:
+            ch, cw = int(h * rng.uniform(0.35, 1.0)), int(w * rng.uniform(0.35, 1.0))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            lo, hi = low[y : y + ch, x : x + cw], high[y : y + ch, x : x + cw]
+            gain = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+            lo = np.clip(np.rint(lo * gain * 255.0), 0, 255) / 255.0
+        feats.append(extract_features(lo))
+        targets.append(target_quantiles(hi).ravel())
+    return np.stack(feats), np.stack(targets)
+
+
+class QuantileModel:
+    """Features -> (3, 21) monotone percentile values of the well-lit image."""
+
+    def __init__(self, booster: xgb.Booster, mean: np.ndarray, components: np.ndarray, config: QuantileModelConfig):
+        self.booster = booster
+        self.mean = mean
+        self.components = components
+        self.config = config
+
+    @classmethod
+    def fit(
+        cls,
+        features: np.ndarray,
+        targets: np.ndarray,
+        config: QuantileModelConfig = QuantileModelConfig(),
+        eval_set: tuple[np.ndarray, np.ndarray] | None = None,
+        n_threads: int | None = None,
+    ) -> "QuantileModel":
+        mean = targets.mean(axis=0)
+        _, _, vt = np.linalg.svd(targets - mean, full_matrices=False)
+        components = vt[: config.n_components]
+        scores = (targets - mean) @ components.T
+        params = {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "max_depth": config.max_depth,
+            "eta": config.learning_rate,
+            "subsample": config.subsample,
+            "colsample_bytree": config.colsample_bytree,
+            "min_child_weight": config.min_child_weight,
+            "lambda": config.reg_lambda,
+            "seed": config.seed,
+            "nthread": n_threads or 0,
+        }
+        dtrain = xgb.DMatrix(features, label=scores)
+        evals = [(dtrain, "train")]
+        if eval_set is not None:
+            evals.append((xgb.DMatrix(eval_set[0], label=(eval_set[1] - mean) @ components.T), "val"))
+        booster = xgb.train(params, dtrain, num_boost_round=config.n_estimators, evals=evals, verbose_eval=False)
+        return cls(booster, mean.astype(np.float32), components.astype(np.float32), config)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(N, 3, 21) for (N, F) features, or (3, 21) for one feature vector."""
+        single = features.ndim == 1
+        scores = self.booster.predict(xgb.DMatrix(np.atleast_2d(features)))
+        scores = scores.reshape(len(np.atleast_2d(features)), -1)
+        flat = scores @ self.components + self.mean
+        quantiles = np.clip(isotonic(flat.reshape(-1, N_CHANNELS, N_QUANTILES)), 0.0, 1.0)
+        return quantiles[0] if single else quantiles
+
+    def save(self, directory: str | Path) -> list[Path]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [directory / "quantiles.ubj", directory / "quantiles_pca.safetensors", directory / "quantiles.json"]
+        self.booster.save_model(paths[0])  # UBJSON by suffix: never pickle
+        save_file({"mean": self.mean, "components": self.components}, paths[1])
+        paths[2].write_text(json.dumps(asdict(self.config), indent=2, sort_keys=True))
+        return paths
+
+    @classmethod
+    def load(cls, directory: str | Path, n_threads: int | None = None) -> "QuantileModel":
+        directory = Path(directory)
+        booster = xgb.Booster(params={"nthread": n_threads or 0})
+        booster.load_model(directory / "quantiles.ubj")
+        arrays = load_file(directory / "quantiles_pca.safetensors")
+        config = QuantileModelConfig(**json.loads((directory / "quantiles.json").read_text()))
+        return cls(booster, arrays["mean"], arrays["components"], config)
