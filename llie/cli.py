@@ -1,0 +1,177 @@
+"""The ``llie`` command line: enhance a folder, evaluate on pairs, train, make synthetic pairs.
+
+The archive workflow (``llie run``) is added by ``flows.cli``, which owns the console entry point, so this
+module stays free of Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm.auto import tqdm
+
+STAGE_CHOICE = click.Choice(["hist", "full"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="llie")
+def cli() -> None:
+    """llie: turn dark, noisy photos into well-lit ones.
+
+    \b
+    The method, four stages:
+      1. per-channel histogram features of the low-light image
+      2. XGBoost predicts the well-lit image's value at every 5th percentile
+      3. a KDE rebuilds the target histogram; histogram matching maps the image onto it
+      4. a small vision transformer on 10x10 patches removes leftover noise and colour casts
+
+    \b
+    Start with:  llie enhance --input photos/ --output enhanced/
+    Archives:    llie run INPUT_URL OUTPUT_URL   (Prefect + Dask, Parquet metrics, local or s3://)
+    """
+
+
+def _resolve_inside(root: Path, other: Path) -> bool:
+    root, other = root.resolve(), other.resolve()
+    return other == root or root in other.parents
+
+
+@cli.command()
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of photos (searched recursively; png, jpg, tif, bmp, webp, gif).")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where enhanced photos go, with the same relative paths and formats. Must not be inside --input.")
+@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model bundle directory (default: the model shipped with llie).")
+@click.option("--stages", type=STAGE_CHOICE, default="full", show_default=True,
+              help="'hist' stops after histogram mapping (stages 1-3, fastest); 'full' adds the ViT refiner.")
+@click.option("--reference", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of well-lit references with the same relative paths: prints PSNR/SSIM per image and the mean.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-pixels", type=int, default=None, help="Refuse images larger than this (decompression-bomb guard).")
+def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device, max_pixels) -> None:
+    """Enhance every photo in a folder."""
+    from .evaluate import score
+    from .imageio import DecodeLimits, ImageDecodeError, decode_file, encode_image, is_image_name
+    from .pipeline import Enhancer
+
+    if _resolve_inside(input_dir, output_dir):
+        raise click.UsageError("--output must not be --input or inside it: inputs are never overwritten")
+    limits = DecodeLimits(max_pixels=max_pixels) if max_pixels else DecodeLimits()
+    files = sorted(p for p in input_dir.rglob("*") if p.is_file() and is_image_name(p.name)
+                   and not any(part.startswith(".") for part in p.relative_to(input_dir).parts))
+    if not files:
+        raise click.UsageError(f"no images found under {input_dir}")
+    enhancer = Enhancer.load(model, device=device)
+    rows, failures = [], 0
+    for path in tqdm(files, desc="enhance", unit="img"):
+        rel = path.relative_to(input_dir)
+        try:
+            decoded = decode_file(path, limits)
+            result = enhancer.enhance(decoded.rgb, stages=stages, levels=65536 if decoded.bit_depth > 8 else 256)
+            data = encode_image(result.image, decoded)
+            target = output_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            tmp.replace(target)  # never a half-written photo under its real name
+            if reference is not None and (reference / rel).exists():
+                ref = decode_file(reference / rel, limits)
+                if ref.rgb.shape == result.image.shape:
+                    rows.append({"name": rel.as_posix(), **score(result.image, ref.rgb)})
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            failures += 1
+            tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)
+    click.echo(f"enhanced {len(files) - failures} of {len(files)} images into {output_dir} "
+               f"(model {enhancer.model_version}, stages {stages})")
+    if rows:
+        click.echo(f"\n{'image':40s} {'PSNR':>7s} {'SSIM':>6s}")
+        for r in rows:
+            click.echo(f"{r['name']:40s} {r['psnr']:7.2f} {r['ssim']:6.3f}")
+        click.echo(f"{'mean':40s} {np.mean([r['psnr'] for r in rows]):7.2f} {np.mean([r['ssim'] for r in rows]):6.3f}")
+    if failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Paired set in LOL layout: DATA/low and DATA/high (or DATA/eval15 is used when present).")
+@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Model bundle directory (default: the shipped model).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the per-image rows and means as JSON.")
+def evaluate(data: Path, model, device, json_out) -> None:
+    """Per-stage PSNR/SSIM table on a paired set (plain protocol: 8-bit output, no GT-mean rescaling)."""
+    from .data import find_pairs
+    from .evaluate import evaluate_pairs, format_table
+
+    root = data / "eval15" if (data / "eval15").is_dir() else data
+    report = evaluate_pairs(model, find_pairs(root), device=device)
+    click.echo(f"model {report['model_version']} on {root} ({len(report['rows'])} pairs)\n")
+    click.echo(format_table(report))
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="LOL layout: DATA/low + DATA/high, or DATA/our485 (+ DATA/eval15, used for the final report only).")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle directory to write (checkpoints go to OUTPUT/_training).")
+@click.option("--steps", type=int, default=3000, show_default=True, help="Refiner optimisation steps.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Refiner crops per step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, augmentation and init.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--threads", type=int, default=None, help="CPU threads for XGBoost and torch (default: all).")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/_training (stage 2 and the last refiner checkpoint).")
+@click.option("--max-pairs", type=int, default=None, help="Use only the first N pairs (quick trials).")
+@click.option("--dim", type=int, default=None, help="Refiner width (default 96).")
+@click.option("--depth", type=int, default=None, help="Refiner blocks (default 4).")
+def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth) -> None:
+    """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
+    from .refiner import RefinerConfig
+    from .train import RefinerTrainConfig, TrainConfig
+    from .train import train as run_training
+
+    refiner = RefinerConfig()
+    refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth)
+    rt = RefinerTrainConfig(steps=steps, batch=batch)
+    if steps < rt.eval_every:
+        rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
+    cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,
+                      refiner=refiner, refiner_train=rt, max_pairs=max_pairs)
+    manifest = run_training(cfg, resume=resume)
+    click.echo(json.dumps({k: manifest[k] for k in ("model_version", "metrics") if k in manifest}
+                          | {"eval": manifest.get("eval")}, indent=2, default=str))
+    click.echo(f"bundle written to {output}")
+
+
+@cli.command()
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of well-lit photos.")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Writes OUTPUT/low and OUTPUT/high (PNG) in LOL layout.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exposure", type=(float, float), default=None, help="Linear gain range, e.g. 0.05 0.25.")
+def synth(input_dir, output_dir, seed, exposure) -> None:
+    """Make low/high training pairs from well-lit photos (exposure drop, gamma, sensor noise, colour shift)."""
+    from .synth import SynthConfig, make_pairs
+
+    cfg = SynthConfig() if exposure is None else replace(SynthConfig(), exposure=exposure)
+    names = make_pairs(input_dir, output_dir, cfg, seed=seed)
+    click.echo(f"wrote {len(names)} pairs to {output_dir}/low and {output_dir}/high")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The four stages in order, from a model bundle: what every front end (CLI, tasks) calls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import Bundle, load_bundle
+from .features import extract_features
+from .mapping import infer_levels, match_to_quantiles
+from .refine import TilingConfig, refine, resolve_device
+
+STAGES = ("hist", "full")
+
+
+@dataclass
+class EnhanceResult:
+    image: np.ndarray  # float32 HxWx3 in [0, 1]
+    quantiles: np.ndarray  # (3, 21) predicted percentile values of the well-lit image
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def set_threads(n: int) -> None:
+    """Cap torch's intra-op threads so several workers on one machine do not oversubscribe its cores."""
+    torch.set_num_threads(max(1, int(n)))
+
+
+class Enhancer:
+    def __init__(self, bundle: Bundle, device: str = "auto", tiling: TilingConfig = TilingConfig()):
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.tiling = tiling
+        if bundle.refiner is not None:
+            bundle.refiner.to(self.device).eval()
+
+    @classmethod
+    def load(cls, bundle: str | Path | None = None, device: str = "auto", threads: int | None = None) -> "Enhancer":
+        """Load a bundle directory (None: the default model shipped in the package)."""
+        if threads is not None:
+            set_threads(threads)
+        return cls(load_bundle(bundle, n_threads=threads), device=device)
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    def enhance(self, rgb: np.ndarray, stages: str = "full", levels: int | None = None) -> EnhanceResult:
+        """Enhance an HxWx3 float image in [0, 1].
+
+        ``stages="hist"`` stops after histogram mapping (stages 1-3); ``"full"`` adds the refiner.
+        ``levels`` is the input's number of code values (256 or 65536); None infers it.
+        """
+        if stages not in STAGES:
+            raise ValueError(f"stages must be one of {STAGES}, not {stages!r}")
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
+        seconds = {}
+        t = time.perf_counter()
+        features = extract_features(rgb)
+        seconds["features"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        quantiles = self.bundle.quantile_model.predict(features)
+        seconds["quantiles"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb))
+        seconds["mapping"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if stages == "full" and self.bundle.refiner is not None:
+            mapped = refine(self.bundle.refiner, mapped, self.device, self.tiling)
+        seconds["refiner"] = time.perf_counter() - t
+        return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)

@@ -1,0 +1,88 @@
+"""Running the refiner over images of any size with bounded memory.
+
+The image is padded (mirror) to the refiner's multiple; images up to ``max_side`` go through in one
+forward pass, larger ones as overlapping tiles blended with linear ramps, a few tiles per batch, so peak
+memory depends on the tile size, not on the photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .refiner import Refiner
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    tile: int = 640  # pixels per tile side (multiple of the refiner's 80)
+    overlap: int = 80  # pixels shared by neighbouring tiles, blended
+    max_side: int = 1280  # images whose padded sides both fit go through untiled
+    batch: int = 4  # tiles per forward pass
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    # symmetric padding copes with pads larger than the image (a 1x1 input), unlike reflect
+    return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="symmetric") if ph or pw else rgb
+
+
+def _forward(model: Refiner, batch: np.ndarray, device: torch.device) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
+    with torch.inference_mode():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = model(x)
+        else:
+            y = model(x)
+        return y.float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return sorted(set(starts))
+
+
+def _ramp(tile: int, overlap: int) -> np.ndarray:
+    ramp = np.ones(tile, np.float32)
+    if overlap:
+        edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap], ramp[-overlap:] = edge, edge[::-1]
+    return ramp
+
+
+def refine(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: TilingConfig = TilingConfig()) -> np.ndarray:
+    """Refine an HxWx3 float image in [0, 1]; returns float32 of the same size."""
+    h, w = rgb.shape[:2]
+    padded = _pad_to_multiple(rgb.astype(np.float32, copy=False), model.cfg.multiple)
+    ph, pw = padded.shape[:2]
+    if ph <= tiling.max_side and pw <= tiling.max_side:
+        return _forward(model, padded[None], device)[0, :h, :w]
+
+    tile, step = tiling.tile, tiling.tile - tiling.overlap
+    padded = _pad_to_multiple(padded, tile) if min(ph, pw) < tile else padded
+    ph, pw = padded.shape[:2]
+    out = np.zeros((ph, pw, 3), np.float32)
+    weight = np.zeros((ph, pw, 1), np.float32)
+    ramp = _ramp(tile, tiling.overlap)
+    window = (ramp[:, None] * ramp[None, :])[..., None]
+    corners = [(y, x) for y in _starts(ph, tile, step) for x in _starts(pw, tile, step)]
+    for i in range(0, len(corners), tiling.batch):
+        group = corners[i : i + tiling.batch]
+        refined = _forward(model, np.stack([padded[y : y + tile, x : x + tile] for y, x in group]), device)
+        for (y, x), patch in zip(group, refined):
+            out[y : y + tile, x : x + tile] += patch * window
+            weight[y : y + tile, x : x + tile] += window
+    out /= weight
+    return out[:h, :w]

@@ -1,0 +1,96 @@
+"""Stage 4: a small vision transformer on 10x10 patches that removes the noise and colour casts left
+after histogram mapping.
+
+Each 10x10x3 patch becomes one token. Attention runs inside non-overlapping windows of 8x8 tokens
+(80x80 pixels), so cost grows linearly with the image; a depthwise 3x3 convolution over the token grid at
+the start of every block passes information across windows and gives the tokens their position (a
+"conditional position encoding"), so any image size works without a fixed position table. The head turns
+every token back into its 10x10x3 patch, added to a 3x3 convolution of the input that starts as the
+identity: an untrained refiner returns its input unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    patch: int = 10  # pixels per token side
+    dim: int = 96
+    depth: int = 4
+    heads: int = 4
+    window: int = 8  # tokens per attention-window side
+    mlp_ratio: float = 2.0
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be a multiple of this many pixels."""
+        return self.patch * self.window
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C) token grid
+        b, h, w, c = x.shape
+        s = self.window
+        windows = x.view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        q, k, v = self.qkv(windows).view(-1, s * s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, s * s, c)
+        out = self.proj(out).view(b, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(b, h, w, c)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RefinerConfig):
+        super().__init__()
+        self.position = nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1, groups=cfg.dim)
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = WindowAttention(cfg.dim, cfg.heads, cfg.window)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        x = x + self.position(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Refiner(nn.Module):
+    def __init__(self, cfg: RefinerConfig = RefinerConfig()):
+        super().__init__()
+        self.cfg = cfg
+        p = cfg.patch
+        self.embed = nn.Conv2d(3, cfg.dim, kernel_size=p, stride=p)  # a linear map of each 10x10x3 patch
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, p * p * 3)
+        self.skip = nn.Conv2d(3, 3, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            self.skip.weight.zero_()
+            self.skip.bias.zero_()
+            for c in range(3):
+                self.skip.weight[c, c, 1, 1] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1], H and W multiples of ``cfg.multiple`` -> refined image, same shape."""
+        b, _, h, w = x.shape
+        p = self.cfg.patch
+        tokens = self.embed(x - 0.5).permute(0, 2, 3, 1)  # (B, H/p, W/p, dim)
+        for block in self.blocks:
+            tokens = block(tokens)
+        patches = self.head(self.norm(tokens))  # (B, H/p, W/p, 3*p*p)
+        residual = F.pixel_shuffle(patches.permute(0, 3, 1, 2), p)
+        return self.skip(x) + residual

@@ -1,0 +1,273 @@
+"""Training both learned stages, resumable, and writing a model bundle.
+
+1. Split the pairs into train/validation by target hash.
+2. Stage 2: fit the quantile model on augmented histogram rows of the training pairs; choose the KDE
+   bandwidth on validation (and record what plain interpolation would score).
+3. Refiner inputs are stage-3 outputs made with *out-of-fold* quantile predictions, so the refiner
+   learns to fix the errors stage 2 really makes on unseen images, not the smaller ones it makes on
+   images it was fitted on.
+4. Stage 4: train the refiner on random crops with loss -PSNR + w * L1; checkpoints every few hundred
+   steps (``--resume`` continues), the weights with the best validation PSNR are kept.
+5. Refit stage 2 on all pairs, write the bundle with a manifest of data, settings and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .bundle import Bundle, save_bundle
+from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by_group
+from .features import extract_features
+from .mapping import MappingConfig, match_to_quantiles
+from .metrics import psnr, quantize8, ssim
+from .quantiles import QuantileModel, QuantileModelConfig, augmented_rows, target_quantiles
+from .refine import refine, resolve_device
+from .refiner import Refiner, RefinerConfig
+
+BANDWIDTHS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08)
+
+
+@dataclass
+class RefinerTrainConfig:
+    steps: int = 3000
+    batch: int = 16
+    crop: int = 160  # multiple of the refiner's 80-pixel window
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    warmup: int = 100
+    l1_weight: float = 20.0  # L1 is in [0, 1] units; this puts 0.05 of L1 on a par with 1 dB
+    eval_every: int = 250
+    checkpoint_every: int = 250
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output: str
+    seed: int = 0
+    val_fraction: float = 0.15
+    oof_folds: int = 4
+    device: str = "auto"
+    threads: int | None = None
+    quantile: QuantileModelConfig = field(default_factory=QuantileModelConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    refiner_train: RefinerTrainConfig = field(default_factory=RefinerTrainConfig)
+    bandwidths: tuple[float, ...] = BANDWIDTHS
+    refit_all: bool = True  # final stage 2 sees every pair once settings are chosen
+    max_pairs: int | None = None  # for quick runs and tests
+
+
+def rows_for(lows, highs, cfg: QuantileModelConfig, seed: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feats, targets = [], []
+    for low, high in tqdm(list(zip(lows, highs)), desc="histogram rows", disable=not progress, leave=False):
+        f, t = augmented_rows(low, high, rng, cfg.augmentations)
+        feats.append(f)
+        targets.append(t)
+    return np.concatenate(feats), np.concatenate(targets)
+
+
+def mean_psnr(outputs, highs) -> float:
+    return float(np.mean([psnr(quantize8(o) / 255.0, h) for o, h in zip(outputs, highs)]))
+
+
+def tune_mapping(lows, highs, quantiles, bandwidths) -> tuple[MappingConfig, dict[str, float]]:
+    """Best KDE bandwidth on validation; the scores of every candidate and of plain interpolation."""
+    scores = {"interp": mean_psnr([match_to_quantiles(l, q, MappingConfig("interp")) for l, q in zip(lows, quantiles)], highs)}
+    for bw in bandwidths:
+        cfg = MappingConfig("kde", bw)
+        scores[f"kde_{bw:g}"] = mean_psnr([match_to_quantiles(l, q, cfg) for l, q in zip(lows, quantiles)], highs)
+    best = max(bandwidths, key=lambda bw: scores[f"kde_{bw:g}"])
+    return MappingConfig("kde", best), scores
+
+
+def out_of_fold_quantiles(pairs: list[Pair], lows, highs, cfg: TrainConfig, progress: bool) -> np.ndarray:
+    folds = group_folds(pairs, cfg.oof_folds, cfg.seed)
+    out = np.zeros((len(pairs), 3, 21))
+    for k in tqdm(range(cfg.oof_folds), desc="out-of-fold stage 2", disable=not progress):
+        fit_idx, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        x, y = rows_for([lows[i] for i in fit_idx], [highs[i] for i in fit_idx], cfg.quantile, cfg.seed + 1 + k, False)
+        model = QuantileModel.fit(x, y, cfg.quantile, n_threads=cfg.threads)
+        out[held] = model.predict(np.stack([extract_features(lows[i]) for i in held]))
+    return out
+
+
+def refiner_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """-PSNR (per image, dB) + l1_weight * L1; returns (loss, mean PSNR)."""
+    mse = (pred - target).pow(2).flatten(1).mean(1)
+    psnr_db = -10.0 * torch.log10(mse + 1e-8)
+    l1 = (pred - target).abs().mean()
+    return -psnr_db.mean() + l1_weight * l1, psnr_db.mean().detach()
+
+
+def random_crops(inputs, targets, batch: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for _ in range(batch):
+        i = rng.integers(len(inputs))
+        h, w = inputs[i].shape[:2]
+        y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        x = inputs[i][y0 : y0 + crop, x0 : x0 + crop]
+        y = targets[i][y0 : y0 + crop, x0 : x0 + crop]
+        k, flip = rng.integers(4), rng.integers(2)
+        x, y = np.rot90(x, k), np.rot90(y, k)
+        if flip:
+            x, y = x[:, ::-1], y[:, ::-1]
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ys.append(np.ascontiguousarray(y, dtype=np.float32))
+    to_t = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2)
+    return to_t(xs), to_t(ys)
+
+
+def evaluate_refiner(model: Refiner, inputs, highs, device) -> tuple[float, float]:
+    model.eval()
+    outs = [refine(model, x, device) for x in inputs]
+    model.train()
+    p = mean_psnr(outs, highs)
+    s = float(np.mean([ssim(quantize8(o) / 255.0, h) for o, h in zip(outs, highs)]))
+    return p, s
+
+
+def train_refiner(
+    train_inputs, train_highs, val_inputs, val_highs, cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool
+) -> tuple[Refiner, dict]:
+    rt = cfg.refiner_train
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = Refiner(cfg.refiner).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=rt.lr, weight_decay=rt.weight_decay)
+    schedule = lambda s: min(1.0, (s + 1) / rt.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, rt.steps) / rt.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    ckpt_path, best_path = run_dir / "refiner_checkpoint.pt", run_dir / "refiner_best.pt"
+    state = {"step": 0, "best_psnr": -1.0, "history": []}
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state = json.loads(ckpt["state"])
+    rng = np.random.default_rng(cfg.seed + state["step"])  # a resumed run draws fresh crops, reproducibly
+    use_amp = device.type == "cuda"
+    bar = tqdm(total=rt.steps, initial=state["step"], desc="refiner", disable=not progress)
+    running = None
+    while state["step"] < rt.steps:
+        x, y = random_crops(train_inputs, train_highs, rt.batch, rt.crop, rng)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            pred = model(x)
+        loss, batch_psnr = refiner_loss(pred.float(), y, rt.l1_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        state["step"] += 1
+        running = batch_psnr.item() if running is None else 0.95 * running + 0.05 * batch_psnr.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", psnr=f"{running:.2f}")
+        last = state["step"] == rt.steps
+        if val_inputs and (state["step"] % rt.eval_every == 0 or last):
+            vp, vs = evaluate_refiner(model, val_inputs, val_highs, device)
+            state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": running})
+            bar.write(f"step {state['step']}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
+            if vp > state["best_psnr"]:
+                state["best_psnr"] = vp
+                torch.save(model.state_dict(), best_path)
+        if state["step"] % rt.checkpoint_every == 0 or last:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "state": json.dumps(state)}, tmp)
+            tmp.replace(ckpt_path)  # a crash mid-write never leaves a corrupt checkpoint
+    bar.close()
+    if best_path.exists():
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    return model.cpu().eval(), state
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train both stages on ``cfg.data`` and write the bundle to ``cfg.output``; returns the manifest."""
+    started = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output)
+    run_dir = out / "_training"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pairs, eval_pairs = resolve_training_sets(cfg.data)
+    if cfg.max_pairs:
+        pairs = pairs[: cfg.max_pairs]
+    train_pairs, val_pairs = split_by_group(pairs, cfg.val_fraction, cfg.seed)
+    lows, highs = load_pairs(train_pairs)
+    val_lows, val_highs = load_pairs(val_pairs)
+
+    # Stage 2 on the training split, bandwidth chosen on validation.
+    stage2_dir, cache = run_dir / "stage2", run_dir / "stage3_inputs.npz"
+    metrics: dict = {}
+    if resume and (stage2_dir / "quantiles.ubj").exists() and cache.exists():
+        model = QuantileModel.load(stage2_dir, n_threads=cfg.threads)
+        saved = np.load(cache, allow_pickle=False)
+        oof, val_q = saved["oof"], saved["val"]
+        metrics = json.loads((run_dir / "stage2_metrics.json").read_text())
+        mapping = MappingConfig(**metrics["mapping"])
+    else:
+        x, y = rows_for(lows, highs, cfg.quantile, cfg.seed, progress)
+        model = QuantileModel.fit(x, y, cfg.quantile, n_threads=cfg.threads)
+        val_q = model.predict(np.stack([extract_features(l) for l in val_lows])) if val_pairs else np.zeros((0, 3, 21))
+        if val_pairs:
+            mapping, scores = tune_mapping(val_lows, val_highs, val_q, cfg.bandwidths)
+            oracle = [match_to_quantiles(l, target_quantiles(h), mapping) for l, h in zip(val_lows, val_highs)]
+            metrics = {"val_stage3_psnr_by_mapping": scores, "val_oracle_quantiles_psnr": mean_psnr(oracle, val_highs)}
+        else:
+            mapping = MappingConfig()
+        metrics["mapping"] = asdict(mapping)
+        oof = out_of_fold_quantiles(train_pairs, lows, highs, cfg, progress)
+        model.save(stage2_dir)
+        np.savez(cache, oof=oof, val=val_q)
+        (run_dir / "stage2_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    train_inputs = [match_to_quantiles(l, q, mapping) for l, q in zip(lows, oof)]
+    val_inputs = [match_to_quantiles(l, q, mapping) for l, q in zip(val_lows, val_q)]
+    metrics["train_oof_stage3_psnr"] = mean_psnr(train_inputs, highs)
+    if val_pairs:
+        metrics["val_stage3_psnr"] = mean_psnr(val_inputs, val_highs)
+    stage2_seconds = time.time() - started
+
+    t = time.time()
+    refiner, state = train_refiner(train_inputs, highs, val_inputs, val_highs, cfg, run_dir, resume, progress)
+    metrics["refiner_history"] = state["history"]
+    if val_pairs:
+        metrics["val_stage4_psnr"] = state["best_psnr"]
+    refiner_seconds = time.time() - t
+
+    if cfg.refit_all and val_pairs:
+        x, y = rows_for(lows + val_lows, highs + val_highs, cfg.quantile, cfg.seed, progress)
+        model = QuantileModel.fit(x, y, cfg.quantile, n_threads=cfg.threads)
+    bundle = Bundle(model, mapping, refiner)
+    extra = {
+        "training": {
+            "data": Path(cfg.data).name,
+            "pairs": len(pairs),
+            "target_groups": len({p.group for p in pairs}),
+            "validation_pairs": len(val_pairs),
+            "stage2_refit_on_all_pairs": bool(cfg.refit_all and val_pairs),
+            "seed": cfg.seed,
+            "device": str(resolve_device(cfg.device)),
+            "seconds": {"stage2": round(stage2_seconds, 1), "refiner": round(refiner_seconds, 1),
+                        "total": round(time.time() - started, 1)},
+            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        },
+        "metrics": metrics,
+    }
+    manifest = save_bundle(bundle, out, extra)
+    if eval_pairs:
+        from .evaluate import evaluate_pairs
+
+        report = evaluate_pairs(out, eval_pairs, progress=progress)
+        manifest = save_bundle(bundle, out, {**extra, "eval": {"set": "eval15", **report["mean"]}})
+    return manifest
