@@ -161,21 +161,20 @@ def enhance_archive(
         paths = [p for p in paths if p.split("/", 1)[0] != archive.METRICS_DIR]
     shards = archive.plan_shards(paths, shard_size)
     _check_resume(output_url, run_id, shard_size, shards, logger)
-    archive.write_run_manifest(
-        output_url,
-        run_id,
-        {
-            "run_id": run_id,
-            "input_url": storage.redact_url(input_url),
-            "output_url": storage.redact_url(output_url),
-            "reference_url": storage.redact_url(reference_url) if reference_url else None,
-            "model": model,
-            "shard_size": shard_size,
-            "shards": len(shards),
-            "images": len(paths),
-            "started_at": datetime.now(timezone.utc).isoformat(),
-        },
-    )
+    plan = {
+        "run_id": run_id,
+        "input_url": storage.redact_url(input_url),
+        "output_url": storage.redact_url(output_url),
+        "reference_url": storage.redact_url(reference_url) if reference_url else None,
+        "model": model,
+        "shard_size": shard_size,
+        "shards": len(shards),
+        "images": len(paths),
+    }
+    previous = archive.read_run_manifest(output_url, run_id) or {}
+    # A resume that changes nothing leaves the manifest (and its started_at) alone.
+    if any(previous.get(k) != v for k, v in plan.items()):
+        archive.write_run_manifest(output_url, run_id, {**plan, "started_at": datetime.now(timezone.utc).isoformat()})
     logger.info(
         "run %s: %d images in %d shards from %s -> %s",
         run_id, len(paths), len(shards), storage.redact_url(input_url), storage.redact_url(output_url),

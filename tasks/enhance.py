@@ -22,11 +22,12 @@ _ENHANCERS_LOCK = threading.Lock()
 _MAX_LOGGED_PROBLEMS = 5
 
 
-def get_enhancer(bundle_path: str | None, device: str = "auto") -> Enhancer:
+def get_enhancer(bundle_path: str | None, device: str = "auto", threads: int | None = None) -> Enhancer:
+    """The process-wide Enhancer for a bundle, loaded on first use."""
     key = (None if bundle_path is None else str(bundle_path), device)
     with _ENHANCERS_LOCK:
         if key not in _ENHANCERS:
-            _ENHANCERS[key] = Enhancer.load(key[0], device=device)
+            _ENHANCERS[key] = Enhancer.load(key[0], device=device, threads=threads)
         return _ENHANCERS[key]
 
 
@@ -107,8 +108,10 @@ def enhance_shard(
         logger.info("%s: retrying %d failed image(s)", shard.shard_id, len(todo))
 
     if threads:
+        # Every task, not only the loading one: tasks of another run may have asked for a
+        # different count in this same long-lived worker.
         set_threads(threads)
-    enhancer = get_enhancer(bundle_path, device)
+    enhancer = get_enhancer(bundle_path, device, threads)
     limits = DecodeLimits() if max_pixels is None else DecodeLimits(max_pixels=max_pixels)
     subset = archive.Shard(shard.shard_id, tuple(todo), shard.fingerprint)
     rows = archive.process_shard(

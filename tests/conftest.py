@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY_ID = "AKIALLIETESTKEY00001"
 FAKE_SECRET = "llie-test-secret-do-not-log-0123456789"
 
@@ -123,8 +127,80 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def enhancer():
-    """The default bundle shipped in the package, loaded once for the session."""
+def bundle_path() -> str | None:
+    """The model bundle under test: the default one shipped in the package (None).
+
+    LLIE_TEST_BUNDLE points the suite at another bundle directory instead, e.g. a freshly
+    trained one before it is shipped.
+    """
+    return os.environ.get("LLIE_TEST_BUNDLE") or None
+
+
+@pytest.fixture(scope="session")
+def enhancer(bundle_path):
+    """The bundle under test, loaded once for the session."""
     from llie.pipeline import Enhancer
 
-    return Enhancer.load(None, device="cpu")
+    return Enhancer.load(bundle_path, device="cpu")
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """This process's environment, plus the repo on PYTHONPATH so children import tasks/flows."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    env.update(overrides)
+    return env
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def dask_address(prefect_harness, tmp_path_factory):
+    """A separate ``dask scheduler`` and ``dask worker`` (2 processes), as on a real cluster.
+
+    Shared by the flow tests: the workers stay warm (imports done, Enhancer cached), which is
+    also how a long-lived cluster behaves. They inherit PREFECT_API_URL from the harness.
+    """
+    from distributed import Client
+
+    logs = tmp_path_factory.mktemp("dask-logs")
+    env = subprocess_env()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    procs = []
+    try:
+        with open(logs / "scheduler.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
+                 "--port", address.rsplit(":", 1)[1], "--dashboard-address", ":0"],
+                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            ))
+        with open(logs / "worker.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
+                 "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"],
+                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            ))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with Client(address, timeout=10) as client:
+                    client.wait_for_workers(2, timeout=max(1, deadline - time.monotonic()))
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(
+                        "dask cluster did not start:\n" + (logs / "scheduler.log").read_text()[-2000:]
+                        + (logs / "worker.log").read_text()[-2000:]
+                    )
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)

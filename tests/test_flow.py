@@ -1,0 +1,200 @@
+"""The archive flow end to end: real Prefect (test harness API), real Dask, real moto S3."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.enhance_archive import enhance_archive
+from llie import archive, storage
+from llie.imageio import DecodeLimits, decode_image
+from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _rows_by_path(table) -> dict[str, dict]:
+    rows = table.to_pylist()
+    paths = [r["rel_path"] for r in rows]
+    assert len(paths) == len(set(paths)), "an image has more than one row"
+    return {r["rel_path"]: r for r in rows}
+
+
+def _check_ok_row(row, input_bytes: bytes, output_bytes: bytes) -> None:
+    assert row["status"] == "ok", row["error"]
+    assert row["error"] is None
+    src = decode_image(input_bytes, DecodeLimits())
+    out = decode_image(output_bytes, DecodeLimits())
+    assert (row["width"], row["height"]) == (src.width, src.height) == (out.width, out.height)
+    assert row["bytes_in"] == len(input_bytes) and row["bytes_out"] == len(output_bytes)
+    assert row["format"] == src.format == out.format
+    assert row["model_version"]
+    assert row["after_brightness"] > row["before_brightness"]
+    for stage in archive.STAGES:
+        assert row[f"sec_{stage}"] >= 0
+    assert row["finished_at"].tzinfo is not None
+
+
+def _tree_mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_s3_to_s3_on_local_cluster(s3, bundle_path):
+    """Default task runner (a fresh LocalCluster with 2 worker processes), s3:// in and out."""
+    names = ["a.png", "b.jpg", "nested/c.png", "nested/deep/d.png", "e.JPG"]
+    inputs = {}
+    for i, name in enumerate(names):
+        fmt = "JPEG" if name.lower().endswith(".jpg") else "PNG"
+        inputs[name] = encode(gradient(64, 48, seed=i, peak=0.2), fmt)
+        storage.write_bytes_atomic(s3.url(f"in/{name}"), inputs[name])
+        if name != "e.JPG":  # one image without a reference
+            storage.write_bytes_atomic(s3.url(f"ref/{name}"), encode(gradient(64, 48, seed=i, peak=0.7), fmt))
+    storage.write_bytes_atomic(s3.url("in/notes.txt"), b"not an image")
+
+    summary = enhance_archive(
+        s3.url("in"), s3.url("out"), shard_size=2, reference_url=s3.url("ref"), n_workers=2, run_id="s3run",
+        model=bundle_path, retry_delay_seconds=0.2,
+    )
+    assert summary["images"] == 5 and summary["ok"] == 5 and summary["errors"] == 0
+    assert summary["shards"] == 3 and summary["failed_shards"] == []
+    assert summary["mean_psnr"] is not None and summary["images_per_second"] > 0
+    assert summary["metrics_url"] == s3.url("out/_metrics/run_id=s3run")
+
+    table = archive.read_metrics(s3.url("out"), run_id="s3run")
+    rows = _rows_by_path(table)
+    assert sorted(rows) == sorted(names)
+    for name in names:
+        row = rows[name]
+        _check_ok_row(row, inputs[name], storage.read_bytes(s3.url(f"out/{name}")))
+        assert row["input_path"] == s3.url(f"in/{name}")
+        assert row["output_path"] == s3.url(f"out/{name}")
+        assert row["run_id"] == "s3run"
+        assert (row["psnr"] is None) == (name == "e.JPG")
+    assert rows["e.JPG"]["warning"] == "no reference image"
+    assert len({r["worker"] for r in rows.values()}) >= 1
+
+    # Credentials reach workers through the environment and never land in the outputs.
+    for shard_id in archive.shard_files(s3.url("out"), "s3run"):
+        blob = storage.read_bytes(archive.shard_parquet_url(s3.url("out"), "s3run", shard_id))
+        assert FAKE_SECRET.encode() not in blob and FAKE_KEY_ID.encode() not in blob
+    manifest = storage.read_bytes(archive.run_manifest_url(s3.url("out"), "s3run"))
+    assert FAKE_SECRET.encode() not in manifest and b'"shard_size": 2' in manifest
+
+
+@pytest.fixture
+def archive_with_broken_files(tmp_path, make_images):
+    inp = tmp_path / "in"
+    good = [f"g{i}.png" for i in range(5)] + ["sub/g5.jpg"]
+    make_images(inp, good)
+    (inp / "broken").mkdir()
+    (inp / "broken/empty.jpg").write_bytes(b"")
+    (inp / "broken/text.jpg").write_text("definitely not a JPEG")
+    jpeg = (inp / "sub/g5.jpg").read_bytes()
+    (inp / "broken/truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (inp / ".DS_Store").write_bytes(b"junk")
+    bad = ["broken/empty.jpg", "broken/text.jpg", "broken/truncated.jpg"]
+    return inp, good, bad
+
+
+def test_external_cluster_retry_broken_files_and_resume(dask_address, archive_with_broken_files, tmp_path, bundle_path):
+    inp, good, bad = archive_with_broken_files
+    out, markers = tmp_path / "out", tmp_path / "markers"
+    common = dict(shard_size=4, dask_address=dask_address, retries=2, retry_delay_seconds=0.2, run_id="r-ext",
+                  model=bundle_path)
+
+    # Every shard's first attempt raises after writing its outputs; the retry must finish it
+    # without leaving a second row for any image.
+    summary = enhance_archive(str(inp), str(out), fault_marker_url=str(markers), **common)
+    shard_ids = [s.shard_id for s in archive.plan_shards(good + bad, 4)]
+    assert sorted(os.listdir(markers)) == shard_ids  # each shard did fail once
+    assert summary["images"] == 9 and summary["ok"] == 6 and summary["errors"] == 3
+    assert summary["failed_shards"] == [] and summary["shards_resumed"] == 0
+
+    table = pq.read_table(out / "_metrics")  # the plain-pyarrow view, hive partitioned
+    assert table.num_rows == 9
+    rows = _rows_by_path(archive.read_metrics(str(out), "r-ext"))
+    assert sorted(rows) == sorted(good + bad)
+    for name in good:
+        _check_ok_row(rows[name], (inp / name).read_bytes(), (out / name).read_bytes())
+        assert rows[name]["input_path"] == f"{inp}/{name}"
+    reasons = {name: rows[name]["error"] for name in bad}
+    assert reasons == {
+        "broken/empty.jpg": "decode: empty file",
+        "broken/text.jpg": "decode: not an image (text/unknown format)",
+        "broken/truncated.jpg": "decode: truncated JPEG",
+    }
+    assert all(rows[n]["status"] == "error" and rows[n]["output_path"] is None for n in bad)
+    assert not (out / "broken").exists()
+    workers = {r["worker"] for r in rows.values()}
+    assert all(":" in w for w in workers) and os.getpid() not in {int(w.rsplit(":", 1)[1]) for w in workers}
+
+    # Same run_id again: nothing is redone, not even rewritten.
+    before = _tree_mtimes(out)
+    again = enhance_archive(str(inp), str(out), **common)
+    assert _tree_mtimes(out) == before
+    assert again["shards_resumed"] == len(shard_ids) and again["processed"] == 0
+    assert (again["images"], again["ok"], again["errors"]) == (9, 6, 3)
+
+
+def test_retry_failed_redoes_only_failed_images(
+    dask_address, archive_with_broken_files, tmp_path, make_images, bundle_path
+):
+    inp, good, bad = archive_with_broken_files
+    out = tmp_path / "out"
+    common = dict(shard_size=4, dask_address=dask_address, run_id="r-fix", model=bundle_path)
+    enhance_archive(str(inp), str(out), **common)
+    first = _rows_by_path(archive.read_metrics(str(out), "r-fix"))
+    mtimes = _tree_mtimes(out)
+
+    # Someone repairs one broken file; only the shard holding it may change.
+    make_images(inp, ["broken/text.jpg"])
+    summary = enhance_archive(str(inp), str(out), retry_failed=True, **common)
+    assert (summary["ok"], summary["errors"]) == (7, 2)
+    rows = _rows_by_path(archive.read_metrics(str(out), "r-fix"))
+    assert len(rows) == 9 and rows["broken/text.jpg"]["status"] == "ok"
+    assert summary["processed"] == 3  # the three non-ok images, nothing else
+    for name in good:
+        assert rows[name]["finished_at"] == first[name]["finished_at"]
+        assert _tree_mtimes(out)[name] == mtimes[name]
+    after = _tree_mtimes(out)
+    changed = sorted(k for k in after if after[k] != mtimes.get(k))
+    shard_of_text = next(s.shard_id for s in archive.plan_shards(good + bad, 4) if "broken/text.jpg" in s.paths)
+    # The repaired image and the rewritten shard files (the other still-broken images' shards are
+    # redone too, since they still hold error rows).
+    assert "broken/text.jpg" in changed
+    assert f"_metrics/run_id=r-fix/{shard_of_text}.parquet" in changed
+    assert all(k.startswith("_metrics/") or k == "broken/text.jpg" for k in changed), changed
+
+
+def test_exhausted_retries_fail_the_run_then_resume_finishes_it(dask_address, tmp_path, make_images, bundle_path):
+    inp, out, markers = tmp_path / "in", tmp_path / "out", tmp_path / "markers"
+    make_images(inp, [f"i{n}.png" for n in range(4)])
+    common = dict(shard_size=2, dask_address=dask_address, run_id="r-fail", model=bundle_path)
+    with pytest.raises(RuntimeError, match=r"2 shard\(s\) failed after retries: shard-00000, shard-00001"):
+        enhance_archive(str(inp), str(out), retries=0, fault_marker_url=str(markers), **common)
+    assert archive.shard_files(str(out), "r-fail") == []  # a failed attempt leaves no Parquet
+
+    summary = enhance_archive(str(inp), str(out), **common)
+    assert (summary["images"], summary["ok"], summary["shards_resumed"]) == (4, 4, 0)
+    assert len(archive.read_metrics(str(out), "r-fail")) == 4
+
+
+def test_refuses_output_inside_input(tmp_path, make_images):
+    make_images(tmp_path / "in", ["a.png"])
+    with pytest.raises(ValueError, match="overlaps input"):
+        enhance_archive(str(tmp_path / "in"), str(tmp_path / "in" / "out"))
+    with pytest.raises(ValueError, match="invalid run_id"):
+        enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), run_id="../x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_other_shard_size_is_refused(dask_address, tmp_path, make_images, bundle_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, ["a.png", "b.png", "c.png"])
+    enhance_archive(str(inp), str(out), shard_size=2, dask_address=dask_address, run_id="r-size", model=bundle_path)
+    with pytest.raises(ValueError, match="shard_size=2"):
+        enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="r-size")
