@@ -1,0 +1,153 @@
+"""The ``llie`` console entry point: llie's own commands plus ``llie run`` (the archive flow).
+
+``llie.cli`` stays free of Prefect; this module adds the one command that needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any
+
+import click
+from tqdm.auto import tqdm
+
+from llie import archive, storage
+from llie.cli import cli
+
+
+class ShardProgress:
+    """A progress bar over shards, fed by the shard Parquet files as they appear.
+
+    Polling the output (rather than hooking into Dask) counts the same thing whether the
+    cluster is local or remote, and shows resumed shards as done from the start.
+    """
+
+    def __init__(self, output_url: str, run_id: str, interval: float = 1.0, enabled: bool = True):
+        self.output_url, self.run_id, self.interval = output_url, run_id, interval
+        self._stop = threading.Event()
+        self._bar = tqdm(total=None, unit="shard", desc=f"run {run_id}", disable=not enabled, dynamic_ncols=True)
+        self._thread = threading.Thread(target=self._loop, name="llie-progress", daemon=True)
+
+    def __enter__(self) -> ShardProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        self._bar.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            if self._bar.total is None:
+                manifest = archive.read_run_manifest(self.output_url, self.run_id)
+                if manifest:
+                    self._bar.total = manifest["shards"]
+            done = len(archive.shard_files(self.output_url, self.run_id))
+        except Exception:  # a progress bar must never break or slow down the run
+            return
+        self._bar.n = done if self._bar.total is None else min(done, self._bar.total)
+        self._bar.refresh()
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    psnr = summary.get("mean_psnr")
+    click.echo("")
+    click.echo(f"run {summary['run_id']}: {summary['images']} images in {summary['shards']} shards "
+               f"({summary['shards_resumed']} resumed)")
+    click.echo(f"  ok {summary['ok']}   errors {summary['errors']}   skipped {summary['skipped']}")
+    click.echo(f"  mean PSNR     {'n/a (no references)' if psnr is None else f'{psnr:.2f} dB'}")
+    click.echo(f"  throughput    {summary['images_per_second']:.2f} images/s "
+               f"({summary['processed']} processed in {summary['seconds']:.1f} s)")
+    click.echo(f"  images        {summary['output_url']}")
+    click.echo(f"  metrics       {summary['metrics_url']}")
+    if summary["errors"] or summary["skipped"]:
+        click.echo(f"  to retry them: llie run ... --run-id {summary['run_id']} --retry-failed")
+
+
+@cli.command("run")
+@click.argument("input_url")
+@click.argument("output_url")
+@click.option("--model", default=None, metavar="BUNDLE",
+              help="Model bundle directory, reachable from every worker (default: the bundle shipped with llie).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per task: the unit of parallelism, retry and resume.")
+@click.option("--reference", "reference_url", default=None, metavar="URL",
+              help="Well-lit references with the same relative paths, for PSNR/SSIM.")
+@click.option("--dask-address", default=None, metavar="ADDR",
+              help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local cluster (default: one per CPU).")
+@click.option("--run-id", default=None, metavar="ID",
+              help="Resume this run: finished shards are skipped (default: a new UTC-timestamped id).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Extra attempts for a shard that fails, with exponential backoff.")
+@click.option("--retry-failed", is_flag=True,
+              help="With --run-id: also redo images that ended with an error or skipped row.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Skip images larger than this many pixels (decompression-bomb guard).")
+@click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
+def run_command(input_url, output_url, model, shard_size, reference_url, dask_address, n_workers, run_id,
+                retries, retry_failed, max_pixels, device, no_progress) -> None:
+    """Enhance a whole archive with Prefect + Dask.
+
+    \b
+    INPUT_URL and OUTPUT_URL are folders or object-store prefixes (s3://bucket/prefix).
+    Enhanced images keep their relative paths under OUTPUT_URL; per-image metrics go to
+    OUTPUT_URL/_metrics/run_id=<ID>/<shard>.parquet (hive partitioned, one file per shard).
+    Credentials come from the environment (AWS_* variables, ~/.aws), never from the URL.
+
+    \b
+    Examples:
+      llie run photos/ enhanced/
+      llie run s3://archive/raw s3://archive/enhanced --reference s3://archive/ref --workers 8
+      llie run photos/ enhanced/ --run-id 20250101T000000Z-1a2b3c --retry-failed
+    """
+    from flows.enhance_archive import enhance_archive
+
+    try:
+        storage.check_output_not_inside_input(input_url, output_url)
+        run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    # The scheduler's chatter would break the progress bar into pieces.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    with ShardProgress(output_url, run_id, enabled=not no_progress):
+        state = enhance_archive(
+            input_url=input_url,
+            output_url=output_url,
+            model=model,
+            shard_size=shard_size,
+            reference_url=reference_url,
+            dask_address=dask_address,
+            n_workers=n_workers,
+            run_id=run_id,
+            retries=retries,
+            retry_failed=retry_failed,
+            max_pixels=max_pixels,
+            device=device,
+            return_state=True,
+        )
+    if not state.is_completed():
+        click.echo(f"\nrun {run_id} did not complete: {storage.redact_url(state.message or state.name)}", err=True)
+        click.echo(f"resume it with: llie run {storage.redact_url(input_url)} {storage.redact_url(output_url)} "
+                   f"--run-id {run_id}", err=True)
+        sys.exit(1)
+    _print_summary(state.result())
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
