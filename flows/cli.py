@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -53,8 +54,10 @@ class ShardProgress:
             done = len(archive.shard_files(self.output_url, self.run_id))
         except Exception:  # a progress bar must never break or slow down the run
             return
-        self._bar.n = done if self._bar.total is None else min(done, self._bar.total)
-        self._bar.refresh()
+        done = done if self._bar.total is None else min(done, self._bar.total)
+        if done != self._bar.n:  # redraw on change only: one line per shard in a CI log, not per second
+            self._bar.n = done
+            self._bar.refresh()
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -111,6 +114,9 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
       llie run s3://archive/raw s3://archive/enhanced --reference s3://archive/ref --workers 8
       llie run photos/ enhanced/ --run-id 20250101T000000Z-1a2b3c --retry-failed
     """
+    # Without a configured API, Prefect boots a temporary local server; on a small, busy machine
+    # that can take longer than its 20 s default. Must be set before prefect is first imported.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.enhance_archive import enhance_archive
 
     try:

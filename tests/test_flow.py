@@ -198,3 +198,29 @@ def test_resume_with_other_shard_size_is_refused(dask_address, tmp_path, make_im
     enhance_archive(str(inp), str(out), shard_size=2, dask_address=dask_address, run_id="r-size", model=bundle_path)
     with pytest.raises(ValueError, match="shard_size=2"):
         enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="r-size")
+
+
+def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images, bundle_path):
+    from click.testing import CliRunner
+
+    from flows.cli import cli, main
+
+    assert callable(main)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, ["a.png", "b.png", "c.jpg"])
+    (inp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    args = ["run", str(inp), str(out), "--shard-size", "2", "--dask-address", dask_address, "--run-id", "cli-1"]
+    if bundle_path:
+        args += ["--model", bundle_path]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "run cli-1: 4 images in 2 shards (0 resumed)" in result.output
+    assert "ok 3   errors 1   skipped 0" in result.output
+    assert "--run-id cli-1 --retry-failed" in result.output
+    assert f"metrics       {out}/_metrics/run_id=cli-1" in result.output
+    assert "2/2" in result.output  # the shard progress bar reached the end
+    assert len(archive.read_metrics(str(out), "cli-1")) == 4
+
+    overlap = CliRunner().invoke(cli, ["run", str(inp), str(inp / "x")])
+    assert overlap.exit_code == 2 and "overlaps input" in overlap.output
+    assert "--retry-failed" in CliRunner().invoke(cli, ["run", "--help"]).output
