@@ -60,7 +60,7 @@ class ShardProgress:
             self._bar.refresh()
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     psnr = summary.get("mean_psnr")
     click.echo("")
     click.echo(f"run {summary['run_id']}: {summary['images']} images in {summary['shards']} shards "
@@ -148,7 +148,7 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
         click.echo(f"resume it with: llie run {storage.redact_url(input_url)} {storage.redact_url(output_url)} "
                    f"--run-id {run_id}", err=True)
         sys.exit(1)
-    _print_summary(state.result())
+    print_summary(state.result())
 
 
 def main() -> None:
