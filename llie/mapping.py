@@ -40,7 +40,9 @@ def kde_histogram(quantiles: np.ndarray, bandwidth: float, grid: int = 1024, den
     points = inverse_cdf(quantiles, (np.arange(dense_points) + 0.5) / dense_points)
     centres = (np.arange(grid) + 0.5) / grid
     spread = points.std()
-    if spread < 1e-6 or bandwidth <= 0:
+    # a kernel narrower than one bin, sampled at bin centres, would miss or double-count points:
+    # bin the points instead, which is the kernel's limit (and keeps bandwidth -> 0 continuous)
+    if spread < 1e-6 or bandwidth * grid < 1:
         density = np.histogram(points, bins=grid, range=(0.0, 1.0))[0].astype(np.float64)
     else:
         kde = gaussian_kde(points, bw_method=bandwidth / spread)
