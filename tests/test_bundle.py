@@ -1,0 +1,219 @@
+"""The model bundle: round trip, hashed manifest, refusal of tampered or incomplete bundles."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import llie
+from helpers_synthetic import pairs
+from llie.bundle import MANIFEST, REFINER_FILE, Bundle, BundleError, load_bundle, save_bundle, verify_bundle
+from llie.features import extract_features
+from llie.mapping import MappingConfig
+from llie.pipeline import Enhancer
+from llie.quantiles import QuantileModel, QuantileModelConfig, augmented_rows
+from llie.refiner import Refiner, RefinerConfig
+
+MODEL_FILES = ["quantiles.json", "quantiles.ubj", "quantiles_pca.safetensors", REFINER_FILE]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _quantile_model(seed: int = 0, n_estimators: int = 10) -> QuantileModel:
+    cfg = QuantileModelConfig(n_estimators=n_estimators, augmentations=3, min_child_weight=2.0, seed=seed)
+    lows, highs = pairs(8, seed=seed)
+    rng = np.random.default_rng(seed)
+    x, y = zip(*(augmented_rows(l, h, rng, cfg.augmentations) for l, h in zip(lows, highs)))
+    return QuantileModel.fit(np.concatenate(x), np.concatenate(y), cfg, n_threads=1)
+
+
+def _refiner(seed: int = 0) -> Refiner:
+    """A non-identity refiner whose weights survive the bundle's fp16 storage exactly."""
+    torch.manual_seed(seed)
+    model = Refiner(RefinerConfig(dim=16, depth=1, heads=2))
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return Bundle(_quantile_model(), MappingConfig("kde", 0.02), _refiner())
+
+
+@pytest.fixture
+def saved(bundle, tmp_path) -> Path:
+    save_bundle(bundle, tmp_path / "bundle", extra={"note": "test"})
+    return tmp_path / "bundle"
+
+
+def _inputs():
+    lows, _ = pairs(1, 40, 56, seed=9)
+    return lows
+
+
+def test_round_trip_gives_identical_predictions(bundle, saved):
+    loaded = load_bundle(saved, n_threads=1)
+    assert loaded.mapping == bundle.mapping
+    assert loaded.refiner.cfg == bundle.refiner.cfg
+    assert loaded.manifest["note"] == "test"
+    original = Enhancer(bundle, device="cpu")
+    reloaded = Enhancer(loaded, device="cpu")
+    for low in _inputs():
+        f = extract_features(low)
+        np.testing.assert_array_equal(loaded.quantile_model.predict(f), bundle.quantile_model.predict(f))
+        for stages in ("hist", "full"):
+            a = original.enhance(low, stages=stages).image
+            b = reloaded.enhance(low, stages=stages).image
+            np.testing.assert_array_equal(a, b, err_msg=stages)
+    # the refiner is not the identity, so the full-pipeline comparison above really exercised it
+    x = torch.rand(1, 3, 80, 80)
+    with torch.no_grad():
+        assert (loaded.refiner(x) - x).abs().max() > 1e-3
+
+
+def test_manifest_records_files_versions_and_configs(saved):
+    manifest = json.loads((saved / MANIFEST).read_text())
+    assert sorted(manifest["files"]) == sorted(MODEL_FILES)
+    assert len(manifest["model_version"]) == 12
+    assert manifest["mapping"]["bandwidth"] == 0.02
+    assert manifest["refiner"]["dim"] == 16
+    assert {"python", "torch", "xgboost", "numpy", "scipy"} <= set(manifest["versions"])
+    assert verify_bundle(saved)["model_version"] == manifest["model_version"]
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_flipped_byte_is_refused(saved, name):
+    path = saved / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="hash"):
+        load_bundle(saved)
+
+
+def test_missing_manifest_is_refused(saved):
+    (saved / MANIFEST).unlink()
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(saved)
+
+
+def test_missing_model_file_is_refused(saved):
+    (saved / REFINER_FILE).unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(saved)
+
+
+def test_edited_manifest_is_refused(saved):
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["model_version"] = "0" * 12
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError):
+        load_bundle(saved)
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["format"] = 99
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format"):
+        load_bundle(saved)
+
+
+def test_not_a_bundle_is_refused(tmp_path):
+    with pytest.raises(BundleError):
+        load_bundle(tmp_path)
+
+
+def test_model_version_changes_exactly_when_weights_change(bundle, tmp_path):
+    first = save_bundle(bundle, tmp_path / "a", extra={"note": "one"})["model_version"]
+    # same weights, different metadata: same version
+    again = save_bundle(bundle, tmp_path / "b", extra={"note": "two"})["model_version"]
+    assert again == first
+    # one refiner weight changed
+    changed = Bundle(bundle.quantile_model, bundle.mapping, _refiner())
+    with torch.no_grad():
+        changed.refiner.head.bias[0] += 0.5
+    assert save_bundle(changed, tmp_path / "c")["model_version"] != first
+    # a different stage-2 model
+    other = Bundle(_quantile_model(seed=1), bundle.mapping, bundle.refiner)
+    assert save_bundle(other, tmp_path / "d")["model_version"] != first
+
+
+def test_bundle_without_refiner_round_trips(bundle, tmp_path):
+    save_bundle(Bundle(bundle.quantile_model, bundle.mapping, None), tmp_path)
+    assert not (tmp_path / REFINER_FILE).exists()
+    loaded = load_bundle(tmp_path)
+    assert loaded.refiner is None
+    low = _inputs()[0]
+    enhancer = Enhancer(loaded, device="cpu")
+    np.testing.assert_array_equal(enhancer.enhance(low, "full").image, enhancer.enhance(low, "hist").image)
+
+
+def test_shipped_default_bundle_verifies():
+    manifest = verify_bundle(Path(llie.__file__).parent / "assets" / "default_model")
+    assert manifest["model_version"]
+    assert sorted(manifest["files"]) == sorted(MODEL_FILES)
+
+
+def _torch_load_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+            if name == "load" and owner == "torch":
+                yield node
+
+
+def _unsafe_loads(text: str) -> tuple[int, list[str]]:
+    """(number of torch.load calls, problems) in one source file."""
+    tree = ast.parse(text)
+    problems, found = [], 0
+    for call in _torch_load_calls(tree):
+        found += 1
+        flags = {kw.arg: kw.value for kw in call.keywords}
+        value = flags.get("weights_only")
+        if not (isinstance(value, ast.Constant) and value.value is True):
+            problems.append(f"line {call.lineno}: torch.load without weights_only=True")
+    if "from torch import load" in text:  # an alias the call check would miss
+        problems.append("imports torch.load under another name")
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            if any(n and n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib") for n in names):
+                problems.append(f"line {node.lineno}: imports a pickle library")
+        if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
+            if not (isinstance(node.value, ast.Constant) and node.value.value is False):
+                problems.append(f"line {node.value.lineno}: allow_pickle is not False")
+    return found, problems
+
+
+def test_unsafe_load_check_catches_unsafe_code():
+    assert _unsafe_loads("import torch\nx = torch.load(p, weights_only=True)\n") == (1, [])
+    for bad in ("torch.load(p)", "torch.load(p, weights_only=False)", "torch.load(p, weights_only=flag)",
+                "import pickle", "from torch import load", "np.load(p, allow_pickle=True)"):
+        assert _unsafe_loads("import torch\n" + bad + "\n")[1], bad
+
+
+def test_torch_load_always_uses_weights_only():
+    """No ``torch.load`` in the package may unpickle arbitrary objects; nothing imports pickle."""
+    package = Path(llie.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+    assert len(sources) > 5
+    total = 0
+    for path in sources:
+        found, problems = _unsafe_loads(path.read_text())
+        assert not problems, f"{path.relative_to(package.parent)}: {problems}"
+        total += found
+    assert total >= 1  # the refiner checkpoints are loaded somewhere: the check did look at them

@@ -1,0 +1,194 @@
+"""The ``llie`` click group: enhance a folder of mixed images, reference scores, help, synth, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from helpers_synthetic import pair, scene, to_uint8, write_lol
+from llie.cli import cli
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _save(path: Path, image: Image.Image, fmt: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+
+
+def _dark(h: int, w: int, seed: int) -> np.ndarray:
+    return to_uint8(pair(h, w, seed=seed)[0])
+
+
+# relative path -> (expected format, expected mode, (width, height))
+EXPECTED = {
+    "rgb.png": ("PNG", "RGB", (64, 48)),
+    "gray.png": ("PNG", "L", (41, 30)),
+    "rgba.png": ("PNG", "RGBA", (17, 33)),
+    "gray16.png": ("PNG", "I;16", (31, 25)),
+    "photo.jpg": ("JPEG", "RGB", (50, 40)),
+    "sub/nested.png": ("PNG", "RGB", (35, 21)),
+    "sub/deeper/UPPER.JPG": ("JPEG", "RGB", (19, 27)),
+}
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    root = tmp_path / "in"
+    _save(root / "rgb.png", Image.fromarray(_dark(48, 64, 0)), "PNG")
+    _save(root / "gray.png", Image.fromarray(_dark(30, 41, 1)[..., 1]), "PNG")
+    rgba = np.dstack([_dark(33, 17, 2), np.linspace(0, 255, 33 * 17).reshape(33, 17).astype(np.uint8)])
+    _save(root / "rgba.png", Image.fromarray(rgba, "RGBA"), "PNG")
+    sixteen = np.random.default_rng(3).integers(200, 9000, size=(25, 31)).astype(np.uint16)
+    _save(root / "gray16.png", Image.fromarray(sixteen), "PNG")
+    _save(root / "photo.jpg", Image.fromarray(_dark(40, 50, 4)), "JPEG")
+    _save(root / "sub" / "nested.png", Image.fromarray(_dark(21, 35, 5)), "PNG")
+    _save(root / "sub" / "deeper" / "UPPER.JPG", Image.fromarray(_dark(27, 19, 6)), "JPEG")
+    for rel, (fmt, mode, size) in EXPECTED.items():  # the inputs are what the table says
+        with Image.open(root / rel) as im:
+            assert (im.format, im.mode, im.size) == (fmt, mode, size), rel
+    return root
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_enhance_folder_of_mixed_images(photos, tmp_path):
+    out = tmp_path / "out"
+    result = _run("enhance", "--input", str(photos), "--output", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"enhanced {len(EXPECTED)} of {len(EXPECTED)} images" in result.output
+    assert _files(out) == sorted(EXPECTED)  # exactly one output per input, same relative path, no temp files
+    for rel, (fmt, mode, size) in EXPECTED.items():
+        with Image.open(out / rel) as im:
+            assert (im.format, im.mode, im.size) == (fmt, mode, size), rel
+    with Image.open(photos / "rgb.png") as a, Image.open(out / "rgb.png") as b:
+        assert np.asarray(b).mean() > np.asarray(a).mean() + 20  # it did enhance
+    with Image.open(photos / "rgba.png") as a, Image.open(out / "rgba.png") as b:
+        np.testing.assert_array_equal(np.asarray(b)[..., 3], np.asarray(a)[..., 3])  # alpha kept as is
+    with Image.open(out / "gray16.png") as im:
+        values = np.asarray(im)
+        assert values.dtype == np.uint16
+        assert len(np.unique(values)) > 256  # real 16-bit output, not 8-bit scaled up
+    # inputs are never touched
+    assert _files(photos) == sorted(EXPECTED)
+
+
+def test_broken_file_fails_the_run_but_not_the_others(tmp_path):
+    src = tmp_path / "in"
+    good = ["a.png", "sub/z.jpg"]
+    _save(src / "a.png", Image.fromarray(_dark(20, 30, 7)), "PNG")
+    _save(src / "sub" / "z.jpg", Image.fromarray(_dark(22, 18, 8)), "JPEG")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not a png" * 10)
+    (src / "sub" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["enhance", "--input", str(src), "--output", str(out), "--stages", "hist"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, result.output
+    assert any("broken.png" in line for line in errors)
+    assert any("sub/empty.jpg" in line for line in errors)
+    assert "enhanced 2 of 4 images" in result.output
+    assert _files(out) == good  # a.png is processed before the broken files, sub/z.jpg after them
+
+
+def test_reference_prints_psnr_table_with_mean(tmp_path):
+    src, ref = tmp_path / "low", tmp_path / "ref"
+    names = ["a.png", "b/c.png"]
+    for i, name in enumerate(names):
+        low, high = pair(40, 56, seed=20 + i)
+        _save(src / name, Image.fromarray(to_uint8(low)), "PNG")
+        _save(ref / name, Image.fromarray(to_uint8(high)), "PNG")
+    _save(src / "no_reference.png", Image.fromarray(_dark(24, 24, 9)), "PNG")
+    result = _run("enhance", "--input", str(src), "--output", str(tmp_path / "out"), "--reference", str(ref),
+                  "--stages", "hist")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if "PSNR" in line and "SSIM" in line)
+    rows = [line.split() for line in lines[header + 1 :] if line.strip()]
+    assert [r[0] for r in rows] == names + ["mean"]
+    psnrs = [float(r[1]) for r in rows]
+    ssims = [float(r[2]) for r in rows]
+    assert all(5 < p < 60 for p in psnrs) and all(-1 <= s <= 1 for s in ssims)
+    assert psnrs[-1] == pytest.approx(np.mean(psnrs[:-1]), abs=0.011)
+    assert ssims[-1] == pytest.approx(np.mean(ssims[:-1]), abs=0.0011)
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_inside_input_is_refused(photos, where):
+    out = photos if where == "same" else photos / "sub" / "enhanced"
+    before = _files(photos)
+    result = CliRunner().invoke(cli, ["enhance", "--input", str(photos), "--output", str(out)])
+    assert result.exit_code == 2
+    assert "must not be --input or inside it" in result.output
+    assert _files(photos) == before
+
+
+def test_empty_input_folder_is_a_usage_error(tmp_path):
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(cli, ["enhance", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no images found" in result.output
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        (None, ["enhance", "evaluate", "train", "synth"]),
+        ("enhance", ["--input", "--output", "--model", "--stages", "--reference", "--device", "--max-pixels"]),
+        ("evaluate", ["--data", "--model", "--device", "--json"]),
+        ("train", ["--data", "--output", "--steps", "--batch", "--seed", "--threads", "--resume", "--max-pairs"]),
+        ("synth", ["--input", "--output", "--seed", "--exposure"]),
+    ],
+)
+def test_help_mentions_every_option(command, options):
+    for flag in ("--help", "-h"):
+        result = _run(*([command] if command else []), flag)
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+        for option in options:
+            assert option in result.output, (command, option)
+
+
+def test_synth_writes_low_high_pairs(tmp_path):
+    src = tmp_path / "wellLit"
+    _save(src / "one.png", Image.fromarray(to_uint8(scene(40, 52, seed=1))), "PNG")
+    _save(src / "more" / "two.jpg", Image.fromarray(to_uint8(scene(33, 45, seed=2))), "JPEG")
+    out = tmp_path / "pairs"
+    result = _run("synth", "--input", str(src), "--output", str(out), "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 pairs" in result.output
+    expected = ["more/two.png", "one.png"]
+    assert _files(out / "low") == expected
+    assert _files(out / "high") == expected
+    for name in expected:
+        with Image.open(out / "low" / name) as lo, Image.open(out / "high" / name) as hi:
+            assert lo.size == hi.size and lo.mode == hi.mode == "RGB"
+            assert np.asarray(lo).mean() < 0.7 * np.asarray(hi).mean()
+
+
+def test_evaluate_prints_per_stage_table(tmp_path):
+    data = write_lol(tmp_path / "lol", 2, 40, 48, seed=5)
+    report = tmp_path / "report.json"
+    result = _run("evaluate", "--data", str(data), "--device", "cpu", "--json", str(report))
+    assert result.exit_code == 0, result.output
+    assert "stage3_psnr" in result.output and "**mean**" in result.output
+    saved = json.loads(report.read_text())
+    assert len(saved["rows"]) == 2
+    assert saved["mean"]["stage3_psnr"] > saved["mean"]["input_psnr"]

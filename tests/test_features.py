@@ -1,0 +1,99 @@
+"""Stage 1: per-channel histograms, their percentiles, and the feature vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers_synthetic import pair, scene
+from llie.features import (
+    N_BINS,
+    PERCENTILES,
+    channel_histograms,
+    extract_features,
+    feature_size,
+    histogram_percentiles,
+)
+
+
+def _random_image(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
+    """8-bit-grid float images with dense histograms of different shapes."""
+    if kind == "uniform":
+        x = rng.random((h, w, 3))
+    elif kind == "dark":  # low-light: mass piled up in the first few dozen levels
+        x = rng.beta(1.5, 12.0, (h, w, 3))
+    else:  # "normal"
+        x = rng.normal(0.5, 0.15, (h, w, 3))
+    return (np.rint(np.clip(x, 0, 1) * 255) / 255).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 900), (37, 53)])
+def test_histograms_sum_to_one_per_channel(shape):
+    rng = np.random.default_rng(sum(shape))
+    rgb = rng.random(shape + (3,)).astype(np.float32)
+    hist = channel_histograms(rgb)
+    assert hist.shape == (3, N_BINS)
+    assert (hist >= 0).all()
+    np.testing.assert_allclose(hist.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_histogram_counts_each_channel_separately():
+    rgb = np.zeros((2, 2, 3), np.float32)
+    rgb[..., 1] = 1.0
+    rgb[0, 0, 2] = 128 / 255
+    hist = channel_histograms(rgb)
+    assert hist[0, 0] == 1.0
+    assert hist[1, 255] == 1.0
+    assert hist[2, 0] == 0.75 and hist[2, 128] == 0.25
+
+
+@pytest.mark.parametrize("kind", ["uniform", "dark", "normal"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_histogram_percentiles_match_numpy(kind, seed):
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(30, 80)), int(rng.integers(30, 80))
+    rgb = _random_image(rng, h, w, kind)
+    got = histogram_percentiles(channel_histograms(rgb))
+    assert got.shape == (3, len(PERCENTILES))
+    for c in range(3):
+        expected = np.percentile(rgb[..., c].astype(np.float64), PERCENTILES)
+        np.testing.assert_allclose(got[c], expected, atol=1 / 255, err_msg=f"{kind} channel {c}")
+
+
+def test_histogram_percentiles_are_monotone_and_in_range():
+    rng = np.random.default_rng(3)
+    hist = rng.random((5, N_BINS)) * (rng.random((5, N_BINS)) < 0.2)  # sparse, with empty stretches
+    hist[:, 0] = 0
+    pct = histogram_percentiles(hist)
+    assert (np.diff(pct, axis=1) >= 0).all()
+    assert pct.min() >= 0 and pct.max() <= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_features_identical_for_8bit_and_exact_16bit(seed):
+    rng = np.random.default_rng(seed)
+    codes8 = rng.integers(0, 256, size=(41, 29, 3), dtype=np.uint16)
+    as8 = codes8.astype(np.float32) / 255.0
+    as16 = (codes8 * 257).astype(np.float32) / 65535.0  # the exact 16-bit rendering of the same picture
+    np.testing.assert_array_equal(channel_histograms(as8), channel_histograms(as16))
+    np.testing.assert_array_equal(extract_features(as8), extract_features(as16))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 900), (48, 64), (101, 7)])
+def test_feature_length_is_fixed(shape):
+    rgb = scene(*shape, seed=1) if min(shape) > 1 else np.full(shape + (3,), 0.2, np.float32)
+    f = extract_features(rgb)
+    assert f.dtype == np.float32
+    assert f.shape == (feature_size(),)
+    assert np.isfinite(f).all()
+
+
+def test_feature_size_is_stable_for_extreme_images():
+    for value in (0.0, 1.0):
+        f = extract_features(np.full((5, 5, 3), value, np.float32))
+        assert f.shape == (feature_size(),) and np.isfinite(f).all()
+
+
+def test_features_distinguish_exposures():
+    low, high = pair(48, 64, seed=4)
+    assert not np.allclose(extract_features(low), extract_features(high))

@@ -1,0 +1,134 @@
+"""Stage 3: the KDE target histogram and histogram matching through monotone LUTs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers_synthetic import pair
+from llie.features import PERCENTILES, channel_histograms, histogram_percentiles
+from llie.mapping import (
+    MappingConfig,
+    channel_lut,
+    infer_levels,
+    kde_histogram,
+    match_to_quantiles,
+    to_levels,
+)
+from llie.quantiles import target_quantiles
+
+INTERIOR = slice(1, -1)  # 5th..95th percentile: the extremes of a few-level dark image are not matchable
+
+
+def _random_quantiles(rng: np.random.Generator, n: int = 3) -> np.ndarray:
+    lo, hi = np.sort(rng.uniform(0, 1, size=(2, n)), axis=0)
+    return np.sort(rng.uniform(lo[:, None], hi[:, None], size=(n, len(PERCENTILES))), axis=1)
+
+
+def _source_hist(rng: np.random.Generator, levels: int = 256) -> np.ndarray:
+    hist = rng.poisson(rng.gamma(0.5, 20.0, size=levels)).astype(np.float64)
+    hist[rng.random(levels) < 0.3] = 0  # empty stretches, as in a dark 8-bit image
+    hist[0] += 1
+    return hist
+
+
+@pytest.mark.parametrize("bandwidth", [0.0, 1e-5, 0.01, 0.3])
+def test_kde_histogram_sums_to_one_and_is_nonnegative(bandwidth):
+    rng = np.random.default_rng(0)
+    cases = list(_random_quantiles(rng, 2))
+    cases.append(np.full(21, 0.4))  # a flat image: all percentiles equal
+    cases.append(np.linspace(0, 1, 21))  # mass right up to both ends
+    cases.append(np.r_[np.zeros(10), np.ones(11)])  # two spikes at the ends
+    for q in cases:
+        hist = kde_histogram(q, bandwidth)
+        assert hist.shape == (1024,)
+        assert np.isfinite(hist).all()
+        assert (hist >= 0).all()
+        assert hist.sum() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_kde_histogram_follows_the_percentiles():
+    q = np.linspace(0.2, 0.6, 21)  # uniform on [0.2, 0.6]
+    hist = kde_histogram(q, 0.005)
+    centres = (np.arange(1024) + 0.5) / 1024
+    assert hist[(centres > 0.22) & (centres < 0.58)].sum() > 0.9
+    assert hist[centres < 0.15].sum() < 0.01 and hist[centres > 0.65].sum() < 0.01
+
+
+@pytest.mark.parametrize("config", [MappingConfig("interp"), MappingConfig("kde", 0.002),
+                                    MappingConfig("kde", 0.02), MappingConfig("kde", 0.2)])
+def test_luts_are_monotone(config):
+    rng = np.random.default_rng(1)
+    for q in _random_quantiles(rng, 6):
+        lut = channel_lut(_source_hist(rng), q, config)
+        assert lut.shape == (256,)
+        assert (np.diff(lut) >= 0).all()
+        assert lut.min() >= 0 and lut.max() <= 1
+
+
+def test_unknown_mapping_method_is_refused():
+    with pytest.raises(ValueError, match="kde"):
+        channel_lut(np.ones(256), np.linspace(0, 1, 21), MappingConfig("cubic"))
+
+
+@pytest.mark.parametrize("config", [MappingConfig("interp"), MappingConfig("kde", 0.005)])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_matching_reaches_the_target_percentiles(config, seed):
+    low, high = pair(96, 128, seed=seed)
+    q = target_quantiles(high)
+    out = match_to_quantiles(low, q, config)
+    assert out.shape == low.shape and out.dtype == np.float32
+    before = histogram_percentiles(channel_histograms(low))
+    after = histogram_percentiles(channel_histograms(out))
+    err_before = np.abs(before - q)[:, INTERIOR]
+    err_after = np.abs(after - q)[:, INTERIOR]
+    assert err_after.mean() < 0.015, err_after.mean()
+    assert err_after.max() < 0.08, err_after.max()
+    assert err_after.mean() < err_before.mean() / 10
+
+
+def test_matching_is_monotone_in_the_input():
+    low, high = pair(64, 80, seed=3)
+    out = match_to_quantiles(low, target_quantiles(high), MappingConfig("kde", 0.01))
+    for c in range(3):
+        order = np.argsort(low[..., c].ravel(), kind="stable")
+        assert (np.diff(out[..., c].ravel()[order]) >= 0).all()
+
+
+def test_16bit_path_uses_65536_levels_and_is_monotone():
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 9000, size=(40, 50, 3))  # a dark 16-bit image, mostly off the 8-bit grid
+    rgb = (codes / 65535.0).astype(np.float32)
+    assert infer_levels(rgb) == 65536
+    assert infer_levels(np.rint(rgb * 255) / 255) == 256
+    assert to_levels(rgb, 65536).dtype == np.uint16
+    q = _random_quantiles(rng, 3)
+    for config in (MappingConfig("kde", 0.01), MappingConfig("interp")):
+        out = match_to_quantiles(rgb, q, config, levels=65536)
+        assert out.shape == rgb.shape and out.dtype == np.float32
+        assert out.min() >= 0 and out.max() <= 1
+        hist = np.bincount(to_levels(rgb, 65536)[..., 0].ravel(), minlength=65536)
+        lut = channel_lut(hist, q[0], config)
+        assert lut.shape == (65536,)
+        assert (np.diff(lut) >= 0).all()
+        for c in range(3):
+            order = np.argsort(codes[..., c].ravel(), kind="stable")
+            assert (np.diff(out[..., c].ravel()[order]) >= 0).all()
+        # 16-bit keeps distinctions an 8-bit table would merge: more distinct output values
+        out8 = match_to_quantiles(rgb, q, config, levels=256)
+        assert len(np.unique(out[..., 0])) > len(np.unique(out8[..., 0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_small_bandwidth_approaches_interp(seed):
+    low, high = pair(96, 128, seed=seed)
+    q = target_quantiles(high)
+    for c in range(3):
+        hist = np.bincount(to_levels(low, 256)[..., c].ravel(), minlength=256)
+        used = hist > 0  # levels no pixel has never reach an output
+        interp = channel_lut(hist, q[c], MappingConfig("interp"))
+        gap = {bw: np.abs(channel_lut(hist, q[c], MappingConfig("kde", bw)) - interp)[used].max()
+               for bw in (0.1, 1e-3, 1e-4, 1e-6, 0.0)}
+        for bw in (1e-3, 1e-4, 1e-6, 0.0):
+            assert gap[bw] < 0.02, (c, bw, gap)
+            assert gap[bw] < gap[0.1] / 3, (c, bw, gap)

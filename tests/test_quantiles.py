@@ -1,0 +1,180 @@
+"""Stage 2: the XGBoost quantile model, monotone by construction, saved without pickle."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from safetensors.numpy import load_file
+
+from helpers_synthetic import pairs
+from llie.features import extract_features, feature_size
+from llie.quantiles import (
+    N_CHANNELS,
+    N_QUANTILES,
+    QuantileModel,
+    QuantileModelConfig,
+    augmented_rows,
+    isotonic,
+    target_quantiles,
+)
+
+SMALL = QuantileModelConfig(n_estimators=30, augmentations=4, min_child_weight=2.0, colsample_bytree=0.5)
+
+
+def _rows(lows, highs, cfg, seed):
+    rng = np.random.default_rng(seed)
+    x, y = zip(*(augmented_rows(l, h, rng, cfg.augmentations) for l, h in zip(lows, highs)))
+    return np.concatenate(x), np.concatenate(y)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    lows, highs = pairs(20, seed=1)
+    x, y = _rows(lows, highs, SMALL, seed=0)
+    model = QuantileModel.fit(x, y, SMALL, n_threads=1)
+    return model, y
+
+
+# --------------------------------------------------------------------------- isotonic
+
+
+def _pava_minmax(y: np.ndarray) -> np.ndarray:
+    """Isotonic least squares by the min-max formula: f_i = max_{j<=i} min_{k>=i} mean(y[j..k])."""
+    n = len(y)
+    return np.array(
+        [max(min(y[j : k + 1].mean() for k in range(i, n)) for j in range(i + 1)) for i in range(n)]
+    )
+
+
+def _brute_force(y: np.ndarray) -> np.ndarray:
+    """Best non-decreasing fit among all ways to cut ``y`` into constant runs (each run at its mean)."""
+    n, best, best_err = len(y), None, np.inf
+    for cuts in itertools.product([0, 1], repeat=n - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        fit = np.concatenate([np.full(b - a, y[a:b].mean()) for a, b in zip(bounds, bounds[1:])])
+        if (np.diff(fit) >= -1e-12).all():
+            err = ((fit - y) ** 2).sum()
+            if err < best_err - 1e-12:
+                best, best_err = fit, err
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_isotonic_equals_brute_force_least_squares(seed):
+    rng = np.random.default_rng(seed)
+    for n in (1, 2, 3, 5, 7):
+        y = rng.normal(size=n)
+        got = isotonic(y[None])[0]
+        np.testing.assert_allclose(got, _brute_force(y), atol=1e-12)
+        np.testing.assert_allclose(got, _pava_minmax(y), atol=1e-12)
+
+
+def test_isotonic_properties_on_batches():
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=(4, 3, 21)) * 3
+    fit = isotonic(y)
+    assert fit.shape == y.shape
+    assert (np.diff(fit, axis=-1) >= -1e-12).all()
+    np.testing.assert_allclose(fit.mean(axis=-1), y.mean(axis=-1), atol=1e-12)  # PAVA keeps the mean
+    np.testing.assert_allclose(isotonic(fit), fit, atol=1e-12)  # idempotent
+    already = np.sort(y, axis=-1)
+    np.testing.assert_array_equal(isotonic(already), already)
+    # no other monotone curve is closer: compare with random monotone candidates
+    for _ in range(50):
+        candidate = np.sort(rng.normal(size=y.shape) * 3, axis=-1)
+        assert (((candidate - y) ** 2).sum(axis=-1) >= ((fit - y) ** 2).sum(axis=-1) - 1e-9).all()
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def _assert_valid(q: np.ndarray) -> None:
+    assert q.shape[-2:] == (N_CHANNELS, N_QUANTILES)
+    assert np.isfinite(q).all()
+    assert (np.diff(q, axis=-1) >= 0).all(), "predicted percentiles must be non-decreasing"
+    assert q.min() >= 0.0 and q.max() <= 1.0
+
+
+def test_predictions_monotone_and_in_range_for_adversarial_features(fitted):
+    model, _ = fitted
+    rng = np.random.default_rng(0)
+    n = feature_size()
+    adversarial = np.concatenate(
+        [
+            rng.normal(size=(50, n)),
+            rng.normal(scale=1e6, size=(20, n)),
+            rng.uniform(-1e30, 1e30, size=(20, n)),
+            np.zeros((1, n)),
+            np.ones((1, n)),
+            np.full((1, n), -1e38),
+            np.full((1, n), 1e38),
+            np.full((1, n), np.nan),  # XGBoost treats NaN as missing
+        ]
+    ).astype(np.float32)
+    _assert_valid(model.predict(adversarial))
+    _assert_valid(model.predict(adversarial[0]))
+    assert model.predict(adversarial[0]).shape == (N_CHANNELS, N_QUANTILES)
+
+
+def test_monotone_by_construction_whatever_the_booster_says(fitted):
+    """Random, huge PCA components make the raw curves wildly non-monotone: the output is still valid."""
+    model, _ = fitted
+    rng = np.random.default_rng(1)
+    k = model.components.shape[0]
+    wild = QuantileModel(
+        model.booster,
+        rng.normal(scale=5.0, size=N_CHANNELS * N_QUANTILES).astype(np.float32),
+        rng.normal(scale=100.0, size=(k, N_CHANNELS * N_QUANTILES)).astype(np.float32),
+        model.config,
+    )
+    raw = model.booster.predict(xgb.DMatrix(rng.normal(size=(40, feature_size())).astype(np.float32)))
+    flat = raw @ wild.components + wild.mean
+    assert (np.diff(flat.reshape(-1, N_CHANNELS, N_QUANTILES), axis=-1) < 0).any()  # the raw curves are bad
+    _assert_valid(wild.predict(rng.normal(size=(40, feature_size())).astype(np.float32)))
+
+
+def test_fit_beats_predicting_the_training_mean(fitted):
+    model, y_train = fitted
+    lows, highs = pairs(8, seed=2)  # unseen scenes and exposures
+    pred = model.predict(np.stack([extract_features(l) for l in lows]))
+    truth = np.stack([target_quantiles(h) for h in highs])
+    baseline = y_train.mean(axis=0).reshape(N_CHANNELS, N_QUANTILES)
+    model_mse = float(((pred - truth) ** 2).mean())
+    mean_mse = float(((baseline - truth) ** 2).mean())
+    assert model_mse < 0.8 * mean_mse, (model_mse, mean_mse)
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip_gives_identical_predictions(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path)
+    loaded = QuantileModel.load(tmp_path, n_threads=1)
+    assert loaded.config == model.config
+    x = np.random.default_rng(2).normal(size=(10, feature_size())).astype(np.float32)
+    lows, _ = pairs(3, seed=5)
+    x = np.concatenate([x, np.stack([extract_features(l) for l in lows])])
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_saved_files_contain_no_pickle(fitted, tmp_path):
+    model, _ = fitted
+    paths = model.save(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(p.name for p in paths) == ["quantiles.json", "quantiles.ubj", "quantiles_pca.safetensors"]
+    for p in paths:
+        head = p.read_bytes()[:4]
+        assert not head.startswith(b"\x80"), f"{p.name} looks like a pickle"
+        assert not head.startswith(b"PK"), f"{p.name} looks like a zip (torch.save) archive"
+    ubj = (tmp_path / "quantiles.ubj").read_bytes()
+    assert ubj[:1] == b"{", "the booster must be stored as UBJSON (an object marker first)"
+    booster = xgb.Booster()
+    booster.load_model(str(tmp_path / "quantiles.ubj"))
+    assert booster.num_boosted_rounds() == model.config.n_estimators
+    assert set(load_file(tmp_path / "quantiles_pca.safetensors")) == {"mean", "components"}
+    assert json.loads((tmp_path / "quantiles.json").read_text())["n_estimators"] == model.config.n_estimators

@@ -1,0 +1,125 @@
+"""Stage 4: the windowed ViT refiner, padding and tiled inference, and its training loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_synthetic import pairs, scene
+from llie.refine import TilingConfig, _starts, refine
+from llie.refiner import Refiner, RefinerConfig
+from llie.train import refiner_loss
+
+TINY = RefinerConfig(dim=16, depth=1, heads=2)
+CPU = torch.device("cpu")
+FORCE_TILES = TilingConfig(tile=160, overlap=80, max_side=160, batch=8)
+NO_TILES = TilingConfig(max_side=4096)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def identity() -> Refiner:
+    torch.manual_seed(0)
+    return Refiner(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def perturbed() -> Refiner:
+    """A refiner whose head is no longer zero: a non-trivial function of its input."""
+    torch.manual_seed(1)
+    model = Refiner(TINY)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        model.head.bias.normal_(0, 0.01)
+    return model.eval()
+
+
+def test_untrained_refiner_is_the_identity(identity):
+    x = torch.rand(2, 3, 80, 160)
+    with torch.no_grad():
+        y = identity(x)
+    assert y.shape == x.shape
+    assert (y - x).abs().max().item() <= 1e-6
+
+
+def test_multiple_is_patch_times_window():
+    assert RefinerConfig().multiple == 80
+    assert RefinerConfig(patch=10, window=4).multiple == 40
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 900), (81, 79)])
+def test_refine_keeps_odd_sizes_untiled(identity, perturbed, shape):
+    rgb = np.random.default_rng(0).random(shape + (3,)).astype(np.float32)
+    out = refine(identity, rgb, CPU)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, rgb, atol=1e-6)
+    changed = refine(perturbed, rgb, CPU)
+    assert changed.shape == rgb.shape
+    assert changed.min() >= 0 and changed.max() <= 1
+
+
+def test_refine_3x900_through_tiles(identity):
+    rgb = np.random.default_rng(1).random((3, 900, 3)).astype(np.float32)
+    out = refine(identity, rgb, CPU, FORCE_TILES)  # padded height 80 < tile: padded up to one tile row
+    assert out.shape == rgb.shape
+    np.testing.assert_allclose(out, rgb, atol=1e-6)
+
+
+def test_refine_1001x999_tiled_equals_untiled_for_identity(identity, perturbed):
+    rgb = scene(1001, 999, seed=2)
+    assert len(_starts(1040, FORCE_TILES.tile, FORCE_TILES.tile - FORCE_TILES.overlap)) > 1
+    tiled = refine(identity, rgb, CPU, FORCE_TILES)
+    assert tiled.shape == rgb.shape and tiled.dtype == np.float32
+    untiled = refine(identity, rgb, CPU, NO_TILES)
+    np.testing.assert_allclose(tiled, untiled, atol=1e-6)
+    np.testing.assert_allclose(tiled, rgb, atol=1e-6)
+    # a real (non-identity) model goes through the same tiles and keeps the size too
+    out = refine(perturbed, rgb[:401, :333], CPU, FORCE_TILES)
+    assert out.shape == (401, 333, 3)
+    assert np.isfinite(out).all()
+
+
+def test_tile_starts_cover_the_image():
+    for size in (160, 161, 240, 1040):
+        starts = _starts(size, 160, 80)
+        assert starts[0] == 0 and starts[-1] == max(size - 160, 0)
+        assert all(b - a <= 80 for a, b in zip(starts, starts[1:]))
+
+
+def test_refiner_loss_matches_its_definition():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 8, 8)
+    pred = target + 0.1
+    loss, psnr = refiner_loss(pred, target, l1_weight=20.0)
+    assert psnr.item() == pytest.approx(20.0, abs=1e-3)  # MSE 0.01 -> 20 dB
+    assert loss.item() == pytest.approx(-20.0 + 20.0 * 0.1, abs=1e-3)
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    lows, highs = pairs(2, 80, 80, seed=3)
+    # stage-3-like inputs: roughly right brightness, but noisy and with a colour cast
+    rng = np.random.default_rng(0)
+    inputs = [np.clip(h * np.array([0.85, 1.0, 1.1]) + rng.normal(0, 0.04, h.shape), 0, 1) for h in highs]
+    x = torch.from_numpy(np.stack(inputs).astype(np.float32)).permute(0, 3, 1, 2)
+    y = torch.from_numpy(np.stack(highs).astype(np.float32)).permute(0, 3, 1, 2)
+    model = Refiner(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss, _ = refiner_loss(model(x), y, l1_weight=20.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final, _ = refiner_loss(model(x), y, l1_weight=20.0)
+    assert final.item() < losses[0] - 0.5, losses

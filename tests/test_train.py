@@ -1,0 +1,115 @@
+"""End-to-end training on synthetic LOL-layout pairs: bundle, manifest, resume, reproducibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_synthetic import pairs, write_lol
+from llie.bundle import MANIFEST, load_bundle, verify_bundle
+from llie.features import extract_features
+from llie.pipeline import Enhancer
+from llie.quantiles import QuantileModelConfig
+from llie.refiner import RefinerConfig
+from llie.train import RefinerTrainConfig, TrainConfig, train
+
+N_PAIRS = 12
+
+
+def _config(data: Path, output: Path, seed: int = 0) -> TrainConfig:
+    return TrainConfig(
+        data=str(data),
+        output=str(output),
+        seed=seed,
+        device="cpu",
+        threads=1,
+        oof_folds=2,
+        bandwidths=(0.01, 0.05),
+        quantile=QuantileModelConfig(n_estimators=10, augmentations=3),
+        refiner=RefinerConfig(dim=16, depth=1, heads=2),
+        refiner_train=RefinerTrainConfig(steps=4, batch=2, crop=80, eval_every=2, checkpoint_every=2),
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two trainings with the same seed on the same pairs, into two bundle directories."""
+    before = torch.get_num_threads()
+    root = tmp_path_factory.mktemp("train")
+    data = write_lol(root / "lol", N_PAIRS, 96, 112, seed=7)
+    first = train(_config(data, root / "bundle_a"), progress=False)
+    second = train(_config(data, root / "bundle_b"), progress=False)
+    torch.set_num_threads(before)
+    return {"data": data, "a": root / "bundle_a", "b": root / "bundle_b", "manifest_a": first, "manifest_b": second}
+
+
+def _probe_features() -> np.ndarray:
+    lows, _ = pairs(4, 50, 60, seed=99)
+    return np.stack([extract_features(l) for l in lows])
+
+
+def test_training_writes_a_loadable_bundle(runs):
+    out = runs["a"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["model_version"] == runs["manifest_a"]["model_version"]
+    assert verify_bundle(out)["model_version"] == manifest["model_version"]
+    bundle = load_bundle(out, n_threads=1)
+    assert bundle.refiner is not None and bundle.refiner.cfg == RefinerConfig(dim=16, depth=1, heads=2)
+    assert bundle.mapping.method == "kde" and bundle.mapping.bandwidth in (0.01, 0.05)
+    assert bundle.quantile_model.config.n_estimators == 10
+    low = pairs(1, 45, 67, seed=98)[0][0]
+    image = Enhancer(bundle, device="cpu").enhance(low).image
+    assert image.shape == low.shape and image.dtype == np.float32
+    assert 0 <= image.min() and image.max() <= 1
+
+
+def test_manifest_has_version_metrics_and_training_summary(runs):
+    manifest = runs["manifest_a"]
+    assert len(manifest["model_version"]) == 12
+    metrics = manifest["metrics"]
+    for key in ("val_stage3_psnr", "val_stage4_psnr", "train_oof_stage3_psnr", "val_oracle_quantiles_psnr"):
+        assert np.isfinite(metrics[key]) and 0 < metrics[key] < 100, key
+    assert set(metrics["val_stage3_psnr_by_mapping"]) == {"interp", "kde_0.01", "kde_0.05"}
+    assert metrics["mapping"] == manifest["mapping"]
+    assert [h["step"] for h in metrics["refiner_history"]] == [2, 4]
+    training = manifest["training"]
+    assert training["pairs"] == N_PAIRS
+    assert training["target_groups"] == N_PAIRS
+    assert training["validation_pairs"] == 2  # round(12 * 0.15) groups
+    assert training["stage2_refit_on_all_pairs"] is True
+    assert training["seed"] == 0
+    assert training["config"]["refiner_train"]["steps"] == 4
+    assert set(training["seconds"]) == {"stage2", "refiner", "total"}
+    run_dir = runs["a"] / "_training"
+    for name in ("refiner_checkpoint.pt", "refiner_best.pt", "stage2/quantiles.ubj", "stage3_inputs.npz",
+                 "stage2_metrics.json"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_resume_on_a_finished_run_does_not_retrain(runs):
+    out = runs["a"]
+    checkpoint = out / "_training" / "refiner_checkpoint.pt"
+    stamp, content = checkpoint.stat().st_mtime_ns, checkpoint.read_bytes()
+    resumed = train(_config(runs["data"], out), resume=True, progress=False)
+    assert checkpoint.stat().st_mtime_ns == stamp and checkpoint.read_bytes() == content  # no new steps
+    assert len(resumed["metrics"]["refiner_history"]) == len(runs["manifest_a"]["metrics"]["refiner_history"])
+    assert resumed["metrics"]["refiner_history"] == runs["manifest_a"]["metrics"]["refiner_history"]
+    assert resumed["model_version"] == runs["manifest_a"]["model_version"]  # the same bundle, bit for bit
+    assert resumed["files"] == runs["manifest_a"]["files"]
+    load_bundle(out)
+
+
+def test_same_seed_gives_identical_models(runs):
+    a, b = load_bundle(runs["a"], n_threads=1), load_bundle(runs["b"], n_threads=1)
+    x = _probe_features()
+    np.testing.assert_array_equal(a.quantile_model.predict(x), b.quantile_model.predict(x))
+    assert a.mapping == b.mapping
+    assert runs["manifest_a"]["metrics"]["val_stage3_psnr"] == runs["manifest_b"]["metrics"]["val_stage3_psnr"]
+    assert runs["manifest_a"]["files"]["quantiles.ubj"] == runs["manifest_b"]["files"]["quantiles.ubj"]
+    sa, sb = a.refiner.state_dict(), b.refiner.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert runs["manifest_a"]["model_version"] == runs["manifest_b"]["model_version"]
