@@ -1,0 +1,1 @@
+"""Deployments: when and with which parameters the archive flow runs unattended."""

@@ -1,0 +1,90 @@
+"""``python -m deployments.serve``: serve the archive flow on a cron schedule from this process.
+
+Everything can come from flags or ``LLIE_*`` environment variables (handy in a container or a
+systemd unit). Storage credentials are *not* parameters: Prefect stores and shows parameters,
+so credentials stay in the environment (AWS_* variables, instance roles) of this process, which
+flow runs and Dask workers inherit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from prefect import serve
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.enhance_archive import enhance_archive
+from llie import storage
+
+DEFAULT_CRON = "0 2 * * *"  # 02:00 every night, after the day's uploads
+
+
+@dataclass(frozen=True)
+class ArchiveDeployment:
+    name: str
+    parameters: dict[str, Any]
+    cron: str = DEFAULT_CRON
+    timezone: str = "UTC"
+    tags: tuple[str, ...] = field(default=("llie",))
+
+
+def build_deployment(cfg: ArchiveDeployment) -> RunnerDeployment:
+    storage.check_output_not_inside_input(cfg.parameters["input_url"], cfg.parameters["output_url"])
+    return enhance_archive.to_deployment(
+        name=cfg.name,
+        schedules=[Cron(cfg.cron, timezone=cfg.timezone)],
+        parameters=cfg.parameters,
+        tags=list(cfg.tags),
+        description=f"Enhance {storage.redact_url(cfg.parameters['input_url'])} on '{cfg.cron}' ({cfg.timezone}).",
+        # By module, not file path: flow runs then work from any directory the package is importable in.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--name", envvar="LLIE_DEPLOYMENT_NAME", default="nightly-archive", help="Deployment name.")
+@click.option("--cron", envvar="LLIE_CRON", default=DEFAULT_CRON, help="When to run (cron syntax).")
+@click.option("--timezone", envvar="LLIE_TIMEZONE", default="UTC", help="Time zone of the cron schedule.")
+@click.option("--input-url", envvar="LLIE_INPUT_URL", required=True, help="Archive to enhance.")
+@click.option("--output-url", envvar="LLIE_OUTPUT_URL", required=True, help="Where outputs and metrics go.")
+@click.option("--reference-url", envvar="LLIE_REFERENCE_URL", default=None, help="Optional references.")
+@click.option("--model", envvar="LLIE_MODEL", default=None, help="Bundle path (default: shipped bundle).")
+@click.option("--shard-size", envvar="LLIE_SHARD_SIZE", type=click.IntRange(min=1), default=64)
+@click.option("--dask-address", envvar="LLIE_DASK_ADDRESS", default=None, help="Existing Dask scheduler.")
+@click.option("--workers", envvar="LLIE_WORKERS", type=click.IntRange(min=1), default=None,
+              help="Local cluster workers (default: one per CPU).")
+@click.option("--run-id", envvar="LLIE_RUN_ID", default=None,
+              help="Fixed run id: every scheduled run resumes it (default: a new run each time).")
+@click.option("--retries", envvar="LLIE_RETRIES", type=click.IntRange(min=0), default=2)
+@click.option("--max-pixels", envvar="LLIE_MAX_PIXELS", type=click.IntRange(min=1), default=None)
+@click.option("--limit", envvar="LLIE_CONCURRENT_RUNS", type=click.IntRange(min=1), default=1,
+              help="Flow runs at once; more than one would compete for the same cores.")
+def main(name, cron, timezone, input_url, output_url, reference_url, model, shard_size, dask_address,
+         workers, run_id, retries, max_pixels, limit) -> None:
+    """Register the archive deployment with its schedule and run its flow runs here until stopped."""
+    parameters = {
+        "input_url": input_url,
+        "output_url": output_url,
+        "reference_url": reference_url,
+        "model": model,
+        "shard_size": shard_size,
+        "dask_address": dask_address,
+        "n_workers": workers,
+        "run_id": run_id,
+        "retries": retries,
+        "max_pixels": max_pixels,
+    }
+    cfg = ArchiveDeployment(name=name, cron=cron, timezone=timezone,
+                            parameters={k: v for k, v in parameters.items() if v is not None})
+    try:
+        deployment = build_deployment(cfg)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    serve(deployment, limit=limit)
+
+
+if __name__ == "__main__":
+    main()
