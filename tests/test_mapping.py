@@ -132,3 +132,20 @@ def test_small_bandwidth_approaches_interp(seed):
         for bw in (1e-3, 1e-4, 1e-6, 0.0):
             assert gap[bw] < 0.02, (c, bw, gap)
             assert gap[bw] < gap[0.1] / 3, (c, bw, gap)
+
+
+@pytest.mark.parametrize("bandwidth", [0.005, 0.02, 0.08])
+def test_grid_kde_equals_scipy_gaussian_kde(bandwidth):
+    """The binned KDE is scipy's gaussian_kde of the same points (with reflection), to within binning."""
+    from scipy.stats import gaussian_kde
+
+    from llie.mapping import inverse_cdf
+
+    q = np.sort(np.random.default_rng(3).uniform(0.05, 0.9, 21))
+    points = inverse_cdf(q, (np.arange(401) + 0.5) / 401)
+    centres = (np.arange(1024) + 0.5) / 1024
+    kde = gaussian_kde(points, bw_method=bandwidth / points.std())
+    reference = kde(centres) + kde(-centres) + kde(2.0 - centres)
+    reference /= reference.sum()
+    ours = kde_histogram(q, bandwidth)
+    assert np.abs(np.cumsum(ours) - np.cumsum(reference)).max() < 1e-3
