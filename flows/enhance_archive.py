@@ -54,13 +54,15 @@ def make_task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner
     )
 
 
-def _check_resume(output_url: str, run_id: str, shard_size: int, shards: list[archive.Shard], logger) -> None:
-    manifest = archive.read_run_manifest(output_url, run_id)
-    if manifest and manifest.get("shard_size") != shard_size:
-        raise ValueError(
-            f"run {run_id} was planned with shard_size={manifest.get('shard_size')}; "
-            f"resume it with the same shard size, or start a new run_id"
-        )
+def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: list[archive.Shard], logger) -> None:
+    """Refuse to mix a resumed run's finished shards with work done under other settings."""
+    manifest = archive.read_run_manifest(output_url, run_id) or {}
+    for key in ("shard_size", "input_url", "model"):
+        if key in manifest and manifest[key] != plan[key]:
+            raise ValueError(
+                f"run {run_id} was started with {key}={manifest[key]!r}, not {plan[key]!r}; "
+                "resume it with the same settings, or start a new run_id"
+            )
     planned = {s.shard_id for s in shards}
     for stale in sorted(set(archive.shard_files(output_url, run_id)) - planned):
         # The archive shrank since this run started: that file describes a shard that no longer
@@ -160,7 +162,6 @@ def enhance_archive(
         logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR)
         paths = [p for p in paths if p.split("/", 1)[0] != archive.METRICS_DIR]
     shards = archive.plan_shards(paths, shard_size)
-    _check_resume(output_url, run_id, shard_size, shards, logger)
     plan = {
         "run_id": run_id,
         "input_url": storage.redact_url(input_url),
@@ -171,6 +172,7 @@ def enhance_archive(
         "shards": len(shards),
         "images": len(paths),
     }
+    _check_resume(output_url, run_id, plan, shards, logger)
     previous = archive.read_run_manifest(output_url, run_id) or {}
     # A resume that changes nothing leaves the manifest (and its started_at) alone.
     if any(previous.get(k) != v for k, v in plan.items()):
@@ -190,6 +192,8 @@ def enhance_archive(
             retries=retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds) if retries else 0,
         )
+        # The runner depends on parameters (dask_address, n_workers), which a @flow decorator
+        # cannot see, so the flow starts it here and maps the task onto it directly.
         with make_task_runner(dask_address, workers) as runner:
             futures = runner.map(
                 task,

@@ -231,6 +231,8 @@ def process_image(
     """Enhance one image and return its metrics row; failures become an ``error`` row."""
     limits = limits or DecodeLimits()
     row = _base_row(shard, rel, input_url, output_url, run_id)
+    # On every row, errors included: "which model saw this file" matters when a run is resumed.
+    row["model_version"] = enhancer.model_version
     timer = _Timer()
     step = "read"
     try:
@@ -251,7 +253,6 @@ def process_image(
         timer.add("metrics", t)
 
         step = "enhance"
-        row["model_version"] = enhancer.model_version
         result = enhancer.enhance(img.rgb, stages=stages)
         for stage in PIPELINE_STAGES:
             timer.seconds[stage] = float(result.seconds.get(stage, 0.0))

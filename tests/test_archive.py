@@ -111,6 +111,7 @@ def test_broken_files_become_error_rows(tmp_path, make_images, enhancer):
         assert row["error"] and len(row["error"]) > 10, row["error"]
         assert row["output_path"] is None and not (out / bad).exists()
         assert row["finished_at"] is not None and row["worker"]
+        assert row["model_version"] == enhancer.model_version
     assert by["vanished.png"]["error"].startswith("read: FileNotFoundError")
     assert by["empty.jpg"]["error"].startswith("decode:")
     assert by["text.jpg"]["error"].startswith("decode:")

@@ -55,10 +55,11 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
             storage.write_bytes_atomic(s3.url(f"ref/{name}"), encode(gradient(64, 48, seed=i, peak=0.7), fmt))
     storage.write_bytes_atomic(s3.url("in/notes.txt"), b"not an image")
 
-    summary = enhance_archive(
+    state = enhance_archive(
         s3.url("in"), s3.url("out"), shard_size=2, reference_url=s3.url("ref"), n_workers=2, run_id="s3run",
-        model=bundle_path, retry_delay_seconds=0.2,
+        model=bundle_path, retry_delay_seconds=0.2, return_state=True,
     )
+    summary = state.result()
     assert summary["images"] == 5 and summary["ok"] == 5 and summary["errors"] == 0
     assert summary["shards"] == 3 and summary["failed_shards"] == []
     assert summary["mean_psnr"] is not None and summary["images_per_second"] > 0
@@ -76,6 +77,17 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
         assert (row["psnr"] is None) == (name == "e.JPG")
     assert rows["e.JPG"]["warning"] == "no reference image"
     assert len({r["worker"] for r in rows.values()}) >= 1
+
+    # The Dask workers reported their task runs to the harness API, not to servers of their own.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert sorted(t.name for t in task_runs) == ["enhance-shard-00000", "enhance-shard-00001", "enhance-shard-00002"]
+    assert all(t.state.is_completed() for t in task_runs)
 
     # Credentials reach workers through the environment and never land in the outputs.
     for shard_id in archive.shard_files(s3.url("out"), "s3run"):
@@ -198,6 +210,10 @@ def test_resume_with_other_shard_size_is_refused(dask_address, tmp_path, make_im
     enhance_archive(str(inp), str(out), shard_size=2, dask_address=dask_address, run_id="r-size", model=bundle_path)
     with pytest.raises(ValueError, match="shard_size=2"):
         enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="r-size")
+    make_images(tmp_path / "other", ["a.png"])
+    with pytest.raises(ValueError, match="input_url="):
+        enhance_archive(str(tmp_path / "other"), str(out), shard_size=2, dask_address=dask_address, run_id="r-size",
+                        model=bundle_path)
 
 
 def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images, bundle_path):
