@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llie import storage
-from llie.imageio import DecodeLimits, ImageDecodeError, decode_image, encode_image
+from llie.imageio import DecodeLimits, ImageDecodeError, ImageTooLargeError, decode_image, encode_image
 from llie.metrics import no_reference_stats, psnr, ssim
 
 SCHEMA_VERSION = 1
@@ -194,10 +194,6 @@ def _base_row(shard: Shard, rel: str, input_url: str, output_url: str, run_id: s
     return row
 
 
-def _is_over_limit(exc: ImageDecodeError) -> bool:
-    # llie.imageio has no dedicated exception type for this; its reasons start this way.
-    return str(exc).startswith("image too large")
-
 
 def _reference_scores(
     enhanced: np.ndarray, ref_url: str, limits: DecodeLimits, storage_options: storage.StorageOptions
@@ -284,7 +280,7 @@ def process_image(
     except ImageDecodeError as exc:
         reason = storage.redact_url(str(exc))
         # Over the pixel limit is a choice the caller made (--max-pixels), not a broken file.
-        if _is_over_limit(exc):
+        if isinstance(exc, ImageTooLargeError):
             row["status"] = "skipped"
         row["error"] = f"{step}: {reason}"
     except Exception as exc:  # one bad image must not sink the shard

@@ -64,6 +64,10 @@ class ImageDecodeError(ValueError):
     """A file could not be decoded; ``str(err)`` is a short human-readable reason."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image is over the configured pixel limit (a decompression-bomb guard, not a broken file)."""
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     # Checked against the header's size before any pixel data is decoded. Pillow's own hard
@@ -127,7 +131,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
         try:
             img = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
         except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(_too_large_reason(str(exc), limits)) from None
+            raise ImageTooLargeError(_too_large_reason(str(exc), limits)) from None
         except UnidentifiedImageError as exc:
             raise ImageDecodeError(_open_failure_reason(data, kind)) from exc
         except Exception as exc:  # plugins raise OSError, SyntaxError, struct.error, ...
@@ -138,7 +142,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
         if issubclass(warning.category, Image.DecompressionBombWarning):
             pixels = _pixels_in_message(str(warning.message))
             if pixels is None or pixels > limits.max_pixels:
-                raise ImageDecodeError(_too_large_reason(str(warning.message), limits))
+                raise ImageTooLargeError(_too_large_reason(str(warning.message), limits))
     return decoded
 
 
@@ -148,7 +152,7 @@ def _decode_opened(img: Image.Image, data: bytes, kind: str | None, limits: Deco
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"zero-size image ({width}x{height})")
     if width * height > limits.max_pixels:
-        raise ImageDecodeError(_too_large_message(width * height, limits.max_pixels))
+        raise ImageTooLargeError(_too_large_message(width * height, limits.max_pixels))
     mode = img.mode
     # Taken before exif_transpose, which strips the orientation tag from the image's own copy.
     exif = img.info.get("exif") or None

@@ -15,6 +15,7 @@ from llie.imageio import (
     DecodedImage,
     DecodeLimits,
     ImageDecodeError,
+    ImageTooLargeError,
     decode_file,
     decode_image,
     encode_image,
@@ -104,13 +105,13 @@ def test_decode_error_is_a_value_error():
 
 def test_pixel_limit_is_checked_from_header_before_decoding():
     # 5000x5000 claimed by a 1x1 file: only the header can have been looked at.
-    with pytest.raises(ImageDecodeError, match=r"image too large: 25000000 pixels > limit 1000000 \(raise --max-pixels\)"):
+    with pytest.raises(ImageTooLargeError, match=r"image too large: 25000000 pixels > limit 1000000 \(raise --max-pixels\)"):
         decode_image(_png_with_header_size(5000, 5000), DecodeLimits(max_pixels=1_000_000))
 
 
 def test_pillow_bomb_warning_becomes_error_under_a_lower_limit():
     # 100 MP is above Pillow's warning threshold (~89 MP) but below its hard error.
-    with pytest.raises(ImageDecodeError, match="too large"):
+    with pytest.raises(ImageTooLargeError, match="too large"):
         decode_image(_png_with_header_size(10000, 10000), DecodeLimits(max_pixels=50_000_000))
 
 
