@@ -169,6 +169,11 @@ def synth(input_dir, output_dir, seed, exposure) -> None:
     click.echo(f"wrote {len(names)} pairs to {output_dir}/low and {output_dir}/high")
 
 
+from llie.cli_audit import audit  # noqa: E402
+
+cli.add_command(audit)
+
+
 def main() -> None:
     cli()
 

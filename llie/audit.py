@@ -1,0 +1,659 @@
+"""Audit an archive run from its Parquet metrics: counts, quality, speed, and run-to-run changes.
+
+Pure functions over the dataset the archive flow writes (see ``docs/parquet_schema.md``)::
+
+    <output_url>/_metrics/run_id=<run_id>/<shard_id>.parquet
+
+Nothing here knows about Prefect, Dask or matplotlib; ``llie.report`` draws the pictures and
+``llie.cli_audit`` is the command line. Every URL may be local or an fsspec URL (``s3://...``);
+credentials come from ``storage_options`` or the environment, never from the URL.
+
+Conventions, so that the numbers can be reproduced with any Parquet reader:
+
+* percentiles interpolate linearly between order statistics (numpy's default, DuckDB's
+  ``quantile_cont``, pyarrow's ``quantile(interpolation="linear")``);
+* quality statistics (PSNR, SSIM, no-reference statistics) use ``ok`` rows only, and only
+  finite values: a PSNR of ``inf`` (output identical to its reference) is counted in
+  ``infinite`` but kept out of the mean and the percentiles;
+* stage times sum over every row, failed ones included (they did spend that time);
+* worst/best images are ranked by one metric (PSNR by default), ties broken by ``rel_path``.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from llie import archive, storage
+
+RANK_METRICS = ("psnr", "ssim")
+# Metrics a comparison reports deltas for; "higher is better" only matters for the rank metric.
+DELTA_METRICS = ("psnr", "ssim", "after_brightness", "after_contrast", "after_noise")
+NR_SHOWN = ("brightness", "contrast", "noise")
+# Changes smaller than this are "unchanged" (thread-count nondeterminism in torch and XGBoost
+# moves PSNR by far less than 0.01 dB).
+DEFAULT_TOLERANCE = {"psnr": 0.01, "ssim": 0.0005}
+
+
+class AuditError(ValueError):
+    """The audit cannot be made: no such run, no metrics at that URL, ..."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class RunData:
+    """One run's rows (``METRICS_SCHEMA`` + ``run_id``), one per image, and its manifest."""
+
+    run_id: str
+    output_url: str
+    table: pa.Table
+    manifest: dict[str, Any] | None = None
+    duplicates: int = 0  # rows dropped because an image had more than one (latest kept)
+
+    def column(self, name: str) -> np.ndarray:
+        """A float column as numpy, nulls as NaN."""
+        return _floats(self.table.column(name))
+
+    @property
+    def reference_url(self) -> str | None:
+        return (self.manifest or {}).get("reference_url")
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    images: int
+    ok: int
+    error: int
+    skipped: int
+    mean_psnr: float | None
+    first_finished: str | None
+    last_finished: str | None
+    model_versions: list[str] = field(default_factory=list)
+
+
+def _fs(url: str, storage_options: storage.StorageOptions):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs, path
+
+
+def _run_folders(output_url: str, storage_options: storage.StorageOptions = None) -> list[str]:
+    """run ids with a ``run_id=<id>`` folder under ``_metrics`` (finished or not)."""
+    fs, root = _fs(archive.metrics_root(output_url), storage_options)
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory"]
+    return sorted(n[len("run_id=") :] for n in names if n.startswith("run_id="))
+
+
+def _dataset(output_url: str, storage_options: storage.StorageOptions = None):
+    import pyarrow.dataset as ds
+
+    fs, root = _fs(archive.metrics_root(output_url), storage_options)
+    schema = archive.METRICS_SCHEMA.append(pa.field("run_id", pa.string()))
+    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+    return ds.dataset(root, filesystem=fs, format="parquet", schema=schema, partitioning=partitioning)
+
+
+def list_runs(output_url: str, storage_options: storage.StorageOptions = None) -> list[RunInfo]:
+    """Every run under ``output_url``, oldest first (by its last finished image).
+
+    Reads five columns of the whole dataset, never the images.
+    """
+    folders = _run_folders(output_url, storage_options)
+    if not folders:
+        return []
+    table = _dataset(output_url, storage_options).to_table(
+        columns=["run_id", "status", "psnr", "finished_at", "model_version"]
+    )
+    counts: dict[str, Counter] = {r: Counter() for r in folders}
+    for row in table.group_by(["run_id", "status"]).aggregate([("status", "count")]).to_pylist():
+        counts.setdefault(row["run_id"], Counter())[row["status"]] = row["status_count"]
+    finite_ok = pc.and_(pc.equal(table.column("status"), "ok"), pc.is_finite(table.column("psnr")))
+    means = {r["run_id"]: r["psnr_mean"] for r in
+             table.filter(pc.fill_null(finite_ok, False)).group_by("run_id").aggregate([("psnr", "mean")]).to_pylist()}
+    spans = {r["run_id"]: r for r in table.group_by("run_id").aggregate(
+        [("finished_at", "min"), ("finished_at", "max"), ("model_version", "distinct")]).to_pylist()}
+    runs = []
+    for run_id in sorted(counts):
+        statuses, span = counts[run_id], spans.get(run_id, {})
+        first, last = span.get("finished_at_min"), span.get("finished_at_max")
+        runs.append(RunInfo(
+            run_id=run_id, images=sum(statuses.values()), ok=statuses.get("ok", 0), error=statuses.get("error", 0),
+            skipped=statuses.get("skipped", 0), mean_psnr=means.get(run_id),
+            first_finished=first.isoformat() if first else None, last_finished=last.isoformat() if last else None,
+            model_versions=sorted(v for v in span.get("model_version_distinct") or [] if v),
+        ))
+    # Unfinished runs (a folder, no rows yet) sort first; default run ids sort by time anyway.
+    return sorted(runs, key=lambda r: (r.last_finished or "", r.run_id))
+
+
+def latest_run(output_url: str, storage_options: storage.StorageOptions = None) -> str:
+    runs = [r for r in list_runs(output_url, storage_options) if r.images]
+    if not runs:
+        raise AuditError(f"no metrics under {storage.redact_url(archive.metrics_root(output_url))}")
+    return runs[-1].run_id
+
+
+def load_run(
+    output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
+) -> RunData:
+    """One run's rows (the latest run when ``run_id`` is None), one row per image.
+
+    Should an image have two rows (it cannot happen through the flow, whose shard files are
+    replaced, never appended to, but files can be copied around by hand), the latest one by
+    ``finished_at`` is kept and the others are counted in ``duplicates``.
+    """
+    if run_id is None:
+        run_id = latest_run(output_url, storage_options)
+    archive.validate_run_id(run_id)
+    if run_id not in _run_folders(output_url, storage_options):
+        known = ", ".join(_run_folders(output_url, storage_options)) or "none"
+        raise AuditError(f"no run {run_id!r} under {storage.redact_url(output_url)} (runs: {known})")
+    table = archive.read_metrics(output_url, run_id, storage_options)
+    if table.num_rows == 0:
+        raise AuditError(f"run {run_id!r} has no finished shards yet")
+    table, duplicates = _latest_row_per_image(table)
+    manifest = None
+    try:
+        manifest = archive.read_run_manifest(output_url, run_id)
+    except Exception:  # an unreadable manifest costs the reference column of the contact sheet only
+        manifest = None
+    return RunData(run_id=run_id, output_url=output_url, table=table, manifest=manifest, duplicates=duplicates)
+
+
+def _latest_row_per_image(table: pa.Table) -> tuple[pa.Table, int]:
+    order = pc.sort_indices(table, sort_keys=[("rel_path", "ascending"), ("finished_at", "ascending")])
+    table = table.take(order)
+    paths = table.column("rel_path").to_numpy(zero_copy_only=False)
+    if paths.size < 2:
+        return table, 0
+    last = np.append(paths[1:] != paths[:-1], True)  # the last row of each rel_path run
+    if last.all():
+        return table, 0
+    return table.filter(pa.array(last)), int((~last).sum())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass
+class Stats:
+    """Distribution of one metric; percentiles by linear interpolation."""
+
+    n: int
+    mean: float
+    median: float
+    p5: float
+    p95: float
+    min: float
+    max: float
+    infinite: int = 0  # +inf values left out (PSNR of an output identical to its reference)
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Stats | None:
+        values = np.asarray(values, dtype=np.float64)
+        infinite = int(np.isinf(values).sum())
+        values = _finite(values)
+        if values.size == 0:
+            return None
+        p5, median, p95 = np.percentile(values, [5, 50, 95])
+        return cls(
+            n=int(values.size), mean=float(values.mean()), median=float(median), p5=float(p5),
+            p95=float(p95), min=float(values.min()), max=float(values.max()), infinite=infinite,
+        )
+
+
+@dataclass
+class ImageScore:
+    rel_path: str
+    input_path: str
+    output_path: str | None
+    value: float  # the ranking metric's value
+    psnr: float | None
+    ssim: float | None
+    before_brightness: float | None
+    after_brightness: float | None
+    bytes_out: int | None = None
+
+
+def _ok_mask(table: pa.Table) -> np.ndarray:
+    return np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _rows(table: pa.Table, indices: np.ndarray) -> list[dict[str, Any]]:
+    return table.take(pa.array(np.asarray(indices, dtype=np.int64))).to_pylist()
+
+
+def _error_reason(row: dict[str, Any]) -> str:
+    """The error without the image's own path in it, so that equal causes group together."""
+    reason = str(row.get("error") or "(no message)")
+    for text in (row.get("input_path"), row.get("rel_path")):
+        if text:
+            reason = reason.replace(str(text), "<image>")
+    return reason
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    output_url: str
+    images: int
+    ok: int
+    error: int
+    skipped: int
+    shards: int
+    workers: int
+    model_versions: list[str]
+    duplicates: int
+    first_finished: str | None
+    last_finished: str | None
+    # (status, reason, count), most common first
+    problems: list[tuple[str, str, int]]
+    # (warning, count) of ok rows, e.g. "no reference image"
+    warnings: list[tuple[str, int]]
+    references: int  # ok rows with a PSNR
+    psnr: Stats | None
+    ssim: Stats | None
+    # name -> {"before": Stats, "after": Stats}, ok rows
+    no_reference: dict[str, dict[str, Stats | None]]
+    wall_seconds: float | None
+    busy_seconds: float
+    images_per_second: float | None
+    images_per_busy_second: float | None
+    bytes_in: int
+    bytes_out: int
+    stage_seconds: dict[str, float]
+    stage_share: dict[str, float]
+    rank_by: str
+    worst: list[ImageScore]
+    best: list[ImageScore]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stage_seconds(table: pa.Table) -> dict[str, float]:
+    return {s: float(np.nansum(_floats(table.column(f"sec_{s}")))) for s in archive.STAGES}
+
+
+def _wall_seconds(table: pa.Table, busy_per_row: np.ndarray) -> float | None:
+    """From the first image's start (its finish minus its stage times) to the last finish.
+
+    The only clock the rows carry; a run resumed later includes the pause in between.
+    """
+    if table.num_rows == 0:
+        return None
+    finished = pc.cast(table.column("finished_at"), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+    start = float(np.min(finished - busy_per_row))
+    return max(float(np.max(finished)) - start, 0.0)
+
+
+def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScore], list[ImageScore]]:
+    """(worst n, best n) ok images by ``metric`` (higher is better), ties by ``rel_path``.
+
+    Rows without a finite value (no reference, PSNR of inf) are not ranked.
+    """
+    if metric not in RANK_METRICS:
+        raise ValueError(f"rank metric must be one of {RANK_METRICS}, got {metric!r}")
+    table = run.table
+    values = run.column(metric)
+    candidates = np.flatnonzero(_ok_mask(table) & np.isfinite(values))
+    if candidates.size == 0 or n <= 0:
+        return [], []
+    paths = table.column("rel_path").to_numpy(zero_copy_only=False)[candidates]
+    ascending = candidates[np.lexsort((paths, values[candidates]))]
+    descending = candidates[np.lexsort((paths, -values[candidates]))]
+
+    def scores(indices: np.ndarray) -> list[ImageScore]:
+        return [
+            ImageScore(
+                rel_path=r["rel_path"], input_path=r["input_path"], output_path=r["output_path"],
+                value=float(r[metric]), psnr=r["psnr"], ssim=r["ssim"],
+                before_brightness=r["before_brightness"], after_brightness=r["after_brightness"],
+                bytes_out=r["bytes_out"],
+            )
+            for r in _rows(table, indices)
+        ]
+
+    return scores(ascending[:n]), scores(descending[:n])
+
+
+def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
+    """Everything ``llie audit`` prints about one run."""
+    table = run.table
+    ok = _ok_mask(table)
+    statuses = Counter(table.column("status").to_pylist())
+
+    problem_idx = np.flatnonzero(~ok)
+    problems = Counter(
+        (r["status"], _error_reason(r))
+        for r in _rows(table.select(["status", "error", "input_path", "rel_path"]), problem_idx)
+    )
+    warning_col = table.filter(pa.array(ok)).column("warning")
+    warnings = Counter(w for w in warning_col.to_pylist() if w)
+
+    psnr = run.column("psnr")[ok]
+    no_reference = {
+        name: {"before": Stats.of(run.column(f"before_{name}")[ok]), "after": Stats.of(run.column(f"after_{name}")[ok])}
+        for name in NR_SHOWN
+    }
+
+    busy_per_row = np.nansum(np.stack([run.column(f"sec_{s}") for s in archive.STAGES]), axis=0)
+    stage_seconds = _stage_seconds(table)
+    busy = float(sum(stage_seconds.values()))
+    wall = _wall_seconds(table, busy_per_row)
+    worst, best = rank(run, rank_by, top)
+    finished = table.column("finished_at")
+    first, last = pc.min(finished).as_py(), pc.max(finished).as_py()
+    return RunSummary(
+        run_id=run.run_id,
+        output_url=storage.redact_url(run.output_url),
+        images=table.num_rows,
+        ok=statuses.get("ok", 0),
+        error=statuses.get("error", 0),
+        skipped=statuses.get("skipped", 0),
+        shards=len(set(table.column("shard_id").to_pylist())),
+        workers=len(set(table.column("worker").to_pylist())),
+        model_versions=sorted({v for v in table.column("model_version").to_pylist() if v}),
+        duplicates=run.duplicates,
+        first_finished=first.isoformat() if first else None,
+        last_finished=last.isoformat() if last else None,
+        problems=[(status, reason, count) for (status, reason), count in
+                  sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))],
+        warnings=sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0])),
+        references=int((~np.isnan(psnr)).sum()),
+        psnr=Stats.of(psnr),
+        ssim=Stats.of(run.column("ssim")[ok]),
+        no_reference=no_reference,
+        wall_seconds=wall,
+        busy_seconds=busy,
+        images_per_second=table.num_rows / wall if wall else None,
+        images_per_busy_second=table.num_rows / busy if busy > 0 else None,
+        bytes_in=int(np.nansum(run.column("bytes_in"))),
+        bytes_out=int(np.nansum(run.column("bytes_out"))),
+        stage_seconds=stage_seconds,
+        stage_share={s: (v / busy if busy > 0 else 0.0) for s, v in stage_seconds.items()},
+        rank_by=rank_by,
+        worst=worst,
+        best=best,
+    )
+
+
+# --------------------------------------------------------------------------- two runs
+
+
+@dataclass
+class ImageDelta:
+    rel_path: str
+    base_status: str
+    status: str
+    base_value: float | None  # the rank metric in the baseline run
+    value: float | None  # ... and in the audited run
+    delta: float | None  # value - base_value
+    input_path: str
+    output_path: str | None
+    base_output_path: str | None
+
+
+@dataclass
+class Comparison:
+    """What changed from ``base_run_id`` (the baseline, ``--compare``) to ``run_id``.
+
+    Deltas are ``run - baseline``: a positive PSNR delta means the audited run is better.
+    """
+
+    run_id: str
+    base_run_id: str
+    metric: str
+    tolerance: float
+    model_versions: list[str]
+    base_model_versions: list[str]
+    common: int
+    only_in_run: list[str]
+    only_in_base: list[str]
+    # (rel_path, baseline status, status) where they differ
+    status_changes: list[tuple[str, str, str]]
+    # metric -> Stats of the per-image delta over images with a value in both runs
+    deltas: dict[str, Stats | None]
+    improved: int
+    unchanged: int
+    worse_count: int
+    # images that got worse: ok -> error/skipped first, then the largest metric drops
+    worse: list[ImageDelta]
+    # every common image: rel_path -> {metric: delta}
+    per_image: dict[str, dict[str, float | None]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float | None = None) -> Comparison:
+    """Per-image changes between two runs over the same inputs, matched by ``rel_path``."""
+    if metric not in RANK_METRICS:
+        raise ValueError(f"compare metric must be one of {RANK_METRICS}, got {metric!r}")
+    tol = DEFAULT_TOLERANCE[metric] if tolerance is None else float(tolerance)
+    cols = ["rel_path", "status", "input_path", "output_path", *DELTA_METRICS]
+    now = {r["rel_path"]: r for r in run.table.select(cols).to_pylist()}
+    then = {r["rel_path"]: r for r in base.table.select(cols).to_pylist()}
+    common = sorted(now.keys() & then.keys())
+
+    def number(row: dict[str, Any], name: str) -> float | None:
+        v = row[name] if row["status"] == "ok" else None
+        return float(v) if v is not None and math.isfinite(v) else None
+
+    per_image: dict[str, dict[str, float | None]] = {}
+    deltas: dict[str, list[float]] = {m: [] for m in DELTA_METRICS}
+    status_changes, worse = [], []
+    improved = unchanged = 0
+    for rel in common:
+        a, b = now[rel], then[rel]
+        entry: dict[str, float | None] = {}
+        for m in DELTA_METRICS:
+            va, vb = number(a, m), number(b, m)
+            entry[m] = None if va is None or vb is None else va - vb
+            if entry[m] is not None:
+                deltas[m].append(entry[m])
+        per_image[rel] = entry
+        if a["status"] != b["status"]:
+            status_changes.append((rel, b["status"], a["status"]))
+        d = entry[metric]
+        regressed = b["status"] == "ok" and a["status"] != "ok"
+        fixed = b["status"] != "ok" and a["status"] == "ok"
+        if regressed or (d is not None and d < -tol):
+            worse.append(ImageDelta(
+                rel_path=rel, base_status=b["status"], status=a["status"], base_value=number(b, metric),
+                value=number(a, metric), delta=d, input_path=a["input_path"], output_path=a["output_path"],
+                base_output_path=b["output_path"],
+            ))
+        elif fixed or (d is not None and d > tol):
+            improved += 1
+        else:
+            unchanged += 1
+    # Status regressions first (delta None), then by how much worse, then by name.
+    worse.sort(key=lambda w: (w.delta is not None, w.delta if w.delta is not None else 0.0, w.rel_path))
+    return Comparison(
+        run_id=run.run_id,
+        base_run_id=base.run_id,
+        metric=metric,
+        tolerance=tol,
+        model_versions=sorted({v for v in run.table.column("model_version").to_pylist() if v}),
+        base_model_versions=sorted({v for v in base.table.column("model_version").to_pylist() if v}),
+        common=len(common),
+        only_in_run=sorted(now.keys() - then.keys()),
+        only_in_base=sorted(then.keys() - now.keys()),
+        status_changes=status_changes,
+        deltas={m: Stats.of(np.array(v)) for m, v in deltas.items()},
+        improved=improved,
+        unchanged=unchanged,
+        worse_count=len(worse),
+        worse=worse,
+        per_image=per_image,
+    )
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _f(value: float | None, digits: int = 2, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}{unit}"
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
+    """A plain aligned text table; columns in ``right`` are right-aligned."""
+    right = right if right is not None else set(range(1, len(header)))
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+DIGITS = {"psnr": 2, "ssim": 4}
+UNITS = {"psnr": " dB", "ssim": ""}
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
+    out = [f"run {s.run_id}  ({s.output_url})"]
+    models = ", ".join(s.model_versions) or "-"
+    out.append(f"  model {models}; {s.shards} shard(s), {s.workers} worker(s); "
+               f"finished {s.first_finished or '-'} .. {s.last_finished or '-'}")
+    if s.duplicates:
+        out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
+    out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
+    if s.problems:
+        out += ["", "most common problems:"]
+        out += ["  " + line for line in _table(
+            ["status", "count", "reason"],
+            [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]], right={1})]
+        if len(s.problems) > max_reasons:
+            out.append(f"  ... and {len(s.problems) - max_reasons} other reason(s)")
+    if s.warnings:
+        out.append("warnings (ok images): " + "; ".join(f"{w} x{c}" for w, c in s.warnings[:max_reasons]))
+
+    out += ["", f"reference quality ({s.references} of {s.ok} ok images have a reference):"]
+    rows = []
+    for name, st in (("PSNR (dB)", s.psnr), ("SSIM", s.ssim)):
+        d = 2 if name.startswith("PSNR") else 4
+        rows.append([name, str(st.n) if st else "0"] + [_f(getattr(st, k) if st else None, d)
+                                                           for k in ("mean", "median", "p5", "p95")])
+    out += ["  " + line for line in _table(["metric", "n", "mean", "median", "p5", "p95"], rows)]
+    if s.psnr and s.psnr.infinite:
+        out.append(f"  ({s.psnr.infinite} image(s) identical to their reference: PSNR inf, not in the stats)")
+
+    out += ["", "no-reference statistics, ok images (mean / median):"]
+    rows = []
+    for name in NR_SHOWN:
+        b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
+        rows.append([name, _f(b.mean if b else None, 4), _f(a.mean if a else None, 4),
+                     _signed(a.mean - b.mean if a and b else None, 4),
+                     _f(b.median if b else None, 4), _f(a.median if a else None, 4)])
+    out += ["  " + line for line in _table(["stat", "before", "after", "change", "median before", "median after"], rows)]
+
+    out += ["", "throughput:"]
+    out.append(f"  {_f(s.images_per_second, 2)} images/s over {_f(s.wall_seconds, 1)} s wall clock "
+               f"(first image start to last finish); {_f(s.images_per_busy_second, 2)} images/s per busy worker")
+    out.append(f"  {_bytes(s.bytes_in)} read, {_bytes(s.bytes_out)} written; {_f(s.busy_seconds, 1)} s busy in total")
+    out += ["  " + line for line in _table(
+        ["stage", "seconds", "share"],
+        [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES])]
+
+    if s.worst or s.best:
+        d, unit = DIGITS[s.rank_by], UNITS[s.rank_by]
+        for title, items in ((f"worst {len(s.worst)} by {s.rank_by}", s.worst), (f"best {len(s.best)} by {s.rank_by}", s.best)):
+            out += ["", title + ":"]
+            out += ["  " + line for line in _table(
+                ["image", s.rank_by + unit, "brightness before", "after"],
+                [[i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)] for i in items])]
+    else:
+        out += ["", f"no images ranked: no ok image has a {s.rank_by} (no references?)"]
+    return "\n".join(out)
+
+
+def format_comparison(c: Comparison, limit: int = 10) -> str:
+    d = DIGITS[c.metric]
+    out = [f"compare run {c.run_id} with baseline {c.base_run_id} (deltas are run - baseline)"]
+    out.append(f"  models: {', '.join(c.base_model_versions) or '-'} -> {', '.join(c.model_versions) or '-'}")
+    out.append(f"  {c.common} image(s) in both; {len(c.only_in_run)} only in {c.run_id}; "
+               f"{len(c.only_in_base)} only in {c.base_run_id}")
+    out.append(f"  by {c.metric} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} unchanged, "
+               f"{c.worse_count} worse")
+    rows = []
+    for m in DELTA_METRICS:
+        st = c.deltas[m]
+        dd = DIGITS.get(m, 4)
+        rows.append([m, str(st.n) if st else "0", _signed(st.mean if st else None, dd), _signed(st.median if st else None, dd),
+                     _signed(st.p5 if st else None, dd), _signed(st.p95 if st else None, dd)])
+    out += ["", "per-image deltas:"]
+    out += ["  " + line for line in _table(["metric", "n", "mean", "median", "p5", "p95"], rows)]
+    if c.status_changes:
+        out += ["", "status changes:"]
+        out += ["  " + line for line in _table(
+            ["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set())]
+        if len(c.status_changes) > limit:
+            out.append(f"  ... and {len(c.status_changes) - limit} more")
+    out += ["", f"images that got worse ({c.worse_count}):" if c.worse else "no image got worse"]
+    if c.worse:
+        out += ["  " + line for line in _table(
+            ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+            [[w.rel_path, _f(w.base_value, d), _f(w.value, d), _signed(w.delta, d),
+              w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}"] for w in c.worse[:limit]])]
+        if c.worse_count > limit:
+            out.append(f"  ... and {c.worse_count - limit} more (--json has every image)")
+    return "\n".join(out)
+
+
+def format_runs(runs: list[RunInfo]) -> str:
+    if not runs:
+        return "no runs"
+    return "\n".join(_table(
+        ["run", "images", "ok", "error", "skipped", "mean PSNR", "last finished", "model"],
+        [[r.run_id, str(r.images), str(r.ok), str(r.error), str(r.skipped), _f(r.mean_psnr, 2),
+          r.last_finished or "-", ", ".join(r.model_versions) or "-"] for r in runs],
+        right={1, 2, 3, 4, 5},
+    ))

@@ -1,0 +1,114 @@
+"""``llie audit``: quality, problems and speed of archive runs, from their Parquet metrics.
+
+Registered on the ``llie`` group by ``llie.cli``. Imports stay inside the command so that
+``llie --help`` does not pay for pyarrow or matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+# llie.audit.RANK_METRICS, spelled out so that importing the CLI does not import pyarrow.
+RANK_METRICS = ("psnr", "ssim")
+
+
+@click.command("audit")
+@click.argument("output_url")
+@click.option("--run", "run_id", default=None, metavar="RUN_ID", help="Run to audit (default: the latest one).")
+@click.option("--compare", "compare_id", default=None, metavar="RUN_ID",
+              help="Baseline run over the same inputs: per-image deltas (run - baseline) and the images that got worse.")
+@click.option("--compare-output", default=None, metavar="URL",
+              help="OUTPUT_URL of the baseline run when it wrote elsewhere (default: OUTPUT_URL).")
+@click.option("--report", "report_path", default=None, metavar="PATH",
+              help="Write an HTML report (PATH.html, or PATH/report.html for a folder) with its plots as PNG beside it.")
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
+              help="How many worst and best images to list.")
+@click.option("--rank-by", type=click.Choice(RANK_METRICS), default="psnr", show_default=True,
+              help="Metric that ranks images (worst/best, and 'got worse' in --compare).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="With --compare: changes smaller than this count as unchanged (default 0.01 dB PSNR, 0.0005 SSIM).")
+@click.option("--json", "json_path", default=None, metavar="FILE",
+              help="Also write everything (every image's deltas with --compare) as JSON; '-' for stdout.")
+@click.option("--runs", "list_runs", is_flag=True, help="List the runs under OUTPUT_URL and exit.")
+@click.option("--fail-on-worse", is_flag=True, help="With --compare: exit with status 3 if any image got worse.")
+def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank_by, tolerance, json_path,
+          list_runs, fail_on_worse) -> None:
+    """Audit the image quality of an archive run from the Parquet that `llie run` writes.
+
+    \b
+    OUTPUT_URL is the OUTPUT_URL given to `llie run` (a folder or s3://bucket/prefix); the rows
+    are read from OUTPUT_URL/_metrics/run_id=<ID>/*.parquet. Prints, per run: ok / error /
+    skipped counts and the most common error reasons; PSNR and SSIM mean, median, 5th and 95th
+    percentile where references exist; brightness, contrast and noise before and after;
+    throughput and the share of time per stage; the worst and best images.
+
+    \b
+    Examples:
+      llie audit enhanced/ --runs
+      llie audit enhanced/                                  # the latest run
+      llie audit s3://archive/enhanced --run 20250101T000000Z-1a2b3c --report audit.html
+      llie audit enhanced/ --run new-model --compare old-model --fail-on-worse
+    """
+    from llie import audit as au
+    from llie import storage
+
+    try:
+        if list_runs:
+            click.echo(au.format_runs(au.list_runs(output_url)))
+            return
+        if compare_output and not compare_id:
+            raise click.UsageError("--compare-output needs --compare RUN_ID")
+        run = au.load_run(output_url, run_id)
+        summary = au.summarise(run, top=top, rank_by=rank_by)
+        base = base_summary = comparison = None
+        if compare_id:
+            base = au.load_run(compare_output or output_url, compare_id)
+            base_summary = au.summarise(base, top=top, rank_by=rank_by)
+            comparison = au.compare(run, base, metric=rank_by, tolerance=tolerance)
+    except au.AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # an invalid run id
+        raise click.UsageError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"not found: {storage.redact_url(str(exc))}") from None
+
+    to_stdout = json_path == "-"
+    if not to_stdout:
+        click.echo(au.format_summary(summary))
+        if comparison is not None:
+            click.echo("")
+            click.echo(au.format_comparison(comparison, limit=max(top, 10)))
+    if report_path:
+        from llie.report import write_report
+
+        files = write_report(run, summary, report_path, comparison, base, base_summary)
+        if not to_stdout:
+            click.echo(f"\nreport  {storage.redact_url(files.html_url)}  (+ {len(files.png_urls)} PNG beside it)")
+    if json_path:
+        doc = {"summary": summary.to_dict(), "comparison": comparison.to_dict() if comparison else None}
+        text = _json(doc)
+        if to_stdout:
+            click.echo(text)
+        else:
+            storage.write_bytes_atomic(json_path, text.encode("utf-8"))
+    if fail_on_worse and comparison is not None and comparison.worse_count:
+        sys.exit(3)
+
+
+def _json(doc) -> str:
+    """JSON without NaN/Infinity (not JSON): non-finite numbers become strings."""
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(doc), indent=2, default=str)
