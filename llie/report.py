@@ -1,0 +1,482 @@
+"""The audit as pictures: PNG plots and one self-contained HTML report.
+
+``write_report`` writes ``report.html`` (every plot embedded as a ``data:image/png;base64`` URI,
+no script, no stylesheet or font from the network: it opens offline, and can be mailed as one
+file) and the same plots as PNG files beside it, ``<stem>-<plot>.png``, for people who paste
+them elsewhere. Destinations may be local paths or fsspec URLs (``s3://...``).
+
+Plots: PSNR and SSIM histograms, no-reference brightness / contrast / noise before and after,
+time per stage, and before/after contact sheets of the worst and best images (thumbnails read
+from the ``input_path`` / ``output_path`` the rows record, plus the reference when the run's
+manifest names a reference folder). With a comparison: the per-image PSNR (or SSIM) of both
+runs against each other.
+
+matplotlib is used through its object API with the Agg canvas only: no pyplot state, no display,
+safe in a worker thread or a flow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from llie import archive, storage
+from llie.audit import DELTA_METRICS, _ok_mask, DIGITS, NR_SHOWN, Comparison, ImageScore, RunData, RunSummary, Stats
+
+THUMB = 192  # longest side of a contact-sheet thumbnail, pixels
+DPI = 100
+RUN_COLOR, BASE_COLOR, BEFORE_COLOR, AFTER_COLOR, WORSE_COLOR = "#1f77b4", "#aaaaaa", "#7f7f7f", "#ff7f0e", "#d62728"
+
+
+@dataclass
+class Plot:
+    name: str  # file-name part: <stem>-<name>.png
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class ReportFiles:
+    html_url: str
+    png_urls: dict[str, str] = field(default_factory=dict)  # plot name -> url
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values[np.isfinite(values)]
+
+
+def _ok_values(run: RunData, column: str) -> np.ndarray:
+    return _finite(run.column(column)[_ok_mask(run.table)])
+
+
+def _bins(*arrays: np.ndarray, n: int = 30) -> np.ndarray:
+    values = np.concatenate([a for a in arrays if a.size]) if any(a.size for a in arrays) else np.zeros(1)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5 * max(abs(lo) * 0.01, 1e-3), hi + 0.5 * max(abs(hi) * 0.01, 1e-3)
+    return np.linspace(lo, hi, n + 1)
+
+
+def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunData | None = None) -> Plot | None:
+    values = _ok_values(run, metric)
+    base_values = _ok_values(base, metric) if base is not None else np.zeros(0)
+    if values.size == 0 and base_values.size == 0:
+        return None
+    label = "PSNR (dB)" if metric == "psnr" else "SSIM"
+    fig = _figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    bins = _bins(values, base_values)
+    if base_values.size:
+        ax.hist(base_values, bins=bins, color=BASE_COLOR, alpha=0.6, label=f"baseline {base.run_id} (n={base_values.size})")
+    # A step outline over the filled baseline: both stay visible where they coincide.
+    ax.hist(values, bins=bins, color=RUN_COLOR, alpha=0.75, label=f"run {run.run_id} (n={values.size})",
+            histtype="step" if base_values.size else "bar", linewidth=2)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if stats is not None:
+        for x, style, name in ((stats.mean, "-", "mean"), (stats.p5, ":", "p5"), (stats.p95, ":", "p95")):
+            ax.axvline(x, color="black", linestyle=style, linewidth=1)
+            ax.annotate(name, (x, 1), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel(label)
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8, loc="best")
+    caption = "" if stats is None else (
+        f"mean {stats.mean:.{DIGITS[metric]}f}, median {stats.median:.{DIGITS[metric]}f}, "
+        f"p5 {stats.p5:.{DIGITS[metric]}f}, p95 {stats.p95:.{DIGITS[metric]}f} over {stats.n} images"
+    )
+    return Plot(f"{metric}_hist", f"{label} histogram", _png(fig), caption)
+
+
+def before_after_plot(run: RunData) -> Plot | None:
+    columns = {name: (_ok_values(run, f"before_{name}"), _ok_values(run, f"after_{name}")) for name in NR_SHOWN}
+    if not any(b.size or a.size for b, a in columns.values()):
+        return None
+    fig = _figure(10.5, 3.4)
+    axes = fig.subplots(1, len(NR_SHOWN))
+    for ax, (name, (before, after)) in zip(axes, columns.items()):
+        bins = _bins(before, after, n=25)
+        ax.hist(before, bins=bins, color=BEFORE_COLOR, alpha=0.7, label="before (input)")
+        ax.hist(after, bins=bins, color=AFTER_COLOR, alpha=0.7, label="after (output)")
+        ax.set_title(name)
+        ax.set_xlabel(name + (" (mean luma, 0-1)" if name == "brightness" else ""))
+        ax.set_ylabel("images")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8)
+    return Plot("before_after", "Brightness, contrast and noise before / after", _png(fig),
+                "no-reference statistics of the input and of the enhanced output, ok images")
+
+
+def stage_plot(summary: RunSummary, base_summary: RunSummary | None = None) -> Plot:
+    stages = list(archive.STAGES)
+    per_image = [summary.stage_seconds[s] / max(summary.images, 1) for s in stages]
+    fig = _figure(6.4, 3.8)
+    ax = fig.add_subplot()
+    y = np.arange(len(stages))
+    height = 0.4 if base_summary else 0.7
+    if base_summary:
+        base = [base_summary.stage_seconds[s] / max(base_summary.images, 1) for s in stages]
+        ax.barh(y + height / 2, base, height=height, color=BASE_COLOR, label=f"baseline {base_summary.run_id}")
+    bars = ax.barh(y - (height / 2 if base_summary else 0), per_image, height=height, color=RUN_COLOR,
+                   label=f"run {summary.run_id}")
+    for bar, stage in zip(bars, stages):
+        ax.annotate(f" {100 * summary.stage_share[stage]:.1f}%", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    va="center", fontsize=8)
+    ax.set_yticks(y, stages)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per image (mean); label: share of the run's busy time")
+    ax.margins(x=0.15)
+    if base_summary:
+        ax.legend(fontsize=8, loc="lower right")
+    return Plot("stage_times", "Time per stage", _png(fig),
+                f"{summary.busy_seconds:.1f} s busy over {summary.images} images")
+
+
+def comparison_plot(comparison: Comparison, run: RunData, base: RunData) -> Plot | None:
+    metric = comparison.metric
+    now = dict(zip(run.table.column("rel_path").to_pylist(), run.column(metric)))
+    then = dict(zip(base.table.column("rel_path").to_pylist(), base.column(metric)))
+    pairs = [(then[p], now[p], p) for p, d in comparison.per_image.items() if d.get(metric) is not None]
+    if not pairs:
+        return None
+    worse = {w.rel_path for w in comparison.worse}
+    x = np.array([p[0] for p in pairs])
+    y = np.array([p[1] for p in pairs])
+    bad = np.array([p[2] in worse for p in pairs])
+    fig = _figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="black", linewidth=0.8)
+    ax.scatter(x[~bad], y[~bad], s=14, color=RUN_COLOR, label="same or better")
+    if bad.any():
+        ax.scatter(x[bad], y[bad], s=18, color=WORSE_COLOR, label="worse")
+    unit = " (dB)" if metric == "psnr" else ""
+    ax.set_xlabel(f"baseline {comparison.base_run_id}: {metric}{unit}")
+    ax.set_ylabel(f"run {comparison.run_id}: {metric}{unit}")
+    ax.legend(fontsize=8)
+    return Plot(f"compare_{metric}", f"{metric.upper()} per image: run against baseline", _png(fig),
+                "above the diagonal: better in the audited run")
+
+
+# --------------------------------------------------------------------------- contact sheets
+
+
+def _thumbnail(url: str | None, storage_options: storage.StorageOptions = None) -> tuple[np.ndarray | None, int | None]:
+    """(uint8 thumbnail, file size) of an image URL, or (None, None) when it cannot be read."""
+    if not url:
+        return None, None
+    try:
+        data = storage.read_bytes(url, storage_options)
+    except Exception:
+        return None, None
+    try:
+        from PIL import Image, ImageOps
+
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"):
+                img.draft("RGB", (THUMB * 2, THUMB * 2))  # JPEG: decode at a reduced scale
+                thumb = ImageOps.exif_transpose(img).convert("RGB")
+                thumb.thumbnail((THUMB, THUMB))
+                return np.asarray(thumb), len(data)
+        # 16-bit and other high-depth modes: llie's own decoder scales them right.
+        from llie.imageio import decode_image
+        from llie.metrics import quantize8
+
+        rgb = quantize8(decode_image(data).rgb)
+        thumb = Image.fromarray(rgb)
+        thumb.thumbnail((THUMB, THUMB))
+        return np.asarray(thumb), len(data)
+    except Exception:
+        return None, len(data)
+
+
+def _short(text: str, width: int = 34) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def contact_sheet(
+    images: list[ImageScore], title: str, name: str, rank_by: str, reference_url: str | None = None,
+    storage_options: storage.StorageOptions = None,
+) -> Plot | None:
+    """One row per image: before (input), after (output) and, if known, the reference."""
+    if not images:
+        return None
+    columns = ["before", "after"] + (["reference"] if reference_url else [])
+    fig = _figure(2.5 * len(columns) + 0.4, 2.3 * len(images) + 0.5)
+    axes = np.atleast_2d(fig.subplots(len(images), len(columns)))
+    fig.suptitle(title, fontsize=11)
+    d = DIGITS[rank_by]
+    for row, item in zip(axes, images):
+        ref = storage.join(reference_url, item.rel_path) if reference_url else None
+        urls = {"before": item.input_path, "after": item.output_path, "reference": ref}
+        for ax, col in zip(row, columns):
+            thumb, size = _thumbnail(urls[col], storage_options)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if thumb is None:
+                ax.text(0.5, 0.5, "unavailable", ha="center", va="center", fontsize=9, color="gray",
+                        transform=ax.transAxes)
+            else:
+                ax.imshow(thumb, interpolation="antialiased")
+            if col == "before":
+                ax.set_title(f"before: {_short(item.rel_path)}", fontsize=8, loc="left")
+            elif col == "after":
+                label = f"after: {rank_by} {item.value:.{d}f}"
+                if item.ssim is not None and rank_by != "ssim":
+                    label += f", ssim {item.ssim:.3f}"
+                if size is not None and item.bytes_out is not None and size != item.bytes_out:
+                    label += "\n(file rewritten since this run)"
+                ax.set_title(label, fontsize=8, loc="left")
+            else:
+                ax.set_title("reference", fontsize=8, loc="left")
+    return Plot(name, title, _png(fig))
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f5f5f5; } td.l, th.l { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; } .muted { color: #777; } .bad { color: #b00; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–" if value is None or math.isnan(value) else _e(value)
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _html_table(header: list[str], rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
+    """Cells are escaped here; pass plain text."""
+    head = "".join(f'<th class="{"l" if i in left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i in left else ""}">{_e(c)}</td>' for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_html(plot: Plot, png_name: str) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    caption = _e(plot.caption) + (" · " if plot.caption else "") + f'<a href="{_e(png_name)}">PNG</a>'
+    return (f'<figure id="{_e(plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
+            f"<figcaption>{_e(plot.title)}: {caption}</figcaption></figure>")
+
+
+def _summary_html(s: RunSummary) -> str:
+    parts = [_html_table(
+        ["images", "ok", "error", "skipped", "with reference", "shards", "workers", "model"],
+        [[str(s.images), str(s.ok), str(s.error), str(s.skipped), str(s.references), str(s.shards),
+          str(s.workers), ", ".join(s.model_versions) or "–"]],
+        left={7},
+    )]
+    if s.duplicates:
+        parts.append(f'<p class="bad">{s.duplicates} duplicate row(s) ignored (latest row per image kept).</p>')
+    if s.problems:
+        parts.append("<h3>Most common problems</h3>")
+        parts.append(_html_table(["status", "count", "reason"], [[st, str(c), r] for st, r, c in s.problems[:10]],
+                                 left={0, 2}))
+    if s.warnings:
+        parts.append("<h3>Warnings on ok images</h3>")
+        parts.append(_html_table(["warning", "count"], [[w, str(c)] for w, c in s.warnings[:10]]))
+    return "".join(parts)
+
+
+def _quality_html(s: RunSummary) -> str:
+    rows = []
+    for label, st, d in (("PSNR (dB)", s.psnr, 2), ("SSIM", s.ssim, 4)):
+        rows.append([label, str(st.n if st else 0)] + [_num(getattr(st, k) if st else None, d)
+                                                        for k in ("mean", "median", "p5", "p95", "min", "max")])
+    out = _html_table(["metric", "n", "mean", "median", "p5", "p95", "min", "max"], rows)
+    if s.psnr and s.psnr.infinite:
+        out += f'<p class="muted">{s.psnr.infinite} image(s) identical to their reference (PSNR ∞) are left out.</p>'
+    if not s.references:
+        out += '<p class="muted">No ok image has a reference: run with --reference for PSNR/SSIM.</p>'
+    return out
+
+
+def _nr_html(s: RunSummary) -> str:
+    rows = []
+    for name in NR_SHOWN:
+        b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
+        rows.append([name, _num(b.mean if b else None, 4), _num(a.mean if a else None, 4),
+                     _num(a.mean - b.mean if a and b else None, 4, signed=True),
+                     _num(b.median if b else None, 4), _num(a.median if a else None, 4)])
+    return _html_table(["statistic", "mean before", "mean after", "change", "median before", "median after"], rows)
+
+
+def _speed_html(s: RunSummary) -> str:
+    info = (f"<p>{_num(s.images_per_second)} images/s over {_num(s.wall_seconds, 1)} s of wall clock (first image "
+            f"start to last finish), {_num(s.images_per_busy_second)} images/s per busy worker; "
+            f"{s.bytes_in:,} bytes read, {s.bytes_out:,} bytes written.</p>")
+    rows = [[st, _num(s.stage_seconds[st], 3), _num(s.stage_seconds[st] / max(s.images, 1), 4),
+             f"{100 * s.stage_share[st]:.1f}%"] for st in archive.STAGES]
+    return info + _html_table(["stage", "seconds", "per image", "share"], rows)
+
+
+def _ranked_html(s: RunSummary, items: list[ImageScore]) -> str:
+    d = DIGITS[s.rank_by]
+    return _html_table(
+        ["image", s.rank_by, "psnr", "ssim", "brightness before", "brightness after"],
+        [[i.rel_path, _num(i.value, d), _num(i.psnr, 2), _num(i.ssim, 4), _num(i.before_brightness, 3),
+          _num(i.after_brightness, 3)] for i in items],
+    )
+
+
+def _comparison_html(c: Comparison, limit: int = 100) -> str:
+    d = DIGITS[c.metric]
+    parts = [
+        f"<p>Deltas are <b>run {_e(c.run_id)}</b> minus <b>baseline {_e(c.base_run_id)}</b>; models "
+        f"{_e(', '.join(c.base_model_versions) or '–')} → {_e(', '.join(c.model_versions) or '–')}. "
+        f"{c.common} image(s) in both runs, {len(c.only_in_run)} only in the run, {len(c.only_in_base)} only in "
+        f"the baseline. By {_e(c.metric)} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} "
+        f"unchanged, <span class=\"bad\">{c.worse_count} worse</span>.</p>",
+        _html_table(
+            ["metric", "n", "mean delta", "median", "p5", "p95"],
+            [[m, str(st.n if st else 0)] + [_num(getattr(st, k) if st else None, DIGITS.get(m, 4), signed=True)
+                                            for k in ("mean", "median", "p5", "p95")]
+             for m, st in ((m, c.deltas[m]) for m in DELTA_METRICS)],
+        ),
+    ]
+    if c.worse:
+        parts.append(f"<h3>Images that got worse ({c.worse_count})</h3>")
+        parts.append(_html_table(
+            ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+            [[w.rel_path, _num(w.base_value, d), _num(w.value, d), _num(w.delta, d, signed=True),
+              w.status if w.status == w.base_status else f"{w.base_status} → {w.status}"] for w in c.worse[:limit]],
+        ))
+        if c.worse_count > limit:
+            parts.append(f'<p class="muted">… and {c.worse_count - limit} more (llie audit --json has every image).</p>')
+    return "".join(parts)
+
+
+def build_plots(
+    run: RunData, summary: RunSummary, comparison: Comparison | None = None, base: RunData | None = None,
+    base_summary: RunSummary | None = None, storage_options: storage.StorageOptions = None,
+) -> list[Plot]:
+    plots = [
+        metric_histogram(run, "psnr", summary.psnr, base),
+        metric_histogram(run, "ssim", summary.ssim, base),
+        before_after_plot(run),
+        stage_plot(summary, base_summary),
+        contact_sheet(summary.worst, f"Worst {len(summary.worst)} by {summary.rank_by}", "contact_worst",
+                      summary.rank_by, run.reference_url, storage_options),
+        contact_sheet(summary.best, f"Best {len(summary.best)} by {summary.rank_by}", "contact_best",
+                      summary.rank_by, run.reference_url, storage_options),
+    ]
+    if comparison is not None and base is not None:
+        plots.append(comparison_plot(comparison, run, base))
+    return [p for p in plots if p is not None]
+
+
+def render_html(
+    summary: RunSummary, plots: list[Plot], png_names: dict[str, str], comparison: Comparison | None = None
+) -> str:
+    by_name = {p.name: p for p in plots}
+
+    def fig(name: str) -> str:
+        return _figure_html(by_name[name], png_names[name]) if name in by_name else ""
+
+    s = summary
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = [
+        f"<h1>llie audit: run {_e(s.run_id)}</h1>",
+        f'<p class="muted">{_e(s.output_url)} · images finished {_e(s.first_finished)} … {_e(s.last_finished)} · '
+        f"report generated {generated}</p>",
+        "<h2>Images</h2>", _summary_html(s),
+        "<h2>Quality against references</h2>", _quality_html(s), fig("psnr_hist"), fig("ssim_hist"),
+        "<h2>No-reference statistics</h2>", _nr_html(s), fig("before_after"),
+        "<h2>Throughput and time per stage</h2>", _speed_html(s), fig("stage_times"),
+    ]
+    if s.worst or s.best:
+        body += [f"<h2>Worst {len(s.worst)} by {_e(s.rank_by)}</h2>", _ranked_html(s, s.worst), fig("contact_worst"),
+                 f"<h2>Best {len(s.best)} by {_e(s.rank_by)}</h2>", _ranked_html(s, s.best), fig("contact_best")]
+    else:
+        body.append(f'<p class="muted">No image ranked: no ok image has a {_e(s.rank_by)} value.</p>')
+    if comparison is not None:
+        body += [f"<h2>Compared with run {_e(comparison.base_run_id)}</h2>", _comparison_html(comparison),
+                 fig(f"compare_{comparison.metric}")]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>llie audit {_e(s.run_id)}</title><style>{_CSS}</style></head><body>"
+        + "\n".join(b for b in body if b) + "</body></html>\n"
+    )
+
+
+def _split_destination(dest: str) -> tuple[str, str]:
+    """(folder, html file name) of a ``--report`` argument: a .html file, or a folder."""
+    dest = str(dest).rstrip("/")
+    if dest.lower().endswith((".html", ".htm")):
+        folder, name = posixpath.split(dest) if "/" in dest else (".", dest)
+        return folder or "/", name
+    return dest, "report.html"
+
+
+def report_url(output_url: str, run_id: str) -> str:
+    """Where the flow puts a run's report: inside its metrics folder, in ``_report/``.
+
+    The leading ``_`` keeps it out of pyarrow's dataset discovery and ``*.parquet`` globs.
+    """
+    return storage.join(archive.metrics_url(output_url, run_id), "_report/report.html")
+
+
+def write_report(
+    run: RunData,
+    summary: RunSummary,
+    dest: str,
+    comparison: Comparison | None = None,
+    base: RunData | None = None,
+    base_summary: RunSummary | None = None,
+    storage_options: storage.StorageOptions = None,
+) -> ReportFiles:
+    """Write the HTML report and its PNGs; ``dest`` is ``.../name.html`` or a folder (``report.html``)."""
+    folder, name = _split_destination(dest)
+    stem = name.rsplit(".", 1)[0]
+    plots = build_plots(run, summary, comparison, base, base_summary, storage_options)
+    png_names = {p.name: f"{stem}-{p.name}.png" for p in plots}
+    files = ReportFiles(html_url=storage.join(folder, name))
+    for plot in plots:
+        url = storage.join(folder, png_names[plot.name])
+        storage.write_bytes_atomic(url, plot.png, storage_options)
+        files.png_urls[plot.name] = url
+    page = render_html(summary, plots, png_names, comparison)
+    storage.write_bytes_atomic(files.html_url, page.encode("utf-8"), storage_options)
+    return files
