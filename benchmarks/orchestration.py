@@ -1,0 +1,306 @@
+"""What Prefect + Dask cost on top of the shard work, and what a second worker buys.
+
+* overhead: the real ``flows.enhance_archive.enhance_archive`` flow (1 worker, 1 thread) against a
+  plain loop over ``llie.archive.process_shard`` (1 thread, in a subprocess with the same thread
+  environment a Dask worker gets), both on N and 2N images, so fixed start-up (cluster, worker
+  imports, model load) and per-image overhead can be told apart;
+* scaling: the same shard work (pure llie, model loaded once per worker) through ``client.map``
+  on LocalClusters of 1 and 2 single-threaded workers.
+
+The loop side runs as ``python -m benchmarks.orchestration loop ...`` (a JSON line on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .common import SINGLE_THREAD_ENV, run_json_subprocess, write_images
+
+# --------------------------------------------------------------------------- worker-side code
+# Runs inside Dask workers (and the loop subprocess): pure llie, one Enhancer per process.
+
+_ENHANCER = None
+
+
+def _worker_enhancer(bundle: str | None = None, threads: int = 1):
+    global _ENHANCER
+    if _ENHANCER is None:
+        from llie.pipeline import Enhancer, set_threads
+
+        set_threads(threads)
+        _ENHANCER = Enhancer.load(bundle, threads=threads)
+    return _ENHANCER
+
+
+def worker_setup(bundle: str | None, threads: int, warm_input_url: str, warm_output_url: str) -> dict:
+    """Load the model and enhance one image, so first-call costs stay out of the timed work."""
+    import os
+
+    from llie import archive
+
+    t = time.perf_counter()
+    enhancer = _worker_enhancer(bundle, threads)
+    loaded = time.perf_counter() - t
+    names = sorted(p.name for p in Path(warm_input_url).iterdir())[:1]
+    archive.process_shard(archive.plan_shards(names, 1)[0], warm_input_url, warm_output_url, enhancer)
+    import torch
+
+    return {"pid": os.getpid(), "load_s": loaded, "torch_threads": torch.get_num_threads()}
+
+
+def run_shard(shard, input_url: str, output_url: str, reference_url: str | None) -> dict:
+    import os
+
+    from llie import archive
+
+    enhancer = _worker_enhancer()
+    t = time.perf_counter()
+    rows = archive.process_shard(shard, input_url, output_url, enhancer, reference_url=reference_url)
+    bad = [r["error"] for r in rows if r["status"] != "ok"]
+    if bad:
+        raise RuntimeError(f"{shard.shard_id}: {bad[:3]}")
+    return {"images": len(rows), "seconds": time.perf_counter() - t, "pid": os.getpid()}
+
+
+def _image_seconds(rows) -> float:
+    from llie import archive
+
+    return float(sum(r.get(f"sec_{s}") or 0.0 for r in rows for s in archive.STAGES))
+
+
+def loop_main(argv: list[str] | None = None) -> None:
+    """Subprocess entry: time process_shard over shards of ``--shard-size``, print JSON."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--reference")
+    p.add_argument("--warm-input", required=True)
+    p.add_argument("--shard-size", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model")
+    a = p.parse_args(argv)
+    from llie import archive
+
+    setup = worker_setup(a.model, a.threads, a.warm_input, a.output + "-warm")
+    names = sorted(q.name for q in Path(a.input).iterdir())
+    shards = archive.plan_shards(names, a.shard_size)
+    per_shard, per_shard_image_seconds = [], []
+    for shard in shards:
+        t = time.perf_counter()
+        rows = archive.process_shard(shard, a.input, a.output, _ENHANCER, reference_url=a.reference)
+        per_shard.append(time.perf_counter() - t)
+        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+        per_shard_image_seconds.append(_image_seconds(rows))
+    print(json.dumps({
+        **setup,
+        "shard_seconds": per_shard,
+        "image_seconds": sum(per_shard_image_seconds),
+        "image_seconds_n": per_shard_image_seconds[0],
+        "images": len(names),
+    }))
+
+
+# --------------------------------------------------------------------------- orchestration overhead
+
+
+def _flow_kwargs(fn, **wanted):
+    """Only the keyword arguments the flow accepts (its signature is still evolving)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in wanted.items() if k in params}
+
+
+def flow_overhead(
+    workdir: Path,
+    n_images: int,
+    shard_size: int,
+    width: int,
+    height: int,
+    model: str | None = None,
+    with_reference: bool = True,
+    warmup_run: bool = True,
+    two_n_run: bool = True,
+) -> dict:
+    """Flow vs plain loop on N and 2N images (the first N shared). Needs a Prefect API.
+
+    Without ``two_n_run`` (quick runs) the flow runs on N images only and the steady-state split
+    is not measured (None).
+    """
+    from flows.enhance_archive import enhance_archive
+    from llie import archive
+
+    fn = getattr(enhance_archive, "fn", enhance_archive)
+    big = workdir / "two_n"
+    write_images(big, 2 * n_images, width, height, seed=1000, with_reference=with_reference)
+    small = workdir / "n"
+    (small / "in").mkdir(parents=True)
+    for name in sorted(p.name for p in (big / "in").iterdir())[:n_images]:
+        shutil.copy(big / "in" / name, small / "in" / name)
+    warm = workdir / "warm"
+    write_images(warm, 1, width, height, seed=999)
+    ref = str(big / "ref") if with_reference else None
+
+    # The plain loop: one subprocess, the 2N images as two shards of N.
+    loop = run_json_subprocess(
+        [
+            "benchmarks.orchestration", "loop", "--input", str(big / "in"), "--output", str(workdir / "loop-out"),
+            "--warm-input", str(warm / "in"), "--shard-size", str(n_images), "--threads", "1",
+            *(["--reference", ref] if ref else []), *(["--model", model] if model else []),
+        ],
+        env_extra=SINGLE_THREAD_ENV,
+    )
+    loop_n, loop_2n = loop["shard_seconds"][0], sum(loop["shard_seconds"])
+
+    def run_flow(input_dir: Path, tag: str) -> dict:
+        kwargs = _flow_kwargs(
+            fn,
+            input_url=str(input_dir), output_url=str(workdir / f"flow-{tag}"), model=model,
+            shard_size=shard_size, reference_url=ref, n_workers=1, run_id=f"bench-{tag}",
+            retries=0, torch_threads=1,
+        )
+        t = time.perf_counter()
+        summary = enhance_archive(**kwargs)
+        wall = time.perf_counter() - t
+        assert summary["ok"] == summary["images"], summary
+        rows = archive.read_metrics(kwargs["output_url"], kwargs["run_id"]).to_pylist()
+        return {
+            "wall_s": wall,
+            "flow_reported_s": summary.get("seconds"),
+            "images": summary["images"],
+            "shards": summary["shards"],
+            "image_seconds": _image_seconds(rows),
+        }
+
+    # First flow run in this process: one-time client/registration costs, reported, not used.
+    first = run_flow(warm / "in", "warmup") if warmup_run else None
+    flow_n = run_flow(small / "in", "n")
+    flow_2n = run_flow(big / "in", "2n") if two_n_run else None
+
+    out = {
+        "images": n_images,
+        "shard_size": shard_size,
+        "size": f"{width}x{height}",
+        "with_reference": with_reference,
+        "torch_threads": 1,
+        "dask": "LocalCluster, 1 worker process x 1 thread (started by the flow each run)",
+        "loop": {
+            "n_s": loop_n,
+            "two_n_s": loop_2n,
+            "model_load_s": loop["load_s"],
+            "per_image_s": loop_2n / (2 * n_images),
+            "image_seconds_2n": loop["image_seconds"],
+            "torch_threads": loop["torch_threads"],
+        },
+        "flow": {"first_run_1_image": first, "n": flow_n, "two_n": flow_2n},
+        "overhead_pct": (flow_n["wall_s"] / loop_n - 1.0) * 100.0,
+        "overhead_pct_2n": None,
+        "steady_state_overhead_pct": None,
+        "fixed_startup_s": None,
+        "worker_compute_vs_loop_pct": (flow_n["image_seconds"] / loop["image_seconds_n"] - 1.0) * 100.0,
+    }
+    if flow_2n is not None:
+        marginal_flow = flow_2n["wall_s"] - flow_n["wall_s"]
+        marginal_loop = loop_2n - loop_n
+        out.update(
+            overhead_pct_2n=(flow_2n["wall_s"] / loop_2n - 1.0) * 100.0,
+            # time of 2N minus time of N: what one more shard of N images costs, start-up cancelled out
+            steady_state_overhead_pct=(marginal_flow / marginal_loop - 1.0) * 100.0,
+            # intercept of the flow's time through N and 2N images: cluster start, worker imports, model load
+            fixed_startup_s=2 * flow_n["wall_s"] - flow_2n["wall_s"],
+            # per-image work measured inside the worker vs inside the loop: is the worker itself slower?
+            worker_compute_vs_loop_pct=(flow_2n["image_seconds"] / loop["image_seconds"] - 1.0) * 100.0,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def scaling(
+    workdir: Path,
+    n_images: int,
+    shard_size: int,
+    width: int,
+    height: int,
+    workers: tuple[int, ...] = (1, 2),
+    model: str | None = None,
+    with_reference: bool = True,
+    one_cluster: bool = False,
+) -> dict:
+    """Throughput of client.map over shards on LocalClusters of 1 and 2 single-threaded workers."""
+    from distributed import Client, LocalCluster
+
+    from llie import archive
+
+    data = workdir / "scaling"
+    write_images(data, n_images, width, height, seed=2000, with_reference=with_reference)
+    warm = workdir / "scaling-warm"
+    write_images(warm, 1, width, height, seed=1999)
+    shards = archive.plan_shards(sorted(p.name for p in (data / "in").iterdir()), shard_size)
+    ref = str(data / "ref") if with_reference else None
+    results = {}
+
+    def measure(client: "Client", k: int, pin: list[str] | None) -> None:
+        setup = client.run(worker_setup, model, 1, str(warm / "in"), str(workdir / f"scaling-warm-out-{k}"), workers=pin)
+        t = time.perf_counter()
+        futures = client.map(
+            run_shard, shards, input_url=str(data / "in"), output_url=str(workdir / f"scaling-out-{k}"),
+            reference_url=ref, pure=False, workers=pin, allow_other_workers=False,
+        )
+        done = client.gather(futures)
+        wall = time.perf_counter() - t
+        busy: dict[int, float] = {}
+        for d in done:
+            busy[d["pid"]] = busy.get(d["pid"], 0.0) + d["seconds"]
+        results[str(k)] = {
+            "wall_s": wall,
+            "images_per_s": n_images / wall,
+            "shards_per_worker": sorted(sum(1 for d in done if d["pid"] == pid) for pid in busy),
+            "busy_s_per_worker": sorted(busy.values()),
+            "worker_torch_threads": sorted({s["torch_threads"] for s in setup.values()}),
+        }
+
+    def cluster(k: int) -> LocalCluster:
+        return LocalCluster(
+            n_workers=k, threads_per_worker=1, processes=True, dashboard_address=":0", env=dict(SINGLE_THREAD_ENV)
+        )
+
+    if one_cluster:
+        # quick runs: one cluster of max(workers), smaller counts pinned to a subset of its workers
+        with cluster(max(workers)) as c, Client(c) as client:
+            client.wait_for_workers(max(workers))
+            addresses = sorted(client.scheduler_info()["workers"])
+            for k in workers:
+                measure(client, k, addresses[:k])
+    else:
+        for k in workers:
+            with cluster(k) as c, Client(c) as client:
+                client.wait_for_workers(k)
+                measure(client, k, None)
+    base = results[str(workers[0])]["images_per_s"]
+    out = {
+        "images": n_images,
+        "shard_size": shard_size,
+        "shards": len(shards),
+        "size": f"{width}x{height}",
+        "with_reference": with_reference,
+        "clusters": "one LocalCluster, tasks pinned to k of its workers" if one_cluster
+        else "a fresh LocalCluster(n_workers=k, threads_per_worker=1) per k",
+        "workers": results,
+    }
+    if len(workers) > 1:
+        out["speedup"] = results[str(workers[-1])]["images_per_s"] / base
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "loop":
+        loop_main(sys.argv[2:])
+    else:
+        raise SystemExit("usage: python -m benchmarks.orchestration loop --input DIR --output DIR ...")

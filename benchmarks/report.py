@@ -1,0 +1,183 @@
+"""Targets from the issue with pass/fail, and the markdown rendering of a results dict."""
+
+from __future__ import annotations
+
+GIB = 2**30
+
+
+def _get(results: dict, *keys):
+    node = results
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return None
+        node = node[k]
+    return node
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """One row per target; ``passed`` is None when its section did not run."""
+    quick = results.get("quick", False)
+    rows = []
+
+    def add(name, target, value, unit, passed, where, note=""):
+        rows.append({
+            "target": name,
+            "threshold": target,
+            "measured": value,
+            "unit": unit,
+            "passed": passed if value is not None else None,
+            "source": where,
+            "note": ("quick run: sizes differ from the target's; " + note) if quick else note,
+        })
+
+    frac = _get(results, "pipeline", "variants", "stages_1_3", "fraction_of_io_floor")
+    add("stages 1-3 throughput >= 50% of the I/O floor", ">= 0.50", frac, "x I/O floor",
+        frac is not None and frac >= 0.5, "pipeline.variants.stages_1_3.fraction_of_io_floor",
+        "decode+stages 1-3+encode images/s over decode+encode images/s")
+    ips = _get(results, "pipeline", "variants", "full_pipeline", "images_per_s")
+    add("full pipeline >= 2 images/s on 600x400 (CPU)", ">= 2.0", ips, "images/s",
+        ips is not None and ips >= 2.0, "pipeline.variants.full_pipeline.images_per_s",
+        f"one process, {_get(results, 'pipeline', 'torch_threads')} torch threads")
+    ovh = _get(results, "orchestration", "overhead_pct")
+    add(f"orchestration overhead <= 10% at {_get(results, 'orchestration', 'shard_size') or 64} images per shard",
+        "<= 10 %", ovh, "%", ovh is not None and ovh <= 10.0, "orchestration.overhead_pct",
+        "whole flow wall time vs plain process_shard loop, 1 worker x 1 thread")
+    sp = _get(results, "scaling", "speedup")
+    add("2 workers >= 1.7x one", ">= 1.7", sp, "x", sp is not None and sp >= 1.7, "scaling.speedup")
+    rss = _get(results, "memory", "pipeline", "peak_rss_bytes")
+    add(f"peak RSS < 2 GiB enhancing {_get(results, 'memory', 'size')}", "< 2.00 GiB",
+        rss / GIB if rss is not None else None, "GiB", rss is not None and rss < 2 * GIB,
+        "memory.pipeline.peak_rss_bytes", "decode+enhance+encode in a fresh worker process")
+    return rows
+
+
+def _fmt(v, digits=2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    m = results.get("machine", {})
+    model = results.get("model", {})
+    lines = [
+        f"# llie benchmark{' (quick smoke run: not comparable to the targets)' if results.get('quick') else ''}",
+        "",
+        f"Run {results.get('started_at')} with `{results.get('command')}` in {_fmt(results.get('total_seconds'), 0)} s.",
+        "",
+        f"Machine: {m.get('cores')} cores ({m.get('cpu_model')}), {m.get('memory_gib')} GiB, {m.get('platform')}; "
+        f"Python {m.get('python')}, torch {m.get('versions', {}).get('torch')}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start') or [])}.",
+        f"Threads: {results.get('threads', {}).get('note')}.",
+        f"Model: {model.get('bundle')}, version `{model.get('model_version')}`, refiner {model.get('refiner')}.",
+    ]
+    busy = m.get("concurrent_training_processes") or m.get("concurrent_training_processes_at_end")
+    if busy:
+        lines.append(f"**Warning:** a training process was running during this run ({len(busy)}): numbers are pessimistic.")
+    lines += ["", "## Targets", ""]
+    rows = []
+    for t in results.get("targets", []):
+        verdict = {True: "PASS", False: "**FAIL**", None: "not run"}[t["passed"]]
+        rows.append([t["target"], t["threshold"], f"{_fmt(t['measured'])} {t['unit']}", verdict])
+    lines += _table(["target", "threshold", "measured", "result"], rows)
+
+    stages = results.get("stages")
+    if stages:
+        sizes = stages["sizes"]
+        names = list(sizes)
+        lines += ["", f"## Per stage (one process, {stages['torch_threads']} torch threads; median of repeats)", ""]
+        header = ["stage"] + [f"{n}: MP/s" for n in names] + [f"{n}: ms/image" for n in names] + [f"{n}: share" for n in names]
+        rows = []
+        for stage in sizes[names[0]]["stages"]:
+            r = [stage]
+            r += [sizes[n]["stages"][stage]["megapixels_per_s"] for n in names]
+            r += [sizes[n]["stages"][stage]["ms_per_image"] for n in names]
+            r += [f"{sizes[n]['stages'][stage]['share_of_total'] * 100:.0f}%" for n in names]
+            rows.append(r)
+        rows.append(["**sum**"] + [sizes[n]["megapixels"] / sizes[n]["sum_ms_per_image"] * 1e3 for n in names]
+                    + [sizes[n]["sum_ms_per_image"] for n in names] + ["100%" for _ in names])
+        lines += _table(header, rows)
+        lines.append("")
+        lines.append("Sizes: " + "; ".join(
+            f"{n} = {sizes[n]['size']} ({sizes[n]['megapixels']:.2f} MP, {sizes[n]['images']} image(s), "
+            f"{sizes[n]['stages']['decode']['repeats']} repeats, PNG {sizes[n]['png_bytes_per_image'] / 1e6:.2f} MB)"
+            for n in names) + ". `metrics` = no-reference stats of input and output + PSNR + SSIM against the clean image.")
+
+    pipe = results.get("pipeline")
+    if pipe:
+        lines += ["", f"## Pipeline on {pipe['size']} (decode -> X -> PNG encode; {pipe['images']} images, "
+                  f"median of {pipe['passes']} interleaved passes, {pipe['torch_threads']} torch threads)", ""]
+        labels = {"io_floor": "I/O floor (decode+encode)", "opencv_clahe": "OpenCV CLAHE on L (clip 2, 8x8)",
+                  "stages_1_3": "llie stages 1-3 (stages=\"hist\")", "full_pipeline": "llie full pipeline"}
+        rows = [[labels.get(k, k), v["images_per_s"], v["ms_per_image"], v["fraction_of_io_floor"]]
+                for k, v in pipe["variants"].items()]
+        lines += _table(["variant", "images/s", "ms/image", "x I/O floor"], rows)
+
+    orch = results.get("orchestration")
+    if orch:
+        loop, flow = orch["loop"], orch["flow"]
+        lines += ["", f"## Orchestration overhead ({orch['images']} images of {orch['size']}, shard size "
+                  f"{orch['shard_size']}, with reference PSNR/SSIM: {orch['with_reference']})", ""]
+        two_n, first = flow["two_n"], flow["first_run_1_image"]
+        rows = [
+            ["plain loop over process_shard (1 thread)", loop["n_s"], loop["two_n_s"], "-"],
+            ["enhance_archive flow (Prefect + LocalCluster 1x1)", flow["n"]["wall_s"],
+             two_n["wall_s"] if two_n else "not run", first["wall_s"] if first else "not run"],
+        ]
+        lines += _table(["", f"N={orch['images']} images (s)", f"2N={2 * orch['images']} images (s)",
+                         "first flow run, 1 image (s)"], rows)
+        lines += [
+            "",
+            f"- overhead at N: **{_fmt(orch['overhead_pct'], 1)} %**; at 2N: {_fmt(orch['overhead_pct_2n'], 1)} %",
+            f"- steady state (2N minus N, start-up cancelled): {_fmt(orch['steady_state_overhead_pct'], 1)} %; "
+            f"fixed start-up per flow run: {_fmt(orch['fixed_startup_s'], 1)} s",
+            f"- per-image work measured inside the worker vs inside the loop: {_fmt(orch['worker_compute_vs_loop_pct'], 1)} %",
+            f"- loop model load {_fmt(loop['model_load_s'])} s (not in the loop's time); Prefect API start "
+            f"{_fmt(orch.get('prefect_api_start_s'), 1)} s (not in either)",
+        ]
+
+    sc = results.get("scaling")
+    if sc:
+        lines += ["", f"## Scaling ({sc['images']} images of {sc['size']} in {sc['shards']} shards via client.map, "
+                  "single-threaded workers, model loaded once per worker)", ""]
+        rows = [[k, v["images_per_s"], v["wall_s"], ", ".join(f"{b:.1f}" for b in v["busy_s_per_worker"])]
+                for k, v in sc["workers"].items()]
+        lines += _table(["workers", "images/s", "wall (s)", "busy s per worker"], rows)
+        if "speedup" in sc:
+            lines += ["", f"Speed-up: **{_fmt(sc['speedup'])}x**"]
+
+    mem = results.get("memory")
+    if mem:
+        lines += ["", f"## Peak RSS, one fresh worker process, {mem['size']} ({mem['megapixels']:.0f} MP)", ""]
+        rows = []
+        for key, label in (("pipeline", "decode+enhance+encode"), ("archive_with_reference", "archive worker path (process_shard, with reference PSNR/SSIM)")):
+            r = mem.get(key)
+            if r:
+                rows.append([label, r["baseline_rss_bytes"] / GIB, r["peak_rss_bytes"] / GIB,
+                             r["increase_bytes"] / GIB, r["seconds"]])
+        lines += _table(["path", "baseline after imports+model (GiB)", "peak (GiB)", "increase (GiB)", "seconds"], rows)
+
+    q = results.get("quality")
+    if q:
+        lines += ["", "## Quality"]
+        if q.get("skipped"):
+            lines += ["", q.get("note", "skipped")]
+        else:
+            lines += ["", f"{q['data']}, {q['pairs']} pairs, {q['protocol']}; model `{q['model_version']}`.", ""]
+            rows = [[k, v["psnr"], f"{v['ssim']:.3f}"] for k, v in q["methods"].items()]
+            lines += _table(["method", "PSNR (dB)", "SSIM"], rows)
+
+    secs = results.get("section_seconds")
+    if secs:
+        lines += ["", "Section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + "."]
+    return "\n".join(lines) + "\n"

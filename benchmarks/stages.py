@@ -1,0 +1,157 @@
+"""Single-process throughput: each stage on its own, then the whole pipeline against two references.
+
+Every stage is timed on its own input, precomputed by the stages before it, so one slow stage
+does not blur the others. Images are synthetic (benchmarks.common) and PNG-coded in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .common import median_time, summarise_times, synthetic_pair, to_png
+
+STAGE_NAMES = ("decode", "features", "quantiles", "mapping", "refiner", "metrics", "encode")
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    width: int
+    height: int
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+def _metrics(before: np.ndarray, after: np.ndarray, reference: np.ndarray) -> None:
+    """What the archive records per image: no-reference stats before and after, PSNR/SSIM vs reference."""
+    from llie.metrics import no_reference_stats, psnr, ssim
+
+    no_reference_stats(before)
+    no_reference_stats(after)
+    psnr(after, reference)
+    ssim(after, reference)
+
+
+def stage_throughput(enhancer, size: Size, repeats: int, n_images: int = 1) -> dict:
+    """Megapixels per second of every stage at ``size`` (median over ``repeats`` passes)."""
+    from llie.features import extract_features
+    from llie.imageio import decode_image, encode_image
+    from llie.mapping import infer_levels, match_to_quantiles
+    from llie.refine import refine
+
+    pairs = [synthetic_pair(size.width, size.height, seed=100 + i) for i in range(n_images)]
+    pngs = [to_png(low) for low, _ in pairs]
+    decoded = [decode_image(b) for b in pngs]
+    feats = [extract_features(d.rgb) for d in decoded]
+    quants = [enhancer.bundle.quantile_model.predict(f) for f in feats]
+    levels = [infer_levels(d.rgb) for d in decoded]
+    mapping = enhancer.bundle.mapping
+    mapped = [match_to_quantiles(d.rgb, q, mapping, lv) for d, q, lv in zip(decoded, quants, levels)]
+    refiner = enhancer.bundle.refiner
+
+    def _refine(m):
+        return refine(refiner, m, enhancer.device, enhancer.tiling) if refiner is not None else m
+
+    refined = [np.clip(_refine(m), 0.0, 1.0) for m in mapped]
+    references = [clean for _, clean in pairs]
+
+    work = {
+        "decode": lambda i: decode_image(pngs[i]),
+        "features": lambda i: extract_features(decoded[i].rgb),
+        "quantiles": lambda i: enhancer.bundle.quantile_model.predict(feats[i]),
+        "mapping": lambda i: match_to_quantiles(decoded[i].rgb, quants[i], mapping, levels[i]),
+        "refiner": lambda i: _refine(mapped[i]),
+        "metrics": lambda i: _metrics(decoded[i].rgb, refined[i], references[i]),
+        "encode": lambda i: encode_image(refined[i], like=decoded[i]),
+    }
+    out = {}
+    for stage in STAGE_NAMES:
+        fn = work[stage]
+        timing = median_time(lambda: [fn(i) for i in range(n_images)], repeats=repeats, warmup=1)
+        per_image = timing["median_s"] / n_images
+        out[stage] = {
+            "megapixels_per_s": size.megapixels / per_image,
+            "ms_per_image": per_image * 1e3,
+            "spread_ms": [timing["min_s"] / n_images * 1e3, timing["max_s"] / n_images * 1e3],
+            "repeats": repeats,
+        }
+    total = sum(v["ms_per_image"] for v in out.values())
+    for v in out.values():
+        v["share_of_total"] = v["ms_per_image"] / total
+    return {
+        "size": f"{size.width}x{size.height}",
+        "megapixels": size.megapixels,
+        "images": n_images,
+        "png_bytes_per_image": int(np.mean([len(b) for b in pngs])),
+        "stages": out,
+        "sum_ms_per_image": total,
+    }
+
+
+def _clahe_lab(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV CLAHE on L of LAB (clip 2, 8x8 tiles), 8-bit in and out, float [0, 1] returned."""
+    import cv2
+
+    u8 = np.rint(np.clip(rgb, 0, 1) * 255.0).astype(np.uint8)
+    lab = cv2.cvtColor(u8, cv2.COLOR_RGB2LAB)
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    lab[..., 0] = clahe.apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB).astype(np.float32) / np.float32(255.0)
+
+
+def _he_v(rgb: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of V in HSV (OpenCV), float [0, 1] returned."""
+    import cv2
+
+    u8 = np.rint(np.clip(rgb, 0, 1) * 255.0).astype(np.uint8)
+    hsv = cv2.cvtColor(u8, cv2.COLOR_RGB2HSV)
+    hsv[..., 2] = cv2.equalizeHist(hsv[..., 2])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32) / np.float32(255.0)
+
+
+def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int) -> dict:
+    """Images per second of decode -> X -> encode for X in (nothing, CLAHE, stages 1-3, all stages).
+
+    The variants run interleaved, pass after pass over the same in-memory PNGs, so drifting machine
+    load hits them all alike; each variant's number is the median pass.
+    """
+    from llie.imageio import decode_image, encode_image
+
+    pngs = [to_png(synthetic_pair(size.width, size.height, seed=200 + i)[0]) for i in range(n_images)]
+    variants = {
+        "io_floor": lambda rgb: rgb,
+        "opencv_clahe": _clahe_lab,
+        "stages_1_3": lambda rgb: enhancer.enhance(rgb, stages="hist").image,
+        "full_pipeline": lambda rgb: enhancer.enhance(rgb, stages="full").image,
+    }
+
+    def one_pass(fn) -> float:
+        t = time.perf_counter()
+        for data in pngs:
+            img = decode_image(data)
+            encode_image(fn(img.rgb), like=img)
+        return time.perf_counter() - t
+
+    for fn in variants.values():  # warm-up: first-call costs (allocator, torch kernels) out of the timings
+        one_pass(fn)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(passes):
+        for name, fn in variants.items():
+            times[name].append(one_pass(fn))
+    out = {}
+    for name, ts in times.items():
+        s = summarise_times(ts)
+        out[name] = {
+            "images_per_s": n_images / s["median_s"],
+            "ms_per_image": s["median_s"] / n_images * 1e3,
+            "spread_images_per_s": [n_images / s["max_s"], n_images / s["min_s"]],
+        }
+    floor = out["io_floor"]["images_per_s"]
+    for name in out:
+        out[name]["fraction_of_io_floor"] = out[name]["images_per_s"] / floor
+    return {"size": f"{size.width}x{size.height}", "images": n_images, "passes": passes, "variants": out}

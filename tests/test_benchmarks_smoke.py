@@ -1,0 +1,90 @@
+"""`make bench` smoke test: the quick run produces every section with sane, positive numbers.
+
+Deliberately no wall-clock thresholds: this checks that the benchmark runs and reports, not how
+fast this machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("stages", "pipeline", "quality", "memory", "scaling", "orchestration")
+
+
+def _positive(value, what: str) -> None:
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{what} = {value!r}"
+
+
+def test_quick_benchmark_writes_every_section(tmp_path):
+    # A clean Prefect environment: the run starts its own temporary API, never the suite's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    markdown = (tmp_path / "results.md").read_text()
+    assert results["quick"] is True
+    for section in SECTIONS:
+        assert section in results, section
+    for heading in ("## Targets", "## Per stage", "## Pipeline", "## Orchestration", "## Scaling", "## Peak RSS", "## Quality"):
+        assert heading in markdown, heading
+
+    machine = results["machine"]
+    _positive(machine["cores"], "cores")
+    assert machine["cpu_model"] and machine["versions"]["torch"]
+    _positive(results["threads"]["single_process_sections"], "torch threads")
+
+    for name, size in results["stages"]["sizes"].items():
+        for stage, row in size["stages"].items():
+            _positive(row["megapixels_per_s"], f"stages.{name}.{stage}")
+            _positive(row["ms_per_image"], f"stages.{name}.{stage} ms")
+    assert set(results["stages"]["sizes"][next(iter(results["stages"]["sizes"]))]["stages"]) == {
+        "decode", "features", "quantiles", "mapping", "refiner", "metrics", "encode"
+    }
+
+    variants = results["pipeline"]["variants"]
+    assert set(variants) == {"io_floor", "opencv_clahe", "stages_1_3", "full_pipeline"}
+    for name, row in variants.items():
+        _positive(row["images_per_s"], f"pipeline.{name}")
+        _positive(row["fraction_of_io_floor"], f"pipeline.{name} ratio")
+
+    orch = results["orchestration"]
+    for key in ("n_s", "two_n_s", "per_image_s"):
+        _positive(orch["loop"][key], f"orchestration.loop.{key}")
+    flow = orch["flow"]["n"]  # quick runs skip the 2N flow run (start-up dominated anyway)
+    _positive(flow["wall_s"], "orchestration.flow.n")
+    assert flow["images"] == orch["images"] and flow["shards"] == 1
+    assert math.isfinite(orch["overhead_pct"])  # a ratio minus 1: sign not asserted
+    scaling = results["scaling"]
+    assert set(scaling["workers"]) == {"1", "2"}
+    for k, row in scaling["workers"].items():
+        _positive(row["images_per_s"], f"scaling.{k}")
+        assert row["worker_torch_threads"] == [1]
+    _positive(scaling["speedup"], "scaling.speedup")
+
+    memory = results["memory"]["pipeline"]
+    _positive(memory["baseline_rss_bytes"], "baseline rss")
+    assert memory["peak_rss_bytes"] >= memory["baseline_rss_bytes"] > 0
+
+    quality = results["quality"]
+    if quality["skipped"]:
+        assert quality["note"]
+    else:
+        for method, row in quality["methods"].items():
+            _positive(row["psnr"], f"quality.{method}.psnr")
+            _positive(row["ssim"], f"quality.{method}.ssim")
+
+    targets = results["targets"]
+    assert len(targets) == 5
+    assert all(t["passed"] in (True, False) and t["measured"] is not None for t in targets)
