@@ -14,6 +14,7 @@ from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
 from llie import archive, storage
+from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 
 
@@ -152,6 +153,11 @@ def enhance_archive(
     """
     logger = get_run_logger()
     storage.check_output_not_inside_input(input_url, output_url)
+    if model is not None and os.path.isdir(model):
+        # A bundle that does not match its manifest is refused here, with its reason, before any
+        # work goes out; otherwise every shard would fail (and be retried) on it one by one.
+        # Workers verify it again when they load it; a path only they can see is left to them.
+        verify_bundle(model)
     run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
@@ -213,6 +219,16 @@ def enhance_archive(
             )
             # One failed shard must not hide the others' results: collect, then decide.
             results = [f.result(raise_on_failure=False) for f in futures]
+
+    # No task of this run writes any more: remove the temporary files of writers that were killed
+    # half way (a lost Dask worker, an earlier run killed with -9) so that no partial file remains.
+    metrics_dir = f"{archive.METRICS_DIR}/run_id={run_id}"  # archive.metrics_url, relative
+    stale = storage.remove_stale_temps(
+        output_url,
+        paths + [f"{metrics_dir}/{s.shard_id}.parquet" for s in shards] + [f"{metrics_dir}/{archive.RUN_MANIFEST}"],
+    )
+    if stale:
+        logger.warning("removed %d temporary file(s) left by interrupted writers", len(stale))
 
     for shard, result in zip(shards, results):
         if isinstance(result, BaseException):

@@ -97,7 +97,8 @@ def fingerprint_paths(paths: Iterable[str]) -> str:
     """Content fingerprint of a shard: if the archive changes, a stale shard file is detectable."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(p.encode("utf-8"))
+        # surrogateescape: a file name that is not valid UTF-8 must not crash the plan.
+        h.update(p.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()[:16]
 
@@ -182,13 +183,25 @@ class _Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes.
+
+    Such names are legal on POSIX file systems but cannot go into Parquet, JSON or logs as they are.
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _base_row(shard: Shard, rel: str, input_url: str, output_url: str, run_id: str) -> dict[str, Any]:
     row: dict[str, Any] = {name: None for name in METRICS_SCHEMA.names}
+    try:
+        input_path = storage.join(input_url, rel)
+    except ValueError:  # recorded as given; reading it fails below with the reason, in the row
+        input_path = str(input_url).rstrip("/") + "/" + str(rel)
     row.update(
         run_id=run_id,
         shard_id=shard.shard_id,
-        rel_path=rel,
-        input_path=storage.redact_url(storage.join(input_url, rel)),
+        rel_path=printable(rel),
+        input_path=printable(storage.redact_url(input_path)),
         status="error",
     )
     return row
@@ -263,7 +276,7 @@ def process_image(
         t = time.perf_counter()
         storage.write_bytes_atomic(out_url, encoded, storage_options)
         timer.add("write", t)
-        row.update(output_path=storage.redact_url(out_url), bytes_out=len(encoded))
+        row.update(output_path=printable(storage.redact_url(out_url)), bytes_out=len(encoded))
 
         step = "metrics"
         t = time.perf_counter()
@@ -272,6 +285,7 @@ def process_image(
             row[f"before_{k}"] = float(before[f"before_{k}"])
             row[f"after_{k}"] = float(after[f"after_{k}"])
         if reference_url is not None:
+            step = "reference"
             row["psnr"], row["ssim"], row["warning"] = _reference_scores(
                 result.image, storage.join(reference_url, rel), limits, storage_options
             )
@@ -284,6 +298,10 @@ def process_image(
             row["status"] = "skipped"
         row["error"] = f"{step}: {reason}"
     except Exception as exc:  # one bad image must not sink the shard
+        if storage.is_unreachable(exc):
+            # The store, not this image: fail the shard so that it is retried as a whole, instead
+            # of recording every image it could not reach as broken.
+            raise
         row["error"] = f"{step}: {storage.describe_error(exc)}"
     for stage in STAGES:
         row[f"sec_{stage}"] = timer.seconds.get(stage)

@@ -40,6 +40,34 @@ def describe_error(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {redact_url(msg)}"
 
 
+def _unreachable_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:  # s3fs talks through aiobotocore/aiohttp
+        import aiohttp
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # pragma: no cover - both come with s3fs
+        return tuple(types)
+    return (*types, BotoConnectionError, HTTPClientError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the storage could not be reached (refused, reset, timed out).
+
+    Such an error is about the store, not about the file being read or written: the caller should
+    fail and retry the whole unit of work rather than record one broken file. Explicit causes
+    (``raise ... from err``) are followed, since libraries wrap the socket errors they get.
+    """
+    types = _unreachable_types()
+    for _ in range(10):
+        if isinstance(exc, types):
+            return True
+        if exc.__cause__ is None:
+            break
+        exc = exc.__cause__
+    return False
+
+
 def _fs(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
 
@@ -67,7 +95,17 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _list_local(root: str) -> list[str]:
+def is_safe_rel(rel: str) -> bool:
+    """Whether ``rel`` names something *inside* a root: no empty, ``.`` or ``..`` segment, not absolute.
+
+    Object stores allow keys such as ``in/../x`` or ``in//x``; no relative path can stand for them
+    without pointing somewhere else, so listings leave them out.
+    """
+    rel = str(rel)
+    return bool(rel) and all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _list_local(root: str, follow_symlinks: bool = False) -> list[str]:
     root_real = os.path.realpath(root)
     if not os.path.isdir(root_real):
         raise FileNotFoundError(f"no such folder: {root}")
@@ -84,8 +122,8 @@ def _list_local(root: str) -> list[str]:
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
                 # A link out of the tree could expose (and, via the output mirror, copy)
-                # files the caller never pointed us at.
-                if not _within(target, root_real):
+                # files the caller never pointed us at; only an explicit opt-in follows it.
+                if not follow_symlinks and not _within(target, root_real):
                     continue
                 if os.path.isdir(target):
                     if target not in ancestors:  # a link to an ancestor would loop forever
@@ -101,16 +139,18 @@ def _list_local(root: str) -> list[str]:
     return sorted(found)
 
 
-def list_images(url: str, storage_options: StorageOptions = None) -> list[str]:
+def list_images(url: str, storage_options: StorageOptions = None, follow_symlinks: bool = False) -> list[str]:
     """Image files under ``url``, recursively, as sorted relative POSIX paths.
 
-    Hidden files and folders and non-image extensions are skipped. Locally, symlinks that
-    resolve outside ``url`` are ignored. A missing root raises FileNotFoundError so that a
+    Hidden files and folders and non-image extensions are skipped, and so are object keys that
+    no safe relative path can name (see :func:`is_safe_rel`). Locally, symlinks that resolve
+    outside ``url`` are ignored unless ``follow_symlinks`` is true (links that loop back into
+    the tree are never followed twice). A missing root raises FileNotFoundError so that a
     typo in a URL is not mistaken for an empty archive.
     """
     fs, root = _fs(url, storage_options)
     if _is_local(fs):
-        return _list_local(root)
+        return _list_local(root, follow_symlinks)
     root = root.rstrip("/")
     found = []
     for path in fs.find(root, withdirs=False, detail=False):
@@ -118,7 +158,7 @@ def list_images(url: str, storage_options: StorageOptions = None) -> list[str]:
             continue
         rel = path[len(root) + 1 :]
         parts = rel.split("/")
-        if any(p.startswith(".") for p in parts) or not is_image_name(parts[-1]):
+        if not is_safe_rel(rel) or any(p.startswith(".") for p in parts) or not is_image_name(parts[-1]):
             continue
         found.append(rel)
     if not found and not fs.exists(root):
@@ -194,6 +234,43 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
         except FileNotFoundError:
             pass
         raise
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # what mkstemp makes in write_bytes_atomic
+
+
+def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageOptions = None) -> list[str]:
+    """Delete temporary files that :func:`write_bytes_atomic` left behind for ``rel_paths``.
+
+    A process killed between writing its temporary file and renaming it (a Dask worker that
+    died, ``kill -9``) cannot clean up after itself. Call this once nothing writes these paths
+    any more, e.g. at the end of a run. Local folders only: object stores have no temporary
+    files. One listing per folder; returns the relative paths of what was removed.
+    """
+    fs, root = _fs(url, storage_options)
+    if not _is_local(fs):
+        return []
+    wanted: dict[str, set[str]] = {}
+    for rel in rel_paths:
+        if is_safe_rel(rel):
+            folder, _, name = str(rel).rpartition("/")
+            wanted.setdefault(folder, set()).add(name)
+    removed = []
+    for folder, names in sorted(wanted.items()):
+        try:
+            entries = os.listdir(os.path.join(root, folder) if folder else root)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            match = _TEMP_NAME.match(entry)
+            if match and match.group("name") in names:
+                rel = f"{folder}/{entry}" if folder else entry
+                try:
+                    os.unlink(os.path.join(root, rel))
+                except FileNotFoundError:
+                    continue
+                removed.append(rel)
+    return sorted(removed)
 
 
 def _normalise(url: str, storage_options: StorageOptions) -> tuple[str, str]:
