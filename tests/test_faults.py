@@ -1,0 +1,385 @@
+"""Injected faults with real processes: a Dask worker killed mid-shard, the S3 server stopped and
+started again during a run, ``llie run`` killed half way and resumed, a finished run started again.
+
+Each scenario is one flow run (plus what it takes to interrupt and resume it). Nothing is mocked:
+the worker dies by SIGKILL, the S3 server closes its socket, the CLI's process group is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flows.enhance_archive import enhance_archive
+from llie import archive, storage
+from llie.imageio import decode_image
+from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, REPO, encode, free_port, gradient, subprocess_env, write_images
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Every plain file under ``root`` (hidden ones included) with its mtime."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _without_report(names) -> list[str]:
+    """The names minus the run's HTML report (``_metrics/run_id=<id>/_report/``, see llie.report),
+    which the flow may write at its end; a hidden or temporary file there would still show."""
+    return sorted(n for n in names if not ("/_report/" in n and not Path(n).name.startswith(".")))
+
+
+def _expected_files(images: list[str], run_id: str, shard_size: int) -> list[str]:
+    metrics = f"_metrics/run_id={run_id}"
+    shards = archive.plan_shards(images, shard_size)
+    return sorted(images + [f"{metrics}/{s.shard_id}.parquet" for s in shards] + [f"{metrics}/_run.json"])
+
+
+def _one_row_per_image(output_url: str, run_id: str, images: list[str]) -> dict[str, dict]:
+    rows = archive.read_metrics(output_url, run_id).to_pylist()
+    assert sorted(r["rel_path"] for r in rows) == sorted(images)  # each image once, none twice
+    return {r["rel_path"]: r for r in rows}
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+# --------------------------------------------------------------------------- a worker killed mid-shard
+
+
+def _kill_plugin(target: str, marker: str):
+    """A worker plugin that SIGKILLs its own worker process while it writes ``target``.
+
+    It strikes inside ``os.replace`` of the atomic write: the temporary file is complete, the
+    rename has not happened, which is the worst moment to die. ``marker`` makes it strike once
+    (the plugin is installed again in the worker the nanny starts as a replacement). Defined
+    in a function so that cloudpickle ships the class by value to the workers.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillWhileWriting(WorkerPlugin):
+        def __init__(self, target: str, marker: str):
+            self.target, self.marker = target, marker
+
+        def setup(self, worker):
+            import os as _os
+            import signal as _signal
+
+            original = self.original = _os.replace
+            target, marker = self.target, self.marker
+
+            def replace(src, dst, *args, **kwargs):
+                if _os.fspath(dst) == target and not _os.path.exists(marker):
+                    with open(marker, "w") as fh:
+                        fh.write(f"{_os.getpid()}\n{_os.fspath(src)}\n")
+                    _os.kill(_os.getpid(), _signal.SIGKILL)
+                return original(src, dst, *args, **kwargs)
+
+            _os.replace = replace
+
+        def teardown(self, worker):
+            import os as _os
+
+            _os.replace = self.original
+
+    return KillWhileWriting(target, marker)
+
+
+def test_worker_killed_mid_shard_run_completes_with_one_row_per_image(dask_address, tmp_path, make_images,
+                                                                      bundle_path):
+    from distributed import Client
+
+    inp, out, marker = tmp_path / "in", tmp_path / "out", tmp_path / "killed"
+    images = [f"img-{i}.png" for i in range(9)]
+    make_images(inp, images, width=32, height=24)
+    shard = archive.plan_shards(images, 3)[1]
+    target = out / shard.paths[1]  # the second image of shard-00001: one output of it is already written
+
+    client = Client(dask_address, timeout=30)
+    client.register_plugin(_kill_plugin(str(target), str(marker)), name="llie-test-kill")
+    try:
+        # retries=0: the run can only complete because Dask re-runs the lost task, not by a Prefect retry.
+        summary = enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="killed",
+                                  model=bundle_path, retries=0)
+    finally:
+        client.unregister_worker_plugin("llie-test-kill")
+        client.wait_for_workers(2, timeout=120)  # the nanny's replacement, for the tests that follow
+        client.close()
+
+    pid, temp = marker.read_text().split("\n")[:2]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)  # that worker process really is gone
+    assert Path(temp).parent == target.parent and not os.path.exists(temp)  # its half-written file too
+
+    assert (summary["images"], summary["ok"], summary["failed_shards"]) == (9, 9, [])
+    rows = _one_row_per_image(str(out), "killed", images)
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert not rows[shard.paths[1]]["worker"].endswith(f":{pid}")  # redone by another process
+    # Exactly the outputs and the metrics: no temporary or partial file anywhere.
+    assert _without_report(_files(out)) == _expected_files(images, "killed", 3)
+    for name in images:
+        decode_image((out / name).read_bytes())
+
+
+# --------------------------------------------------------------------------- S3 stopped and started again
+
+
+class RestartableS3:
+    """A moto S3 server on a fixed port that can be stopped and started again.
+
+    moto keeps its buckets in this process, so a restarted server still has every object, like a
+    real S3 (or MinIO) coming back after an outage.
+    """
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self._cls = ThreadedMotoServer
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = f"llie-outage-{uuid.uuid4().hex[:8]}"  # moto's state is per process, not per server
+        self.server = None
+
+    def start(self):
+        self.server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self):
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture
+def restartable_s3(monkeypatch):
+    import boto3
+    import s3fs
+
+    s3 = RestartableS3()
+    s3.start()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+        # Fail fast inside one attempt (2 tries instead of botocore's 5) so that an outage of a few
+        # seconds reaches the shard task and its Prefect retries; a longer outage needs more retries.
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()
+        boto3.client("s3", endpoint_url=s3.endpoint).create_bucket(Bucket=s3.bucket)
+        yield s3
+    finally:
+        s3.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_unreachable_storage_fails_the_shard_instead_of_recording_broken_images(restartable_s3, enhancer,
+                                                                                tmp_path, make_images):
+    """The deterministic half of the outage test: a store that cannot be reached is not a broken image."""
+    s3, bucket = restartable_s3, restartable_s3.bucket
+    make_images(tmp_path / "in", ["a.png"], width=32, height=24)
+    storage.write_bytes_atomic(f"s3://{bucket}/in/a.png", (tmp_path / "in" / "a.png").read_bytes())
+    [shard] = archive.plan_shards(["a.png"], 1)
+    cases = {"read": (f"s3://{bucket}/in", str(tmp_path / "out")),
+             "write": (str(tmp_path / "in"), f"s3://{bucket}/out")}
+    s3.stop()
+    for step, (input_url, output_url) in cases.items():
+        with pytest.raises(Exception) as info:  # noqa: B017 - whatever the client raises, it must propagate
+            archive.process_shard(shard, input_url, output_url, enhancer)
+        assert storage.is_unreachable(info.value), (step, info.value)
+    s3.start()
+    for step, (input_url, output_url) in cases.items():
+        [row] = archive.process_shard(shard, input_url, output_url, enhancer)
+        assert row["status"] == "ok", (step, row["error"])
+
+
+def test_s3_stopped_and_started_again_loses_nothing(restartable_s3, bundle_path):
+    import boto3
+
+    s3, bucket = restartable_s3, restartable_s3.bucket
+    images = [f"photo-{i}.jpg" if i % 2 else f"photo-{i}.png" for i in range(6)]
+    for i, name in enumerate(images):
+        data = encode(gradient(32, 24, seed=i), "JPEG" if i % 2 else "PNG")
+        storage.write_bytes_atomic(f"s3://{bucket}/in/{name}", data)
+
+    events: dict[str, float] = {}
+    finished = threading.Event()
+
+    def outage():
+        client = boto3.client("s3", endpoint_url=s3.endpoint)
+        try:
+            while not finished.is_set():
+                listed = client.list_objects_v2(Bucket=bucket, Prefix="out/_metrics/").get("Contents", [])
+                if any(o["Key"].endswith(".parquet") for o in listed):
+                    s3.stop()  # one shard is done, the others are on their way: pull the plug
+                    events["stopped"] = time.monotonic()
+                    time.sleep(4)
+                    return
+                time.sleep(0.05)
+        finally:
+            if s3.server is None:
+                s3.start()
+                events["started"] = time.monotonic()
+
+    controller = threading.Thread(target=outage, name="s3-outage", daemon=True)
+    controller.start()
+    try:
+        state = enhance_archive(
+            f"s3://{bucket}/in", f"s3://{bucket}/out", shard_size=1, n_workers=1, run_id="outage",
+            model=bundle_path, retries=4, retry_delay_seconds=1.0, return_state=True,
+        )
+    finally:
+        finished.set()
+        controller.join(timeout=30)
+    ended = time.monotonic()
+    summary = state.result()
+    assert events["stopped"] < events["started"] < ended  # the outage happened during the run
+
+    assert (summary["images"], summary["ok"], summary["errors"], summary["failed_shards"]) == (6, 6, 0, [])
+    rows = _one_row_per_image(f"s3://{bucket}/out", "outage", images)
+    assert all(r["status"] == "ok" for r in rows.values())
+    # The shards that hit the outage failed and were retried by Prefect, not recorded as broken images.
+    run_counts = sorted(t.run_count for t in _task_runs(state.state_details.flow_run_id))
+    assert len(run_counts) == 6 and run_counts[-1] >= 2, run_counts
+
+    listed = boto3.client("s3", endpoint_url=s3.endpoint).list_objects_v2(Bucket=bucket, Prefix="out/")
+    keys = _without_report(o["Key"][len("out/"):] for o in listed["Contents"])
+    assert keys == _expected_files(images, "outage", 1)  # nothing partial, nothing temporary
+    for name in images:
+        decode_image(storage.read_bytes(f"s3://{bucket}/out/{name}"))
+
+
+# --------------------------------------------------------------------------- a run killed half way, resumed
+
+
+VOLATILE = {"worker", "finished_at", "run_id", "output_path"} | {f"sec_{s}" for s in archive.STAGES}
+
+
+def _comparable(output_url: str, run_id: str) -> list[dict]:
+    rows = archive.read_metrics(output_url, run_id).to_pylist()
+    for row in rows:
+        assert row["output_path"] == f"{output_url}/{row['rel_path']}"
+    return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in rows), key=lambda r: r["rel_path"])
+
+
+def _wait_until_idle(dask_address: str, quiet_for: float = 1.5, timeout: float = 120) -> None:
+    """Until no task runs or waits anywhere in the cluster (tasks of a dead client finish on their own)."""
+    from distributed import Client
+
+    def busy_worker(dask_worker):
+        state = dask_worker.state
+        return len(state.executing) + len(state.long_running) + len(state.ready) + len(state.constrained)
+
+    def busy_scheduler(dask_scheduler):
+        return len(dask_scheduler.tasks)
+
+    deadline, quiet_since = time.monotonic() + timeout, None
+    with Client(dask_address, timeout=30) as client:
+        while time.monotonic() < deadline:
+            busy = sum(client.run(busy_worker).values()) + client.run_on_scheduler(busy_scheduler)
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_for:
+                return
+            time.sleep(0.1)
+    raise TimeoutError("the cluster did not go idle")
+
+
+def _cli(args: list[str], bundle_path) -> str:
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    if bundle_path:
+        args = args + ["--model", bundle_path]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
+    """``llie run`` as a subprocess, SIGKILLed with its process group once a shard has finished,
+    then started again with the same run_id (in this process, through the same CLI)."""
+    base = tmp_path_factory.mktemp("resume")
+    inp, out = base / "in", base / "out"
+    images = [f"p{i:02d}.png" for i in range(16)]
+    write_images(inp, images, width=32, height=24)
+    args = ["run", str(inp), str(out), "--shard-size", "2", "--dask-address", dask_address, "--run-id", "half",
+            "--no-progress"]
+    metrics = out / "_metrics" / "run_id=half"
+    log_path = base / "killed-run.log"
+    command = [sys.executable, "-m", "flows.cli", *args, *(["--model", bundle_path] if bundle_path else [])]
+    with open(log_path, "wb") as log:
+        # Its own process group, so that the kill takes everything it started with it.
+        proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (metrics.is_dir() and any(p.suffix == ".parquet" for p in metrics.iterdir())):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    _wait_until_idle(dask_address)  # shards already running when their client died finish on their own
+    done = set(archive.shard_files(str(out), "half"))
+    before = _files(out)
+    output = _cli(args, bundle_path)
+    return dict(inp=inp, out=out, images=images, args=args, done=done, before=before, output=output,
+                after=_files(out), base=base)
+
+
+def test_killed_run_resumes_only_the_remaining_shards_and_equals_an_uninterrupted_run(
+    resumed_run, dask_address, bundle_path
+):
+    inp, out, images, done = resumed_run["inp"], resumed_run["out"], resumed_run["images"], resumed_run["done"]
+    shards = archive.plan_shards(images, 2)
+    assert 0 < len(done) < len(shards), f"the kill did not land half way: {sorted(done)}"
+    before, after = resumed_run["before"], resumed_run["after"]
+    assert not [k for k in before if Path(k).name.startswith(".")], "a partial file survived the kill"
+
+    remaining = [s for s in shards if s.shard_id not in done]
+    assert f"run half: 16 images in 8 shards ({len(done)} resumed)" in resumed_run["output"]
+    assert f"({sum(len(s) for s in remaining)} processed in" in resumed_run["output"]
+    for name, mtime in before.items():  # finished shards were not redone, not even rewritten
+        assert after[name] == mtime, name
+    assert _without_report(after) == _expected_files(images, "half", 2)
+
+    # The same archive in one uninterrupted run: the same dataset, row for row, value for value.
+    whole = resumed_run["base"] / "whole"
+    enhance_archive(str(inp), str(whole), shard_size=2, dask_address=dask_address, run_id="whole",
+                    model=bundle_path)
+    assert _comparable(str(out), "half") == _comparable(str(whole), "whole")
+    for name in images:
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_completed_run_started_again_is_a_noop(resumed_run, bundle_path):
+    out = resumed_run["out"]
+    assert _without_report(resumed_run["after"]) == _expected_files(resumed_run["images"], "half", 2)  # complete
+    output = _cli(resumed_run["args"], bundle_path)
+    assert "run half: 16 images in 8 shards (8 resumed)" in output
+    assert "(0 processed in" in output and "ok 16   errors 0   skipped 0" in output
+    assert _files(out) == resumed_run["after"]  # not a file written, replaced or touched
