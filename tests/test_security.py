@@ -1,0 +1,271 @@
+"""Security guarantees: model files, paths, credentials, read-only inputs.
+
+Bundle hashing and the ``torch.load`` scan of ``llie/`` live in test_bundle.py; path joining and
+symlinks inside the input root in test_storage.py. This file adds what those do not cover: a run
+refusing a tampered bundle, a correctly hashed malicious file that is still never unpickled, the
+rest of the code base scanned too, object keys that try to climb out of their prefix, symlinks
+out of the root (off by default, on by request), credentials kept out of every output and log of
+a real S3 run, and inputs that cannot be written to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import llie
+from flows.enhance_archive import enhance_archive
+from llie import archive, storage
+from llie.bundle import MANIFEST, BundleError, _sha256, _version, default_bundle_path, load_bundle
+from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient
+
+SECRETS = (FAKE_KEY_ID, FAKE_SECRET)
+
+# --------------------------------------------------------------------------- model files
+
+
+def _copy_bundle(dest: Path) -> Path:
+    shutil.copytree(default_bundle_path(), dest)
+    return dest
+
+
+def test_run_with_a_tampered_bundle_is_refused_before_any_work(prefect_harness, tmp_path, make_images):
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    bundle = _copy_bundle(tmp_path / "bundle")
+    data = bytearray((bundle / "refiner.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / "refiner.safetensors").write_bytes(bytes(data))
+    make_images(tmp_path / "in", ["a.png"])
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(bundle),
+                                      "--run-id", "tampered", "--no-progress"])
+    assert result.exit_code == 1
+    assert "bundle file refiner.safetensors does not match the hash in its manifest: refusing to load" in result.output
+    assert not (tmp_path / "out").exists()  # refused before a manifest, a shard or an image was written
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a file was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["refiner.safetensors", "quantiles.ubj", "quantiles_pca.safetensors"])
+def test_a_correctly_hashed_pickle_in_a_bundle_is_never_unpickled(tmp_path, name):
+    """Hashes only prove a file is the one the manifest names; the formats make it data, not code."""
+    bundle = _copy_bundle(tmp_path / "bundle")
+    marker = tmp_path / "unpickled"
+    (bundle / name).write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][name] = _sha256(bundle / name)  # an attacker who can write the bundle can do this too
+    manifest["model_version"] = _version(manifest["files"])
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(Exception):  # noqa: B017 - safetensors and XGBoost each refuse it their own way
+        load_bundle(bundle)
+    assert not marker.exists()
+
+
+def test_bundle_files_are_data_formats_and_no_code_unpickles():
+    from test_bundle import _unsafe_loads  # the same AST check test_bundle applies to llie/
+
+    manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
+    assert {Path(name).suffix for name in manifest["files"]} <= {".json", ".ubj", ".safetensors"}
+    repo = Path(llie.__file__).resolve().parents[1]
+    sources = [p for d in ("tasks", "flows", "deployments") for p in sorted((repo / d).rglob("*.py"))]
+    assert len(sources) >= 4
+    for path in sources:
+        _, problems = _unsafe_loads(path.read_text())
+        assert not problems, f"{path.relative_to(repo)}: {problems}"
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("rel,safe", [
+    ("a.png", True), ("a/b/c.png", True), ("x..y.png", True), ("C:\\evil.png", True),  # a POSIX name
+    ("", False), ("..", False), ("../x.png", False), ("a/../../x.png", False), ("/x.png", False),
+    ("a//x.png", False), ("./x.png", False), ("a/.", False),
+])
+def test_is_safe_rel(rel, safe):
+    assert storage.is_safe_rel(rel) is safe
+
+
+def test_object_keys_that_climb_out_of_the_prefix_are_never_listed(s3):
+    hostile = ["in/../escape.png", "in/a/../../up.png", "in//abs.png", "in/./dot.png", "in/a//b.png"]
+    for key in hostile + ["in/good.png", "in/sub/x..y.png"]:
+        storage.write_bytes_atomic(s3.url(key), b"data")
+    listed = storage.list_images(s3.url("in"))
+    assert listed == ["good.png", "sub/x..y.png"]
+    for rel in listed:
+        assert storage.join(s3.url("out"), rel).startswith(s3.url("out") + "/")
+
+
+def test_stale_temp_cleanup_stays_inside_its_root(tmp_path):
+    root = tmp_path / "out"
+    (root / "sub").mkdir(parents=True)
+    victims = [tmp_path / ".x.png.abcdefgh.tmp", root / "sub" / ".y.png.abcdefgh.tmp"]
+    keep = [root / ".other.png.abcdefgh.tmp", root / "sub" / "y.png", root / "sub" / ".y.png.short.tmp"]
+    for path in victims + keep:
+        path.write_bytes(b"x")
+    removed = storage.remove_stale_temps(str(root), ["../x.png", "/x.png", "sub/y.png", "sub/../../x.png"])
+    assert removed == ["sub/.y.png.abcdefgh.tmp"]  # only the temp of a listed path inside the root
+    assert victims[0].exists() and not victims[1].exists() and all(p.exists() for p in keep)
+
+
+def test_symlinks_out_of_the_root_are_followed_only_on_request(tmp_path):
+    root, outside = tmp_path / "in", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    (outside / "dir").mkdir(parents=True)
+    for path in (root / "real" / "a.png", outside / "secret.png", outside / "dir" / "x.png"):
+        path.write_bytes(b"x")
+    os.symlink(outside / "secret.png", root / "leak.png")
+    os.symlink(outside / "dir", root / "leakdir")
+    os.symlink(root, outside / "dir" / "back")  # out and back in: must not loop
+    os.symlink(root / "real", root / "real" / "loop")
+    assert storage.list_images(str(root)) == ["real/a.png"]
+    followed = storage.list_images(str(root), follow_symlinks=True)
+    assert followed == ["leak.png", "leakdir/x.png", "real/a.png"]
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def _flow_run_logs_and_artifacts(flow_run_id) -> tuple[list[str], list[str], dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        flow_run = client.read_flow_run(flow_run_id)
+    return ([log.message for log in logs], [json.dumps(a.data, default=str) + str(a.description) for a in artifacts],
+            flow_run.parameters)
+
+
+def test_credentials_never_reach_output_logs_or_artifacts(prefect_harness, s3, bundle_path, capfd, caplog):
+    """A real run, S3 in and out, fake keys in the environment (as workers get them), errors included."""
+    caplog.set_level(logging.INFO)
+    names = ["a.png", "b.jpg", "sub/c.png"]
+    for i, name in enumerate(names):
+        data = encode(gradient(32, 24, seed=i), "JPEG" if name.endswith(".jpg") else "PNG")
+        storage.write_bytes_atomic(s3.url(f"in/{name}"), data)
+    storage.write_bytes_atomic(s3.url("ref/a.png"), encode(gradient(32, 24, seed=0, peak=0.7)))
+    storage.write_bytes_atomic(s3.url("ref/b.jpg"), b"a broken reference")
+    storage.write_bytes_atomic(s3.url("in/broken.png"), b"\x89PNG\r\n\x1a\n truncated")
+    # Keys that try to leave the input prefix, and through the mirror the output prefix.
+    for key in ["in/../escape.png", "in//abs.png", "in/a/../../up.png"]:
+        storage.write_bytes_atomic(s3.url(key), encode(gradient(32, 24)))
+    keys_before = set(_keys(s3))
+
+    state = enhance_archive(s3.url("in"), s3.url("out"), reference_url=s3.url("ref"), shard_size=2, n_workers=1,
+                            run_id="creds", model=bundle_path, return_state=True)
+    summary = state.result()
+    assert (summary["images"], summary["ok"], summary["errors"], summary["failed_shards"]) == (4, 3, 1, [])
+    assert all(k.startswith("out/") for k in set(_keys(s3)) - keys_before)  # nothing landed elsewhere
+
+    rows = archive.read_metrics(s3.url("out"), "creds")
+    assert sorted(rows.column("rel_path").to_pylist()) == ["a.png", "b.jpg", "broken.png", "sub/c.png"]
+    texts = {"summary": json.dumps(summary, default=str)}
+    for column in rows.column_names:
+        if pa.types.is_string(rows.schema.field(column).type):
+            texts[f"parquet column {column}"] = "\n".join(v for v in rows.column(column).to_pylist() if v)
+    for key in _keys(s3):
+        if key.startswith("out/"):
+            texts[key] = storage.read_bytes(s3.url(key)).decode("latin-1")  # every byte, Parquet and manifest too
+    logs, artifacts, parameters = _flow_run_logs_and_artifacts(state.state_details.flow_run_id)
+    assert any("broken.png" in message for message in logs)  # the task logs of the workers did arrive
+    texts["prefect logs"] = "\n".join(logs)
+    texts["prefect artifacts"] = "\n".join(artifacts)
+    texts["flow run parameters"] = json.dumps(parameters, default=str)
+    captured = capfd.readouterr()
+    texts["stdout"], texts["stderr"], texts["python logs"] = captured.out, captured.err, caplog.text
+    assert any(f"_metrics/run_id=creds/{archive.RUN_MANIFEST}" in k for k in texts)
+    for where, text in texts.items():
+        for secret in SECRETS:
+            assert secret not in text, f"{secret[:8]}... found in {where}"
+
+
+def _keys(s3) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+# --------------------------------------------------------------------------- read-only inputs
+
+
+def _chattr(flag: str, paths: list[Path]) -> bool:
+    try:
+        subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        return False
+
+
+@pytest.fixture
+def read_only_inputs(tmp_path, make_images):
+    """Inputs made read-only; and immutable (chattr +i) where this runs as root, which ignores modes."""
+    inp = tmp_path / "in"
+    names = ["a.png", "b.jpg", "sub/c.png"]
+    make_images(inp, names, width=32, height=24)
+    files = [inp / n for n in names]
+    dirs = [inp, inp / "sub"]
+    immutable = False
+    try:
+        for path in files:
+            path.chmod(0o444)
+        for path in dirs:
+            path.chmod(0o555)
+        immutable = os.geteuid() == 0 and _chattr("+i", files + dirs)
+        yield inp, names, immutable
+    finally:
+        if immutable:
+            assert _chattr("-i", files + dirs), "could not undo chattr +i"
+        for path in dirs:
+            path.chmod(0o755)
+
+
+def _state(path: Path) -> tuple:
+    st = path.lstat()
+    return st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, path.read_bytes() if path.is_file() else None
+
+
+def test_read_only_inputs_are_enough_and_stay_unchanged(prefect_harness, dask_address, read_only_inputs, tmp_path,
+                                                        bundle_path):
+    inp, names, immutable = read_only_inputs
+    before = {p: _state(p) for p in [inp, *inp.rglob("*")]}
+    if os.geteuid() != 0 or immutable:
+        # The protection is real: any open for writing fails (so a write-mode open in the run would
+        # have turned into error rows below).
+        with pytest.raises(PermissionError):
+            open(inp / names[0], "r+b")
+        with pytest.raises(PermissionError):
+            (inp / "new.png").write_bytes(b"x")
+    summary = enhance_archive(str(inp), str(tmp_path / "out"), shard_size=2, dask_address=dask_address,
+                              run_id="ro", model=bundle_path)
+    assert (summary["images"], summary["ok"], summary["failed_shards"]) == (3, 3, [])
+    assert {p: _state(p) for p in [inp, *inp.rglob("*")]} == before
+    assert all(stat.S_IMODE(before[inp / n][0]) == 0o444 for n in names)
