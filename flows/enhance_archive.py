@@ -16,6 +16,7 @@ from prefect_dask import DaskTaskRunner
 from llie import archive, storage
 from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
+from flows.artifacts import publish_run_report
 
 
 def available_cpus() -> int:
@@ -235,6 +236,7 @@ def enhance_archive(
             logger.error("%s failed after %d retries: %s", shard.shard_id, retries, storage.describe_error(result))
     summary = _summarise(output_url, run_id, shards, results, time.perf_counter() - started)
     logger.info("summary: %s", summary)
+    publish_run_report(output_url, run_id, summary)
     if summary["failed_shards"]:
         raise RuntimeError(
             f"{len(summary['failed_shards'])} shard(s) failed after retries: "
