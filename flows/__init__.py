@@ -1,5 +1,5 @@
-"""Prefect flows composed from the tasks in ``tasks``."""
+"""Prefect flows composed from the tasks in ``tasks``: ``flows.enhance_archive.enhance_archive``.
 
-from flows.enhance_archive import enhance_archive
-
-__all__ = ["enhance_archive"]
+Nothing is imported here, so entry points (``flows.cli``, ``flows.demo``) can adjust Prefect's
+settings through the environment before Prefect is first imported.
+"""
