@@ -77,7 +77,8 @@ def render_markdown(results: dict) -> str:
         "",
         f"Machine: {m.get('cores')} cores ({m.get('cpu_model')}), {m.get('memory_gib')} GiB, {m.get('platform')}; "
         f"Python {m.get('python')}, torch {m.get('versions', {}).get('torch')}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start') or [])}.",
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_start') or [])}, at end "
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_at_end') or [])} (this run itself keeps about 1-2 busy).",
         f"Threads: {results.get('threads', {}).get('note')}.",
         f"Model: {model.get('bundle')}, version `{model.get('model_version')}`, refiner {model.get('refiner')}.",
     ]
@@ -141,7 +142,10 @@ def render_markdown(results: dict) -> str:
             f"- overhead at N: **{_fmt(orch['overhead_pct'], 1)} %**; at 2N: {_fmt(orch['overhead_pct_2n'], 1)} %",
             f"- steady state (2N minus N, start-up cancelled): {_fmt(orch['steady_state_overhead_pct'], 1)} %; "
             f"fixed start-up per flow run: {_fmt(orch['fixed_startup_s'], 1)} s",
-            f"- per-image work measured inside the worker vs inside the loop: {_fmt(orch['worker_compute_vs_loop_pct'], 1)} %",
+            f"- start-up estimated from the 1-image flow run instead: {_fmt(orch.get('fixed_startup_from_1_image_s'), 1)} s; "
+            f"overhead at N without it: {_fmt(orch.get('overhead_excluding_startup_pct'), 1)} %",
+            f"- per-image work measured inside the worker vs inside the loop: {_fmt(orch['worker_compute_vs_loop_pct'], 1)} % "
+            "(the worker's first image runs cold; the loop's was warmed up)",
             f"- loop model load {_fmt(loop['model_load_s'])} s (not in the loop's time); Prefect API start "
             f"{_fmt(orch.get('prefect_api_start_s'), 1)} s (not in either)",
         ]
@@ -149,12 +153,13 @@ def render_markdown(results: dict) -> str:
     sc = results.get("scaling")
     if sc:
         lines += ["", f"## Scaling ({sc['images']} images of {sc['size']} in {sc['shards']} shards via client.map, "
-                  "single-threaded workers, model loaded once per worker)", ""]
-        rows = [[k, v["images_per_s"], v["wall_s"], ", ".join(f"{b:.1f}" for b in v["busy_s_per_worker"])]
+                  f"single-threaded workers, model loaded once per worker; best of {sc.get('rounds', 1)} interleaved rounds)", ""]
+        rows = [[k, v["images_per_s"], v.get("images_per_s_median"), ", ".join(f"{w:.1f}" for w in v.get("wall_s_rounds", [v["wall_s"]])),
+                 ", ".join(f"{b:.1f}" for b in v["busy_s_per_worker"])]
                 for k, v in sc["workers"].items()]
-        lines += _table(["workers", "images/s", "wall (s)", "busy s per worker"], rows)
+        lines += _table(["workers", "images/s (best round)", "images/s (median)", "wall per round (s)", "busy s per worker (best)"], rows)
         if "speedup" in sc:
-            lines += ["", f"Speed-up: **{_fmt(sc['speedup'])}x**"]
+            lines += ["", f"Speed-up: **{_fmt(sc['speedup'])}x** (best rounds); {_fmt(sc.get('speedup_median'))}x (medians)"]
 
     mem = results.get("memory")
     if mem:

@@ -45,7 +45,7 @@ class Plan:
     stage_sizes: tuple[tuple[str, int, int, int, int], ...]  # (name, width, height, images, repeats)
     pipeline: tuple[int, int, int, int]  # width, height, images, passes
     orchestration: tuple[int, int, int, int]  # images N, shard size, width, height
-    scaling: tuple[int, int, int, int]  # images, shard size, width, height
+    scaling: tuple[int, int, int, int, int]  # images, shard size, width, height, rounds
     memory: tuple[int, int]  # width, height
     quality_pairs: int | None
     # quick runs trade fidelity for fewer process start-ups (each imports torch: seconds)
@@ -60,7 +60,7 @@ FULL = Plan(
     stage_sizes=(("600x400", 600, 400, 4, 9), ("12MP", 4000, 3000, 1, 3)),
     pipeline=(600, 400, 12, 4),
     orchestration=(64, 64, 600, 400),
-    scaling=(32, 4, 600, 400),
+    scaling=(24, 4, 600, 400, 3),
     memory=(6000, 4000),
     quality_pairs=None,
 )
@@ -68,7 +68,7 @@ QUICK = Plan(
     stage_sizes=(("600x400", 600, 400, 1, 1), ("large (quick: 1000x750)", 1000, 750, 1, 1)),
     pipeline=(600, 400, 1, 1),
     orchestration=(8, 8, 160, 120),
-    scaling=(8, 2, 160, 120),
+    scaling=(8, 2, 160, 120, 1),
     memory=(1000, 800),
     quality_pairs=2,
     flow_warmup_run=False,
@@ -140,6 +140,7 @@ def run(plan: Plan, out: Path, quick: bool, model: str | None, sections: tuple[s
     results["section_seconds"] = durations
     results["total_seconds"] = time.perf_counter() - started
     results["machine"]["concurrent_training_processes_at_end"] = other_llie_processes()
+    results["machine"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["targets"] = evaluate_targets(results)
     return results
 
@@ -173,8 +174,8 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
     if section == "scaling":
         from .orchestration import scaling
 
-        n, shard, w, h = plan.scaling
-        return scaling(work, n, shard, w, h, model=model, one_cluster=plan.scaling_one_cluster)
+        n, shard, w, h, rounds = plan.scaling
+        return scaling(work, n, shard, w, h, model=model, one_cluster=plan.scaling_one_cluster, rounds=rounds)
     if section == "orchestration":
         from .orchestration import flow_overhead
         from .prefect_api import TemporaryPrefectAPI
