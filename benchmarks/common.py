@@ -18,14 +18,16 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What distributed's nanny exports to every worker it spawns (distributed.nanny.pre-spawn-environ):
-# the single-threaded loop and the memory probe get the same, so they run like a Dask worker.
+# One thread for every native pool, as distributed's nanny sets for the workers it spawns.
 SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
-    "MALLOC_TRIM_THRESHOLD_": "65536",
 }
+# Everything distributed's nanny exports to a worker (distributed.nanny.pre-spawn-environ). Setting
+# MALLOC_TRIM_THRESHOLD_ also turns off glibc's dynamic mmap threshold: every temporary array above
+# 128 KiB is then mmap'ed and page-faulted afresh, which the orchestration section measures.
+DASK_WORKER_ENV = {**SINGLE_THREAD_ENV, "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
 def cpu_count() -> int:
@@ -150,6 +152,10 @@ def run_json_subprocess(
     that of this big benchmark process), so a memory measurement needs a small parent.
     """
     env = dict(os.environ)
+    # distributed's Nanny writes its pre-spawn variables into *this* process's os.environ when it
+    # starts a worker, and leaves them there; a child must get only what it asks for.
+    for key in DASK_WORKER_ENV:
+        env.pop(key, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", *args]

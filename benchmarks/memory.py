@@ -1,6 +1,6 @@
 """Peak resident memory of one worker process enhancing one big image.
 
-Each measurement is a fresh subprocess (``python -m benchmarks.memory ...``): ``ru_maxrss`` only
+Each measurement is a fresh subprocess with a Dask worker's environment (``python -m benchmarks.memory ...``): ``ru_maxrss`` only
 ever grows, so the baseline (after imports and model load) and the peak must come from a process
 that has done nothing else. Two paths are measured:
 
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import SINGLE_THREAD_ENV, run_json_subprocess, synthetic_pair, to_png
+from .common import DASK_WORKER_ENV, run_json_subprocess, synthetic_pair, to_png
 
 
 def _maxrss_bytes() -> int:
@@ -103,14 +103,14 @@ def peak_rss(workdir: Path, width: int, height: int, model: str | None = None, a
     out = {"size": f"{width}x{height}", "megapixels": width * height / 1e6, "png_bytes": image.stat().st_size}
     out["pipeline"] = run_json_subprocess(
         ["benchmarks.memory", "--mode", "pipeline", "--output", str(workdir / "out-pipeline"), *common],
-        env_extra=SINGLE_THREAD_ENV, via_shell=True,
+        env_extra=DASK_WORKER_ENV, via_shell=True,
     )
     if not archive_path:
         return out
     out["archive_with_reference"] = run_json_subprocess(
         ["benchmarks.memory", "--mode", "archive", "--output", str(workdir / "out-archive"),
          "--reference", str(reference), *common],
-        env_extra=SINGLE_THREAD_ENV, via_shell=True,
+        env_extra=DASK_WORKER_ENV, via_shell=True,
     )
     return out
 

@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .common import SINGLE_THREAD_ENV, run_json_subprocess, write_images
+from .common import DASK_WORKER_ENV, SINGLE_THREAD_ENV, run_json_subprocess, write_images
 
 # --------------------------------------------------------------------------- worker-side code
 # Runs inside Dask workers (and the loop subprocess): pure llie, one Enhancer per process.
@@ -80,6 +80,34 @@ def _stage_seconds(rows) -> dict[str, float]:
     return {s: float(sum(r.get(f"sec_{s}") or 0.0 for r in rows)) for s in archive.STAGES}
 
 
+def time_loop(
+    input_dir: str, output: str, warm_input: str, shard_size: int, threads: int = 1,
+    model: str | None = None, reference: str | None = None, limit: int | None = None,
+) -> dict:
+    """Time process_shard over shards of ``shard_size`` (what the loop subprocess runs)."""
+    from llie import archive
+
+    setup = worker_setup(model, threads, warm_input, output + "-warm")
+    names = sorted(q.name for q in Path(input_dir).iterdir())[:limit]
+    shards = archive.plan_shards(names, shard_size)
+    per_shard, per_shard_image_seconds, all_rows = [], [], []
+    for shard in shards:
+        t = time.perf_counter()
+        rows = archive.process_shard(shard, input_dir, output, _ENHANCER, reference_url=reference)
+        per_shard.append(time.perf_counter() - t)
+        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+        per_shard_image_seconds.append(_image_seconds(rows))
+        all_rows += rows
+    return {
+        **setup,
+        "shard_seconds": per_shard,
+        "image_seconds": sum(per_shard_image_seconds),
+        "image_seconds_n": per_shard_image_seconds[0],
+        "stage_seconds": _stage_seconds(all_rows),
+        "images": len(names),
+    }
+
+
 def loop_main(argv: list[str] | None = None) -> None:
     """Subprocess entry: time process_shard over shards of ``--shard-size``, print JSON."""
     p = argparse.ArgumentParser()
@@ -90,28 +118,11 @@ def loop_main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-size", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model")
+    p.add_argument("--limit", type=int, help="only the first LIMIT images")
     a = p.parse_args(argv)
-    from llie import archive
-
-    setup = worker_setup(a.model, a.threads, a.warm_input, a.output + "-warm")
-    names = sorted(q.name for q in Path(a.input).iterdir())
-    shards = archive.plan_shards(names, a.shard_size)
-    per_shard, per_shard_image_seconds, all_rows = [], [], []
-    for shard in shards:
-        t = time.perf_counter()
-        rows = archive.process_shard(shard, a.input, a.output, _ENHANCER, reference_url=a.reference)
-        per_shard.append(time.perf_counter() - t)
-        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
-        per_shard_image_seconds.append(_image_seconds(rows))
-        all_rows += rows
-    print(json.dumps({
-        **setup,
-        "shard_seconds": per_shard,
-        "image_seconds": sum(per_shard_image_seconds),
-        "image_seconds_n": per_shard_image_seconds[0],
-        "stage_seconds": _stage_seconds(all_rows),
-        "images": len(names),
-    }))
+    print(json.dumps(time_loop(
+        a.input, a.output, a.warm_input, a.shard_size, a.threads, a.model, a.reference, a.limit
+    )))
 
 
 # --------------------------------------------------------------------------- orchestration overhead
@@ -133,6 +144,8 @@ def flow_overhead(
     with_reference: bool = True,
     warmup_run: bool = True,
     two_n_run: bool = True,
+    malloc_images: int = 16,
+    loop_in_process: bool = False,
 ) -> dict:
     """Flow vs plain loop on N and 2N images (the first N shared). Needs a Prefect API.
 
@@ -153,16 +166,44 @@ def flow_overhead(
     write_images(warm, 1, width, height, seed=999)
     ref = str(big / "ref") if with_reference else None
 
-    # The plain loop: one subprocess, the 2N images as two shards of N.
-    loop = run_json_subprocess(
-        [
-            "benchmarks.orchestration", "loop", "--input", str(big / "in"), "--output", str(workdir / "loop-out"),
-            "--warm-input", str(warm / "in"), "--shard-size", str(n_images), "--threads", "1",
-            *(["--reference", ref] if ref else []), *(["--model", model] if model else []),
-        ],
-        env_extra=SINGLE_THREAD_ENV,
-    )
+    def run_loop(env: dict[str, str], output: str, limit: int | None = None, shard: int = n_images) -> dict:
+        return run_json_subprocess(
+            [
+                "benchmarks.orchestration", "loop", "--input", str(big / "in"), "--output", str(workdir / output),
+                "--warm-input", str(warm / "in"), "--shard-size", str(shard), "--threads", "1",
+                *(["--reference", ref] if ref else []), *(["--model", model] if model else []),
+                *(["--limit", str(limit)] if limit else []),
+            ],
+            env_extra=env,
+        )
+
+    # The plain loop: one single-threaded subprocess, the 2N images as two shards of N. Quick runs
+    # save that process start-up and run it here, with torch at 1 thread (numpy's pools as they are).
+    if loop_in_process:
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            loop = time_loop(str(big / "in"), str(workdir / "loop-out"), str(warm / "in"), n_images, 1, model, ref)
+        finally:
+            torch.set_num_threads(before)
+    else:
+        loop = run_loop(SINGLE_THREAD_ENV, "loop-out")
     loop_n, loop_2n = loop["shard_seconds"][0], sum(loop["shard_seconds"])
+    # The same loop with the environment Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_),
+    # on a subset: how much of the flow's overhead is that one variable, not Prefect or Dask at work.
+    malloc = None
+    if malloc_images:
+        subset = min(malloc_images, 2 * n_images)
+        loop_dask_env = run_loop(DASK_WORKER_ENV, "loop-dask-env-out", limit=subset, shard=subset)
+        loop_plain_subset = run_loop(SINGLE_THREAD_ENV, "loop-plain-subset-out", limit=subset, shard=subset)
+        malloc = {
+            "images": subset,
+            "plain_s": loop_plain_subset["shard_seconds"][0],
+            "dask_worker_env_s": loop_dask_env["shard_seconds"][0],
+            "env": {"MALLOC_TRIM_THRESHOLD_": DASK_WORKER_ENV["MALLOC_TRIM_THRESHOLD_"]},
+        }
+        malloc["slowdown_pct"] = (malloc["dask_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
 
     def run_flow(input_dir: Path, tag: str) -> dict:
         kwargs = _flow_kwargs(
@@ -205,8 +246,10 @@ def flow_overhead(
             "image_seconds_2n": loop["image_seconds"],
             "stage_seconds_2n": loop["stage_seconds"],
             "torch_threads": loop["torch_threads"],
+            "where": "benchmark process (quick run)" if loop_in_process else "single-threaded subprocess",
         },
         "flow": {"first_run_1_image": first, "n": flow_n, "two_n": flow_2n},
+        "malloc_trim_threshold_effect": malloc,
         "overhead_pct": (flow_n["wall_s"] / loop_n - 1.0) * 100.0,
         "overhead_pct_2n": None,
         "steady_state_overhead_pct": None,

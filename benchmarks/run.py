@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark section side by side, write results.json and results.md.
 
     python -m benchmarks.run                  # full run (~10 min on 2 cores), into benchmarks/results
-    python -m benchmarks.run --quick --out /tmp/bench   # smoke run with tiny sizes (~1 min)
+    python -m benchmarks.run --quick --out /tmp/bench   # smoke run with tiny sizes (< 1 min)
 
 See benchmarks/README.md for what each number means.
 """
@@ -51,6 +51,8 @@ class Plan:
     # quick runs trade fidelity for fewer process start-ups (each imports torch: seconds)
     flow_warmup_run: bool = True
     flow_two_n_run: bool = True
+    malloc_images: int = 16
+    loop_in_process: bool = False
     scaling_one_cluster: bool = False
     memory_archive_path: bool = True
     prefect_api_in_background: bool = False
@@ -65,14 +67,16 @@ FULL = Plan(
     quality_pairs=None,
 )
 QUICK = Plan(
-    stage_sizes=(("600x400", 600, 400, 1, 1), ("large (quick: 1000x750)", 1000, 750, 1, 1)),
+    stage_sizes=(("600x400", 600, 400, 1, 1), ("large (quick: 800x600)", 800, 600, 1, 1)),
     pipeline=(600, 400, 1, 1),
     orchestration=(8, 8, 160, 120),
     scaling=(8, 2, 160, 120, 1),
-    memory=(1000, 800),
-    quality_pairs=2,
+    memory=(640, 480),
+    quality_pairs=1,
     flow_warmup_run=False,
     flow_two_n_run=False,
+    malloc_images=0,  # two more subprocess start-ups: skipped
+    loop_in_process=True,
     scaling_one_cluster=True,
     memory_archive_path=False,
     prefect_api_in_background=True,
@@ -117,7 +121,8 @@ def run(plan: Plan, out: Path, quick: bool, model: str | None, sections: tuple[s
         "single_process_sections": threads,
         "note": f"stages, pipeline and quality run in this process with torch threads = cores ({threads}); "
         "orchestration, scaling and memory run 1 torch thread per worker process "
-        "(OMP/MKL/OPENBLAS_NUM_THREADS=1, as Dask's nanny sets for its workers)",
+        "(OMP/MKL/OPENBLAS_NUM_THREADS=1, as Dask's nanny sets for its workers; the memory probe also gets "
+        "the nanny's MALLOC_TRIM_THRESHOLD_, the plain loop does not)",
     }
     work = Path(tempfile.mkdtemp(prefix="llie-bench-"))
     durations = {}
@@ -186,7 +191,8 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
         try:
             with api.settings():
                 result = flow_overhead(
-                    work, n, shard, w, h, model=model, warmup_run=plan.flow_warmup_run, two_n_run=plan.flow_two_n_run
+                    work, n, shard, w, h, model=model, warmup_run=plan.flow_warmup_run, two_n_run=plan.flow_two_n_run,
+                    malloc_images=plan.malloc_images, loop_in_process=plan.loop_in_process,
                 )
         finally:
             if not background:

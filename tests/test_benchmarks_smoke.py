@@ -66,6 +66,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     _positive(flow["wall_s"], "orchestration.flow.n")
     assert flow["images"] == orch["images"] and flow["shards"] == 1
     assert math.isfinite(orch["overhead_pct"])  # a ratio minus 1: sign not asserted
+    assert "malloc_trim_threshold_effect" in orch  # measured in full runs only
     scaling = results["scaling"]
     assert set(scaling["workers"]) == {"1", "2"}
     for k, row in scaling["workers"].items():
