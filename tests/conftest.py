@@ -204,3 +204,14 @@ def dask_address(prefect_harness, tmp_path_factory):
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One torch thread for the duration of a test: the suite shares two cores with Dask workers."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

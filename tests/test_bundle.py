@@ -22,12 +22,7 @@ from llie.refiner import Refiner, RefinerConfig
 MODEL_FILES = ["quantiles.json", "quantiles.ubj", "quantiles_pca.safetensors", REFINER_FILE]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _quantile_model(seed: int = 0, n_estimators: int = 10) -> QuantileModel:

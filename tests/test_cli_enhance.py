@@ -15,12 +15,7 @@ from helpers_synthetic import pair, scene, to_uint8, write_lol
 from llie.cli import cli
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _save(path: Path, image: Image.Image, fmt: str) -> None:

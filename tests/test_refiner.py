@@ -17,12 +17,7 @@ FORCE_TILES = TilingConfig(tile=160, overlap=80, max_side=160, batch=8)
 NO_TILES = TilingConfig(max_side=4096)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
