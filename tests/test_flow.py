@@ -55,11 +55,14 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
             storage.write_bytes_atomic(s3.url(f"ref/{name}"), encode(gradient(64, 48, seed=i, peak=0.7), fmt))
     storage.write_bytes_atomic(s3.url("in/notes.txt"), b"not an image")
 
+    environ_before = dict(os.environ)
     state = enhance_archive(
         s3.url("in"), s3.url("out"), shard_size=2, reference_url=s3.url("ref"), n_workers=2, run_id="s3run",
         model=bundle_path, retry_delay_seconds=0.2, return_state=True,
     )
     summary = state.result()
+    # the nanny's pre-spawn variables (OMP_NUM_THREADS=1, MALLOC_*) do not stay in the flow process
+    assert dict(os.environ) == environ_before
     assert summary["images"] == 5 and summary["ok"] == 5 and summary["errors"] == 0
     assert summary["shards"] == 3 and summary["failed_shards"] == []
     assert summary["mean_psnr"] is not None and summary["images_per_second"] > 0
@@ -95,6 +98,28 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
         assert FAKE_SECRET.encode() not in blob and FAKE_KEY_ID.encode() not in blob
     manifest = storage.read_bytes(archive.run_manifest_url(s3.url("out"), "s3run"))
     assert FAKE_SECRET.encode() not in manifest and b'"shard_size": 2' in manifest
+
+
+def _initial_environ() -> dict[str, str]:
+    # what the process was exec'ed with: the values glibc's malloc read at start-up
+    raw = Path("/proc/self/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_local_workers_start_with_a_fixed_mmap_threshold():
+    from distributed import Client, LocalCluster
+
+    from flows.enhance_archive import WORKER_PRE_SPAWN_ENV, local_worker_environment
+
+    environ_before = dict(os.environ)
+    with local_worker_environment():
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+            (worker_env,) = client.run(_initial_environ).values()
+    for key, value in WORKER_PRE_SPAWN_ENV.items():
+        assert worker_env.get(key) == value
+    assert "MALLOC_TRIM_THRESHOLD_" in worker_env  # Dask's own setting is kept, only completed
+    assert dict(os.environ) == environ_before
 
 
 @pytest.fixture

@@ -61,9 +61,40 @@ def test_ssim_identical_is_one(pair):
 
 def test_ssim_equals_skimage(pair):
     pred, ref = pair
+    # skimage filters float32 input in float32, llie always in float64: equal to rounding
     expected = structural_similarity(pred, ref, data_range=1.0, channel_axis=2)
-    assert ssim(pred, ref) == expected
-    assert ssim(pred[..., 0], ref[..., 0]) == structural_similarity(pred[..., 0], ref[..., 0], data_range=1.0)
+    assert ssim(pred, ref) == pytest.approx(expected, abs=1e-6)
+    p64, r64 = pred.astype(np.float64), ref.astype(np.float64)
+    assert ssim(p64, r64) == pytest.approx(structural_similarity(p64, r64, data_range=1.0, channel_axis=2), abs=1e-12)
+    expected_grey = structural_similarity(p64[..., 0], r64[..., 0], data_range=1.0)
+    assert ssim(p64[..., 0], r64[..., 0]) == pytest.approx(expected_grey, abs=1e-12)
+
+
+@pytest.mark.parametrize("band_pixels", [1, 50, 1 << 18])
+def test_ssim_in_bands_equals_skimage_on_the_whole_image(monkeypatch, band_pixels):
+    import llie.metrics as metrics
+
+    # 1-row bands, bands that do not divide the height, and one band: the halo must make them equal
+    rng = np.random.default_rng(5)
+    ref = rng.random((61, 47, 3))
+    pred = np.clip(ref + rng.normal(0, 0.1, ref.shape), 0, 1)
+    monkeypatch.setattr(metrics, "_SSIM_BAND_PIXELS", band_pixels)
+    expected = structural_similarity(pred, ref, data_range=1.0, channel_axis=2)
+    assert ssim(pred, ref) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ssim_memory_stays_bounded_on_a_large_image():
+    import tracemalloc
+
+    rng = np.random.default_rng(6)
+    ref = rng.random((2000, 1500, 3)).astype(np.float32)  # 36 MB per image
+    pred = ref * np.float32(0.9)
+    tracemalloc.start()
+    ssim(pred, ref)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # skimage would hold a dozen full-size float copies (> 250 MB here); bands need a few MB each
+    assert peak < 64 * 2**20
 
 
 def test_ssim_on_images_smaller_than_the_window():
