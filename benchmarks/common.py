@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from flows.worker_env import WORKER_PRE_SPAWN_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 # One thread for every native pool, as distributed's nanny sets for the workers it spawns.
@@ -28,6 +30,8 @@ SINGLE_THREAD_ENV = {
 # MALLOC_TRIM_THRESHOLD_ also turns off glibc's dynamic mmap threshold: every temporary array above
 # 128 KiB is then mmap'ed and page-faulted afresh, which the orchestration section measures.
 DASK_WORKER_ENV = {**SINGLE_THREAD_ENV, "MALLOC_TRIM_THRESHOLD_": "65536"}
+# What a worker of llie's flow gets: Dask's variables plus the fixed mmap threshold that undoes that.
+LLIE_WORKER_ENV = {**DASK_WORKER_ENV, **WORKER_PRE_SPAWN_ENV}
 
 
 def cpu_count() -> int:
@@ -154,7 +158,7 @@ def run_json_subprocess(
     env = dict(os.environ)
     # distributed's Nanny writes its pre-spawn variables into *this* process's os.environ when it
     # starts a worker, and leaves them there; a child must get only what it asks for.
-    for key in DASK_WORKER_ENV:
+    for key in LLIE_WORKER_ENV:
         env.pop(key, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     env.update(env_extra or {})

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import DASK_WORKER_ENV, run_json_subprocess, synthetic_pair, to_png
+from .common import LLIE_WORKER_ENV, run_json_subprocess, synthetic_pair, to_png
 
 
 def _maxrss_bytes() -> int:
@@ -103,14 +103,14 @@ def peak_rss(workdir: Path, width: int, height: int, model: str | None = None, a
     out = {"size": f"{width}x{height}", "megapixels": width * height / 1e6, "png_bytes": image.stat().st_size}
     out["pipeline"] = run_json_subprocess(
         ["benchmarks.memory", "--mode", "pipeline", "--output", str(workdir / "out-pipeline"), *common],
-        env_extra=DASK_WORKER_ENV, via_shell=True,
+        env_extra=LLIE_WORKER_ENV, via_shell=True,
     )
     if not archive_path:
         return out
     out["archive_with_reference"] = run_json_subprocess(
         ["benchmarks.memory", "--mode", "archive", "--output", str(workdir / "out-archive"),
          "--reference", str(reference), *common],
-        env_extra=DASK_WORKER_ENV, via_shell=True,
+        env_extra=LLIE_WORKER_ENV, via_shell=True,
     )
     return out
 

@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .common import DASK_WORKER_ENV, SINGLE_THREAD_ENV, run_json_subprocess, write_images
+from .common import DASK_WORKER_ENV, LLIE_WORKER_ENV, SINGLE_THREAD_ENV, run_json_subprocess, write_images
 
 # --------------------------------------------------------------------------- worker-side code
 # Runs inside Dask workers (and the loop subprocess): pure llie, one Enhancer per process.
@@ -190,20 +190,24 @@ def flow_overhead(
     else:
         loop = run_loop(SINGLE_THREAD_ENV, "loop-out")
     loop_n, loop_2n = loop["shard_seconds"][0], sum(loop["shard_seconds"])
-    # The same loop with the environment Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_),
-    # on a subset: how much of the flow's overhead is that one variable, not Prefect or Dask at work.
+    # The same loop with the environment Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_) and with
+    # the one llie's flow gives them (plus a fixed mmap threshold), on a subset: how much of a worker's
+    # per-image cost is that one variable, not Prefect or Dask at work, and whether the fix holds.
     malloc = None
     if malloc_images:
         subset = min(malloc_images, 2 * n_images)
         loop_dask_env = run_loop(DASK_WORKER_ENV, "loop-dask-env-out", limit=subset, shard=subset)
+        loop_llie_env = run_loop(LLIE_WORKER_ENV, "loop-llie-env-out", limit=subset, shard=subset)
         loop_plain_subset = run_loop(SINGLE_THREAD_ENV, "loop-plain-subset-out", limit=subset, shard=subset)
         malloc = {
             "images": subset,
             "plain_s": loop_plain_subset["shard_seconds"][0],
             "dask_worker_env_s": loop_dask_env["shard_seconds"][0],
-            "env": {"MALLOC_TRIM_THRESHOLD_": DASK_WORKER_ENV["MALLOC_TRIM_THRESHOLD_"]},
+            "llie_worker_env_s": loop_llie_env["shard_seconds"][0],
+            "env": {k: v for k, v in LLIE_WORKER_ENV.items() if k.startswith("MALLOC")},
         }
         malloc["slowdown_pct"] = (malloc["dask_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
+        malloc["llie_slowdown_pct"] = (malloc["llie_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
 
     def run_flow(input_dir: Path, tag: str) -> dict:
         kwargs = _flow_kwargs(
@@ -302,6 +306,7 @@ def scaling(
 
     from distributed import Client, LocalCluster
 
+    from flows.worker_env import local_worker_environment
     from llie import archive
 
     data = workdir / "scaling"
@@ -312,11 +317,13 @@ def scaling(
     ref = str(data / "ref") if with_reference else None
 
     def cluster(k: int) -> LocalCluster:
+        # started like the flow's own LocalCluster (worker_env), so this measures what a run gets
         return LocalCluster(
             n_workers=k, threads_per_worker=1, processes=True, dashboard_address=":0", env=dict(SINGLE_THREAD_ENV)
         )
 
     with ExitStack() as stack:
+        stack.enter_context(local_worker_environment())
         # (client, pinned worker addresses or None) per worker count
         targets: dict[int, tuple[Client, list[str] | None]] = {}
         if one_cluster:

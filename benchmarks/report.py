@@ -146,9 +146,12 @@ def render_markdown(results: dict) -> str:
             f"overhead at N without it: {_fmt(orch.get('overhead_excluding_startup_pct'), 1)} %",
             f"- per-image work measured inside the worker vs inside the loop: {_fmt(orch['worker_compute_vs_loop_pct'], 1)} % "
             "(the worker's first image runs cold; the loop's was warmed up)",
-            (lambda m: f"- the same loop with Dask's worker environment (MALLOC_TRIM_THRESHOLD_={m['env']['MALLOC_TRIM_THRESHOLD_']}) "
-             f"on {m['images']} images: {_fmt(m['dask_worker_env_s'])} s vs {_fmt(m['plain_s'])} s plain, "
-             f"**{_fmt(m['slowdown_pct'], 1)} % slower**" if m else "- MALLOC_TRIM_THRESHOLD_ effect: not measured")(
+            (lambda m: f"- the same loop on {m['images']} images: {_fmt(m['plain_s'])} s plain; "
+             f"{_fmt(m['dask_worker_env_s'])} s (**{_fmt(m['slowdown_pct'], 1)} %**) with Dask's worker environment "
+             f"(MALLOC_TRIM_THRESHOLD_={m['env']['MALLOC_TRIM_THRESHOLD_']}); "
+             + (f"{_fmt(m['llie_worker_env_s'])} s (**{_fmt(m['llie_slowdown_pct'], 1)} %**) with the flow's "
+                f"(plus MALLOC_MMAP_THRESHOLD_={m['env'].get('MALLOC_MMAP_THRESHOLD_')})" if "llie_worker_env_s" in m else "")
+             if m else "- malloc environment effect: not measured")(
                 orch.get("malloc_trim_threshold_effect")),
             f"- loop model load {_fmt(loop['model_load_s'])} s (not in the loop's time); Prefect API start "
             f"{_fmt(orch.get('prefect_api_start_s'), 1)} s (not in either)",

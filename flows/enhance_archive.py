@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
-import dask
 from prefect import flow, get_run_logger, unmapped
 from prefect.client.orchestration import get_client
 from prefect.tasks import exponential_backoff
@@ -19,6 +17,7 @@ from llie import archive, storage
 from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 from flows.artifacts import publish_run_report
+from flows.worker_env import local_worker_environment
 
 
 def available_cpus() -> int:
@@ -33,34 +32,6 @@ def _current_api_url() -> str | None:
     with get_client(sync_client=True) as client:
         url = str(client.api_url or "")
     return url.rstrip("/") or None
-
-
-# Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_ set (distributed.nanny.pre-spawn-environ).
-# Setting any MALLOC_*_ variable turns off glibc's dynamic mmap threshold, so every temporary array
-# above 128 KiB is mmap'ed, page-faulted and unmapped again: the same per-image work ran 2.2x slower
-# in a worker than in a plain process (benchmarks/README.md). A fixed 32 MiB threshold puts image-sized
-# temporaries back on the reusable heap; trimming still returns freed memory to the OS. glibc reads
-# these once at process start, so they must be in place before the workers are spawned.
-WORKER_PRE_SPAWN_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432"}
-
-
-@contextlib.contextmanager
-def local_worker_environment() -> Iterator[None]:
-    """Pre-spawn environment for LocalCluster workers started inside this block.
-
-    The nanny spawns workers by writing its pre-spawn variables into this process's ``os.environ``
-    and never takes them out (OMP_NUM_THREADS=1 and the malloc settings would then reach every later
-    subprocess of the flow process), so the environment is restored on the way out.
-    """
-    saved = dict(os.environ)
-    extra = {f"distributed.nanny.pre-spawn-environ.{key}": value for key, value in WORKER_PRE_SPAWN_ENV.items()}
-    try:
-        with dask.config.set(extra):
-            yield
-    finally:
-        for key in set(os.environ) - set(saved):
-            del os.environ[key]
-        os.environ.update(saved)
 
 
 def make_task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner:

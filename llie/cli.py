@@ -134,7 +134,11 @@ def evaluate(data: Path, model, device, json_out) -> None:
 @click.option("--max-pairs", type=int, default=None, help="Use only the first N pairs (quick trials).")
 @click.option("--dim", type=int, default=None, help="Refiner width (default 96).")
 @click.option("--depth", type=int, default=None, help="Refiner blocks (default 4).")
-def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth) -> None:
+@click.option("--lr", type=float, default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
+@click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
+@click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start the refiner from this bundle's weights (same architecture) instead of from scratch.")
+def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, lr, crop, init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .refiner import RefinerConfig
     from .train import RefinerTrainConfig, TrainConfig
@@ -143,10 +147,11 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
     refiner = RefinerConfig()
     refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth)
     rt = RefinerTrainConfig(steps=steps, batch=batch)
+    rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop)
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,
-                      refiner=refiner, refiner_train=rt, max_pairs=max_pairs)
+                      refiner=refiner, refiner_train=rt, max_pairs=max_pairs, init_refiner=init_refiner)
     manifest = run_training(cfg, resume=resume)
     click.echo(json.dumps({k: manifest[k] for k in ("model_version", "metrics") if k in manifest}
                           | {"eval": manifest.get("eval")}, indent=2, default=str))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bundle import Bundle, save_bundle
+from .bundle import Bundle, load_bundle, save_bundle
 from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by_group
 from .features import extract_features
 from .mapping import MappingConfig, match_to_quantiles
@@ -63,6 +63,7 @@ class TrainConfig:
     bandwidths: tuple[float, ...] = BANDWIDTHS
     refit_all: bool = True  # final stage 2 sees every pair once settings are chosen
     max_pairs: int | None = None  # for quick runs and tests
+    init_refiner: str | None = None  # bundle whose refiner weights start stage 4 (fine-tuning)
 
 
 def rows_for(lows, highs, cfg: QuantileModelConfig, seed: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -135,10 +136,23 @@ def evaluate_refiner(model: Refiner, inputs, highs, device) -> tuple[float, floa
     return p, s
 
 
+def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, str]:
+    """(refiner, model_version) of an existing bundle, to fine-tune; its architecture must be ``config``."""
+    source = load_bundle(bundle_path)
+    if source.refiner is None:
+        raise ValueError(f"{bundle_path} has no refiner to start from")
+    if source.refiner.cfg != config:
+        raise ValueError(f"{bundle_path} has refiner {source.refiner.cfg}, not the configured {config}")
+    return source.refiner, source.model_version
+
+
 def train_refiner(
-    train_inputs, train_highs, val_inputs, val_highs, cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool
+    train_inputs, train_highs, val_inputs, val_highs, cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
+    init: Refiner | None = None,
 ) -> tuple[Refiner, dict]:
     rt = cfg.refiner_train
+    if rt.crop % cfg.refiner.multiple:
+        raise ValueError(f"crop {rt.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Refiner(cfg.refiner).to(device)
@@ -147,6 +161,8 @@ def train_refiner(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ckpt_path, best_path = run_dir / "refiner_checkpoint.pt", run_dir / "refiner_best.pt"
     state = {"step": 0, "best_psnr": -1.0, "history": []}
+    if init is not None and not (resume and ckpt_path.exists()):
+        model.load_state_dict(init.state_dict())
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
@@ -196,6 +212,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # checked before any work: a wrong starting bundle should not cost a stage-2 fit to find out
+    init, init_version = initial_refiner(cfg.init_refiner, cfg.refiner) if cfg.init_refiner else (None, None)
     out = Path(cfg.output)
     run_dir = out / "_training"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +257,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     stage2_seconds = time.time() - started
 
     t = time.time()
-    refiner, state = train_refiner(train_inputs, highs, val_inputs, val_highs, cfg, run_dir, resume, progress)
+    refiner, state = train_refiner(train_inputs, highs, val_inputs, val_highs, cfg, run_dir, resume, progress, init)
     metrics["refiner_history"] = state["history"]
     if val_pairs:
         metrics["val_stage4_psnr"] = state["best_psnr"]
@@ -256,6 +274,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             "target_groups": len({p.group for p in pairs}),
             "validation_pairs": len(val_pairs),
             "stage2_refit_on_all_pairs": bool(cfg.refit_all and val_pairs),
+            "refiner_initialized_from": init_version,
             "seed": cfg.seed,
             "device": str(resolve_device(cfg.device)),
             "seconds": {"stage2": round(stage2_seconds, 1), "refiner": round(refiner_seconds, 1),

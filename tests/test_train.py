@@ -113,3 +113,19 @@ def test_same_seed_gives_identical_models(runs):
     sa, sb = a.refiner.state_dict(), b.refiner.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert runs["manifest_a"]["model_version"] == runs["manifest_b"]["model_version"]
+
+
+def test_init_refiner_starts_from_the_given_bundle(runs, tmp_path):
+    from dataclasses import replace
+
+    # with a zero learning rate nothing moves: the result is the source bundle's refiner exactly
+    cfg = _config(runs["data"], tmp_path / "tuned", seed=1)
+    cfg = replace(cfg, init_refiner=str(runs["a"]), refiner_train=replace(cfg.refiner_train, lr=0.0))
+    manifest = train(cfg, progress=False)
+    source, tuned = load_bundle(runs["a"]).refiner.state_dict(), load_bundle(tmp_path / "tuned").refiner.state_dict()
+    assert all(torch.equal(source[k], tuned[k]) for k in source)
+    assert manifest["training"]["refiner_initialized_from"] == runs["manifest_a"]["model_version"]
+
+    wrong = replace(cfg, output=str(tmp_path / "wrong"), refiner=RefinerConfig(dim=8, depth=1, heads=2))
+    with pytest.raises(ValueError, match="refiner"):
+        train(wrong, progress=False)
