@@ -2,8 +2,8 @@
 
 * overhead: the real ``flows.enhance_archive.enhance_archive`` flow (1 worker, 1 thread) against a
   plain loop over ``llie.archive.process_shard`` (1 thread, in a subprocess with the same thread
-  environment a Dask worker gets), both on N and 2N images, so fixed start-up (cluster, worker
-  imports, model load) and per-image overhead can be told apart;
+  environment a Dask worker gets), both on N and kN images (k shards of N), so fixed start-up
+  (cluster, worker imports, model load, shutdown, report) and the cost per shard can be told apart;
 * scaling: the same shard work (pure llie, model loaded once per worker) through ``client.map``
   on LocalClusters of 1 and 2 single-threaded workers.
 
@@ -143,21 +143,22 @@ def flow_overhead(
     model: str | None = None,
     with_reference: bool = True,
     warmup_run: bool = True,
-    two_n_run: bool = True,
+    multiple: int = 4,
     malloc_images: int = 16,
     loop_in_process: bool = False,
 ) -> dict:
-    """Flow vs plain loop on N and 2N images (the first N shared). Needs a Prefect API.
+    """Flow vs plain loop on N and kN images (k = ``multiple``; the first N shared). Needs a Prefect API.
 
-    Without ``two_n_run`` (quick runs) the flow runs on N images only and the steady-state split
-    is not measured (None).
+    With ``multiple`` below 2 (quick runs) the flow runs on N images only and the steady-state split
+    is not measured (None). The loop always runs 2N or kN images, as shards of N.
     """
     from flows.enhance_archive import enhance_archive
     from llie import archive
 
     fn = getattr(enhance_archive, "fn", enhance_archive)
-    big = workdir / "two_n"
-    write_images(big, 2 * n_images, width, height, seed=1000, with_reference=with_reference)
+    k = max(2, multiple)
+    big = workdir / "k_n"
+    write_images(big, k * n_images, width, height, seed=1000, with_reference=with_reference)
     small = workdir / "n"
     (small / "in").mkdir(parents=True)
     for name in sorted(p.name for p in (big / "in").iterdir())[:n_images]:
@@ -177,7 +178,7 @@ def flow_overhead(
             env_extra=env,
         )
 
-    # The plain loop: one single-threaded subprocess, the 2N images as two shards of N. Quick runs
+    # The plain loop: one single-threaded subprocess, the kN images as k shards of N. Quick runs
     # save that process start-up and run it here, with torch at 1 thread (numpy's pools as they are).
     if loop_in_process:
         import torch
@@ -189,13 +190,13 @@ def flow_overhead(
             torch.set_num_threads(before)
     else:
         loop = run_loop(SINGLE_THREAD_ENV, "loop-out")
-    loop_n, loop_2n = loop["shard_seconds"][0], sum(loop["shard_seconds"])
+    loop_n, loop_kn = loop["shard_seconds"][0], sum(loop["shard_seconds"])
     # The same loop with the environment Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_) and with
     # the one llie's flow gives them (plus a fixed mmap threshold), on a subset: how much of a worker's
     # per-image cost is that one variable, not Prefect or Dask at work, and whether the fix holds.
     malloc = None
     if malloc_images:
-        subset = min(malloc_images, 2 * n_images)
+        subset = min(malloc_images, k * n_images)
         loop_dask_env = run_loop(DASK_WORKER_ENV, "loop-dask-env-out", limit=subset, shard=subset)
         loop_llie_env = run_loop(LLIE_WORKER_ENV, "loop-llie-env-out", limit=subset, shard=subset)
         loop_plain_subset = run_loop(SINGLE_THREAD_ENV, "loop-plain-subset-out", limit=subset, shard=subset)
@@ -204,7 +205,8 @@ def flow_overhead(
             "plain_s": loop_plain_subset["shard_seconds"][0],
             "dask_worker_env_s": loop_dask_env["shard_seconds"][0],
             "llie_worker_env_s": loop_llie_env["shard_seconds"][0],
-            "env": {k: v for k, v in LLIE_WORKER_ENV.items() if k.startswith("MALLOC")},
+            "dask_env": {k: v for k, v in DASK_WORKER_ENV.items() if k.startswith("MALLOC")},
+            "llie_env": {k: v for k, v in LLIE_WORKER_ENV.items() if k.startswith("MALLOC")},
         }
         malloc["slowdown_pct"] = (malloc["dask_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
         malloc["llie_slowdown_pct"] = (malloc["llie_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
@@ -233,10 +235,11 @@ def flow_overhead(
     # First flow run in this process: one-time client/registration costs, reported, not used.
     first = run_flow(warm / "in", "warmup") if warmup_run else None
     flow_n = run_flow(small / "in", "n")
-    flow_2n = run_flow(big / "in", "2n") if two_n_run else None
+    flow_kn = run_flow(big / "in", "kn") if multiple >= 2 else None
 
     out = {
         "images": n_images,
+        "multiple": k,
         "shard_size": shard_size,
         "size": f"{width}x{height}",
         "with_reference": with_reference,
@@ -244,38 +247,40 @@ def flow_overhead(
         "dask": "LocalCluster, 1 worker process x 1 thread (started by the flow each run)",
         "loop": {
             "n_s": loop_n,
-            "two_n_s": loop_2n,
+            "k_n_s": loop_kn,
             "model_load_s": loop["load_s"],
-            "per_image_s": loop_2n / (2 * n_images),
-            "image_seconds_2n": loop["image_seconds"],
-            "stage_seconds_2n": loop["stage_seconds"],
+            "per_image_s": loop_kn / (k * n_images),
+            "image_seconds_k_n": loop["image_seconds"],
+            "stage_seconds_k_n": loop["stage_seconds"],
             "torch_threads": loop["torch_threads"],
             "where": "benchmark process (quick run)" if loop_in_process else "single-threaded subprocess",
         },
-        "flow": {"first_run_1_image": first, "n": flow_n, "two_n": flow_2n},
+        "flow": {"first_run_1_image": first, "n": flow_n, "k_n": flow_kn},
         "malloc_trim_threshold_effect": malloc,
         "overhead_pct": (flow_n["wall_s"] / loop_n - 1.0) * 100.0,
-        "overhead_pct_2n": None,
+        "overhead_pct_k_n": None,
         "steady_state_overhead_pct": None,
         "fixed_startup_s": None,
         "worker_compute_vs_loop_pct": (flow_n["image_seconds"] / loop["image_seconds_n"] - 1.0) * 100.0,
     }
     if first is not None:
         # A second, less noisy split: a 1-image flow run is nearly all start-up.
-        fixed = first["wall_s"] - loop_2n / (2 * n_images)
+        fixed = first["wall_s"] - loop_kn / (k * n_images)
         out["fixed_startup_from_1_image_s"] = fixed
         out["overhead_excluding_startup_pct"] = ((flow_n["wall_s"] - fixed) / loop_n - 1.0) * 100.0
-    if flow_2n is not None:
-        marginal_flow = flow_2n["wall_s"] - flow_n["wall_s"]
-        marginal_loop = loop_2n - loop_n
+    if flow_kn is not None:
+        marginal_flow = flow_kn["wall_s"] - flow_n["wall_s"]
+        marginal_loop = loop_kn - loop_n
         out.update(
-            overhead_pct_2n=(flow_2n["wall_s"] / loop_2n - 1.0) * 100.0,
-            # time of 2N minus time of N: what one more shard of N images costs, start-up cancelled out
+            overhead_pct_k_n=(flow_kn["wall_s"] / loop_kn - 1.0) * 100.0,
+            # time of kN minus time of N: what k-1 more shards of N images cost, start-up cancelled out
+            # (k-1 shards, not one, so that run-to-run noise in start-up is spread over more work)
             steady_state_overhead_pct=(marginal_flow / marginal_loop - 1.0) * 100.0,
-            # intercept of the flow's time through N and 2N images: cluster start, worker imports, model load
-            fixed_startup_s=2 * flow_n["wall_s"] - flow_2n["wall_s"],
+            # intercept of the flow's time through N and kN images: cluster start, worker imports,
+            # model load, cluster shutdown, the run report
+            fixed_startup_s=flow_n["wall_s"] - marginal_flow / (k - 1),
             # per-image work measured inside the worker vs inside the loop: is the worker itself slower?
-            worker_compute_vs_loop_pct=(flow_2n["image_seconds"] / loop["image_seconds"] - 1.0) * 100.0,
+            worker_compute_vs_loop_pct=(flow_kn["image_seconds"] / loop["image_seconds"] - 1.0) * 100.0,
         )
     return out
 
@@ -375,6 +380,7 @@ def scaling(
     base = results[str(workers[0])]
     out = {
         "images": n_images,
+        "multiple": k,
         "shard_size": shard_size,
         "shards": len(shards),
         "size": f"{width}x{height}",

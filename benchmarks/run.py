@@ -50,7 +50,7 @@ class Plan:
     quality_pairs: int | None
     # quick runs trade fidelity for fewer process start-ups (each imports torch: seconds)
     flow_warmup_run: bool = True
-    flow_two_n_run: bool = True
+    flow_multiple: int = 4  # the flow also runs on k x N images (k shards); below 2: N only
     malloc_images: int = 16
     loop_in_process: bool = False
     scaling_one_cluster: bool = False
@@ -74,7 +74,7 @@ QUICK = Plan(
     memory=(640, 480),
     quality_pairs=1,
     flow_warmup_run=False,
-    flow_two_n_run=False,
+    flow_multiple=0,
     malloc_images=0,  # two more subprocess start-ups: skipped
     loop_in_process=True,
     scaling_one_cluster=True,
@@ -121,8 +121,8 @@ def run(plan: Plan, out: Path, quick: bool, model: str | None, sections: tuple[s
         "single_process_sections": threads,
         "note": f"stages, pipeline and quality run in this process with torch threads = cores ({threads}); "
         "orchestration, scaling and memory run 1 torch thread per worker process "
-        "(OMP/MKL/OPENBLAS_NUM_THREADS=1, as Dask's nanny sets for its workers; the memory probe also gets "
-        "the nanny's MALLOC_TRIM_THRESHOLD_, the plain loop does not)",
+        "(OMP/MKL/OPENBLAS_NUM_THREADS=1, as Dask's nanny sets for its workers; the scaling clusters and the "
+        "memory probe also get the malloc settings the flow gives its workers, the plain loop does not)",
     }
     work = Path(tempfile.mkdtemp(prefix="llie-bench-"))
     durations = {}
@@ -191,7 +191,7 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
         try:
             with api.settings():
                 result = flow_overhead(
-                    work, n, shard, w, h, model=model, warmup_run=plan.flow_warmup_run, two_n_run=plan.flow_two_n_run,
+                    work, n, shard, w, h, model=model, warmup_run=plan.flow_warmup_run, multiple=plan.flow_multiple,
                     malloc_images=plan.malloc_images, loop_in_process=plan.loop_in_process,
                 )
         finally:

@@ -60,9 +60,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
         _positive(row["fraction_of_io_floor"], f"pipeline.{name} ratio")
 
     orch = results["orchestration"]
-    for key in ("n_s", "two_n_s", "per_image_s"):
+    for key in ("n_s", "k_n_s", "per_image_s"):
         _positive(orch["loop"][key], f"orchestration.loop.{key}")
-    flow = orch["flow"]["n"]  # quick runs skip the 2N flow run (start-up dominated anyway)
+    flow = orch["flow"]["n"]  # quick runs skip the kN flow run (start-up dominated anyway)
     _positive(flow["wall_s"], "orchestration.flow.n")
     assert flow["images"] == orch["images"] and flow["shards"] == 1
     assert math.isfinite(orch["overhead_pct"])  # a ratio minus 1: sign not asserted
