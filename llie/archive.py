@@ -22,7 +22,9 @@ import re
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -209,11 +211,13 @@ def _base_row(shard: Shard, rel: str, input_url: str, output_url: str, run_id: s
 
 
 def _reference_scores(
-    enhanced: np.ndarray, ref_url: str, limits: DecodeLimits, storage_options: storage.StorageOptions
+    enhanced: np.ndarray, ref_url: str, limits: DecodeLimits, storage_options: storage.StorageOptions,
+    prefetched: Future | None = None,
 ) -> tuple[float | None, float | None, str | None]:
     """(psnr, ssim, warning). A missing or mismatched reference never fails the image."""
     try:
-        ref = decode_image(storage.read_bytes(ref_url, storage_options), limits)
+        data = prefetched.result() if prefetched is not None else storage.read_bytes(ref_url, storage_options)
+        ref = decode_image(data, limits)
     except FileNotFoundError:
         return None, None, "no reference image"
     except ImageDecodeError as exc:
@@ -236,8 +240,13 @@ def process_image(
     limits: DecodeLimits | None = None,
     stages: str = "full",
     storage_options: storage.StorageOptions = None,
+    prefetched: tuple[Future, Future | None] | None = None,
 ) -> dict[str, Any]:
-    """Enhance one image and return its metrics row; failures become an ``error`` row."""
+    """Enhance one image and return its metrics row; failures become an ``error`` row.
+
+    ``prefetched``: reads of the input's and the reference's bytes already under way (see
+    :func:`process_shard`); they raise, when awaited, what a read here would have raised.
+    """
     limits = limits or DecodeLimits()
     row = _base_row(shard, rel, input_url, output_url, run_id)
     # On every row, errors included: "which model saw this file" matters when a run is resumed.
@@ -246,7 +255,10 @@ def process_image(
     step = "read"
     try:
         t = time.perf_counter()
-        data = storage.read_bytes(storage.join(input_url, rel), storage_options)
+        if prefetched is not None:
+            data = prefetched[0].result()  # the time spent waiting for it, not the whole read
+        else:
+            data = storage.read_bytes(storage.join(input_url, rel), storage_options)
         timer.add("read", t)
         row["bytes_in"] = len(data)
 
@@ -287,7 +299,8 @@ def process_image(
         if reference_url is not None:
             step = "reference"
             row["psnr"], row["ssim"], row["warning"] = _reference_scores(
-                result.image, storage.join(reference_url, rel), limits, storage_options
+                result.image, storage.join(reference_url, rel), limits, storage_options,
+                prefetched[1] if prefetched is not None else None,
             )
         timer.add("metrics", t)
         row["status"] = "ok"
@@ -321,24 +334,65 @@ def process_shard(
     progress: bool = False,
     stages: str = "full",
     storage_options: storage.StorageOptions = None,
+    read_ahead: int = 1,
 ) -> list[dict[str, Any]]:
     """Enhance every image of a shard; one row per image, in shard order.
 
     Outputs are written atomically at the input's relative path, so running a shard twice
     (a retry, or Dask re-running work from a lost worker) just rewrites the same files.
+
+    The bytes of the next ``read_ahead`` images (and their references) are fetched on a background
+    thread while the current one is computed: on an object store each read is a round trip, which
+    then overlaps with the work instead of adding to it. Decoding and encoding stay on this thread:
+    they are CPU work, and a worker has one core.
     """
     paths: Iterable[str] = shard.paths
     if progress:
         from tqdm.auto import tqdm
 
         paths = tqdm(paths, desc=shard.shard_id, unit="img")
-    return [
-        process_image(
-            shard, rel, input_url, output_url, enhancer, reference_url, run_id, limits, stages,
-            storage_options,
-        )
-        for rel in paths
-    ]
+    if read_ahead < 1:
+        return [
+            process_image(
+                shard, rel, input_url, output_url, enhancer, reference_url, run_id, limits, stages, storage_options
+            )
+            for rel in paths
+        ]
+
+    rows: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llie-read") as pool:
+
+        def fetch(rel: str) -> tuple[str, tuple[Future, Future | None]]:
+            image = pool.submit(storage.read_bytes, storage.join(input_url, rel), storage_options)
+            reference = None
+            if reference_url is not None:
+                reference = pool.submit(storage.read_bytes, storage.join(reference_url, rel), storage_options)
+            return rel, (image, reference)
+
+        queue: deque[tuple[str, tuple[Future, Future | None]]] = deque()
+        remaining = iter(paths)
+        try:
+            for rel in remaining:
+                queue.append(fetch(rel))
+                if len(queue) <= read_ahead:
+                    continue
+                rel_now, prefetched = queue.popleft()
+                rows.append(process_image(
+                    shard, rel_now, input_url, output_url, enhancer, reference_url, run_id, limits, stages,
+                    storage_options, prefetched,
+                ))
+            while queue:
+                rel_now, prefetched = queue.popleft()
+                rows.append(process_image(
+                    shard, rel_now, input_url, output_url, enhancer, reference_url, run_id, limits, stages,
+                    storage_options, prefetched,
+                ))
+        finally:
+            for _, (image, reference) in queue:  # a failed shard leaves nothing to wait for
+                image.cancel()
+                if reference is not None:
+                    reference.cancel()
+    return rows
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], metadata: dict[str, str] | None = None) -> pa.Table:

@@ -200,3 +200,64 @@ def test_parquet_schema_and_hive_readers(archive_dirs, enhancer):
         f"'{metrics}/*/*.parquet', hive_partitioning=true) GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert [(r[0], r[1], r[2]) for r in got] == [("20250101T000000Z-aaaaaa", 3, 2), ("42", 3, 2)]
+
+
+def _comparable(rows):
+    volatile = {"finished_at", "worker"} | {f"sec_{s}" for s in archive.STAGES}
+    return [{k: v for k, v in r.items() if k not in volatile} for r in rows]
+
+
+def test_read_ahead_gives_the_same_rows_including_failures(tmp_path, make_images, enhancer):
+    inp, ref = tmp_path / "in", tmp_path / "ref"
+    make_images(inp, ["a.png", "b.png", "c.jpg", "e.png", "f.png"])
+    make_images(ref, ["a.png", "c.jpg"])
+    make_images(ref, ["e.png"], width=32)  # a reference of the wrong size
+    (inp / "d.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (inp / "empty.png").write_bytes(b"")
+    shard = archive.plan_shards(storage.list_images(str(inp)), 16)[0]
+
+    results = {
+        n: archive.process_shard(shard, str(inp), str(tmp_path / f"out{n}"), enhancer, str(ref), "r", read_ahead=n)
+        for n in (0, 1, 3, 10)
+    }
+    baseline = [{**r, "output_path": None} for r in _comparable(results[0])]
+    assert [r["rel_path"] for r in baseline] == list(shard.paths)
+    assert {r["rel_path"]: r["status"] for r in baseline}["d.png"] == "error"
+    assert {r["rel_path"]: r["warning"] for r in baseline}["b.png"] == "no reference image"
+    for n, rows in results.items():
+        assert [{**r, "output_path": None} for r in _comparable(rows)] == baseline, n
+
+
+def test_reads_of_the_next_image_overlap_the_current_one(tmp_path, make_images, enhancer, monkeypatch):
+    import threading
+    import time
+
+    inp = tmp_path / "in"
+    names = [f"img{i}.png" for i in range(4)]
+    make_images(inp, names, width=96, height=64)
+    events = []
+    real_read = storage.read_bytes
+
+    def recording_read(url, *args, **kwargs):  # a spy: the real read still happens
+        events.append(("read", url.rsplit("/", 1)[-1], threading.current_thread().name, time.perf_counter()))
+        return real_read(url, *args, **kwargs)
+
+    class RecordingEnhancer:
+        model_version = enhancer.model_version
+
+        def enhance(self, rgb, stages="full"):
+            result = enhancer.enhance(rgb, stages=stages)
+            events.append(("enhanced", None, threading.current_thread().name, time.perf_counter()))
+            return result
+
+    monkeypatch.setattr(storage, "read_bytes", recording_read)
+    shard = archive.plan_shards(names, 4)[0]
+    rows = archive.process_shard(shard, str(inp), str(tmp_path / "out"), RecordingEnhancer(), read_ahead=1)
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    reads = [e for e in events if e[0] == "read"]
+    assert [e[1] for e in reads] == names
+    assert all(e[2].startswith("llie-read") for e in reads)  # never on the compute thread
+    enhanced = [e[3] for e in events if e[0] == "enhanced"]
+    # image i+1 is being read while image i is computed, not after it
+    for i in range(3):
+        assert reads[i + 1][3] < enhanced[i]
