@@ -62,7 +62,7 @@ FULL = Plan(
     stage_sizes=(("600x400", 600, 400, 4, 9), ("12MP", 4000, 3000, 1, 3)),
     pipeline=(600, 400, 12, 4),
     orchestration=(64, 64, 600, 400),
-    scaling=(24, 4, 600, 400, 3),
+    scaling=(48, 4, 600, 400, 5),
     memory=(6000, 4000),
     quality_pairs=None,
 )
