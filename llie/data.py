@@ -2,7 +2,7 @@
 
 Several low exposures of one scene may share a byte-identical target, and LOL also holds the same
 scene shot again with a slightly different target (in the 280 pairs of our485 we have, 276 distinct
-targets but only 140 distinct scenes). Validation and out-of-fold splits must keep a scene on one
+targets but only 135 distinct scenes). Validation and out-of-fold splits must keep a scene on one
 side, or they measure memory of the scene: pairs are grouped by the target's content hash and,
 transitively, by a strong correlation of the targets' thumbnails.
 """

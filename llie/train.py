@@ -271,7 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         "training": {
             "data": Path(cfg.data).name,
             "pairs": len(pairs),
-            "target_groups": len({p.group for p in pairs}),
+            "target_groups": len({p.group for p in pairs}),  # scenes: see data.group_scenes
             "validation_pairs": len(val_pairs),
             "stage2_refit_on_all_pairs": bool(cfg.refit_all and val_pairs),
             "refiner_initialized_from": init_version,
