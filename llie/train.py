@@ -1,6 +1,6 @@
 """Training both learned stages, resumable, and writing a model bundle.
 
-1. Split the pairs into train/validation by target hash.
+1. Split the pairs into train/validation by scene (llie.data.group_scenes), never one scene on both sides.
 2. Stage 2: fit the quantile model on augmented histogram rows of the training pairs; choose the KDE
    bandwidth on validation (and record what plain interpolation would score).
 3. Refiner inputs are stage-3 outputs made with *out-of-fold* quantile predictions, so the refiner
