@@ -311,7 +311,7 @@ def scaling(
 
     from distributed import Client, LocalCluster
 
-    from flows.worker_env import local_worker_environment
+    from flows.worker_env import local_cluster_settings
     from llie import archive
 
     data = workdir / "scaling"
@@ -328,7 +328,7 @@ def scaling(
         )
 
     with ExitStack() as stack:
-        stack.enter_context(local_worker_environment())
+        stack.enter_context(local_cluster_settings())
         # (client, pinned worker addresses or None) per worker count
         targets: dict[int, tuple[Client, list[str] | None]] = {}
         if one_cluster:

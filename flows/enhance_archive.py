@@ -17,7 +17,7 @@ from llie import archive, storage
 from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 from flows.artifacts import publish_run_report
-from flows.worker_env import local_worker_environment
+from flows.worker_env import local_cluster_settings
 
 
 def available_cpus() -> int:
@@ -202,7 +202,7 @@ def enhance_archive(
         )
         # The runner depends on parameters (dask_address, n_workers), which a @flow decorator
         # cannot see, so the flow starts it here and maps the task onto it directly.
-        with local_worker_environment(), make_task_runner(dask_address, workers) as runner:
+        with local_cluster_settings(), make_task_runner(dask_address, workers) as runner:
             futures = runner.map(
                 task,
                 {

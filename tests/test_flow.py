@@ -107,15 +107,19 @@ def _initial_environ() -> dict[str, str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
-def test_local_workers_start_with_a_fixed_mmap_threshold():
+def test_local_workers_start_with_a_fixed_mmap_threshold_and_quiet_background():
+    import dask
     from distributed import Client, LocalCluster
 
-    from flows.worker_env import WORKER_PRE_SPAWN_ENV, local_worker_environment
+    from flows.worker_env import LOCAL_CLUSTER_CONFIG, WORKER_PRE_SPAWN_ENV, local_cluster_settings
 
     environ_before = dict(os.environ)
-    with local_worker_environment():
+    with local_cluster_settings():
         with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
             (worker_env,) = client.run(_initial_environ).values()
+            (worker_config,) = client.run(lambda: {k: dask.config.get(k) for k in LOCAL_CLUSTER_CONFIG}).values()
+    assert worker_config == LOCAL_CLUSTER_CONFIG  # reached the worker process, not only this one
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # and left this process as it was
     assert WORKER_PRE_SPAWN_ENV["MALLOC_TRIM_THRESHOLD_"] != "65536"  # not Dask's default
     for key, value in WORKER_PRE_SPAWN_ENV.items():
         assert worker_env.get(key) == value
