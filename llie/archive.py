@@ -362,17 +362,18 @@ def process_shard(
     rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llie-read") as pool:
 
+        def read(root: str, rel: str) -> bytes:
+            # joined on the reader too, so that a path it refuses becomes this image's error row
+            return storage.read_bytes(storage.join(root, rel), storage_options)
+
         def fetch(rel: str) -> tuple[str, tuple[Future, Future | None]]:
-            image = pool.submit(storage.read_bytes, storage.join(input_url, rel), storage_options)
-            reference = None
-            if reference_url is not None:
-                reference = pool.submit(storage.read_bytes, storage.join(reference_url, rel), storage_options)
+            image = pool.submit(read, input_url, rel)  # first: it is needed first
+            reference = pool.submit(read, reference_url, rel) if reference_url is not None else None
             return rel, (image, reference)
 
         queue: deque[tuple[str, tuple[Future, Future | None]]] = deque()
-        remaining = iter(paths)
         try:
-            for rel in remaining:
+            for rel in paths:
                 queue.append(fetch(rel))
                 if len(queue) <= read_ahead:
                     continue
