@@ -63,6 +63,19 @@ def _env_text(env: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
 
 
+def _malloc_line(m: dict | None) -> str:
+    """The plain loop against the same loop under Dask's and under the flow's worker environment."""
+    if not m:
+        return "- malloc environment effect: not measured"
+    line = (f"- the same loop on {m['images']} images: {_fmt(m['plain_s'])} s plain; "
+            f"{_fmt(m['dask_worker_env_s'])} s (**{_fmt(m['slowdown_pct'], 1)} %**) with Dask's worker environment "
+            f"({_env_text(m.get('dask_env', m.get('env', {})))})")
+    if "llie_worker_env_s" in m:
+        line += (f"; {_fmt(m['llie_worker_env_s'])} s (**{_fmt(m['llie_slowdown_pct'], 1)} %**) with the flow's "
+                 f"({_env_text(m['llie_env'])})")
+    return line
+
+
 def _fmt(v, digits=2) -> str:
     if v is None:
         return "-"
@@ -161,13 +174,7 @@ def render_markdown(results: dict) -> str:
             f"overhead at N without it: {_fmt(orch.get('overhead_excluding_startup_pct'), 1)} %",
             f"- per-image work measured inside the worker vs inside the loop: {_fmt(orch['worker_compute_vs_loop_pct'], 1)} % "
             "(the worker's first image runs cold; the loop's was warmed up)",
-            (lambda m: f"- the same loop on {m['images']} images: {_fmt(m['plain_s'])} s plain; "
-             f"{_fmt(m['dask_worker_env_s'])} s (**{_fmt(m['slowdown_pct'], 1)} %**) with Dask's worker environment "
-             f"({_env_text(m.get('dask_env', m.get('env', {})))}); "
-             + (f"{_fmt(m['llie_worker_env_s'])} s (**{_fmt(m['llie_slowdown_pct'], 1)} %**) with the flow's "
-                f"({_env_text(m['llie_env'])})" if "llie_worker_env_s" in m else "")
-             if m else "- malloc environment effect: not measured")(
-                orch.get("malloc_trim_threshold_effect")),
+            _malloc_line(orch.get("malloc_trim_threshold_effect")),
             f"- loop model load {_fmt(loop['model_load_s'])} s (not in the loop's time); Prefect API start "
             f"{_fmt(orch.get('prefect_api_start_s'), 1)} s (not in either)",
         ]
