@@ -51,7 +51,7 @@ def find_pairs(root: str | Path) -> list[Pair]:
 
 
 # Thumbnail size and the correlation above which two targets count as one scene. In our485 the pairs
-# joined at 0.8 are the same view re-shot (often with a very different target exposure); 99 % of all
+# joined at 0.8 are the same view re-shot (often with a very different target exposure); 98.7 % of all
 # other pairs of targets correlate below 0.5.
 SCENE_THUMBNAIL = (24, 16)
 SCENE_CORRELATION = 0.8
