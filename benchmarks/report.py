@@ -69,7 +69,7 @@ def _malloc_line(m: dict | None) -> str:
         return "- malloc environment effect: not measured"
     line = (f"- the same loop on {m['images']} images: {_fmt(m['plain_s'])} s plain; "
             f"{_fmt(m['dask_worker_env_s'])} s (**{_fmt(m['slowdown_pct'], 1)} %**) with Dask's worker environment "
-            f"({_env_text(m.get('dask_env', m.get('env', {})))})")
+            f"({_env_text(m['dask_env'])})")
     if "llie_worker_env_s" in m:
         line += (f"; {_fmt(m['llie_worker_env_s'])} s (**{_fmt(m['llie_slowdown_pct'], 1)} %**) with the flow's "
                  f"({_env_text(m['llie_env'])})")

@@ -224,7 +224,7 @@ def enhance_archive(
 
     # No task of this run writes any more: remove the temporary files of writers that were killed
     # half way (a lost Dask worker, an earlier run killed with -9) so that no partial file remains.
-    metrics_dir = f"{archive.METRICS_DIR}/run_id={run_id}"  # archive.metrics_url, relative
+    metrics_dir = archive.run_metrics_rel(run_id)
     stale = storage.remove_stale_temps(
         output_url,
         paths + [f"{metrics_dir}/{s.shard_id}.parquet" for s in shards] + [f"{metrics_dir}/{archive.RUN_MANIFEST}"],

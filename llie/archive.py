@@ -14,6 +14,7 @@ partitioning (see :func:`read_metrics`); each file also carries it in its schema
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -142,8 +143,13 @@ def metrics_root(output_url: str) -> str:
     return storage.join(output_url, METRICS_DIR)
 
 
+def run_metrics_rel(run_id: str) -> str:
+    """The folder of one run's metrics, relative to the output root."""
+    return f"{METRICS_DIR}/run_id={validate_run_id(run_id)}"
+
+
 def metrics_url(output_url: str, run_id: str) -> str:
-    return storage.join(output_url, f"{METRICS_DIR}/run_id={validate_run_id(run_id)}")
+    return storage.join(output_url, run_metrics_rel(run_id))
 
 
 def shard_parquet_url(output_url: str, run_id: str, shard_id: str) -> str:
@@ -351,13 +357,12 @@ def process_shard(
         from tqdm.auto import tqdm
 
         paths = tqdm(paths, desc=shard.shard_id, unit="img")
+    process = functools.partial(
+        process_image, shard, input_url=input_url, output_url=output_url, enhancer=enhancer,
+        reference_url=reference_url, run_id=run_id, limits=limits, stages=stages, storage_options=storage_options,
+    )
     if read_ahead < 1:
-        return [
-            process_image(
-                shard, rel, input_url, output_url, enhancer, reference_url, run_id, limits, stages, storage_options
-            )
-            for rel in paths
-        ]
+        return [process(rel) for rel in paths]
 
     rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llie-read") as pool:
@@ -375,19 +380,12 @@ def process_shard(
         try:
             for rel in paths:
                 queue.append(fetch(rel))
-                if len(queue) <= read_ahead:
-                    continue
-                rel_now, prefetched = queue.popleft()
-                rows.append(process_image(
-                    shard, rel_now, input_url, output_url, enhancer, reference_url, run_id, limits, stages,
-                    storage_options, prefetched,
-                ))
+                if len(queue) > read_ahead:
+                    rel_now, prefetched = queue.popleft()
+                    rows.append(process(rel_now, prefetched=prefetched))
             while queue:
                 rel_now, prefetched = queue.popleft()
-                rows.append(process_image(
-                    shard, rel_now, input_url, output_url, enhancer, reference_url, run_id, limits, stages,
-                    storage_options, prefetched,
-                ))
+                rows.append(process(rel_now, prefetched=prefetched))
         finally:
             for _, (image, reference) in queue:  # a failed shard leaves nothing to wait for
                 image.cancel()

@@ -60,7 +60,7 @@ def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float = 1.0) -> float:
         pred, ref = pred[..., None], ref[..., None]
     height, width, channels = pred.shape
     half = win // 2
-    rows = max(1, _SSIM_BAND_PIXELS // width)
+    rows = _band_rows(pred, _SSIM_BAND_PIXELS)
     total = 0.0
     for c in range(channels):
         for top in range(half, height - half, rows):
@@ -190,9 +190,9 @@ def _as_unit_float(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _band_rows(arr: np.ndarray) -> int:
+def _band_rows(arr: np.ndarray, band_pixels: int | None = None) -> int:
     per_row = max(1, int(np.prod(arr.shape[1:2])))
-    return max(1, _BAND_PIXELS // per_row)
+    return max(1, (band_pixels or _BAND_PIXELS) // per_row)
 
 
 def _check_pair(pred: np.ndarray, ref: np.ndarray) -> None:
