@@ -30,7 +30,7 @@ SINGLE_THREAD_ENV = {
 # MALLOC_TRIM_THRESHOLD_ also turns off glibc's dynamic mmap threshold: every temporary array above
 # 128 KiB is then mmap'ed and page-faulted afresh, which the orchestration section measures.
 DASK_WORKER_ENV = {**SINGLE_THREAD_ENV, "MALLOC_TRIM_THRESHOLD_": "65536"}
-# What a worker of llie's flow gets: Dask's variables plus the fixed mmap threshold that undoes that.
+# What a worker of llie's flow gets: Dask's variables with fixed malloc thresholds that undo their cost.
 LLIE_WORKER_ENV = {**DASK_WORKER_ENV, **WORKER_PRE_SPAWN_ENV}
 
 

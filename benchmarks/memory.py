@@ -1,6 +1,6 @@
 """Peak resident memory of one worker process enhancing one big image.
 
-Each measurement is a fresh subprocess with a Dask worker's environment (``python -m benchmarks.memory ...``): ``ru_maxrss`` only
+Each measurement is a fresh subprocess with the environment of a flow's Dask worker (``python -m benchmarks.memory ...``): ``ru_maxrss`` only
 ever grows, so the baseline (after imports and model load) and the peak must come from a process
 that has done nothing else. Two paths are measured:
 
