@@ -134,20 +134,27 @@ def evaluate(data: Path, model, device, json_out) -> None:
 @click.option("--max-pairs", type=int, default=None, help="Use only the first N pairs (quick trials).")
 @click.option("--dim", type=int, default=None, help="Refiner width (default 96).")
 @click.option("--depth", type=int, default=None, help="Refiner blocks (default 4).")
+@click.option("--heads", type=int, default=None, help="Refiner attention heads (default 4; dim must divide by it).")
+@click.option("--global-context/--no-global-context", default=False, show_default=True,
+              help="Refiner tokens also see a summary of the whole image (fixes global exposure and casts).")
 @click.option("--lr", type=float, default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
 @click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
+@click.option("--eval-every", type=int, default=None,
+              help="Refiner steps between validation passes; the best one is kept (default 250).")
 @click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start the refiner from this bundle's weights (same architecture) instead of from scratch.")
-def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, lr, crop, init_refiner) -> None:
+def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context, lr,
+          crop, eval_every, init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .refiner import RefinerConfig
     from .train import RefinerTrainConfig, TrainConfig
     from .train import train as run_training
 
     refiner = RefinerConfig()
-    refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth)
+    refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth, heads=heads or refiner.heads,
+                      global_context=global_context)
     rt = RefinerTrainConfig(steps=steps, batch=batch)
-    rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop)
+    rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop, eval_every=eval_every or rt.eval_every)
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,

@@ -2,7 +2,8 @@
 
 The image is padded (mirror) to the refiner's multiple; images up to ``max_side`` go through in one
 forward pass, larger ones as overlapping tiles blended with linear ramps, a few tiles per batch, so peak
-memory depends on the tile size, not on the photo.
+memory depends on the tile size, not on the photo. A refiner with a global context gets it from a
+box-downscaled copy of the whole photo, computed once, so all tiles agree on it and seams stay invisible.
 """
 
 from __future__ import annotations
@@ -36,15 +37,29 @@ def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="symmetric") if ph or pw else rgb
 
 
-def _forward(model: Refiner, batch: np.ndarray, device: torch.device) -> np.ndarray:
+def _forward(model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
+    if context is not None:
+        context = context.expand(len(batch), -1)
     with torch.inference_mode():
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                y = model(x)
-        else:
-            y = model(x)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            y = model(x, context)
         return y.float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.device, max_side: int) -> torch.Tensor:
+    """The context of a photo too large for one pass, from a copy box-averaged to at most ``max_side``."""
+    factor = -(-max(padded.shape[:2]) // max_side)
+    h, w = padded.shape[0] // factor * factor, padded.shape[1] // factor * factor
+    band = factor * 64  # averaged band by band: a reshape of a cropped view copies, and a 24 MP copy is 288 MB
+    small = np.concatenate([
+        padded[y : min(y + band, h), :w].reshape(-1, factor, w // factor, factor, 3).mean(axis=(1, 3), dtype=np.float32)
+        for y in range(0, h, band)
+    ])
+    small = _pad_to_multiple(small, model.cfg.multiple)
+    x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)[None])).to(device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        return model.image_context(x).float()
 
 
 def _starts(size: int, tile: int, step: int) -> list[int]:
@@ -73,6 +88,7 @@ def refine(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: Tiling
     tile, step = tiling.tile, tiling.tile - tiling.overlap
     padded = _pad_to_multiple(padded, tile) if min(ph, pw) < tile else padded
     ph, pw = padded.shape[:2]
+    context = _whole_image_context(model, padded, device, tiling.max_side) if model.cfg.global_context else None
     out = np.zeros((ph, pw, 3), np.float32)
     weight = np.zeros((ph, pw, 1), np.float32)
     ramp = _ramp(tile, tiling.overlap)
@@ -80,7 +96,7 @@ def refine(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: Tiling
     corners = [(y, x) for y in _starts(ph, tile, step) for x in _starts(pw, tile, step)]
     for i in range(0, len(corners), tiling.batch):
         group = corners[i : i + tiling.batch]
-        refined = _forward(model, np.stack([padded[y : y + tile, x : x + tile] for y, x in group]), device)
+        refined = _forward(model, np.stack([padded[y : y + tile, x : x + tile] for y, x in group]), device, context)
         for (y, x), patch in zip(group, refined):
             out[y : y + tile, x : x + tile] += patch * window
             weight[y : y + tile, x : x + tile] += window

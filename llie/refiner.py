@@ -7,6 +7,12 @@ the start of every block passes information across windows and gives the tokens 
 "conditional position encoding"), so any image size works without a fixed position table. The head turns
 every token back into its 10x10x3 patch, added to a 3x3 convolution of the input that starts as the
 identity: an untrained refiner returns its input unchanged.
+
+Windows of 80 pixels cannot see whether the whole picture came out too bright or too dark, and after
+histogram mapping that global exposure error is the largest one left. With ``global_context`` the
+tokens are averaged over the whole image half-way up the stack, and a small MLP of that average is added
+to every token, so each window knows the image it sits in. For photos refined in tiles the context comes
+from a downscaled copy of the whole photo (see ``llie.refine``), so every tile gets the same one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class RefinerConfig:
     heads: int = 4
     window: int = 8  # tokens per attention-window side
     mlp_ratio: float = 2.0
+    global_context: bool = False  # whole-image summary added to every token (see the module docstring)
 
     @property
     def multiple(self) -> int:
@@ -66,6 +73,19 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class GlobalContext(nn.Module):
+    """Mean token of the image -> one vector added to every token; starts at zero (no effect)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, C)
+        return self.mlp(tokens.mean(dim=(1, 2)))
+
+
 class Refiner(nn.Module):
     def __init__(self, cfg: RefinerConfig = RefinerConfig()):
         super().__init__()
@@ -74,6 +94,8 @@ class Refiner(nn.Module):
         self.embed = nn.Conv2d(3, cfg.dim, kernel_size=p, stride=p)  # a linear map of each 10x10x3 patch
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
+        self.context = GlobalContext(cfg.dim) if cfg.global_context else None
+        self.context_at = cfg.depth // 2
         self.head = nn.Linear(cfg.dim, p * p * 3)
         self.skip = nn.Conv2d(3, 3, 3, padding=1)
         nn.init.zeros_(self.head.weight)
@@ -84,12 +106,26 @@ class Refiner(nn.Module):
             for c in range(3):
                 self.skip.weight[c, c, 1, 1] = 1.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1], H and W multiples of ``cfg.multiple`` -> refined image, same shape."""
-        b, _, h, w = x.shape
+    def image_context(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, 3, H, W) whole images -> (B, dim) context vectors, or None without ``global_context``."""
+        if self.context is None:
+            return None
+        tokens = self.embed(x - 0.5).permute(0, 2, 3, 1)
+        for block in self.blocks[: self.context_at]:
+            tokens = block(tokens)
+        return self.context(tokens)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1], H and W multiples of ``cfg.multiple`` -> refined image, same shape.
+
+        ``context`` (B, dim) from ``image_context`` of the whole image, when ``x`` is a tile of it;
+        by default ``x`` is taken to be the whole image."""
         p = self.cfg.patch
         tokens = self.embed(x - 0.5).permute(0, 2, 3, 1)  # (B, H/p, W/p, dim)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if self.context is not None and i == self.context_at:
+                summary = self.context(tokens) if context is None else context.to(tokens.dtype)
+                tokens = tokens + summary[:, None, None, :]
             tokens = block(tokens)
         patches = self.head(self.norm(tokens))  # (B, H/p, W/p, 3*p*p)
         residual = F.pixel_shuffle(patches.permute(0, 3, 1, 2), p)

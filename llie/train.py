@@ -110,6 +110,8 @@ def refiner_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float) -> 
 
 
 def random_crops(inputs, targets, batch: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random crops with random rotation and flip, from (H, W, 3) float tensors; the crops
+    stay on the tensors' device, so on a GPU the images are uploaded once, not every step."""
     xs, ys = [], []
     for _ in range(batch):
         i = rng.integers(len(inputs))
@@ -117,14 +119,14 @@ def random_crops(inputs, targets, batch: int, crop: int, rng: np.random.Generato
         y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
         x = inputs[i][y0 : y0 + crop, x0 : x0 + crop]
         y = targets[i][y0 : y0 + crop, x0 : x0 + crop]
-        k, flip = rng.integers(4), rng.integers(2)
-        x, y = np.rot90(x, k), np.rot90(y, k)
+        k, flip = int(rng.integers(4)), rng.integers(2)
+        x, y = torch.rot90(x, k, (0, 1)), torch.rot90(y, k, (0, 1))
         if flip:
-            x, y = x[:, ::-1], y[:, ::-1]
-        xs.append(np.ascontiguousarray(x, dtype=np.float32))
-        ys.append(np.ascontiguousarray(y, dtype=np.float32))
-    to_t = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2)
-    return to_t(xs), to_t(ys)
+            x, y = x.flip(1), y.flip(1)
+        xs.append(x)
+        ys.append(y)
+    to_batch = lambda a: torch.stack(a).permute(0, 3, 1, 2).contiguous()
+    return to_batch(xs), to_batch(ys)
 
 
 def evaluate_refiner(model: Refiner, inputs, highs, device) -> tuple[float, float]:
@@ -170,19 +172,27 @@ def train_refiner(
         sched.load_state_dict(ckpt["scheduler"])
         state = json.loads(ckpt["state"])
     rng = np.random.default_rng(cfg.seed + state["step"])  # a resumed run draws fresh crops, reproducibly
-    use_amp = device.type == "cuda"
+    as_tensors = lambda images: [torch.from_numpy(np.asarray(a, np.float32)).to(device) for a in images]
+    train_x, train_y = as_tensors(train_inputs), as_tensors(train_highs)
+    state.setdefault("seconds", 0.0)
+    state.setdefault("devices", [])
+    started = time.time()
     bar = tqdm(total=rt.steps, initial=state["step"], desc="refiner", disable=not progress)
     running = None
     while state["step"] < rt.steps:
-        x, y = random_crops(train_inputs, train_highs, rt.batch, rt.crop, rng)
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = model(x)
-        loss, batch_psnr = refiner_loss(pred.float(), y, rt.l1_weight)
+        if device.type not in state["devices"]:  # only devices that trained steps, not a resume that had none left
+            state["devices"].append(device.type)
+        x, y = random_crops(train_x, train_y, rt.batch, rt.crop, rng)
+        # full precision on every device: our first GPU runs, under bf16 autocast, all went to NaN within
+        # 3000 steps; in fp32 the same runs finished without one skipped step
+        loss, batch_psnr = refiner_loss(model(x), y, rt.l1_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if torch.isfinite(grad_norm):
+            opt.step()
+        else:  # one bad batch must not poison the weights (and every later checkpoint) with NaN
+            state["skipped_steps"] = state.get("skipped_steps", 0) + 1
         sched.step()
         state["step"] += 1
         running = batch_psnr.item() if running is None else 0.95 * running + 0.05 * batch_psnr.item()
@@ -197,6 +207,8 @@ def train_refiner(
                 state["best_psnr"] = vp
                 torch.save(model.state_dict(), best_path)
         if state["step"] % rt.checkpoint_every == 0 or last:
+            state["seconds"] += time.time() - started  # training time summed over resumed sessions
+            started = time.time()
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "state": json.dumps(state)}, tmp)
@@ -256,12 +268,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         metrics["val_stage3_psnr"] = mean_psnr(val_inputs, val_highs)
     stage2_seconds = time.time() - started
 
-    t = time.time()
     refiner, state = train_refiner(train_inputs, highs, val_inputs, val_highs, cfg, run_dir, resume, progress, init)
     metrics["refiner_history"] = state["history"]
     if val_pairs:
         metrics["val_stage4_psnr"] = state["best_psnr"]
-    refiner_seconds = time.time() - t
 
     if cfg.refit_all and val_pairs:
         x, y = rows_for(lows + val_lows, highs + val_highs, cfg.quantile, cfg.seed, progress)
@@ -277,7 +287,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             "refiner_initialized_from": init_version,
             "seed": cfg.seed,
             "device": str(resolve_device(cfg.device)),
-            "seconds": {"stage2": round(stage2_seconds, 1), "refiner": round(refiner_seconds, 1),
+            "refiner_trained_on": state["devices"],  # every device a resumed run trained on
+            # the refiner's own training time, summed over resumed sessions, not only this one's
+            "seconds": {"stage2": round(stage2_seconds, 1), "refiner": round(state["seconds"], 1),
                         "total": round(time.time() - started, 1)},
             "config": json.loads(json.dumps(asdict(cfg), default=str)),
         },

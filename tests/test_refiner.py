@@ -118,3 +118,55 @@ def test_a_few_steps_lower_the_loss():
     with torch.no_grad():
         final, _ = refiner_loss(model(x), y, l1_weight=20.0)
     assert final.item() < losses[0] - 0.5, losses
+
+
+CONTEXT = RefinerConfig(dim=16, depth=2, heads=2, global_context=True)
+
+
+@pytest.fixture(scope="module")
+def perturbed_context() -> Refiner:
+    """A global-context refiner whose head and context are non-trivial."""
+    torch.manual_seed(2)
+    model = Refiner(CONTEXT)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        model.context.mlp[-1].weight.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_untrained_context_refiner_is_the_identity():
+    torch.manual_seed(0)
+    model = Refiner(CONTEXT).eval()
+    x = torch.rand(1, 3, 160, 240)
+    with torch.no_grad():
+        assert (model(x) - x).abs().max().item() <= 1e-6
+
+
+def test_context_defaults_to_the_image_itself(perturbed_context):
+    x = torch.rand(2, 3, 160, 240)
+    with torch.no_grad():
+        own = perturbed_context(x)
+        given = perturbed_context(x, perturbed_context.image_context(x))
+        swapped = perturbed_context(x, perturbed_context.image_context(x.flip(0)))
+    torch.testing.assert_close(own, given)
+    assert (own - swapped).abs().max().item() > 1e-3  # the context does steer the output
+
+
+def test_tiles_see_the_whole_image_through_the_context(perturbed, perturbed_context):
+    """Two photos that differ only in their bottom-right corner: the top-left tile, which never sees that
+    corner, changes only when the tiles share a whole-image context."""
+    rng = np.random.default_rng(5)
+    a = rng.random((400, 400, 3), dtype=np.float32)
+    b = a.copy()
+    b[320:, 320:] = 1.0
+    for model, shares_context in ((perturbed, False), (perturbed_context, True)):
+        ra, rb = refine(model, a, CPU, FORCE_TILES), refine(model, b, CPU, FORCE_TILES)
+        assert (np.abs(ra[:80, :80] - rb[:80, :80]).max() > 1e-4) == shares_context
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 900), (1001, 999)])
+def test_context_refiner_keeps_odd_sizes_through_tiles(perturbed_context, shape):
+    rgb = np.random.default_rng(6).random((*shape, 3), dtype=np.float32)
+    out = refine(perturbed_context, rgb, CPU, FORCE_TILES)
+    assert out.shape == rgb.shape and np.isfinite(out).all()
+    assert np.abs(out - rgb).max() > 1e-4  # refined, not passed through

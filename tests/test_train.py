@@ -84,6 +84,7 @@ def test_manifest_has_version_metrics_and_training_summary(runs):
     assert training["seed"] == 0
     assert training["config"]["refiner_train"]["steps"] == 4
     assert set(training["seconds"]) == {"stage2", "refiner", "total"}
+    assert training["refiner_trained_on"] == ["cpu"] and training["seconds"]["refiner"] > 0
     run_dir = runs["a"] / "_training"
     for name in ("refiner_checkpoint.pt", "refiner_best.pt", "stage2/quantiles.ubj", "stage3_inputs.npz",
                  "stage2_metrics.json"):
@@ -129,3 +130,34 @@ def test_init_refiner_starts_from_the_given_bundle(runs, tmp_path):
     wrong = replace(cfg, output=str(tmp_path / "wrong"), refiner=RefinerConfig(dim=8, depth=1, heads=2))
     with pytest.raises(ValueError, match="refiner"):
         train(wrong, progress=False)
+
+
+def test_random_crops_come_from_the_right_places():
+    from llie.train import random_crops
+
+    images = [torch.arange(120 * 160 * 3, dtype=torch.float32).reshape(120, 160, 3) + 1e6 * i for i in range(3)]
+    x, y = random_crops(images, [im + 0.5 for im in images], batch=6, crop=80, rng=np.random.default_rng(0))
+    assert x.shape == y.shape == (6, 3, 80, 80) and x.is_contiguous()
+    torch.testing.assert_close(y, x + 0.5)  # input and target crops stay aligned through rotation and flip
+    for crop in x:
+        source = images[int(crop.min().item() // 1e6)]
+        values = set(crop.flatten().tolist())
+        assert values <= set(source.flatten().tolist()) and len(values) == 80 * 80 * 3
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")  # the skipped first step
+def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
+    from llie.refiner import Refiner
+    from llie.train import train_refiner
+
+    rng = np.random.default_rng(0)
+    good = rng.random((80, 80, 3), dtype=np.float32)
+    broken = good.copy()
+    broken[10, 10, 0] = np.nan
+    cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
+                      refiner_train=RefinerTrainConfig(steps=8, batch=1, crop=80, warmup=1))
+    model, state = train_refiner([good, broken], [good, good], [], [], cfg, tmp_path, resume=False, progress=False)
+    assert state["step"] == 8
+    assert 1 <= state["skipped_steps"] < 8
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert state["devices"] == ["cpu"] and state["seconds"] > 0
