@@ -268,7 +268,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         metrics["val_stage3_psnr"] = mean_psnr(val_inputs, val_highs)
     stage2_seconds = time.time() - started
 
+    t = time.time()
     refiner, state = train_refiner(train_inputs, highs, val_inputs, val_highs, cfg, run_dir, resume, progress, init)
+    refiner_wall = time.time() - t
     metrics["refiner_history"] = state["history"]
     if val_pairs:
         metrics["val_stage4_psnr"] = state["best_psnr"]
@@ -288,9 +290,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             "seed": cfg.seed,
             "device": str(resolve_device(cfg.device)),
             "refiner_trained_on": state["devices"],  # every device a resumed run trained on
-            # the refiner's own training time, summed over resumed sessions, not only this one's
+            # refiner (and so total) count its training time over every resumed session, not only this one
             "seconds": {"stage2": round(stage2_seconds, 1), "refiner": round(state["seconds"], 1),
-                        "total": round(time.time() - started, 1)},
+                        "total": round(time.time() - started - refiner_wall + state["seconds"], 1)},
             "config": json.loads(json.dumps(asdict(cfg), default=str)),
         },
         "metrics": metrics,
