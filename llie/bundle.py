@@ -127,7 +127,8 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
     quantile_model = QuantileModel.load(directory, n_threads=n_threads)
     refiner = None
     if manifest.get("refiner") is not None:
-        refiner = Refiner(RefinerConfig(**manifest["refiner"]))
+        # manifests from before the whole-image context name no such field: those refiners have none
+        refiner = Refiner(RefinerConfig(**{"global_context": False, **manifest["refiner"]}))
         state = load_file(directory / REFINER_FILE)
         refiner.load_state_dict({k: v.float() for k, v in state.items()})
         refiner.eval()

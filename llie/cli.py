@@ -135,8 +135,8 @@ def evaluate(data: Path, model, device, json_out) -> None:
 @click.option("--dim", type=int, default=None, help="Refiner width (default 96).")
 @click.option("--depth", type=int, default=None, help="Refiner blocks (default 4).")
 @click.option("--heads", type=int, default=None, help="Refiner attention heads (default 4; dim must divide by it).")
-@click.option("--global-context/--no-global-context", default=False, show_default=True,
-              help="Refiner tokens also see a summary of the whole image (fixes global exposure and casts).")
+@click.option("--global-context/--no-global-context", default=True, show_default=True,
+              help="Refiner tokens also see a summary of the whole image, so it can fix global exposure and casts.")
 @click.option("--lr", type=float, default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
 @click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
 @click.option("--eval-every", type=int, default=None,

@@ -32,7 +32,9 @@ class RefinerConfig:
     heads: int = 4
     window: int = 8  # tokens per attention-window side
     mlp_ratio: float = 2.0
-    global_context: bool = False  # whole-image summary added to every token (see the module docstring)
+    # whole-image summary added to every token (see the module docstring); bundles written before this
+    # option existed have no such weights and load with it off (llie.bundle)
+    global_context: bool = True
 
     @property
     def multiple(self) -> int:

@@ -212,3 +212,21 @@ def test_torch_load_always_uses_weights_only():
         assert not problems, f"{path.relative_to(package.parent)}: {problems}"
         total += found
     assert total >= 1  # the refiner checkpoints are loaded somewhere: the check did look at them
+
+
+def test_bundle_from_before_the_context_option_loads_without_it(bundle, tmp_path):
+    """Manifests written before ``global_context`` existed do not name it; their refiners have no context
+    weights and must load as such, although new refiners have the context on by default."""
+    torch.manual_seed(4)
+    plain = Refiner(RefinerConfig(dim=16, depth=1, heads=2, global_context=False))
+    with torch.no_grad():
+        plain.head.weight.normal_(0, 0.05)
+    save_bundle(Bundle(bundle.quantile_model, bundle.mapping, plain), tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    del manifest["refiner"]["global_context"]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    loaded = load_bundle(tmp_path)
+    assert RefinerConfig().global_context and not loaded.refiner.cfg.global_context
+    x = torch.rand(1, 3, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.refiner(x), plain.half().float()(x), atol=1e-3, rtol=0)

@@ -11,7 +11,7 @@ from llie.refine import TilingConfig, _starts, refine
 from llie.refiner import Refiner, RefinerConfig
 from llie.train import refiner_loss
 
-TINY = RefinerConfig(dim=16, depth=1, heads=2)
+TINY = RefinerConfig(dim=16, depth=1, heads=2, global_context=False)  # windows only
 CPU = torch.device("cpu")
 FORCE_TILES = TilingConfig(tile=160, overlap=80, max_side=160, batch=8)
 NO_TILES = TilingConfig(max_side=4096)
