@@ -26,15 +26,21 @@ def identity() -> Refiner:
     return Refiner(TINY).eval()
 
 
-@pytest.fixture(scope="module")
-def perturbed() -> Refiner:
-    """A refiner whose head is no longer zero: a non-trivial function of its input."""
-    torch.manual_seed(1)
-    model = Refiner(TINY)
+def _perturbed(cfg: RefinerConfig, seed: int) -> Refiner:
+    """A refiner whose head (and context, if any) is no longer zero: a non-trivial function of its input."""
+    torch.manual_seed(seed)
+    model = Refiner(cfg)
     with torch.no_grad():
         model.head.weight.normal_(0, 0.05)
         model.head.bias.normal_(0, 0.01)
+        if model.context is not None:
+            model.context.mlp[-1].weight.normal_(0, 0.5)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def perturbed() -> Refiner:
+    return _perturbed(TINY, seed=1)
 
 
 def test_untrained_refiner_is_the_identity(identity):
@@ -125,13 +131,7 @@ CONTEXT = RefinerConfig(dim=16, depth=2, heads=2, global_context=True)
 
 @pytest.fixture(scope="module")
 def perturbed_context() -> Refiner:
-    """A global-context refiner whose head and context are non-trivial."""
-    torch.manual_seed(2)
-    model = Refiner(CONTEXT)
-    with torch.no_grad():
-        model.head.weight.normal_(0, 0.05)
-        model.context.mlp[-1].weight.normal_(0, 0.5)
-    return model.eval()
+    return _perturbed(CONTEXT, seed=2)
 
 
 def test_untrained_context_refiner_is_the_identity():
