@@ -8,6 +8,7 @@ box-downscaled copy of the whole photo, computed once, so all tiles agree on it 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,14 +38,19 @@ def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="symmetric") if ph or pw else rgb
 
 
+@contextmanager
+def _inference(device: torch.device):
+    """No autograd; fp16 autocast on CUDA (within an 8-bit level of CPU, see tests/test_cuda.py)."""
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        yield
+
+
 def _forward(model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
     if context is not None:
         context = context.expand(len(batch), -1)
-    with torch.inference_mode():
-        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            y = model(x, context)
-        return y.float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    with _inference(device):
+        return model(x, context).float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.device, max_side: int) -> torch.Tensor:
@@ -58,7 +64,7 @@ def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.devic
     ])
     small = _pad_to_multiple(small, model.cfg.multiple)
     x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)[None])).to(device)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+    with _inference(device):
         return model.image_context(x).float()
 
 
