@@ -127,8 +127,9 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
     quantile_model = QuantileModel.load(directory, n_threads=n_threads)
     refiner = None
     if manifest.get("refiner") is not None:
-        # manifests from before the whole-image context name no such field: those refiners have none
-        refiner = Refiner(RefinerConfig(**{"global_context": False, **manifest["refiner"]}))
+        # manifests from before the whole-image context or the detail head name no such field: those
+        # refiners have neither
+        refiner = Refiner(RefinerConfig(**{"global_context": False, "detail_channels": 0, **manifest["refiner"]}))
         state = load_file(directory / REFINER_FILE)
         refiner.load_state_dict({k: v.float() for k, v in state.items()})
         refiner.eval()

@@ -137,14 +137,22 @@ def evaluate(data: Path, model, device, json_out) -> None:
 @click.option("--heads", type=int, default=None, help="Refiner attention heads (default 4; dim must divide by it).")
 @click.option("--global-context/--no-global-context", default=True, show_default=True,
               help="Refiner tokens also see a summary of the whole image, so it can fix global exposure and casts.")
+@click.option("--detail-channels", type=int, default=None,
+              help="Width of the refiner's full-resolution convolutions after the patch head, 0 for none (default 24).")
+@click.option("--ema", type=float, default=None,
+              help="Validate and keep an exponential moving average of the refiner's weights with this decay "
+                   "(e.g. 0.999; default: off).")
+@click.option("--freeze-transformer", is_flag=True,
+              help="Train only the refiner's detail head; the transformer stays as --init-refiner gave it.")
 @click.option("--lr", type=float, default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
 @click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
 @click.option("--eval-every", type=int, default=None,
               help="Refiner steps between validation passes; the best one is kept (default 250).")
 @click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Start the refiner from this bundle's weights (same architecture) instead of from scratch.")
-def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context, lr,
-          crop, eval_every, init_refiner) -> None:
+              help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
+                   "detail head, which is then added) instead of from scratch.")
+def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context,
+          detail_channels, ema, freeze_transformer, lr, crop, eval_every, init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .refiner import RefinerConfig
     from .train import RefinerTrainConfig, TrainConfig
@@ -152,9 +160,11 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
 
     refiner = RefinerConfig()
     refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth, heads=heads or refiner.heads,
-                      global_context=global_context)
+                      global_context=global_context,
+                      detail_channels=refiner.detail_channels if detail_channels is None else detail_channels)
     rt = RefinerTrainConfig(steps=steps, batch=batch)
-    rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop, eval_every=eval_every or rt.eval_every)
+    rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop, eval_every=eval_every or rt.eval_every,
+                 ema_decay=ema or rt.ema_decay, freeze_transformer=freeze_transformer)
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -46,6 +47,12 @@ class RefinerTrainConfig:
     l1_weight: float = 20.0  # L1 is in [0, 1] units; this puts 0.05 of L1 on a par with 1 dB
     eval_every: int = 250
     checkpoint_every: int = 250
+    # validation scores (and keeps) an exponential moving average of the weights when > 0: single
+    # steps move the refiner's exposure guess by tenths of a dB, and the average smooths that out
+    ema_decay: float = 0.0
+    # train the detail head alone on a transformer taken from --init-refiner: fine-tuning the whole
+    # refiner on a few hundred pairs lets the transformer over-fit exposure while the head improves
+    freeze_transformer: bool = False
 
 
 @dataclass
@@ -139,13 +146,30 @@ def evaluate_refiner(model: Refiner, inputs, highs, device) -> tuple[float, floa
 
 
 def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, str]:
-    """(refiner, model_version) of an existing bundle, to fine-tune; its architecture must be ``config``."""
+    """(refiner, model_version) of an existing bundle, to fine-tune, as a refiner of ``config``.
+
+    The bundle's architecture must be ``config``, or the same transformer without a detail head: then
+    the transformer's weights are kept and the configured head is added, starting as the identity."""
     source = load_bundle(bundle_path)
     if source.refiner is None:
         raise ValueError(f"{bundle_path} has no refiner to start from")
-    if source.refiner.cfg != config:
-        raise ValueError(f"{bundle_path} has refiner {source.refiner.cfg}, not the configured {config}")
-    return source.refiner, source.model_version
+    found = source.refiner.cfg
+    headless = replace(config, detail_channels=0, detail_layers=found.detail_layers)
+    if found != config and found != headless:
+        raise ValueError(f"{bundle_path} has refiner {found}, not the configured {config}")
+    refiner = Refiner(config)
+    missing, unexpected = refiner.load_state_dict(source.refiner.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("detail.") for k in missing), (missing, unexpected)
+    return refiner, source.model_version
+
+
+def update_ema(ema: Refiner, model: Refiner, decay: float, step: int) -> None:
+    """ema <- decay * ema + (1 - decay) * model; the decay ramps up over the first steps so that the
+    average of a fresh run is not dominated by its random initial weights."""
+    decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
 
 
 def train_refiner(
@@ -158,19 +182,29 @@ def train_refiner(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Refiner(cfg.refiner).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=rt.lr, weight_decay=rt.weight_decay)
+    if rt.freeze_transformer:
+        if model.detail is None or init is None:
+            raise ValueError("freeze_transformer trains the detail head of a transformer from init_refiner: "
+                             "give both a detail head and an initial refiner")
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("detail."))
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=rt.lr, weight_decay=rt.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / rt.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, rt.steps) / rt.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ckpt_path, best_path = run_dir / "refiner_checkpoint.pt", run_dir / "refiner_best.pt"
     state = {"step": 0, "best_psnr": -1.0, "history": []}
     if init is not None and not (resume and ckpt_path.exists()):
         model.load_state_dict(init.state_dict())
+    ema = copy.deepcopy(model).requires_grad_(False) if rt.ema_decay > 0 else None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         state = json.loads(ckpt["state"])
+    scored = ema if ema is not None else model  # what validation scores and the best checkpoint keeps
     rng = np.random.default_rng(cfg.seed + state["step"])  # a resumed run draws fresh crops, reproducibly
     as_tensors = lambda images: [torch.from_numpy(np.asarray(a, np.float32)).to(device) for a in images]
     train_x, train_y = as_tensors(train_inputs), as_tensors(train_highs)
@@ -191,6 +225,8 @@ def train_refiner(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if torch.isfinite(grad_norm):
             opt.step()
+            if ema is not None:
+                update_ema(ema, model, rt.ema_decay, state["step"])
         else:  # one bad batch must not poison the weights (and every later checkpoint) with NaN
             state["skipped_steps"] = state.get("skipped_steps", 0) + 1
         sched.step()
@@ -200,22 +236,27 @@ def train_refiner(
         bar.set_postfix(loss=f"{loss.item():.3f}", psnr=f"{running:.2f}")
         last = state["step"] == rt.steps
         if val_inputs and (state["step"] % rt.eval_every == 0 or last):
-            vp, vs = evaluate_refiner(model, val_inputs, val_highs, device)
+            vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device)
             state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": running})
             bar.write(f"step {state['step']}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
             if vp > state["best_psnr"]:
                 state["best_psnr"] = vp
-                torch.save(model.state_dict(), best_path)
+                torch.save(scored.state_dict(), best_path)
         if state["step"] % rt.checkpoint_every == 0 or last:
             state["seconds"] += time.time() - started  # training time summed over resumed sessions
             started = time.time()
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": json.dumps(state)}, tmp)
+            saved = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "state": json.dumps(state)}
+            if ema is not None:
+                saved["ema"] = ema.state_dict()
+            torch.save(saved, tmp)
             tmp.replace(ckpt_path)  # a crash mid-write never leaves a corrupt checkpoint
     bar.close()
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    elif ema is not None:  # no validation: the average is the result
+        model.load_state_dict(ema.state_dict())
     return model.cpu().eval(), state
 
 

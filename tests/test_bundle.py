@@ -230,3 +230,21 @@ def test_bundle_from_before_the_context_option_loads_without_it(bundle, tmp_path
     x = torch.rand(1, 3, 80, 80)
     with torch.no_grad():
         torch.testing.assert_close(loaded.refiner(x), plain.half().float()(x), atol=1e-3, rtol=0)
+
+
+def test_bundle_from_before_the_detail_head_loads_without_it(bundle, tmp_path):
+    """Manifests written before ``detail_channels`` existed do not name it: their refiners have no detail
+    head and must load as such, although new refiners have one by default."""
+    torch.manual_seed(5)
+    plain = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
+    with torch.no_grad():
+        plain.head.weight.normal_(0, 0.05)
+    save_bundle(Bundle(bundle.quantile_model, bundle.mapping, plain), tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    del manifest["refiner"]["detail_channels"], manifest["refiner"]["detail_layers"]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    loaded = load_bundle(tmp_path)
+    assert RefinerConfig().detail_channels > 0 and loaded.refiner.detail is None
+    x = torch.rand(1, 3, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.refiner(x), plain.half().float()(x), atol=1e-3, rtol=0)

@@ -22,6 +22,7 @@ def _refiner(global_context: bool) -> Refiner:
         model.head.weight.normal_(0, 0.05)
         if model.context is not None:
             model.context.mlp[-1].weight.normal_(0, 0.5)
+        model.detail.net[-1].weight.normal_(0, 0.05)
     return model.eval()
 
 

@@ -27,7 +27,7 @@ def identity() -> Refiner:
 
 
 def _perturbed(cfg: RefinerConfig, seed: int) -> Refiner:
-    """A refiner whose head (and context, if any) is no longer zero: a non-trivial function of its input."""
+    """A refiner whose heads (and context, if any) are no longer zero: a non-trivial function of its input."""
     torch.manual_seed(seed)
     model = Refiner(cfg)
     with torch.no_grad():
@@ -35,6 +35,8 @@ def _perturbed(cfg: RefinerConfig, seed: int) -> Refiner:
         model.head.bias.normal_(0, 0.01)
         if model.context is not None:
             model.context.mlp[-1].weight.normal_(0, 0.5)
+        if model.detail is not None:
+            model.detail.net[-1].weight.normal_(0, 0.05)
     return model.eval()
 
 
@@ -170,3 +172,39 @@ def test_context_refiner_keeps_odd_sizes_through_tiles(perturbed_context, shape)
     out = refine(perturbed_context, rgb, CPU, FORCE_TILES)
     assert out.shape == rgb.shape and np.isfinite(out).all()
     assert np.abs(out - rgb).max() > 1e-4  # refined, not passed through
+
+
+def test_detail_head_works_at_pixel_scale():
+    """With the transformer's patch head at zero, the output is the input plus the detail head's
+    correction: one changed pixel moves the output only within the head's 9x9 receptive field."""
+    torch.manual_seed(7)
+    model = Refiner(TINY).eval()
+    assert model.detail is not None and TINY.detail_layers == 4
+    with torch.no_grad():
+        model.detail.net[-1].weight.normal_(0, 0.05)
+        x = torch.rand(1, 3, 80, 80)
+        bumped = x.clone()
+        bumped[0, :, 40, 40] += 0.5
+        change = (model(bumped) - model(x)).abs().amax(dim=1)[0]
+    outside = change.clone()
+    outside[36:45, 36:45] = 0
+    assert change[40, 40] > 1e-3 and outside.max().item() == 0.0
+
+
+def test_detail_head_gives_the_same_result_in_batch_and_one_by_one(perturbed):
+    """Inference runs the full-resolution convolutions one image at a time (bounded memory); training
+    runs the batch at once: both must compute the same function."""
+    x = torch.rand(3, 3, 80, 160)
+    with torch.no_grad():
+        batched = perturbed(x)
+    with torch.inference_mode():
+        single = torch.cat([perturbed(x[i : i + 1]) for i in range(3)])
+        chunked = perturbed(x)
+    torch.testing.assert_close(batched, chunked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(single, chunked, atol=1e-5, rtol=0)
+
+
+def test_refiner_without_detail_head_has_no_detail_weights():
+    model = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
+    assert model.detail is None and not any(k.startswith("detail.") for k in model.state_dict())
+    assert Refiner(TINY).detail is not None and RefinerConfig().detail_channels > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,8 +118,6 @@ def test_same_seed_gives_identical_models(runs):
 
 
 def test_init_refiner_starts_from_the_given_bundle(runs, tmp_path):
-    from dataclasses import replace
-
     # with a zero learning rate nothing moves: the result is the source bundle's refiner exactly
     cfg = _config(runs["data"], tmp_path / "tuned", seed=1)
     cfg = replace(cfg, init_refiner=str(runs["a"]), refiner_train=replace(cfg.refiner_train, lr=0.0))
@@ -161,3 +160,36 @@ def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
     assert 1 <= state["skipped_steps"] < 8
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert state["devices"] == ["cpu"] and state["seconds"] > 0
+
+
+def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp_path):
+    """--init-refiner from a bundle without a detail head keeps its transformer and adds the head (as the
+    identity); --freeze-transformer then trains the head and leaves every transformer weight as it was."""
+    from llie.bundle import Bundle, save_bundle
+    from llie.refiner import Refiner
+    from llie.train import initial_refiner, train_refiner
+
+    torch.manual_seed(0)
+    headless = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
+    with torch.no_grad():
+        headless.head.weight.normal_(0, 0.05)
+    source = load_bundle(runs["a"])
+    save_bundle(Bundle(source.quantile_model, source.mapping, headless), tmp_path / "headless")
+    cfg = replace(_config(runs["data"], tmp_path / "out"), init_refiner=str(tmp_path / "headless"))
+    init, _ = initial_refiner(cfg.init_refiner, cfg.refiner)
+    x = torch.rand(1, 3, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(init(x), load_bundle(tmp_path / "headless").refiner(x))
+    assert init.detail is not None
+
+    rng = np.random.default_rng(0)
+    highs = [rng.random((80, 80, 3), dtype=np.float32) for _ in range(2)]
+    inputs = [np.clip(h + rng.normal(0, 0.05, h.shape), 0, 1).astype(np.float32) for h in highs]
+    frozen = replace(cfg, refiner_train=replace(cfg.refiner_train, freeze_transformer=True, lr=1e-2))
+    model, _ = train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=init)
+    before, after = init.state_dict(), model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("detail.") for k in moved), moved
+
+    with pytest.raises(ValueError, match="detail head"):
+        train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=None)
