@@ -193,3 +193,28 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
 
     with pytest.raises(ValueError, match="detail head"):
         train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=None)
+
+
+def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
+    """With ema_decay the moving average, not the last step, is kept; the checkpoint holds both, so a
+    resumed run continues the same average."""
+    from llie.refiner import Refiner
+    from llie.train import train_refiner, update_ema
+
+    a, b = Refiner(RefinerConfig(dim=16, depth=1, heads=2)), Refiner(RefinerConfig(dim=16, depth=1, heads=2))
+    expected = {k: v.clone() for k, v in a.state_dict().items()}
+    update_ema(a, b, decay=0.9, step=1000)  # past the ramp: a <- 0.9 a + 0.1 b
+    for k, v in a.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.9 * expected[k] + 0.1 * b.state_dict()[k])
+
+    rng = np.random.default_rng(0)
+    highs = [rng.random((80, 80, 3), dtype=np.float32) for _ in range(2)]
+    inputs = [np.clip(h + rng.normal(0, 0.05, h.shape), 0, 1).astype(np.float32) for h in highs]
+    cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
+                      refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, ema_decay=0.5))
+    model, _ = train_refiner(inputs, highs, [], [], cfg, tmp_path, resume=False, progress=False)
+    ckpt = torch.load(tmp_path / "refiner_checkpoint.pt", weights_only=True)
+    returned = model.state_dict()
+    assert all(torch.equal(returned[k], ckpt["ema"][k]) for k in returned)
+    assert any(not torch.equal(ckpt["model"][k], ckpt["ema"][k]) for k in returned)
