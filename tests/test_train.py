@@ -162,6 +162,13 @@ def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
     assert state["devices"] == ["cpu"] and state["seconds"] > 0
 
 
+def _noisy_copies(n: int = 2, side: int = 80) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(inputs, targets): random images and noisy copies of them, enough for a few refiner steps."""
+    rng = np.random.default_rng(0)
+    highs = [rng.random((side, side, 3), dtype=np.float32) for _ in range(n)]
+    return [np.clip(h + rng.normal(0, 0.05, h.shape), 0, 1).astype(np.float32) for h in highs], highs
+
+
 def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp_path):
     """--init-refiner from a bundle without a detail head keeps its transformer and adds the head (as the
     identity); --freeze-transformer then trains the head and leaves every transformer weight as it was."""
@@ -182,9 +189,7 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
         torch.testing.assert_close(init(x), load_bundle(tmp_path / "headless").refiner(x))
     assert init.detail is not None
 
-    rng = np.random.default_rng(0)
-    highs = [rng.random((80, 80, 3), dtype=np.float32) for _ in range(2)]
-    inputs = [np.clip(h + rng.normal(0, 0.05, h.shape), 0, 1).astype(np.float32) for h in highs]
+    inputs, highs = _noisy_copies()
     frozen = replace(cfg, refiner_train=replace(cfg.refiner_train, freeze_transformer=True, lr=1e-2))
     model, _ = train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=init)
     before, after = init.state_dict(), model.state_dict()
@@ -208,9 +213,7 @@ def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
         if v.is_floating_point():
             torch.testing.assert_close(v, 0.9 * expected[k] + 0.1 * b.state_dict()[k])
 
-    rng = np.random.default_rng(0)
-    highs = [rng.random((80, 80, 3), dtype=np.float32) for _ in range(2)]
-    inputs = [np.clip(h + rng.normal(0, 0.05, h.shape), 0, 1).astype(np.float32) for h in highs]
+    inputs, highs = _noisy_copies()
     cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
                       refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, ema_decay=0.5))
     model, _ = train_refiner(inputs, highs, [], [], cfg, tmp_path, resume=False, progress=False)
