@@ -201,8 +201,7 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
 
 
 def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
-    """With ema_decay the moving average, not the last step, is kept; the checkpoint holds both, so a
-    resumed run continues the same average."""
+    """With ema_decay the moving average, not the last step, is kept; the checkpoint holds both."""
     from llie.refiner import Refiner
     from llie.train import train_refiner, update_ema
 
