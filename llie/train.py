@@ -163,6 +163,13 @@ def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, s
     return refiner, source.model_version
 
 
+def check_freeze(cfg: TrainConfig, has_init: bool) -> None:
+    """freeze_transformer needs a detail head to train and a transformer to start from."""
+    if cfg.refiner_train.freeze_transformer and not (cfg.refiner.detail_channels and has_init):
+        raise ValueError("freeze_transformer trains the detail head of a transformer from init_refiner: "
+                         "give both a detail head and an initial refiner")
+
+
 def update_ema(ema: Refiner, model: Refiner, decay: float, step: int) -> None:
     """ema <- decay * ema + (1 - decay) * model; the decay ramps up over the first steps so that the
     average of a fresh run is not dominated by its random initial weights."""
@@ -182,10 +189,8 @@ def train_refiner(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Refiner(cfg.refiner).to(device)
+    check_freeze(cfg, init is not None)
     if rt.freeze_transformer:
-        if model.detail is None or init is None:
-            raise ValueError("freeze_transformer trains the detail head of a transformer from init_refiner: "
-                             "give both a detail head and an initial refiner")
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith("detail."))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=rt.lr, weight_decay=rt.weight_decay)
@@ -265,8 +270,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # checked before any work: a wrong starting bundle should not cost a stage-2 fit to find out
+    # checked before any work: a wrong starting bundle or setting should not cost a stage-2 fit to find out
     init, init_version = initial_refiner(cfg.init_refiner, cfg.refiner) if cfg.init_refiner else (None, None)
+    check_freeze(cfg, init is not None)
     out = Path(cfg.output)
     run_dir = out / "_training"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -195,8 +195,8 @@ def test_detail_head_gives_the_same_result_in_batch_and_one_by_one(perturbed):
     """Inference runs the full-resolution convolutions one image at a time (bounded memory); training
     runs the batch at once: both must compute the same function."""
     x = torch.rand(3, 3, 80, 160)
-    with torch.no_grad():
-        batched = perturbed(x)
+    assert torch.is_grad_enabled()
+    batched = perturbed(x).detach()  # with autograd on, as in training: the whole batch at once
     with torch.inference_mode():
         single = torch.cat([perturbed(x[i : i + 1]) for i in range(3)])
         chunked = perturbed(x)

@@ -198,6 +198,11 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
 
     with pytest.raises(ValueError, match="detail head"):
         train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=None)
+    # the whole run refuses it before stage 2 is fitted: nothing is written
+    no_init = replace(frozen, init_refiner=None, output=str(tmp_path / "refused"))
+    with pytest.raises(ValueError, match="detail head"):
+        train(no_init, progress=False)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
