@@ -125,7 +125,8 @@ def evaluate(data: Path, model, device, json_out) -> None:
               help="LOL layout: DATA/low + DATA/high, or DATA/our485 (+ DATA/eval15, used for the final report only).")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Bundle directory to write (checkpoints go to OUTPUT/_training).")
-@click.option("--steps", type=int, default=3000, show_default=True, help="Refiner optimisation steps.")
+@click.option("--steps", type=int, default=3000, show_default=True,
+              help="Refiner optimisation steps. 0 with --init-refiner keeps that refiner as it is and retrains stage 2.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Refiner crops per step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, augmentation and init.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
@@ -148,12 +149,16 @@ def evaluate(data: Path, model, device, json_out) -> None:
 @click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
 @click.option("--eval-every", type=int, default=None,
               help="Refiner steps between validation passes; the best one is kept (default 250).")
+@click.option("--error-weighting/--no-error-weighting", default=True, show_default=True,
+              help="Weight each pair in the stage-2 fit by the inverse of its out-of-fold error, which optimises the "
+                   "mean PSNR rather than the mean squared error.")
 @click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
                    "detail head, which is then added) instead of from scratch.")
 def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context,
-          detail_channels, ema, freeze_transformer, lr, crop, eval_every, init_refiner) -> None:
+          detail_channels, ema, freeze_transformer, lr, crop, eval_every, error_weighting, init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
+    from .quantiles import QuantileModelConfig
     from .refiner import RefinerConfig
     from .train import RefinerTrainConfig, TrainConfig
     from .train import train as run_training
@@ -168,6 +173,7 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,
+                      quantile=QuantileModelConfig(error_weighting=error_weighting),
                       refiner=refiner, refiner_train=rt, max_pairs=max_pairs, init_refiner=init_refiner)
     manifest = run_training(cfg, resume=resume)
     click.echo(json.dumps({k: manifest[k] for k in ("model_version", "metrics") if k in manifest}

@@ -1,7 +1,8 @@
 """Training both learned stages, resumable, and writing a model bundle.
 
 1. Split the pairs into train/validation by scene (llie.data.group_scenes), never one scene on both sides.
-2. Stage 2: fit the quantile model on augmented histogram rows of the training pairs; choose the KDE
+2. Stage 2: fit the quantile model on augmented histogram rows of the training pairs, each pair
+   weighted by the inverse of its out-of-fold error (llie.quantiles explains why); choose the KDE
    bandwidth on validation (and record what plain interpolation would score).
 3. Refiner inputs are stage-3 outputs made with *out-of-fold* quantile predictions, so the refiner
    learns to fix the errors stage 2 really makes on unseen images, not the smaller ones it makes on
@@ -17,6 +18,7 @@ import copy
 import json
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -73,14 +75,37 @@ class TrainConfig:
     init_refiner: str | None = None  # bundle whose refiner weights start stage 4 (fine-tuning)
 
 
-def rows_for(lows, highs, cfg: QuantileModelConfig, seed: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feats, targets = [], []
-    for low, high in tqdm(list(zip(lows, highs)), desc="histogram rows", disable=not progress, leave=False):
-        f, t = augmented_rows(low, high, rng, cfg.augmentations)
-        feats.append(f)
-        targets.append(t)
-    return np.concatenate(feats), np.concatenate(targets)
+def pair_rows(pairs: list[Pair], lows, highs, cfg: QuantileModelConfig, seed: int, progress: bool):
+    """Augmented (features, targets) rows of each pair, drawn once: every stage-2 fit of a run (folds,
+    final model, refit) reuses them. Each pair draws from its own stream, keyed by its name, so its rows do
+    not depend on which other pairs share the set."""
+    rows = []
+    for pair, low, high in tqdm(list(zip(pairs, lows, highs)), desc="histogram rows", disable=not progress, leave=False):
+        rng = np.random.default_rng([seed, zlib.crc32(pair.name.encode())])
+        rows.append(augmented_rows(low, high, rng, cfg.augmentations))
+    return rows
+
+
+def fit_quantiles(rows, cfg: QuantileModelConfig, weights: np.ndarray | None, threads: int | None) -> QuantileModel:
+    """Stage 2 on the rows of several pairs; ``weights`` (one per pair) are scaled to mean 1 over the rows,
+    so min_child_weight keeps its meaning."""
+    x, y = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+    w = None
+    if weights is not None:
+        w = np.concatenate([np.full(len(r[0]), wi) for r, wi in zip(rows, weights)])
+        w = w / w.mean()
+    return QuantileModel.fit(x, y, cfg, n_threads=threads, sample_weight=w)
+
+
+def full_image_features(rows) -> np.ndarray:
+    return np.stack([r[0][0] for r in rows])  # augmented_rows puts the whole, unjittered image first
+
+
+def inverse_errors(lows, highs, quantiles, mapping: MappingConfig = MappingConfig()) -> np.ndarray:
+    """1 / MSE of each pair's stage-3 output: the weight that makes a squared-error fit take one
+    Gauss-Newton step on the sum of log errors, i.e. on the mean PSNR."""
+    mse = [np.mean((quantize8(match_to_quantiles(l, q, mapping)) / 255.0 - h) ** 2) for l, h, q in zip(lows, highs, quantiles)]
+    return 1.0 / np.maximum(np.array(mse), 1e-6)
 
 
 def mean_psnr(outputs, highs) -> float:
@@ -97,15 +122,30 @@ def tune_mapping(lows, highs, quantiles, bandwidths) -> tuple[MappingConfig, dic
     return MappingConfig("kde", best), scores
 
 
-def out_of_fold_quantiles(pairs: list[Pair], lows, highs, cfg: TrainConfig, progress: bool) -> np.ndarray:
+def out_of_fold_quantiles(pairs: list[Pair], rows, cfg: TrainConfig, weights: np.ndarray | None, progress: bool) -> np.ndarray:
     folds = group_folds(pairs, cfg.oof_folds, cfg.seed)
     out = np.zeros((len(pairs), 3, 21))
-    for k in tqdm(range(cfg.oof_folds), desc="out-of-fold stage 2", disable=not progress):
+    for k in tqdm(range(cfg.oof_folds), desc="out-of-fold stage 2", disable=not progress, leave=False):
         fit_idx, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        x, y = rows_for([lows[i] for i in fit_idx], [highs[i] for i in fit_idx], cfg.quantile, cfg.seed + 1 + k, False)
-        model = QuantileModel.fit(x, y, cfg.quantile, n_threads=cfg.threads)
-        out[held] = model.predict(np.stack([extract_features(lows[i]) for i in held]))
+        w = None if weights is None else weights[fit_idx]
+        model = fit_quantiles([rows[i] for i in fit_idx], cfg.quantile, w, cfg.threads)
+        out[held] = model.predict(full_image_features([rows[i] for i in held]))
     return out
+
+
+def fit_stage2(pairs: list[Pair], lows, highs, rows, cfg: TrainConfig, progress: bool):
+    """(model, out-of-fold quantiles, pair weights, metrics) of stage 2 on the training split.
+
+    With error weighting the out-of-fold fits run twice: unweighted, to measure each pair's error, then
+    weighted, so the refiner trains on the errors of models fit the way the final one is."""
+    oof = out_of_fold_quantiles(pairs, rows, cfg, None, progress)
+    metrics, weights = {}, None
+    if cfg.quantile.error_weighting:
+        metrics["train_oof_stage3_psnr_unweighted"] = mean_psnr([match_to_quantiles(l, q) for l, q in zip(lows, oof)], highs)
+        weights = inverse_errors(lows, highs, oof)
+        metrics["pair_weight_range"] = [float(weights.min() / weights.mean()), float(weights.max() / weights.mean())]
+        oof = out_of_fold_quantiles(pairs, rows, cfg, weights, progress)
+    return fit_quantiles(rows, cfg.quantile, weights, cfg.threads), oof, weights, metrics
 
 
 def refiner_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +234,8 @@ def train_refiner(
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith("detail."))
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=rt.lr, weight_decay=rt.weight_decay)
-    schedule = lambda s: min(1.0, (s + 1) / rt.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, rt.steps) / rt.steps))
+    total = max(rt.steps, 1)  # 0 steps: keep the initial refiner, as when only stage 2 is retrained
+    schedule = lambda s: min(1.0, (s + 1) / rt.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     ckpt_path, best_path = run_dir / "refiner_checkpoint.pt", run_dir / "refiner_best.pt"
     state = {"step": 0, "best_psnr": -1.0, "history": []}
@@ -258,6 +299,10 @@ def train_refiner(
             torch.save(saved, tmp)
             tmp.replace(ckpt_path)  # a crash mid-write never leaves a corrupt checkpoint
     bar.close()
+    if val_inputs and not state["history"]:  # no steps ran: still score what is returned
+        vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device)
+        state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": None})
+        state["best_psnr"] = vp
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     elif ema is not None:  # no validation: the average is the result
@@ -290,22 +335,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         model = QuantileModel.load(stage2_dir, n_threads=cfg.threads)
         saved = np.load(cache, allow_pickle=False)
         oof, val_q = saved["oof"], saved["val"]
+        weights = saved["weights"] if "weights" in saved.files else None
         metrics = json.loads((run_dir / "stage2_metrics.json").read_text())
         mapping = MappingConfig(**metrics["mapping"])
+        rows = None
     else:
-        x, y = rows_for(lows, highs, cfg.quantile, cfg.seed, progress)
-        model = QuantileModel.fit(x, y, cfg.quantile, n_threads=cfg.threads)
+        rows = pair_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
+        model, oof, weights, metrics = fit_stage2(train_pairs, lows, highs, rows, cfg, progress)
         val_q = model.predict(np.stack([extract_features(l) for l in val_lows])) if val_pairs else np.zeros((0, 3, 21))
         if val_pairs:
             mapping, scores = tune_mapping(val_lows, val_highs, val_q, cfg.bandwidths)
             oracle = [match_to_quantiles(l, target_quantiles(h), mapping) for l, h in zip(val_lows, val_highs)]
-            metrics = {"val_stage3_psnr_by_mapping": scores, "val_oracle_quantiles_psnr": mean_psnr(oracle, val_highs)}
+            metrics.update({"val_stage3_psnr_by_mapping": scores, "val_oracle_quantiles_psnr": mean_psnr(oracle, val_highs)})
         else:
             mapping = MappingConfig()
         metrics["mapping"] = asdict(mapping)
-        oof = out_of_fold_quantiles(train_pairs, lows, highs, cfg, progress)
         model.save(stage2_dir)
-        np.savez(cache, oof=oof, val=val_q)
+        np.savez(cache, oof=oof, val=val_q, **({} if weights is None else {"weights": weights}))
         (run_dir / "stage2_metrics.json").write_text(json.dumps(metrics, indent=2))
 
     train_inputs = [match_to_quantiles(l, q, mapping) for l, q in zip(lows, oof)]
@@ -323,8 +369,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         metrics["val_stage4_psnr"] = state["best_psnr"]
 
     if cfg.refit_all and val_pairs:
-        x, y = rows_for(lows + val_lows, highs + val_highs, cfg.quantile, cfg.seed, progress)
-        model = QuantileModel.fit(x, y, cfg.quantile, n_threads=cfg.threads)
+        if rows is None:  # resumed: the rows are drawn again, identically
+            rows = pair_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
+        rows += pair_rows(val_pairs, val_lows, val_highs, cfg.quantile, cfg.seed, progress)
+        all_weights = None
+        if cfg.quantile.error_weighting:
+            if weights is None:  # a run directory from before error weighting: its out-of-fold errors serve
+                weights = inverse_errors(lows, highs, oof)
+            # the validation pairs' errors come from the train-split model, which never saw them
+            all_weights = np.concatenate([weights, inverse_errors(val_lows, val_highs, val_q)])
+        model = fit_quantiles(rows, cfg.quantile, all_weights, cfg.threads)
     bundle = Bundle(model, mapping, refiner)
     extra = {
         "training": {

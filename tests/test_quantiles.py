@@ -178,3 +178,30 @@ def test_saved_files_contain_no_pickle(fitted, tmp_path):
     assert booster.num_boosted_rounds() == model.config.n_estimators
     assert set(load_file(tmp_path / "quantiles_pca.safetensors")) == {"mean", "components"}
     assert json.loads((tmp_path / "quantiles.json").read_text())["n_estimators"] == model.config.n_estimators
+
+
+def test_a_model_saved_before_error_weighting_loads_as_unweighted(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path)
+    saved = json.loads((tmp_path / "quantiles.json").read_text())
+    del saved["error_weighting"]
+    (tmp_path / "quantiles.json").write_text(json.dumps(saved))
+    assert QuantileModel.load(tmp_path, n_threads=1).config.error_weighting is False
+
+
+# --------------------------------------------------------------------------- row weights
+
+
+def test_row_weights_pull_the_fit_toward_the_heavier_rows():
+    """Rows with the same features but two different targets: the fit lands near the weighted mean."""
+    rng = np.random.default_rng(0)
+    x = np.repeat(rng.random((1, feature_size()), dtype=np.float32), 200, axis=0)
+    dark, bright = np.linspace(0.0, 0.4, 63), np.linspace(0.3, 1.0, 63)
+    targets = np.concatenate([np.tile(dark, (100, 1)), np.tile(bright, (100, 1))])
+    cfg = QuantileModelConfig(n_components=4, n_estimators=60, learning_rate=0.3, subsample=1.0,
+                              colsample_bytree=1.0, min_child_weight=1.0)
+    level = lambda w: QuantileModel.fit(x, targets, cfg, n_threads=1, sample_weight=w).predict(x[0]).mean()
+    unweighted, toward_bright = level(None), level(np.r_[np.ones(100), 9 * np.ones(100)])
+    expected = lambda a: np.clip(isotonic((a * dark + (1 - a) * bright).reshape(3, 21)), 0, 1).mean()
+    assert unweighted == pytest.approx(expected(0.5), abs=0.01)
+    assert toward_bright == pytest.approx(expected(0.1), abs=0.01)

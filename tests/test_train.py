@@ -225,3 +225,64 @@ def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
     returned = model.state_dict()
     assert all(torch.equal(returned[k], ckpt["ema"][k]) for k in returned)
     assert any(not torch.equal(ckpt["model"][k], ckpt["ema"][k]) for k in returned)
+
+
+def test_stage2_weights_pairs_by_their_out_of_fold_error(runs):
+    """The default run weights each training pair by 1 / its out-of-fold MSE and keeps the weights, so a
+    resumed run refits stage 2 the same way."""
+    from llie.data import find_pairs, load_pairs, split_by_group
+    from llie.train import inverse_errors
+
+    metrics = runs["manifest_a"]["metrics"]
+    assert np.isfinite(metrics["train_oof_stage3_psnr_unweighted"])
+    low, high = metrics["pair_weight_range"]
+    assert 0 < low <= 1 <= high
+    saved = np.load(runs["a"] / "_training" / "stage3_inputs.npz")
+    train_pairs, _ = split_by_group(find_pairs(runs["data"]), 0.15, 0)
+    assert saved["weights"].shape == (len(train_pairs),) and (saved["weights"] > 0).all()
+    assert saved["weights"].min() / saved["weights"].mean() == pytest.approx(low)
+    assert load_bundle(runs["a"]).quantile_model.config.error_weighting is True
+
+    # inverse_errors is 1 / MSE of the stage-3 output: the true quantiles beat darkened ones
+    from llie.quantiles import target_quantiles
+
+    lows, highs = load_pairs(train_pairs[:2])
+    true = np.stack([target_quantiles(h) for h in highs])
+    weights = inverse_errors(lows, highs, np.stack([true[0], true[1] * 0.5]))
+    assert weights[0] > 4 * weights[1]
+    from llie.mapping import match_to_quantiles
+    from llie.metrics import quantize8
+
+    out = quantize8(match_to_quantiles(lows[1], true[1] * 0.5)) / 255.0
+    assert weights[1] == pytest.approx(1.0 / np.mean((out - highs[1]) ** 2), rel=1e-6)
+
+
+def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
+    from llie.data import find_pairs, load_pairs
+    from llie.train import pair_rows
+
+    found = find_pairs(runs["data"])[:3]
+    lows, highs = load_pairs(found)
+    cfg = QuantileModelConfig(augmentations=3)
+    together = pair_rows(found, lows, highs, cfg, seed=0, progress=False)
+    alone = pair_rows(found[2:], lows[2:], highs[2:], cfg, seed=0, progress=False)
+    for a, b in zip(together[2], alone[0]):
+        np.testing.assert_array_equal(a, b)
+    other_seed = pair_rows(found[2:], lows[2:], highs[2:], cfg, seed=1, progress=False)
+    assert not np.array_equal(other_seed[0][0], alone[0][0])
+
+
+def test_zero_steps_keep_the_initial_refiner_and_retrain_stage2(runs, tmp_path):
+    """--steps 0 --init-refiner: the refiner is the given one, scored once on validation; here also
+    without error weighting, which then leaves no weights behind."""
+    cfg = _config(runs["data"], tmp_path / "restage", seed=1)
+    cfg = replace(cfg, init_refiner=str(runs["a"]), refiner_train=replace(cfg.refiner_train, steps=0),
+                  quantile=replace(cfg.quantile, error_weighting=False))
+    manifest = train(cfg, progress=False)
+    source, kept = load_bundle(runs["a"]).refiner.state_dict(), load_bundle(tmp_path / "restage").refiner.state_dict()
+    assert all(torch.equal(source[k], kept[k]) for k in source)
+    history = manifest["metrics"]["refiner_history"]
+    assert [h["step"] for h in history] == [0] and history[0]["val_psnr"] == manifest["metrics"]["val_stage4_psnr"]
+    assert "pair_weight_range" not in manifest["metrics"]
+    assert "weights" not in np.load(tmp_path / "restage" / "_training" / "stage3_inputs.npz").files
+    assert load_bundle(tmp_path / "restage").quantile_model.config.error_weighting is False
