@@ -259,6 +259,18 @@ def train_refiner(
     started = time.time()
     bar = tqdm(total=rt.steps, initial=state["step"], desc="refiner", disable=not progress)
     running = None
+
+    def validate() -> None:
+        vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device)
+        state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": running})
+        bar.write(f"step {state['step']}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
+        if vp > state["best_psnr"]:
+            state["best_psnr"] = vp
+            torch.save(scored.state_dict(), best_path)
+
+    # a fine-tune starts as a candidate too: it can then only keep or improve its starting point on validation
+    if val_inputs and not state["history"] and (init is not None or rt.steps == 0):
+        validate()
     while state["step"] < rt.steps:
         if device.type not in state["devices"]:  # only devices that trained steps, not a resume that had none left
             state["devices"].append(device.type)
@@ -282,12 +294,7 @@ def train_refiner(
         bar.set_postfix(loss=f"{loss.item():.3f}", psnr=f"{running:.2f}")
         last = state["step"] == rt.steps
         if val_inputs and (state["step"] % rt.eval_every == 0 or last):
-            vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device)
-            state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": running})
-            bar.write(f"step {state['step']}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
-            if vp > state["best_psnr"]:
-                state["best_psnr"] = vp
-                torch.save(scored.state_dict(), best_path)
+            validate()
         if state["step"] % rt.checkpoint_every == 0 or last:
             state["seconds"] += time.time() - started  # training time summed over resumed sessions
             started = time.time()
@@ -299,10 +306,6 @@ def train_refiner(
             torch.save(saved, tmp)
             tmp.replace(ckpt_path)  # a crash mid-write never leaves a corrupt checkpoint
     bar.close()
-    if val_inputs and not state["history"]:  # no steps ran: still score what is returned
-        vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device)
-        state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": None})
-        state["best_psnr"] = vp
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     elif ema is not None:  # no validation: the average is the result

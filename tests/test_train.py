@@ -286,3 +286,23 @@ def test_zero_steps_keep_the_initial_refiner_and_retrain_stage2(runs, tmp_path):
     assert "pair_weight_range" not in manifest["metrics"]
     assert "weights" not in np.load(tmp_path / "restage" / "_training" / "stage3_inputs.npz").files
     assert load_bundle(tmp_path / "restage").quantile_model.config.error_weighting is False
+
+
+def test_a_fine_tune_that_only_gets_worse_returns_its_starting_point(tmp_path):
+    """With an initial refiner, step 0 is scored and kept as a candidate: here training pulls toward
+    inverted targets, validation only drops, and the initial weights come back unchanged."""
+    from llie.refiner import Refiner
+    from llie.train import train_refiner
+
+    torch.manual_seed(0)
+    init = Refiner(RefinerConfig(dim=16, depth=1, heads=2))
+    inputs, highs = _noisy_copies()
+    cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
+                      refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, eval_every=3))
+    model, state = train_refiner(inputs, [1 - h for h in highs], inputs, highs, cfg, tmp_path, resume=False,
+                                 progress=False, init=init)
+    steps = [h["step"] for h in state["history"]]
+    scores = [h["val_psnr"] for h in state["history"]]
+    assert steps == [0, 3, 6] and max(scores[1:]) < scores[0] == state["best_psnr"]
+    kept, start = model.state_dict(), init.state_dict()
+    assert all(torch.equal(kept[k], start[k]) for k in start)
