@@ -8,7 +8,7 @@ at a few MB. Predictions are made monotone by construction: every output goes th
 The quality measure is the mean PSNR over images: a mean of log errors. A squared-error fit lets a few
 pairs whose exposure nothing in the dark shot predicts dominate the trees, at the cost of the many it
 could get right. Rows may therefore carry weights; training gives each pair the inverse of its
-out-of-fold error, one Gauss-Newton step of minimising the sum of log errors (see ``train.error_weights``).
+out-of-fold error, one Gauss-Newton step of minimising the sum of log errors (see ``train.inverse_errors``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class QuantileModelConfig:
     reg_lambda: float = 1.0
     augmentations: int = 24  # histogram rows drawn per training pair
     seed: int = 0
-    # weight each pair by 1 / its out-of-fold MSE after stage 3: +0.18 dB mean stage-3 PSNR in 5-fold
-    # scene cross-validation on our485 (3 seeds: 20.36 vs 20.18 dB), median +0.3 dB
+    # weight each pair by 1 / its out-of-fold MSE after stage 3: in 5-fold scene cross-validation on
+    # our485, 3 seeds, stage-3 PSNR 20.22 vs 20.09 dB mean, 20.55 vs 20.41 median (benchmarks/stage2_cv.py)
     error_weighting: bool = True
 
 
