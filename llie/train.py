@@ -141,8 +141,8 @@ def fit_stage2(pairs: list[Pair], lows, highs, rows, cfg: TrainConfig, progress:
     oof = out_of_fold_quantiles(pairs, rows, cfg, None, progress)
     metrics, weights = {}, None
     if cfg.quantile.error_weighting:
-        metrics["train_oof_stage3_psnr_unweighted"] = mean_psnr([match_to_quantiles(l, q) for l, q in zip(lows, oof)], highs)
         weights = inverse_errors(lows, highs, oof)
+        metrics["train_oof_stage3_psnr_unweighted"] = float(np.mean(10 * np.log10(weights)))  # 1 / MSE -> dB
         metrics["pair_weight_range"] = [float(weights.min() / weights.mean()), float(weights.max() / weights.mean())]
         oof = out_of_fold_quantiles(pairs, rows, cfg, weights, progress)
     return fit_quantiles(rows, cfg.quantile, weights, cfg.threads), oof, weights, metrics
