@@ -21,13 +21,6 @@ from tqdm.auto import tqdm
 from .common import REPO
 
 
-def stage3_psnrs(lows, highs, quantiles) -> np.ndarray:
-    from llie.mapping import match_to_quantiles
-    from llie.metrics import psnr, quantize8
-
-    return np.array([psnr(quantize8(match_to_quantiles(l, q)) / 255.0, h) for l, h, q in zip(lows, highs, quantiles)])
-
-
 def cross_validate(data: Path, seeds: int, folds: int, threads: int | None) -> dict:
     from llie.data import load_pairs, resolve_training_sets
     from llie.quantiles import QuantileModelConfig
@@ -41,9 +34,10 @@ def cross_validate(data: Path, seeds: int, folds: int, threads: int | None) -> d
                           quantile=QuantileModelConfig(seed=seed))
         rows = pair_rows(pairs, lows, highs, cfg.quantile, seed, progress=False)
         plain = out_of_fold_quantiles(pairs, rows, cfg, None, progress=False)
-        weighted = out_of_fold_quantiles(pairs, rows, cfg, inverse_errors(lows, highs, plain), progress=False)
-        for name, q in (("unweighted", plain), ("weighted", weighted)):
-            p = stage3_psnrs(lows, highs, q)
+        plain_errors = inverse_errors(lows, highs, plain)  # the weights, and the unweighted score
+        weighted = out_of_fold_quantiles(pairs, rows, cfg, plain_errors, progress=False)
+        for name, errors in (("unweighted", plain_errors), ("weighted", inverse_errors(lows, highs, weighted))):
+            p = 10 * np.log10(errors)  # stage-3 PSNR per pair: inverse_errors is 1 / MSE, data range 1
             results[name].append({"seed": seed, "mean": float(p.mean()), "median": float(np.median(p))})
     return {"data": str(data), "pairs": len(pairs), "scenes": len({p.group for p in pairs}), "folds": folds,
             "results": results}
