@@ -4,6 +4,10 @@ The image is padded (mirror) to the refiner's multiple; images up to ``max_side`
 forward pass, larger ones as overlapping tiles blended with linear ramps, a few tiles per batch, so peak
 memory depends on the tile size, not on the photo. A refiner with a global context gets it from a
 box-downscaled copy of the whole photo, computed once, so all tiles agree on it and seams stay invisible.
+
+``ensemble`` > 1 averages the refiner over flipped and rotated copies of the image (a "self-ensemble"):
+the refiner is not exactly equivariant to those, so its errors partly cancel, at the cost of one pass
+per copy.
 """
 
 from __future__ import annotations
@@ -83,8 +87,40 @@ def _ramp(tile: int, overlap: int) -> np.ndarray:
     return ramp
 
 
-def refine(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: TilingConfig = TilingConfig()) -> np.ndarray:
-    """Refine an HxWx3 float image in [0, 1]; returns float32 of the same size."""
+# Copies averaged for each ensemble size: flips first, which keep a landscape photo landscape (same
+# tiling, same padding cost), then the two rotations by 90 degrees and their flips.
+ENSEMBLE_TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 4, 2, 6), 8: (0, 4, 2, 6, 1, 5, 3, 7)}
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """The k-th (0-7) of the eight rotations and flips of an HxWxC array, as a view; k=0 is ``a``."""
+    a = np.rot90(a, k % 4)
+    return a[:, ::-1] if k >= 4 else a
+
+
+def undo_dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of ``dihedral``: ``undo_dihedral(dihedral(a, k), k)`` is ``a``."""
+    a = a[:, ::-1] if k >= 4 else a
+    return np.rot90(a, -(k % 4))
+
+
+def refine(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: TilingConfig = TilingConfig(),
+           ensemble: int = 1) -> np.ndarray:
+    """Refine an HxWx3 float image in [0, 1]; returns float32 of the same size.
+
+    ``ensemble`` (1, 2, 4 or 8): number of flipped/rotated copies whose refinements are averaged."""
+    if ensemble not in ENSEMBLE_TRANSFORMS:
+        raise ValueError(f"ensemble must be one of {sorted(ENSEMBLE_TRANSFORMS)}, not {ensemble!r}")
+    if ensemble == 1:
+        return _refine_once(model, rgb, device, tiling)
+    out = np.zeros(rgb.shape[:2] + (3,), np.float32)
+    for k in ENSEMBLE_TRANSFORMS[ensemble]:
+        out += undo_dihedral(_refine_once(model, dihedral(rgb, k), device, tiling), k)  # one accumulator
+    out /= ensemble
+    return out
+
+
+def _refine_once(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: TilingConfig) -> np.ndarray:
     h, w = rgb.shape[:2]
     padded = _pad_to_multiple(rgb.astype(np.float32, copy=False), model.cfg.multiple)
     ph, pw = padded.shape[:2]

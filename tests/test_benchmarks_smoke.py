@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("stages", "pipeline", "quality", "memory", "scaling", "orchestration")
 
@@ -108,3 +110,26 @@ def test_stage2_cross_validation_reports_both_variants_per_seed(tmp_path):
     assert report["results"]["unweighted"] != report["results"]["weighted"]
     text = table(report)
     assert "**weighted, mean over seeds**" in text and text.count("| unweighted |") == 2
+
+
+def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path):
+    """benchmarks/orientation.py on a small synthetic set with the shipped model: the upright orientation
+    is exactly what the pipeline gives, and the ensembles are averages of the eight passes, not new ones."""
+    from benchmarks.orientation import orientation_report, table
+    from helpers_synthetic import write_lol
+    from llie.data import find_pairs
+    from llie.evaluate import evaluate_pairs
+
+    data = write_lol(tmp_path / "lol", 3, 56, 72, seed=4)
+    report = orientation_report(data, progress=False)
+    assert report["pairs"] == 3 and len(report["orientations"]) == 8
+    plain = evaluate_pairs(None, find_pairs(data), progress=False)
+    upright = report["per_image_psnr"]
+    assert [upright[r["name"]][0] for r in plain["rows"]] == pytest.approx([r["stage4_psnr"] for r in plain["rows"]])
+    assert [e["copies"] for e in report["ensembles"]] == [2, 4, 8]
+    means = [o["psnr"] for o in report["orientations"]]
+    assert report["spread_psnr"] == pytest.approx(max(means) - min(means))
+    assert report["largest_swing"]["psnr"] >= report["mean_swing_psnr"] >= 0
+    assert all(5 < e["psnr"] < 60 and 0 < e["ssim"] <= 1 for e in report["ensembles"])
+    text = table(report)
+    assert "| rotated 270, mirrored |" in text and "| average of 8 orientations |" in text

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers_synthetic import pairs, scene
-from llie.refine import TilingConfig, _starts, refine
+from llie.refine import ENSEMBLE_TRANSFORMS, TilingConfig, _starts, dihedral, refine, undo_dihedral
 from llie.refiner import Refiner, RefinerConfig
 from llie.train import refiner_loss
 
@@ -208,3 +208,51 @@ def test_refiner_without_detail_head_has_no_detail_weights():
     model = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
     assert model.detail is None and not any(k.startswith("detail.") for k in model.state_dict())
     assert Refiner(TINY).detail is not None and RefinerConfig().detail_channels > 0
+
+
+def test_dihedral_transforms_are_eight_distinct_invertible_views():
+    a = np.arange(2 * 3 * 1).reshape(2, 3, 1)
+    seen = set()
+    for k in range(8):
+        t = dihedral(a, k)
+        assert np.shares_memory(t, a)  # views: no photo-sized copy per transform
+        np.testing.assert_array_equal(undo_dihedral(t, k), a)
+        seen.add((t.shape, t.tobytes()))
+    assert len(seen) == 8
+    assert sorted(ENSEMBLE_TRANSFORMS[8]) == list(range(8))
+
+
+@pytest.mark.parametrize("ensemble", [2, 4, 8])
+@pytest.mark.parametrize("tiling", [NO_TILES, FORCE_TILES])
+def test_ensemble_of_the_identity_is_the_identity(identity, ensemble, tiling):
+    rgb = np.random.default_rng(8).random((83, 241, 3), dtype=np.float32)
+    out = refine(identity, rgb, CPU, tiling, ensemble=ensemble)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, rgb, atol=1e-6)
+
+
+def test_ensemble_of_two_averages_the_image_and_its_mirror(perturbed_context):
+    rgb = np.random.default_rng(9).random((120, 200, 3), dtype=np.float32)
+    plain = refine(perturbed_context, rgb, CPU)
+    mirrored = refine(perturbed_context, np.ascontiguousarray(rgb[:, ::-1]), CPU)[:, ::-1]
+    assert np.abs(plain - mirrored).max() > 1e-4  # the model is not mirror-symmetric: the average is news
+    np.testing.assert_allclose(refine(perturbed_context, rgb, CPU, ensemble=2), (plain + mirrored) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("tiling", [NO_TILES, FORCE_TILES])
+def test_full_ensemble_commutes_with_rotations_and_flips(perturbed_context, tiling):
+    """Averaged over all eight transforms, refining a rotated photo gives the rotated refinement: true of
+    the ensemble, not of the model, so it fails if any transform is undone wrongly."""
+    rgb = np.random.default_rng(10).random((170, 250, 3), dtype=np.float32)
+    out = refine(perturbed_context, rgb, CPU, tiling, ensemble=8)
+    for k in (1, 4, 7):
+        turned = refine(perturbed_context, np.ascontiguousarray(dihedral(rgb, k)), CPU, tiling, ensemble=8)
+        np.testing.assert_allclose(turned, dihedral(out, k), atol=1e-5)
+    single = refine(perturbed_context, np.ascontiguousarray(dihedral(rgb, 1)), CPU, tiling)
+    assert np.abs(single - dihedral(refine(perturbed_context, rgb, CPU, tiling), 1)).max() > 1e-4
+
+
+@pytest.mark.parametrize("bad", [0, 3, 16])
+def test_ensemble_size_is_checked(identity, bad):
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        refine(identity, np.zeros((8, 8, 3), np.float32), CPU, ensemble=bad)
