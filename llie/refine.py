@@ -5,9 +5,10 @@ forward pass, larger ones as overlapping tiles blended with linear ramps, a few 
 memory depends on the tile size, not on the photo. A refiner with a global context gets it from a
 box-downscaled copy of the whole photo, computed once, so all tiles agree on it and seams stay invisible.
 
-``ensemble`` > 1 averages the refiner over flipped and rotated copies of the image (a "self-ensemble"):
-the refiner is not exactly equivariant to those, so its errors partly cancel, at the cost of one pass
-per copy.
+``ensemble`` > 1 averages the refiner over flipped and rotated copies of the image (a "self-ensemble"),
+one pass per copy. With all eight the result no longer depends on how the photo was turned, which the
+refiner alone does (by several dB per image, ``benchmarks/orientation.py``); on LOL validation the
+average scored below the photo as stored, so the pipeline does not use it (README, Orientation).
 """
 
 from __future__ import annotations
