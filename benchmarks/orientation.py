@@ -45,8 +45,8 @@ def orientation_report(data: Path, model: str | None = None, max_pairs: int | No
         mapped = enhancer.enhance(low, stages="hist").image
         outputs = []
         for k in range(8):
-            turned = np.ascontiguousarray(dihedral(mapped, k))
-            outputs.append(undo_dihedral(refine(enhancer.bundle.refiner, turned, enhancer.device, enhancer.tiling), k))
+            refined = refine(enhancer.bundle.refiner, dihedral(mapped, k), enhancer.device, enhancer.tiling)
+            outputs.append(undo_dihedral(refined, k))
             s = score(outputs[-1], high)
             psnr[i, k], ssim[i, k] = s["psnr"], s["ssim"]
         for n, ks in ENSEMBLE_TRANSFORMS.items():
