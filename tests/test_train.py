@@ -144,6 +144,57 @@ def test_random_crops_come_from_the_right_places():
         assert values <= set(source.flatten().tolist()) and len(values) == 80 * 80 * 3
 
 
+def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
+    from llie.train import pad_at_random
+
+    x = torch.rand(16, 3, 160, 160)
+    y = x + 1.0
+    px, py, mask = pad_at_random(x, y, multiple=80, patch=10, rng=np.random.default_rng(1))
+    assert px.shape == x.shape and mask.shape == (16, 1, 160, 160)
+    torch.testing.assert_close(py, px + 1.0)  # input and target padded alike
+    cuts = set()
+    for a, p, m in zip(x, px, mask[:, 0]):
+        rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
+        top, left, h, w = int(rows[0]), int(cols[0]), len(rows), len(cols)
+        assert m.sum().item() == h * w  # one rectangle
+        assert (160 - h) % 10 == 0 and 0 <= 160 - h <= 70 and (160 - w) % 10 == 0 and 0 <= 160 - w <= 70
+        cuts.add((160 - h, 160 - w))
+        torch.testing.assert_close(p[:, top : top + h, left : left + w], a[:, :h, :w])  # the crop's own pixels
+        # the rest is mirror padding, edge row included: numpy's "symmetric", as llie.refine pads photos
+        np.testing.assert_array_equal(
+            p.numpy(), np.pad(a[:, :h, :w].numpy(), ((0, 0), (top, 160 - h - top), (left, 160 - w - left)), "symmetric"))
+    assert len(cuts) > 4  # the strips vary
+
+
+def test_masked_loss_ignores_what_the_mask_leaves_out():
+    from llie.train import refiner_loss
+
+    target = torch.rand(2, 3, 40, 40)
+    pred = target + 0.1
+    ones = torch.ones(2, 1, 40, 40)
+    torch.testing.assert_close(refiner_loss(pred, target, 20.0, ones)[0], refiner_loss(pred, target, 20.0)[0])
+    mask = ones.clone()
+    mask[:, :, :, 30:] = 0
+    spoiled = pred.clone()
+    spoiled[:, :, :, 30:] = 5.0  # far off, but outside the mask
+    loss, psnr = refiner_loss(spoiled, target, 20.0, mask)
+    assert psnr.item() == pytest.approx(20.0, abs=1e-3) and loss.item() == pytest.approx(-20.0 + 2.0, abs=1e-3)
+
+
+def test_training_with_padded_crops_learns(tmp_path):
+    from llie.refiner import Refiner
+    from llie.train import train_refiner
+
+    inputs, highs = _noisy_copies(side=160)
+    cfg = replace(_config(Path("unused"), tmp_path), refiner_train=RefinerTrainConfig(
+        steps=6, batch=2, crop=160, lr=3e-3, eval_every=6, checkpoint_every=6, pad_augment=True))
+    torch.manual_seed(0)
+    start = Refiner(cfg.refiner)
+    model, state = train_refiner(inputs, highs, inputs, highs, cfg, tmp_path, resume=False, progress=False, init=start)
+    assert state["history"] and state["history"][-1]["val_psnr"] > state["history"][0]["val_psnr"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")  # the skipped first step
 def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
     from llie.refiner import Refiner
