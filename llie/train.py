@@ -195,13 +195,14 @@ def _mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -
 
 
 def pad_at_random(x: torch.Tensor, y: torch.Tensor, multiple: int, patch: int, rng: np.random.Generator):
-    """Crops (B, 3, S, S) -> the same size with a strip of 0 to ``multiple - patch`` pixels (whole patches)
-    cut from each crop's bottom and right, the rest moved to a random place and mirror-padded back to S,
-    and the (B, 1, S, S) mask of the crop's own pixels."""
+    """Crops (B, 3, S, S) -> the same size with a strip of 0 to ``multiple - patch`` pixels (whole patches,
+    at most S/2, so the padding never outgrows what it mirrors) cut from each crop's bottom and right, the
+    rest moved to a random place and mirror-padded back to S, and the (B, 1, S, S) mask of its own pixels."""
     xs, ys, masks = [], [], []
     size = x.shape[-1]
+    choices = min(multiple // patch, size // (2 * patch) + 1)
     for a, b in zip(x, y):
-        cut_h, cut_w = (int(rng.integers(multiple // patch)) * patch for _ in range(2))
+        cut_h, cut_w = (int(rng.integers(choices)) * patch for _ in range(2))
         top, left = int(rng.integers(cut_h + 1)), int(rng.integers(cut_w + 1))
         sides = (top, cut_h - top, left, cut_w - left)
         xs.append(_mirror_pad(a[:, : size - cut_h, : size - cut_w], *sides))

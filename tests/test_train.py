@@ -164,6 +164,10 @@ def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
         np.testing.assert_array_equal(
             p.numpy(), np.pad(a[:, :h, :w].numpy(), ((0, 0), (top, 160 - h - top), (left, 160 - w - left)), "symmetric"))
     assert len(cuts) > 4  # the strips vary
+    # a crop of one window: the strip stays within half of it, so the mirror always has enough to copy
+    small = torch.rand(32, 3, 80, 80)
+    px, _, mask = pad_at_random(small, small, multiple=80, patch=10, rng=np.random.default_rng(2))
+    assert px.shape == small.shape and mask[:, 0].sum((1, 2)).min().item() >= 40 * 40
 
 
 def test_masked_loss_ignores_what_the_mask_leaves_out():
