@@ -148,7 +148,8 @@ def test_empty_input_folder_is_a_usage_error(tmp_path):
         (None, ["enhance", "evaluate", "train", "synth"]),
         ("enhance", ["--input", "--output", "--model", "--stages", "--reference", "--device", "--max-pixels"]),
         ("evaluate", ["--data", "--model", "--device", "--json"]),
-        ("train", ["--data", "--output", "--steps", "--batch", "--seed", "--threads", "--resume", "--max-pairs"]),
+        ("train", ["--data", "--output", "--steps", "--batch", "--seed", "--threads", "--resume", "--max-pairs",
+                   "--pad-augment"]),
         ("synth", ["--input", "--output", "--seed", "--exposure"]),
     ],
 )
