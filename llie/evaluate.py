@@ -10,6 +10,9 @@ from tqdm.auto import tqdm
 from .data import Pair, load_rgb
 from .metrics import psnr, quantize8, ssim
 from .pipeline import Enhancer
+from .stats import bootstrap_interval
+
+CONFIDENCE = 0.95
 
 
 def score(output: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -34,7 +37,37 @@ def evaluate_pairs(bundle: str | Path | None, pairs: list[Pair], device: str = "
         rows.append(row)
     keys = [k for k in rows[0] if k != "name"] if rows else []
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return {"rows": rows, "mean": mean, "model_version": enhancer.model_version}
+    return {"rows": rows, "mean": mean, "interval": _intervals(rows, keys), "confidence": CONFIDENCE,
+            "model_version": enhancer.model_version}
+
+
+def _intervals(rows: list[dict], keys: list[str]) -> dict[str, list[float]]:
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows]
+        if np.all(np.isfinite(values)):  # an image identical to its reference has an infinite PSNR
+            out[k] = list(bootstrap_interval(values, CONFIDENCE))
+    return out
+
+
+def compare_reports(report: dict, baseline: dict) -> dict:
+    """Per-metric mean of (report - baseline) over the same pairs, with its paired bootstrap interval.
+
+    An interval that contains 0 means this set of images does not show which model is better."""
+    names, base_names = [r["name"] for r in report["rows"]], [r["name"] for r in baseline["rows"]]
+    if names != base_names:
+        raise ValueError("the two reports were not made on the same pairs in the same order")
+    keys = [k for k in report["mean"] if k in baseline["mean"] and not k.startswith("input_")]
+    out = {}
+    for k in keys:
+        diffs = [r[k] - b[k] for r, b in zip(report["rows"], baseline["rows"])]
+        if not np.all(np.isfinite(diffs)):
+            continue
+        low, high = bootstrap_interval(diffs, CONFIDENCE)
+        out[k] = {"difference": float(np.mean(diffs)), "interval": [low, high],
+                  "better": int(np.sum(np.array(diffs) > 0)), "worse": int(np.sum(np.array(diffs) < 0))}
+    return {"model_version": report["model_version"], "baseline_version": baseline["model_version"],
+            "confidence": CONFIDENCE, "metrics": out}
 
 
 def format_table(report: dict) -> str:
@@ -45,4 +78,23 @@ def format_table(report: dict) -> str:
     for r in rows:
         lines.append(f"| {r['name']} | " + " | ".join(fmt(k, r[k]) for k in keys) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{fmt(k, mean[k])}**" for k in keys) + " |")
+    intervals = report.get("interval", {})
+    if intervals:
+        label = f"{round(100 * report.get('confidence', CONFIDENCE))}% interval of the mean"
+        lines.append(f"| {label} | " + " | ".join(
+            f"{fmt(k, intervals[k][0])} to {fmt(k, intervals[k][1])}" if k in intervals else "n/a" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def format_comparison(comparison: dict) -> str:
+    """Markdown table of ``compare_reports``: difference, interval, and images better / worse."""
+    pct = round(100 * comparison["confidence"])
+    lines = [f"{comparison['model_version']} minus {comparison['baseline_version']}, same pairs", "",
+             f"| metric | mean difference | {pct}% interval (paired) | images better / worse | shown by this set |",
+             "|---|---|---|---|---|"]
+    for k, c in comparison["metrics"].items():
+        low, high = c["interval"]
+        fmt = (lambda v: f"{v:+.4f}") if "ssim" in k else (lambda v: f"{v:+.2f}")
+        verdict = "better" if low > 0 else "worse" if high < 0 else "no"
+        lines.append(f"| {k} | {fmt(c['difference'])} | {fmt(low)} to {fmt(high)} | {c['better']} / {c['worse']} | {verdict} |")
     return "\n".join(lines)

@@ -147,7 +147,7 @@ def test_empty_input_folder_is_a_usage_error(tmp_path):
     [
         (None, ["enhance", "evaluate", "train", "synth"]),
         ("enhance", ["--input", "--output", "--model", "--stages", "--reference", "--device", "--max-pixels"]),
-        ("evaluate", ["--data", "--model", "--device", "--json"]),
+        ("evaluate", ["--data", "--model", "--device", "--json", "--baseline", "interval"]),
         ("train", ["--data", "--output", "--steps", "--batch", "--seed", "--threads", "--resume", "--max-pairs",
                    "--pad-augment"]),
         ("synth", ["--input", "--output", "--seed", "--exposure"]),
@@ -185,6 +185,27 @@ def test_evaluate_prints_per_stage_table(tmp_path):
     result = _run("evaluate", "--data", str(data), "--device", "cpu", "--json", str(report))
     assert result.exit_code == 0, result.output
     assert "stage3_psnr" in result.output and "**mean**" in result.output
+    assert "95% interval of the mean" in result.output
     saved = json.loads(report.read_text())
     assert len(saved["rows"]) == 2
     assert saved["mean"]["stage3_psnr"] > saved["mean"]["input_psnr"]
+    for key, (low, high) in saved["interval"].items():
+        values = [r[key] for r in saved["rows"]]
+        assert min(values) <= low <= saved["mean"][key] <= high <= max(values), key
+
+
+def test_evaluate_against_a_baseline_pairs_the_images(tmp_path):
+    from llie.bundle import default_bundle_path
+
+    data = write_lol(tmp_path / "lol", 3, 40, 48, seed=6)
+    report = tmp_path / "report.json"
+    result = _run("evaluate", "--data", str(data), "--device", "cpu", "--json", str(report),
+                  "--baseline", str(default_bundle_path()))
+    assert result.exit_code == 0, result.output
+    assert "minus" in result.output and "paired" in result.output
+    saved = json.loads(report.read_text())
+    # the shipped model against itself: every per-image difference is 0, so nothing is shown either way
+    for key, c in saved["comparison"]["metrics"].items():
+        assert c["difference"] == 0.0 and c["interval"] == [0.0, 0.0] and c["better"] == c["worse"] == 0, key
+    assert set(saved["comparison"]["metrics"]) == {"stage3_psnr", "stage3_ssim", "stage4_psnr", "stage4_ssim"}
+    assert [r["name"] for r in saved["baseline"]["rows"]] == [r["name"] for r in saved["rows"]]
