@@ -208,8 +208,9 @@ def render_markdown(results: dict) -> str:
             lines += ["", q.get("note", "skipped")]
         else:
             lines += ["", f"{q['data']}, {q['pairs']} pairs, {q['protocol']}; model `{q['model_version']}`.", ""]
-            rows = [[k, v["psnr"], f"{v['ssim']:.3f}"] for k, v in q["methods"].items()]
-            lines += _table(["method", "PSNR (dB)", "SSIM"], rows)
+            interval = lambda v: f"{v[0]:.2f} to {v[1]:.2f}" if v else "n/a"
+            rows = [[k, v["psnr"], interval(v.get("psnr_interval")), f"{v['ssim']:.3f}"] for k, v in q["methods"].items()]
+            lines += _table(["method", "PSNR (dB)", "PSNR 95% interval (bootstrap over images)", "SSIM"], rows)
 
     secs = results.get("section_seconds")
     if secs:

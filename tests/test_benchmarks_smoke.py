@@ -133,3 +133,21 @@ def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path
     assert all(5 < e["psnr"] < 60 and 0 < e["ssim"] <= 1 for e in report["ensembles"])
     text = table(report)
     assert "| rotated 270, mirrored |" in text and "| average of 8 orientations |" in text
+
+
+def test_quality_section_reports_an_interval_around_every_mean(tmp_path):
+    from benchmarks.quality import quality
+    from benchmarks.report import render_markdown
+    from helpers_synthetic import write_lol
+
+    data = write_lol(tmp_path / "lol", 4, 48, 56, seed=11)
+    q = quality(None, data=data)
+    assert not q["skipped"] and q["pairs"] == 4
+    assert {"llie stages 1-3", "llie full (stage 4)", "he_V"} <= set(q["methods"])
+    for name, row in q["methods"].items():
+        low, high = row["psnr_interval"]
+        assert low <= row["psnr"] <= high, name
+    table = render_markdown({"quality": q})
+    assert "PSNR 95% interval" in table
+    stage3 = q["methods"]["llie stages 1-3"]["psnr_interval"]
+    assert f"{stage3[0]:.2f} to {stage3[1]:.2f}" in table
