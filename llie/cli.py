@@ -104,7 +104,7 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
               help="Paired set in LOL layout: DATA/low and DATA/high (or DATA/eval15 is used when present).")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Model bundle directory (default: the shipped model).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the per-image rows, means and intervals (and the comparison) as JSON.")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
