@@ -16,6 +16,9 @@ import click
 import numpy as np
 from tqdm.auto import tqdm
 
+# QuantileModelConfig.augmentations, repeated so that --help does not import XGBoost (a test keeps them equal)
+DEFAULT_HISTOGRAM_ROWS = 24
+
 STAGE_CHOICE = click.Choice(["hist", "full"])
 
 
@@ -171,11 +174,15 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
 @click.option("--error-weighting/--no-error-weighting", default=True, show_default=True,
               help="Weight each pair in the stage-2 fit by the inverse of its out-of-fold error, which optimises the "
                    "mean PSNR rather than the mean squared error.")
+@click.option("--histogram-rows", type=click.IntRange(min=1), default=DEFAULT_HISTOGRAM_ROWS, show_default=True,
+              help="Stage-2 training rows drawn per pair: the whole image plus random crops with exposure jitter. "
+                   "96 scored the same as 24 in cross-validation (20.24 against 20.22 dB at stage 3).")
 @click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
                    "detail head, which is then added) instead of from scratch.")
 def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context,
-          detail_channels, ema, freeze_transformer, pad_augment, lr, crop, eval_every, error_weighting, init_refiner) -> None:
+          detail_channels, ema, freeze_transformer, pad_augment, lr, crop, eval_every, error_weighting, histogram_rows,
+          init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .quantiles import QuantileModelConfig
     from .refiner import RefinerConfig
@@ -192,7 +199,7 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,
-                      quantile=QuantileModelConfig(error_weighting=error_weighting),
+                      quantile=QuantileModelConfig(error_weighting=error_weighting, augmentations=histogram_rows),
                       refiner=refiner, refiner_train=rt, max_pairs=max_pairs, init_refiner=init_refiner)
     manifest = run_training(cfg, resume=resume)
     click.echo(json.dumps({k: manifest[k] for k in ("model_version", "metrics") if k in manifest}

@@ -149,7 +149,7 @@ def test_empty_input_folder_is_a_usage_error(tmp_path):
         ("enhance", ["--input", "--output", "--model", "--stages", "--reference", "--device", "--max-pixels"]),
         ("evaluate", ["--data", "--model", "--device", "--json", "--baseline", "interval"]),
         ("train", ["--data", "--output", "--steps", "--batch", "--seed", "--threads", "--resume", "--max-pairs",
-                   "--pad-augment"]),
+                   "--pad-augment", "--histogram-rows"]),
         ("synth", ["--input", "--output", "--seed", "--exposure"]),
     ],
 )
@@ -209,3 +209,24 @@ def test_evaluate_against_a_baseline_pairs_the_images(tmp_path):
         assert c["difference"] == 0.0 and c["interval"] == [0.0, 0.0] and c["better"] == c["worse"] == 0, key
     assert set(saved["comparison"]["metrics"]) == {"stage3_psnr", "stage3_ssim", "stage4_psnr", "stage4_ssim"}
     assert [r["name"] for r in saved["baseline"]["rows"]] == [r["name"] for r in saved["rows"]]
+
+
+def test_train_command_passes_its_settings_through(tmp_path):
+    data = write_lol(tmp_path / "lol", 12, 96, 112, seed=8)
+    out = tmp_path / "bundle"
+    result = _run("train", "--data", str(data), "--output", str(out), "--steps", "2", "--batch", "2", "--crop", "80",
+                  "--dim", "16", "--depth", "1", "--heads", "2", "--histogram-rows", "3", "--threads", "1",
+                  "--device", "cpu", "--seed", "4")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "manifest.json").read_text())["training"]["config"]
+    assert config["quantile"]["augmentations"] == 3 and config["seed"] == 4
+    assert config["refiner"]["dim"] == 16 and config["refiner_train"]["crop"] == 80
+    assert "bundle written to" in result.output
+
+
+def test_train_default_histogram_rows_match_the_library():
+    from llie.cli import DEFAULT_HISTOGRAM_ROWS
+    from llie.quantiles import QuantileModelConfig
+
+    assert DEFAULT_HISTOGRAM_ROWS == QuantileModelConfig().augmentations
+    assert f"[default: {DEFAULT_HISTOGRAM_ROWS};" in _run("train", "--help").output
