@@ -1,7 +1,7 @@
 """How far a mean over a few images can be trusted: bootstrap intervals.
 
-A benchmark like LOL-v1 eval15 is 15 images whose PSNRs spread over 10 dB, so its mean moves by the
-better part of a dB with the draw of images alone. Two models scored on the same images are compared
+A benchmark like LOL-v1 eval15 is 15 images whose PSNRs spread over 15 dB, so its mean would move by
+about 2 dB either way with another draw of images. Two models scored on the same images are compared
 by their per-image differences, which cancel most of what makes one image harder than another: the
 interval of the mean difference is much narrower than either model's own interval.
 """
@@ -23,6 +23,8 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000
         raise ValueError("bootstrap_interval needs at least one value")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
     if not np.all(np.isfinite(values)):
         raise ValueError("bootstrap_interval needs finite values (an identical pair has an infinite PSNR)")
     rng = np.random.default_rng(seed)

@@ -59,6 +59,11 @@ def test_bad_input_is_refused(values, confidence, message):
         bootstrap_interval(values, confidence=confidence)
 
 
+def test_zero_resamples_is_refused():
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_interval([1.0, 2.0], resamples=0)
+
+
 def _report(version, psnrs, ssims):
     rows = [{"name": f"{i}.png", "stage3_psnr": p, "stage3_ssim": s} for i, (p, s) in enumerate(zip(psnrs, ssims))]
     return {"rows": rows, "mean": {"stage3_psnr": float(np.mean(psnrs)), "stage3_ssim": float(np.mean(ssims))},
