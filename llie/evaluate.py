@@ -60,12 +60,12 @@ def compare_reports(report: dict, baseline: dict) -> dict:
     keys = [k for k in report["mean"] if k in baseline["mean"] and not k.startswith("input_")]
     out = {}
     for k in keys:
-        diffs = [r[k] - b[k] for r, b in zip(report["rows"], baseline["rows"])]
-        if not np.all(np.isfinite(diffs)):
+        diffs = np.array([r[k] - b[k] for r, b in zip(report["rows"], baseline["rows"])])
+        if not np.all(np.isfinite(diffs)):  # an image identical to its reference in either report
             continue
         low, high = bootstrap_interval(diffs, CONFIDENCE)
-        out[k] = {"difference": float(np.mean(diffs)), "interval": [low, high],
-                  "better": int(np.sum(np.array(diffs) > 0)), "worse": int(np.sum(np.array(diffs) < 0))}
+        out[k] = {"difference": float(diffs.mean()), "interval": [low, high],
+                  "better": int(np.sum(diffs > 0)), "worse": int(np.sum(diffs < 0))}
     return {"model_version": report["model_version"], "baseline_version": baseline["model_version"],
             "confidence": CONFIDENCE, "metrics": out}
 
