@@ -214,9 +214,13 @@ def test_evaluate_against_a_baseline_pairs_the_images(tmp_path):
 def test_train_command_passes_its_settings_through(tmp_path):
     data = write_lol(tmp_path / "lol", 12, 96, 112, seed=8)
     out = tmp_path / "bundle"
-    result = _run("train", "--data", str(data), "--output", str(out), "--steps", "2", "--batch", "2", "--crop", "80",
-                  "--dim", "16", "--depth", "1", "--heads", "2", "--histogram-rows", "3", "--threads", "1",
-                  "--device", "cpu", "--seed", "4")
+    threads = torch.get_num_threads()  # --threads sets torch's for the whole process; later tests keep theirs
+    try:
+        result = _run("train", "--data", str(data), "--output", str(out), "--steps", "2", "--batch", "2",
+                      "--crop", "80", "--dim", "16", "--depth", "1", "--heads", "2", "--histogram-rows", "3",
+                      "--threads", "1", "--device", "cpu", "--seed", "4")
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "manifest.json").read_text())["training"]["config"]
     assert config["quantile"]["augmentations"] == 3 and config["seed"] == 4
