@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llie import archive, storage
+from llie.stats import mean_interval
 
 RANK_METRICS = ("psnr", "ssim")
 # Metrics a comparison reports deltas for; "higher is better" only matters for the rank metric.
@@ -446,6 +447,8 @@ class Comparison:
     status_changes: list[tuple[str, str, str]]
     # metric -> Stats of the per-image delta over images with a value in both runs
     deltas: dict[str, Stats | None]
+    # metric -> 95% interval of the mean delta (llie.stats.mean_interval): whether the change is real
+    delta_intervals: dict[str, list[float] | None]
     improved: int
     unchanged: int
     worse_count: int
@@ -514,6 +517,7 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
         only_in_base=sorted(then.keys() - now.keys()),
         status_changes=status_changes,
         deltas={m: Stats.of(np.array(v)) for m, v in deltas.items()},
+        delta_intervals={m: list(mean_interval(v)) if len(v) > 1 else None for m, v in deltas.items()},
         improved=improved,
         unchanged=unchanged,
         worse_count=len(worse),
@@ -625,12 +629,14 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
                f"{c.worse_count} worse")
     rows = []
     for m in DELTA_METRICS:
-        st = c.deltas[m]
+        st, ci = c.deltas[m], c.delta_intervals[m]
         dd = DIGITS.get(m, 4)
-        rows.append([m, str(st.n) if st else "0", _signed(st.mean if st else None, dd), _signed(st.median if st else None, dd),
-                     _signed(st.p5 if st else None, dd), _signed(st.p95 if st else None, dd)])
-    out += ["", "per-image deltas:"]
-    out += ["  " + line for line in _table(["metric", "n", "mean", "median", "p5", "p95"], rows)]
+        rows.append([m, str(st.n) if st else "0", _signed(st.mean if st else None, dd),
+                     f"{_signed(ci[0], dd)} to {_signed(ci[1], dd)}" if ci else "-",
+                     _signed(st.median if st else None, dd), _signed(st.p5 if st else None, dd),
+                     _signed(st.p95 if st else None, dd)])
+    out += ["", "per-image deltas (an interval that holds 0: these images do not show a change of the mean):"]
+    out += ["  " + line for line in _table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], rows)]
     if c.status_changes:
         out += ["", "status changes:"]
         out += ["  " + line for line in _table(

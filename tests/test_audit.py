@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from llie import archive, audit, report, storage
+from llie.stats import bootstrap_interval
 from tests.conftest import encode, gradient, write_images
 
 RUN_A, RUN_B = "audit-a", "audit-b"
@@ -212,6 +213,9 @@ def test_compare_against_duckdb_join(runs):
     assert cmp.deltas["psnr"].mean == pytest.approx(psnr_deltas.mean(), rel=1e-9, abs=1e-12)
     assert [cmp.deltas["psnr"].p5, cmp.deltas["psnr"].p95] == pytest.approx(
         np.percentile(psnr_deltas, [5, 95]), rel=1e-9, abs=1e-12)
+    low, high = cmp.delta_intervals["psnr"]
+    assert (low, high) == pytest.approx(bootstrap_interval(psnr_deltas))
+    assert low <= psnr_deltas.mean() <= high and psnr_deltas.min() <= low and high <= psnr_deltas.max()
 
     drops = sorted((d, p) for p, a, b, d, _ in joined if d is not None and d < -cmp.tolerance)
     assert [w.rel_path for w in cmp.worse] == ["g01.png"] + [p for _, p in drops]
@@ -223,6 +227,7 @@ def test_compare_against_duckdb_join(runs):
     assert abs(cmp.per_image["g02.png"]["psnr"]) > cmp.tolerance
     text = audit.format_comparison(cmp)
     assert "g01.png" in text and "ok -> error" in text
+    assert "mean 95% interval" in text and f"{low:+.2f} to {high:+.2f}" in text
 
 
 # --------------------------------------------------------------------------- report

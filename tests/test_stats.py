@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llie.evaluate import compare_reports, format_comparison, format_table
-from llie.stats import bootstrap_interval
+from llie.stats import BOOTSTRAP_MAX_VALUES, bootstrap_interval, mean_interval
 
 
 def test_interval_brackets_the_mean_inside_the_range():
@@ -107,3 +107,31 @@ def test_table_prints_the_interval_row():
     last = format_table(report).splitlines()[-1]
     assert last.startswith("| 95% interval of the mean |")
     assert "18.50 to 21.25" in last and "0.520 to 0.660" in last
+
+
+def test_mean_interval_is_the_bootstrap_for_few_values():
+    values = np.random.default_rng(7).normal(0.0, 1.0, size=BOOTSTRAP_MAX_VALUES)
+    assert mean_interval(values) == bootstrap_interval(values)
+
+
+def test_mean_interval_of_many_values_agrees_with_the_bootstrap():
+    # skewed on purpose: the normal approximation must hold where the bootstrap is still affordable
+    values = np.random.default_rng(8).exponential(2.0, size=BOOTSTRAP_MAX_VALUES + 1)
+    (nl, nh), (bl, bh) = mean_interval(values), bootstrap_interval(values)
+    assert nl < values.mean() < nh
+    assert abs(nl - bl) < 0.1 * (bh - bl) and abs(nh - bh) < 0.1 * (bh - bl)
+
+
+def test_mean_interval_of_an_archive_is_quick_and_narrow():
+    values = np.random.default_rng(9).normal(0.3, 2.0, size=1_000_000)
+    low, high = mean_interval(values)
+    assert low < 0.3 < high and high - low < 0.02
+
+
+@pytest.mark.parametrize("values, confidence, message", [
+    (np.r_[np.zeros(BOOTSTRAP_MAX_VALUES), np.inf], 0.95, "finite"),
+    (np.zeros(BOOTSTRAP_MAX_VALUES + 1), 1.5, "confidence"),
+])
+def test_mean_interval_refuses_bad_input_for_many_values(values, confidence, message):
+    with pytest.raises(ValueError, match=message):
+        mean_interval(values, confidence=confidence)
