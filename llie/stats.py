@@ -8,8 +8,9 @@ interval of the mean difference is much narrower than either model's own interva
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
-from scipy.stats import norm
 
 # Above this many values the mean is normal to well within what a report prints, and a bootstrap
 # would cost thousands of passes over an archive's rows.
@@ -23,15 +24,9 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000
     For a paired comparison pass the per-item differences. Fixed ``seed``: the same values always give
     the same interval, so reports do not flicker between runs.
     """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("bootstrap_interval needs at least one value")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    values = _checked(values, confidence)
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("bootstrap_interval needs finite values (an identical pair has an infinite PSNR)")
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     # chunked so that 10k resamples of a large set never hold a resamples x n index array
@@ -47,12 +42,19 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     """Interval of the mean for any number of values: the bootstrap up to ``BOOTSTRAP_MAX_VALUES``,
     the normal approximation (mean +- z * standard error) above, where the two agree."""
-    values = np.asarray(values, dtype=np.float64).ravel()
+    values = _checked(values, confidence)
     if values.size <= BOOTSTRAP_MAX_VALUES:
         return bootstrap_interval(values, confidence)
+    half = NormalDist().inv_cdf(0.5 + confidence / 2.0) * values.std(ddof=1) / np.sqrt(values.size)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def _checked(values, confidence: float) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("an interval of the mean needs at least one value")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     if not np.all(np.isfinite(values)):
-        raise ValueError("mean_interval needs finite values (an identical pair has an infinite PSNR)")
-    half = float(norm.ppf(0.5 + confidence / 2.0)) * values.std(ddof=1) / np.sqrt(values.size)
-    return float(values.mean() - half), float(values.mean() + half)
+        raise ValueError("an interval of the mean needs finite values (an identical pair has an infinite PSNR)")
+    return values
