@@ -1,9 +1,9 @@
 """Training both learned stages, resumable, and writing a model bundle.
 
 1. Split the pairs into train/validation by scene (llie.data.group_scenes), never one scene on both sides.
-2. Stage 2: fit the quantile model on augmented histogram rows of the training pairs, each pair
-   weighted by the inverse of its out-of-fold error (llie.quantiles explains why); choose the KDE
-   bandwidth on validation (and record what plain interpolation would score).
+2. Stage 2: fit the quantile model (a bag of members, each on its own augmented histogram rows of the
+   training pairs), each pair weighted by the inverse of its out-of-fold error (llie.quantiles explains
+   why); choose the KDE bandwidth on validation (and record what plain interpolation would score).
 3. Refiner inputs are stage-3 outputs made with *out-of-fold* quantile predictions, so the refiner
    learns to fix the errors stage 2 really makes on unseen images, not the smaller ones it makes on
    images it was fitted on.
@@ -91,15 +91,24 @@ def pair_rows(pairs: list[Pair], lows, highs, cfg: QuantileModelConfig, seed: in
     return rows
 
 
-def fit_quantiles(rows, cfg: QuantileModelConfig, weights: np.ndarray | None, threads: int | None) -> QuantileModel:
-    """Stage 2 on the rows of several pairs; ``weights`` (one per pair) are scaled to mean 1 over the rows,
-    so min_child_weight keeps its meaning."""
-    x, y = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-    w = None
-    if weights is not None:
-        w = np.concatenate([np.full(len(r[0]), wi) for r, wi in zip(rows, weights)])
-        w = w / w.mean()
-    return QuantileModel.fit(x, y, cfg, n_threads=threads, sample_weight=w)
+def bag_rows(pairs: list[Pair], lows, highs, cfg: QuantileModelConfig, seed: int, progress: bool):
+    """Rows for each member of a stage-2 bag: member k draws its own, from seed + 1000 k, so a bag of one
+    has exactly the rows a single model had."""
+    return [pair_rows(pairs, lows, highs, cfg, seed + 1000 * k, progress) for k in range(cfg.bag)]
+
+
+def fit_quantiles(row_sets, cfg: QuantileModelConfig, weights: np.ndarray | None, threads: int | None) -> QuantileModel:
+    """Stage 2 on the rows of several pairs, one member per set of rows (``bag_rows``); ``weights`` (one
+    per pair) are scaled to mean 1 over the rows, so min_child_weight keeps its meaning."""
+    members = []
+    for k, rows in enumerate(row_sets):
+        x, y = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+        w = None
+        if weights is not None:
+            w = np.concatenate([np.full(len(r[0]), wi) for r, wi in zip(rows, weights)])
+            w = w / w.mean()
+        members.append(QuantileModel.fit(x, y, cfg.member(k), n_threads=threads, sample_weight=w))
+    return QuantileModel.combine(members, cfg)
 
 
 def full_image_features(rows) -> np.ndarray:
@@ -127,30 +136,34 @@ def tune_mapping(lows, highs, quantiles, bandwidths) -> tuple[MappingConfig, dic
     return MappingConfig("kde", best), scores
 
 
-def out_of_fold_quantiles(pairs: list[Pair], rows, cfg: TrainConfig, weights: np.ndarray | None, progress: bool) -> np.ndarray:
+def out_of_fold_quantiles(pairs: list[Pair], row_sets, cfg: TrainConfig, weights: np.ndarray | None,
+                          progress: bool) -> np.ndarray:
+    """Each pair's stage-2 prediction from a model (a bag of ``len(row_sets)``) fit without its scene."""
     folds = group_folds(pairs, cfg.oof_folds, cfg.seed)
     out = np.zeros((len(pairs), 3, 21))
     for k in tqdm(range(cfg.oof_folds), desc="out-of-fold stage 2", disable=not progress, leave=False):
         fit_idx, held = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         w = None if weights is None else weights[fit_idx]
-        model = fit_quantiles([rows[i] for i in fit_idx], cfg.quantile, w, cfg.threads)
-        out[held] = model.predict(full_image_features([rows[i] for i in held]))
+        model = fit_quantiles([[rows[i] for i in fit_idx] for rows in row_sets], cfg.quantile, w, cfg.threads)
+        out[held] = model.predict(full_image_features([row_sets[0][i] for i in held]))
     return out
 
 
-def fit_stage2(pairs: list[Pair], lows, highs, rows, cfg: TrainConfig, progress: bool):
+def fit_stage2(pairs: list[Pair], lows, highs, row_sets, cfg: TrainConfig, progress: bool):
     """(model, out-of-fold quantiles, pair weights, metrics) of stage 2 on the training split.
 
-    With error weighting the out-of-fold fits run twice: unweighted, to measure each pair's error, then
-    weighted, so the refiner trains on the errors of models fit the way the final one is."""
-    oof = out_of_fold_quantiles(pairs, rows, cfg, None, progress)
+    With error weighting the out-of-fold fits run twice: unweighted, with the bag's first member alone, to
+    measure each pair's error, then weighted and bagged, so the refiner trains on the errors of models fit
+    the way the final one is."""
+    oof = out_of_fold_quantiles(pairs, row_sets if not cfg.quantile.error_weighting else row_sets[:1], cfg, None,
+                                progress)
     metrics, weights = {}, None
     if cfg.quantile.error_weighting:
         weights = inverse_errors(lows, highs, oof)
         metrics["train_oof_stage3_psnr_unweighted"] = float(np.mean(10 * np.log10(weights)))  # 1 / MSE -> dB
         metrics["pair_weight_range"] = [float(weights.min() / weights.mean()), float(weights.max() / weights.mean())]
-        oof = out_of_fold_quantiles(pairs, rows, cfg, weights, progress)
-    return fit_quantiles(rows, cfg.quantile, weights, cfg.threads), oof, weights, metrics
+        oof = out_of_fold_quantiles(pairs, row_sets, cfg, weights, progress)
+    return fit_quantiles(row_sets, cfg.quantile, weights, cfg.threads), oof, weights, metrics
 
 
 def refiner_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float,
@@ -374,17 +387,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     # Stage 2 on the training split, bandwidth chosen on validation.
     stage2_dir, cache = run_dir / "stage2", run_dir / "stage3_inputs.npz"
     metrics: dict = {}
-    if resume and (stage2_dir / "quantiles.ubj").exists() and cache.exists():
+    if resume and (stage2_dir / "quantiles.json").exists() and cache.exists():
         model = QuantileModel.load(stage2_dir, n_threads=cfg.threads)
         saved = np.load(cache, allow_pickle=False)
         oof, val_q = saved["oof"], saved["val"]
         weights = saved["weights"] if "weights" in saved.files else None
         metrics = json.loads((run_dir / "stage2_metrics.json").read_text())
         mapping = MappingConfig(**metrics["mapping"])
-        rows = None
+        row_sets = None
     else:
-        rows = pair_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
-        model, oof, weights, metrics = fit_stage2(train_pairs, lows, highs, rows, cfg, progress)
+        row_sets = bag_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
+        model, oof, weights, metrics = fit_stage2(train_pairs, lows, highs, row_sets, cfg, progress)
         val_q = model.predict(np.stack([extract_features(l) for l in val_lows])) if val_pairs else np.zeros((0, 3, 21))
         if val_pairs:
             mapping, scores = tune_mapping(val_lows, val_highs, val_q, cfg.bandwidths)
@@ -412,16 +425,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         metrics["val_stage4_psnr"] = state["best_psnr"]
 
     if cfg.refit_all and val_pairs:
-        if rows is None:  # resumed: the rows are drawn again, identically
-            rows = pair_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
-        rows += pair_rows(val_pairs, val_lows, val_highs, cfg.quantile, cfg.seed, progress)
+        if row_sets is None:  # resumed: the rows are drawn again, identically
+            row_sets = bag_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
+        val_sets = bag_rows(val_pairs, val_lows, val_highs, cfg.quantile, cfg.seed, progress)
+        row_sets = [rows + val_rows for rows, val_rows in zip(row_sets, val_sets)]
         all_weights = None
         if cfg.quantile.error_weighting:
             if weights is None:  # a run directory from before error weighting: its out-of-fold errors serve
                 weights = inverse_errors(lows, highs, oof)
             # the validation pairs' errors come from the train-split model, which never saw them
             all_weights = np.concatenate([weights, inverse_errors(val_lows, val_highs, val_q)])
-        model = fit_quantiles(rows, cfg.quantile, all_weights, cfg.threads)
+        model = fit_quantiles(row_sets, cfg.quantile, all_weights, cfg.threads)
     bundle = Bundle(model, mapping, refiner)
     extra = {
         "training": {

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,23 +94,31 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert all(t["passed"] in (True, False) and t["measured"] is not None for t in targets)
 
 
-def test_stage2_cross_validation_reports_both_variants_per_seed(tmp_path):
-    """benchmarks/stage2_cv.py on a small synthetic set: one row per variant and seed, finite PSNRs."""
+def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
+    """benchmarks/stage2_cv.py on a small synthetic set: one row per variant and seed, finite PSNRs, and the
+    bag's paired gain over one model."""
     from benchmarks.stage2_cv import cross_validate, table
     from helpers_synthetic import write_lol
 
     data = write_lol(tmp_path / "lol", 8, 64, 80, seed=3)
-    report = cross_validate(data, seeds=2, folds=2, threads=1)
+    report = cross_validate(data, seeds=2, folds=2, threads=1, bag=2)
     assert report["pairs"] == 8 and report["folds"] == 2
-    for name in ("unweighted", "weighted"):
+    for name in ("unweighted", "weighted", "weighted, bag of 2"):
         runs = report["results"][name]
         assert [r["seed"] for r in runs] == [0, 1]
         for r in runs:
             assert math.isfinite(r["mean"]) and 5 < r["mean"] < 60 and math.isfinite(r["median"])
     # the two variants are different fits, not one number printed twice
-    assert report["results"]["unweighted"] != report["results"]["weighted"]
+    assert report["results"]["unweighted"] != report["results"]["weighted"] != report["results"]["weighted, bag of 2"]
+    gain = report["bag_gain"]
+    low, high = gain["interval"]
+    assert low <= gain["mean"] <= high and gain["better"] + gain["worse"] <= 8
+    bag_minus_single = np.mean([b["mean"] - w["mean"] for b, w in zip(report["results"]["weighted, bag of 2"],
+                                                                       report["results"]["weighted"])])
+    assert gain["mean"] == pytest.approx(bag_minus_single, abs=1e-9)  # the paired gain is the gap in means
     text = table(report)
     assert "**weighted, mean over seeds**" in text and text.count("| unweighted |") == 2
+    assert "bag minus one model" in text
 
 
 def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path):

@@ -19,7 +19,7 @@ from llie.pipeline import Enhancer
 from llie.quantiles import QuantileModel, QuantileModelConfig, augmented_rows
 from llie.refiner import Refiner, RefinerConfig
 
-MODEL_FILES = ["quantiles.json", "quantiles.ubj", "quantiles_pca.safetensors", REFINER_FILE]
+MODEL_FILES = ["quantiles.json", "quantiles-0.ubj.gz", "quantiles_pca.safetensors", REFINER_FILE]
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -158,7 +158,9 @@ def test_bundle_without_refiner_round_trips(bundle, tmp_path):
 def test_shipped_default_bundle_verifies():
     manifest = verify_bundle(Path(llie.__file__).parent / "assets" / "default_model")
     assert manifest["model_version"]
-    assert sorted(manifest["files"]) == sorted(MODEL_FILES)
+    bag = load_bundle().quantile_model.config.bag
+    members = [f"quantiles-{k}.ubj.gz" for k in range(bag)]
+    assert sorted(manifest["files"]) == sorted(["quantiles.json", "quantiles_pca.safetensors", REFINER_FILE, *members])
 
 
 def _torch_load_calls(tree: ast.AST):

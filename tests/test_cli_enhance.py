@@ -228,9 +228,11 @@ def test_train_command_passes_its_settings_through(tmp_path):
     assert "bundle written to" in result.output
 
 
-def test_train_default_histogram_rows_match_the_library():
-    from llie.cli import DEFAULT_HISTOGRAM_ROWS
+def test_train_defaults_for_stage2_match_the_library():
+    from llie.cli import DEFAULT_BAG, DEFAULT_HISTOGRAM_ROWS
     from llie.quantiles import QuantileModelConfig
 
     assert DEFAULT_HISTOGRAM_ROWS == QuantileModelConfig().augmentations
-    assert f"[default: {DEFAULT_HISTOGRAM_ROWS};" in _run("train", "--help").output
+    assert DEFAULT_BAG == QuantileModelConfig().bag
+    help_text = _run("train", "--help").output
+    assert f"[default: {DEFAULT_HISTOGRAM_ROWS};" in help_text and f"[default: {DEFAULT_BAG};" in help_text

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import itertools
 import json
 
 import numpy as np
 import pytest
 import xgboost as xgb
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from helpers_synthetic import pairs
 from llie.features import extract_features, feature_size
 from llie.quantiles import (
     N_CHANNELS,
     N_QUANTILES,
+    Member,
     QuantileModel,
     QuantileModelConfig,
     augmented_rows,
@@ -124,15 +127,16 @@ def test_monotone_by_construction_whatever_the_booster_says(fitted):
     """Random, huge PCA components make the raw curves wildly non-monotone: the output is still valid."""
     model, _ = fitted
     rng = np.random.default_rng(1)
-    k = model.components.shape[0]
-    wild = QuantileModel(
-        model.booster,
+    member = model.members[0]
+    k = member.components.shape[0]
+    wild_member = Member(
+        member.booster,
         rng.normal(scale=5.0, size=N_CHANNELS * N_QUANTILES).astype(np.float32),
         rng.normal(scale=100.0, size=(k, N_CHANNELS * N_QUANTILES)).astype(np.float32),
-        model.config,
     )
-    raw = model.booster.predict(xgb.DMatrix(rng.normal(size=(40, feature_size())).astype(np.float32)))
-    flat = raw @ wild.components + wild.mean
+    wild = QuantileModel([wild_member], model.config)
+    raw = member.booster.predict(xgb.DMatrix(rng.normal(size=(40, feature_size())).astype(np.float32)))
+    flat = raw @ wild_member.components + wild_member.mean
     assert (np.diff(flat.reshape(-1, N_CHANNELS, N_QUANTILES), axis=-1) < 0).any()  # the raw curves are bad
     _assert_valid(wild.predict(rng.normal(size=(40, feature_size())).astype(np.float32)))
 
@@ -166,17 +170,18 @@ def test_saved_files_contain_no_pickle(fitted, tmp_path):
     model, _ = fitted
     paths = model.save(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(p.name for p in paths) == ["quantiles.json", "quantiles.ubj", "quantiles_pca.safetensors"]
+    assert names == sorted(p.name for p in paths) == ["quantiles-0.ubj.gz", "quantiles.json", "quantiles_pca.safetensors"]
     for p in paths:
         head = p.read_bytes()[:4]
         assert not head.startswith(b"\x80"), f"{p.name} looks like a pickle"
         assert not head.startswith(b"PK"), f"{p.name} looks like a zip (torch.save) archive"
-    ubj = (tmp_path / "quantiles.ubj").read_bytes()
+    ubj = gzip.decompress((tmp_path / "quantiles-0.ubj.gz").read_bytes())
     assert ubj[:1] == b"{", "the booster must be stored as UBJSON (an object marker first)"
+    assert len(ubj) > 2 * (tmp_path / "quantiles-0.ubj.gz").stat().st_size  # compression earns its keep
     booster = xgb.Booster()
-    booster.load_model(str(tmp_path / "quantiles.ubj"))
+    booster.load_model(bytearray(ubj))
     assert booster.num_boosted_rounds() == model.config.n_estimators
-    assert set(load_file(tmp_path / "quantiles_pca.safetensors")) == {"mean", "components"}
+    assert set(load_file(tmp_path / "quantiles_pca.safetensors")) == {"mean_0", "components_0"}
     assert json.loads((tmp_path / "quantiles.json").read_text())["n_estimators"] == model.config.n_estimators
 
 
@@ -187,6 +192,64 @@ def test_a_model_saved_before_error_weighting_loads_as_unweighted(fitted, tmp_pa
     del saved["error_weighting"]
     (tmp_path / "quantiles.json").write_text(json.dumps(saved))
     assert QuantileModel.load(tmp_path, n_threads=1).config.error_weighting is False
+
+
+def test_a_model_saved_before_bagging_loads_with_one_member(fitted, tmp_path):
+    """The layout of bundles before bagging: plain quantiles.ubj, PCA arrays named mean and components."""
+    model, _ = fitted
+    member = model.members[0]
+    member.booster.save_model(tmp_path / "quantiles.ubj")
+    save_file({"mean": member.mean, "components": member.components}, tmp_path / "quantiles_pca.safetensors")
+    old = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "bag"}
+    (tmp_path / "quantiles.json").write_text(json.dumps(old))
+    loaded = QuantileModel.load(tmp_path, n_threads=1)
+    assert loaded.config.bag == 1 and len(loaded.members) == 1
+    x = np.random.default_rng(3).normal(size=(6, feature_size())).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+# --------------------------------------------------------------------------- bagging
+
+
+@pytest.fixture(scope="module")
+def bag(fitted):
+    """The fitted model and a second member on other rows, with other trees, combined."""
+    model, _ = fitted
+    lows, highs = pairs(20, seed=1)
+    x, y = _rows(lows, highs, SMALL, seed=7)
+    other = QuantileModel.fit(x, y, SMALL.member(1), n_threads=1)
+    return QuantileModel.combine([model, other], SMALL), model, other
+
+
+def test_a_bag_averages_its_members_and_stays_monotone(bag):
+    combined, first, second = bag
+    assert combined.config.bag == 2 and len(combined.members) == 2
+    assert SMALL.member(1).seed != SMALL.seed
+    x = np.random.default_rng(4).normal(size=(30, feature_size())).astype(np.float32)
+    a, b = first.predict(x), second.predict(x)
+    assert np.abs(a - b).max() > 1e-3  # the members differ, so the average is not trivially either
+    np.testing.assert_allclose(combined.predict(x), (a + b) / 2, atol=1e-12)
+    _assert_valid(combined.predict(x))
+    np.testing.assert_allclose(combined.predict(x[0]), combined.predict(x[:1])[0], atol=1e-12)
+
+
+def test_a_bag_round_trips_and_saves_the_same_bytes_every_time(bag, tmp_path):
+    combined, _, _ = bag
+    first = combined.save(tmp_path / "a")
+    combined.save(tmp_path / "b")
+    assert sorted(p.name for p in first) == ["quantiles-0.ubj.gz", "quantiles-1.ubj.gz", "quantiles.json",
+                                             "quantiles_pca.safetensors"]
+    for p in first:  # gzip without a timestamp: the same trees give the same model_version
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes(), p.name
+    loaded = QuantileModel.load(tmp_path / "a", n_threads=1)
+    assert loaded.config == combined.config
+    x = np.random.default_rng(5).normal(size=(12, feature_size())).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), combined.predict(x))
+
+
+def test_a_model_needs_a_member():
+    with pytest.raises(ValueError, match="at least one member"):
+        QuantileModel([], SMALL)
 
 
 # --------------------------------------------------------------------------- row weights

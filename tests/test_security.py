@@ -10,6 +10,7 @@ a real S3 run, and inputs that cannot be written to.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -65,12 +66,14 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("name", ["refiner.safetensors", "quantiles.ubj", "quantiles_pca.safetensors"])
-def test_a_correctly_hashed_pickle_in_a_bundle_is_never_unpickled(tmp_path, name):
+@pytest.mark.parametrize("name,compress", [("refiner.safetensors", False), ("quantiles-0.ubj.gz", False),
+                                           ("quantiles-0.ubj.gz", True), ("quantiles_pca.safetensors", False)])
+def test_a_correctly_hashed_pickle_in_a_bundle_is_never_unpickled(tmp_path, name, compress):
     """Hashes only prove a file is the one the manifest names; the formats make it data, not code."""
     bundle = _copy_bundle(tmp_path / "bundle")
     marker = tmp_path / "unpickled"
-    (bundle / name).write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    payload = pickle.dumps(_Payload(marker), protocol=2)
+    (bundle / name).write_bytes(gzip.compress(payload) if compress else payload)
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["files"][name] = _sha256(bundle / name)  # an attacker who can write the bundle can do this too
     manifest["model_version"] = _version(manifest["files"])
@@ -84,7 +87,10 @@ def test_bundle_files_are_data_formats_and_no_code_unpickles():
     from test_bundle import _unsafe_loads  # the same AST check test_bundle applies to llie/
 
     manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
-    assert {Path(name).suffix for name in manifest["files"]} <= {".json", ".ubj", ".safetensors"}
+    assert {"".join(Path(name).suffixes[-2:]) for name in manifest["files"]} <= {".json", ".ubj.gz", ".safetensors"}
+    for name in manifest["files"]:
+        if name.endswith(".ubj.gz"):  # gzip around UBJSON: an object marker once decompressed
+            assert gzip.decompress((default_bundle_path() / name).read_bytes())[:1] == b"{"
     repo = Path(llie.__file__).resolve().parents[1]
     sources = [p for d in ("tasks", "flows", "deployments") for p in sorted((repo / d).rglob("*.py"))]
     assert len(sources) >= 4

@@ -87,7 +87,7 @@ def test_manifest_has_version_metrics_and_training_summary(runs):
     assert set(training["seconds"]) == {"stage2", "refiner", "total"}
     assert training["refiner_trained_on"] == ["cpu"] and training["seconds"]["refiner"] > 0
     run_dir = runs["a"] / "_training"
-    for name in ("refiner_checkpoint.pt", "refiner_best.pt", "stage2/quantiles.ubj", "stage3_inputs.npz",
+    for name in ("refiner_checkpoint.pt", "refiner_best.pt", "stage2/quantiles.json", "stage3_inputs.npz",
                  "stage2_metrics.json"):
         assert (run_dir / name).is_file(), name
 
@@ -111,7 +111,9 @@ def test_same_seed_gives_identical_models(runs):
     np.testing.assert_array_equal(a.quantile_model.predict(x), b.quantile_model.predict(x))
     assert a.mapping == b.mapping
     assert runs["manifest_a"]["metrics"]["val_stage3_psnr"] == runs["manifest_b"]["metrics"]["val_stage3_psnr"]
-    assert runs["manifest_a"]["files"]["quantiles.ubj"] == runs["manifest_b"]["files"]["quantiles.ubj"]
+    stage2_files = lambda m: {k: v for k, v in m["files"].items() if k.startswith("quantiles")}
+    assert stage2_files(runs["manifest_a"]) == stage2_files(runs["manifest_b"])
+    assert len(stage2_files(runs["manifest_a"])) == 2 + a.quantile_model.config.bag  # members, PCA, settings
     sa, sb = a.refiner.state_dict(), b.refiner.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert runs["manifest_a"]["model_version"] == runs["manifest_b"]["model_version"]
@@ -325,6 +327,26 @@ def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
         np.testing.assert_array_equal(a, b)
     other_seed = pair_rows(found[2:], lows[2:], highs[2:], cfg, seed=1, progress=False)
     assert not np.array_equal(other_seed[0][0], alone[0][0])
+
+
+def test_each_member_of_a_bag_has_its_own_rows_and_trees(runs):
+    from llie.data import find_pairs, load_pairs
+    from llie.train import bag_rows, fit_quantiles, pair_rows
+
+    found = find_pairs(runs["data"])[:6]
+    lows, highs = load_pairs(found)
+    cfg = QuantileModelConfig(augmentations=3, n_estimators=5, bag=3)
+    row_sets = bag_rows(found, lows, highs, cfg, seed=2, progress=False)
+    assert len(row_sets) == 3
+    for a, b in zip(row_sets[0][0], pair_rows(found, lows, highs, cfg, seed=2, progress=False)[0]):
+        np.testing.assert_array_equal(a, b)  # a bag of one is exactly the single model of before
+    assert not np.array_equal(row_sets[0][1][0], row_sets[1][1][0])
+    model = fit_quantiles(row_sets, cfg, np.linspace(0.5, 2.0, len(found)), threads=1)
+    assert model.config.bag == 3 and model.config.seed == cfg.seed
+    x = np.stack([r[0][0] for r in row_sets[0]])
+    predictions = [m.predict(x) for m in model.members]
+    assert all(np.abs(p - predictions[0]).max() > 1e-4 for p in predictions[1:])
+    np.testing.assert_allclose(model.predict(x), np.mean(predictions, axis=0), atol=1e-12)
 
 
 def test_zero_steps_keep_the_initial_refiner_and_retrain_stage2(runs, tmp_path):
