@@ -169,6 +169,9 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
 @click.option("--pad-augment", is_flag=True,
               help="Train on crops cut short by up to one window and mirror-padded back in random places (loss on the "
                    "crop's own pixels), as inference pads photos whose sides are not a multiple of 80 px.")
+@click.option("--exposure-jitter", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Raise each refiner training input to a random gamma, log-normal with this spread (e.g. 0.12), so "
+                   "the refiner meets more exposure errors than the one stage 3 left on each training pair.")
 @click.option("--lr", type=float, default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
 @click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
 @click.option("--eval-every", type=int, default=None,
@@ -186,7 +189,7 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
               help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
                    "detail head, which is then added) instead of from scratch.")
 def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context,
-          detail_channels, ema, freeze_transformer, pad_augment, lr, crop, eval_every, error_weighting, histogram_rows,
+          detail_channels, ema, freeze_transformer, pad_augment, exposure_jitter, lr, crop, eval_every, error_weighting, histogram_rows,
           bag, init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .quantiles import QuantileModelConfig
@@ -200,7 +203,8 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
                       detail_channels=refiner.detail_channels if detail_channels is None else detail_channels)
     rt = RefinerTrainConfig(steps=steps, batch=batch)
     rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop, eval_every=eval_every or rt.eval_every,
-                 ema_decay=ema or rt.ema_decay, freeze_transformer=freeze_transformer, pad_augment=pad_augment)
+                 ema_decay=ema or rt.ema_decay, freeze_transformer=freeze_transformer, pad_augment=pad_augment,
+                 exposure_jitter=exposure_jitter)
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,

@@ -60,6 +60,10 @@ class RefinerTrainConfig:
     # are not a multiple of the window, and a refiner that never saw padding moved its results by 0.4 dB
     # when a photo sat 40 px further right in its padded canvas (README, Orientation)
     pad_augment: bool = False
+    # each input crop is raised to a random gamma exp(N(0, sigma)), with a quarter of that spread between
+    # channels: stage 3 leaves each training pair one exposure error (log-gamma spread 0.25 out of fold
+    # on our485), so without it the refiner sees every scene mis-exposed in just one way
+    exposure_jitter: float = 0.0
 
 
 @dataclass
@@ -201,6 +205,15 @@ def random_crops(inputs, targets, batch: int, crop: int, rng: np.random.Generato
     return to_batch(xs), to_batch(ys)
 
 
+def jitter_exposure(x: torch.Tensor, sigma: float, rng: np.random.Generator) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> x ** gamma, gamma drawn per crop and channel around one log-normal draw:
+    a tone-curve error like stage 3's, which keeps black and white where they are."""
+    shared = rng.normal(0.0, sigma, size=(len(x), 1))
+    log_gamma = shared + rng.normal(0.0, sigma / 4, size=(len(x), 3))
+    gamma = torch.from_numpy(np.exp(log_gamma)).to(x)[:, :, None, None]
+    return x.clamp_min(0.0).pow(gamma)
+
+
 def _mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
     """(C, H, W) padded like numpy's "symmetric" mode, as ``llie.refine`` pads photos."""
     x = torch.cat([x[:, :top].flip(1), x, x[:, x.shape[1] - bottom :].flip(1)], 1)
@@ -325,6 +338,8 @@ def train_refiner(
         if device.type not in state["devices"]:  # only devices that trained steps, not a resume that had none left
             state["devices"].append(device.type)
         x, y = random_crops(train_x, train_y, rt.batch, rt.crop, rng)
+        if rt.exposure_jitter > 0:
+            x = jitter_exposure(x, rt.exposure_jitter, rng)
         mask = None
         if rt.pad_augment:
             x, y, mask = pad_at_random(x, y, cfg.refiner.multiple, cfg.refiner.patch, rng)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from helpers_synthetic import pair, scene, to_uint8, write_lol
+from llie.bundle import load_bundle
 from llie.cli import cli
 
 
@@ -218,13 +219,15 @@ def test_train_command_passes_its_settings_through(tmp_path):
     try:
         result = _run("train", "--data", str(data), "--output", str(out), "--steps", "2", "--batch", "2",
                       "--crop", "80", "--dim", "16", "--depth", "1", "--heads", "2", "--histogram-rows", "3",
-                      "--threads", "1", "--device", "cpu", "--seed", "4")
+                      "--bag", "2", "--exposure-jitter", "0.1", "--threads", "1", "--device", "cpu", "--seed", "4")
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "manifest.json").read_text())["training"]["config"]
     assert config["quantile"]["augmentations"] == 3 and config["seed"] == 4
     assert config["refiner"]["dim"] == 16 and config["refiner_train"]["crop"] == 80
+    assert config["quantile"]["bag"] == 2 and config["refiner_train"]["exposure_jitter"] == 0.1
+    assert load_bundle(out).quantile_model.config.bag == 2
     assert "bundle written to" in result.output
 
 

@@ -329,6 +329,23 @@ def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
     assert not np.array_equal(other_seed[0][0], alone[0][0])
 
 
+def test_exposure_jitter_is_a_random_gamma_per_crop_with_a_smaller_spread_between_channels():
+    from llie.train import jitter_exposure
+
+    x = torch.full((2000, 3, 4, 4), 0.5, dtype=torch.float64)
+    x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, 1.0
+    out = jitter_exposure(x, 0.2, np.random.default_rng(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.all(out[:, :, 0, 0] == 0.0) and torch.all(out[:, :, 0, 1] == 1.0)  # black and white stay
+    log_gamma = torch.log(torch.log(out[:, :, 1, 1]) / np.log(0.5)).numpy()  # 0.5 ** g -> g
+    shared = log_gamma.mean(axis=1)
+    assert abs(shared.mean()) < 0.02 and 0.18 < shared.std() < 0.22
+    spread = (log_gamma - shared[:, None]).std()
+    assert 0.02 < spread < 0.08  # sigma / 4 between channels, so casts stay small
+    again = jitter_exposure(x, 0.2, np.random.default_rng(0))
+    assert torch.equal(out, again)
+
+
 def test_each_member_of_a_bag_has_its_own_rows_and_trees(runs):
     from llie.data import find_pairs, load_pairs
     from llie.train import bag_rows, fit_quantiles, pair_rows
