@@ -4,10 +4,13 @@ Mean and median stage-3 PSNR of out-of-fold predictions over every pair, for a f
 draws its own folds, augmentation rows and trees). The weighted fit is what ``llie train`` does: an
 unweighted out-of-fold pass measures each pair's error, then the folds are refit with weights 1 / error.
 With ``--bag N`` (N > 1) the weighted folds are also fit as a bag of N members, each on its own rows and
-trees, and the paired difference to one model gets a 95% bootstrap interval. About 12 minutes on two
-cores with one model, 4 more per extra member; not part of ``make bench``:
+trees, and the paired difference to one model gets a 95% bootstrap interval. ``--stage4`` also puts the
+weighted predictions through a bundle's refiner (the shipped one by default) and splits the stage-4
+difference into the pairs that refiner was validated on and those it was trained on. About 12 minutes
+on two cores with one model, 4 more per extra member, 2 more per seed for stage 4; not part of
+``make bench``:
 
-    python -m benchmarks.stage2_cv [--data ../shared/datasets/LOL-v1] [--seeds 3] [--folds 5] [--bag 4]
+    python -m benchmarks.stage2_cv [--data ../shared/datasets/LOL-v1] [--seeds 3] [--folds 5] [--bag 4] [--stage4]
 """
 
 from __future__ import annotations
@@ -23,54 +26,100 @@ from tqdm.auto import tqdm
 from .common import REPO
 
 
-def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag: int = 1) -> dict:
-    from llie.data import load_pairs, resolve_training_sets
-    from llie.quantiles import QuantileModelConfig
+def _paired(differences: np.ndarray) -> dict:
     from llie.stats import bootstrap_interval
+
+    return {"pairs": len(differences), "mean": float(differences.mean()),
+            "interval": list(bootstrap_interval(differences)),
+            "better": int((differences > 0).sum()), "worse": int((differences < 0).sum())}
+
+
+def _stage4_psnr(bundle, lows, highs, quantiles) -> np.ndarray:
+    """Per-pair PSNR after the bundle's mapping and refiner, on the given stage-2 predictions."""
+    import torch
+
+    from llie.mapping import match_to_quantiles
+    from llie.metrics import psnr, quantize8
+    from llie.refine import refine
+
+    out = []
+    for low, high, q in zip(lows, highs, quantiles):
+        refined = refine(bundle.refiner, match_to_quantiles(low, q, bundle.mapping), torch.device("cpu"))
+        out.append(psnr(quantize8(refined) / 255.0, high))
+    return np.array(out)
+
+
+def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag: int = 1, stage4: bool = False,
+                   refiner_bundle: Path | None = None) -> dict:
+    """Out-of-fold stage-3 PSNR of each variant; with ``stage4`` also stage 4 through the refiner of
+    ``refiner_bundle`` (default: the shipped model), split into the pairs its training held out for
+    validation and those it trained on."""
+    from llie.bundle import load_bundle
+    from llie.data import load_pairs, resolve_training_sets, split_by_group
+    from llie.quantiles import QuantileModelConfig
     from llie.train import TrainConfig, bag_rows, inverse_errors, out_of_fold_quantiles
 
     pairs, _ = resolve_training_sets(data)
     lows, highs = load_pairs(pairs)
+    bundle = load_bundle(refiner_bundle, n_threads=threads) if stage4 else None
     bagged = f"weighted, bag of {bag}"
     results = {"unweighted": [], "weighted": [], **({bagged: []} if bag > 1 else {})}
-    gains = []
+    per_pair: dict[tuple[str, int], list[np.ndarray]] = {}
     for seed in tqdm(range(seeds), desc="seeds"):
         cfg = TrainConfig(data=str(data), output="", seed=seed, oof_folds=folds, threads=threads,
                           quantile=QuantileModelConfig(seed=seed, bag=bag))
         row_sets = bag_rows(pairs, lows, highs, cfg.quantile, seed, progress=False)
         plain = out_of_fold_quantiles(pairs, row_sets[:1], cfg, None, progress=False)
-        plain_errors = inverse_errors(lows, highs, plain)  # the weights, and the unweighted score
-        scores = {"unweighted": plain_errors,
-                  "weighted": inverse_errors(lows, highs, out_of_fold_quantiles(pairs, row_sets[:1], cfg, plain_errors,
-                                                                                 progress=False))}
+        weights = inverse_errors(lows, highs, plain)  # 1 / MSE of the unweighted fit
+        predictions = {"unweighted": plain,
+                       "weighted": out_of_fold_quantiles(pairs, row_sets[:1], cfg, weights, progress=False)}
         if bag > 1:
-            scores[bagged] = inverse_errors(lows, highs, out_of_fold_quantiles(pairs, row_sets, cfg, plain_errors,
-                                                                               progress=False))
-            gains.append(10 * np.log10(scores[bagged] / scores["weighted"]))
-        for name, errors in scores.items():
-            p = 10 * np.log10(errors)  # stage-3 PSNR per pair: inverse_errors is 1 / MSE, data range 1
+            predictions[bagged] = out_of_fold_quantiles(pairs, row_sets, cfg, weights, progress=False)
+        for name, quantiles in predictions.items():
+            p = 10 * np.log10(inverse_errors(lows, highs, quantiles))  # stage-3 PSNR per pair, data range 1
             results[name].append({"seed": seed, "mean": float(p.mean()), "median": float(np.median(p))})
+            per_pair.setdefault((name, 3), []).append(p)
+            if bundle is not None and bundle.refiner is not None and name != "unweighted":
+                p4 = _stage4_psnr(bundle, lows, highs, quantiles)
+                results[name][-1]["stage4_mean"] = float(p4.mean())
+                per_pair.setdefault((name, 4), []).append(p4)
     report = {"data": str(data), "pairs": len(pairs), "scenes": len({p.group for p in pairs}), "folds": folds,
               "results": results}
-    if gains:  # per pair, averaged over seeds: the seeds share the pairs, not the folds
-        gain = np.mean(gains, axis=0)
-        report["bag_gain"] = {"mean": float(gain.mean()), "interval": list(bootstrap_interval(gain)),
-                              "better": int((gain > 0).sum()), "worse": int((gain < 0).sum())}
+    if bag > 1:  # per pair, averaged over seeds: the seeds share the pairs, not the folds
+        gain = lambda stage: np.mean(per_pair[(bagged, stage)], axis=0) - np.mean(per_pair[("weighted", stage)], axis=0)
+        report["bag_gain"] = [{"stage": 3, "subset": "all pairs", **_paired(gain(3))}]
+        if (bagged, 4) in per_pair:
+            training = bundle.manifest.get("training", {}).get("config", {})
+            defaults = TrainConfig(data="", output="")
+            _, held_out = split_by_group(pairs, training.get("val_fraction", defaults.val_fraction),
+                                         training.get("seed", defaults.seed))
+            held = np.array([p.name in {h.name for h in held_out} for p in pairs])
+            d4 = gain(4)
+            report["bag_gain"] += [{"stage": 4, "subset": "the refiner's validation pairs", **_paired(d4[held])},
+                                   {"stage": 4, "subset": "the refiner's training pairs", **_paired(d4[~held])}]
     return report
 
 
 def table(report: dict) -> str:
+    stage4 = any("stage4_mean" in r for runs in report["results"].values() for r in runs)
     lines = [f"{report['pairs']} pairs, {report['scenes']} scenes, {report['folds']} scene-grouped folds; "
-             "out-of-fold stage-3 PSNR (dB)", "", "| stage 2 | seed | mean | median |", "|---|---|---|---|"]
+             "out-of-fold PSNR (dB)", "",
+             "| stage 2 | seed | stage 3 mean | stage 3 median |" + (" stage 4 mean |" if stage4 else ""),
+             "|---|---|---|---|" + ("---|" if stage4 else "")]
     for name, runs in report["results"].items():
         for r in runs:
-            lines.append(f"| {name} | {r['seed']} | {r['mean']:.2f} | {r['median']:.2f} |")
+            extra = (f" {r['stage4_mean']:.2f} |" if "stage4_mean" in r else " |") if stage4 else ""
+            lines.append(f"| {name} | {r['seed']} | {r['mean']:.2f} | {r['median']:.2f} |{extra}")
+        s4 = [r["stage4_mean"] for r in runs if "stage4_mean" in r]
+        extra = (f" **{np.mean(s4):.2f}** |" if s4 else " |") if stage4 else ""
         lines.append(f"| **{name}, mean over seeds** | | **{np.mean([r['mean'] for r in runs]):.2f}** | "
-                     f"**{np.mean([r['median'] for r in runs]):.2f}** |")
+                     f"**{np.mean([r['median'] for r in runs]):.2f}** |{extra}")
     if "bag_gain" in report:
-        g = report["bag_gain"]
-        lines += ["", f"bag minus one model, per pair over the seeds: {g['mean']:+.3f} dB, 95% interval "
-                      f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}; {g['better']} pairs better, {g['worse']} worse"]
+        lines += ["", "bag minus one model, per pair averaged over the seeds:", "",
+                  "| stage | pairs | mean difference dB | 95% interval | better / worse |", "|---|---|---|---|---|"]
+        for g in report["bag_gain"]:
+            lines.append(f"| {g['stage']} | {g['subset']} ({g['pairs']}) | {g['mean']:+.3f} | "
+                         f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f} | {g['better']} / {g['worse']} |")
     return "\n".join(lines)
 
 
@@ -81,9 +130,12 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bag", type=int, default=1, help="Also score a bag of this many members (default: off).")
+    parser.add_argument("--stage4", nargs="?", const="default", default=None, metavar="BUNDLE",
+                        help="Also score stage 4 through this bundle's refiner (default: the shipped model).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
-    report = cross_validate(args.data, args.seeds, args.folds, args.threads, args.bag)
+    bundle = None if args.stage4 in (None, "default") else Path(args.stage4)
+    report = cross_validate(args.data, args.seeds, args.folds, args.threads, args.bag, args.stage4 is not None, bundle)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(table(report))

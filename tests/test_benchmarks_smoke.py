@@ -96,29 +96,39 @@ def test_quick_benchmark_writes_every_section(tmp_path):
 
 def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
     """benchmarks/stage2_cv.py on a small synthetic set: one row per variant and seed, finite PSNRs, and the
-    bag's paired gain over one model."""
+    bag's paired gain over one model at stage 3 and, through the shipped refiner, at stage 4."""
     from benchmarks.stage2_cv import cross_validate, table
     from helpers_synthetic import write_lol
 
     data = write_lol(tmp_path / "lol", 8, 64, 80, seed=3)
-    report = cross_validate(data, seeds=2, folds=2, threads=1, bag=2)
+    report = cross_validate(data, seeds=2, folds=2, threads=1, bag=2, stage4=True)
     assert report["pairs"] == 8 and report["folds"] == 2
-    for name in ("unweighted", "weighted", "weighted, bag of 2"):
+    bagged = "weighted, bag of 2"
+    for name in ("unweighted", "weighted", bagged):
         runs = report["results"][name]
         assert [r["seed"] for r in runs] == [0, 1]
         for r in runs:
             assert math.isfinite(r["mean"]) and 5 < r["mean"] < 60 and math.isfinite(r["median"])
-    # the two variants are different fits, not one number printed twice
-    assert report["results"]["unweighted"] != report["results"]["weighted"] != report["results"]["weighted, bag of 2"]
-    gain = report["bag_gain"]
-    low, high = gain["interval"]
-    assert low <= gain["mean"] <= high and gain["better"] + gain["worse"] <= 8
-    bag_minus_single = np.mean([b["mean"] - w["mean"] for b, w in zip(report["results"]["weighted, bag of 2"],
-                                                                       report["results"]["weighted"])])
-    assert gain["mean"] == pytest.approx(bag_minus_single, abs=1e-9)  # the paired gain is the gap in means
+            assert ("stage4_mean" in r) is (name != "unweighted")
+    # the variants are different fits, not one number printed thrice
+    assert report["results"]["unweighted"] != report["results"]["weighted"] != report["results"][bagged]
+    gains = {(g["stage"], g["subset"]): g for g in report["bag_gain"]}
+    assert gains[(3, "all pairs")]["pairs"] == 8
+    held, trained = gains[(4, "the refiner's validation pairs")], gains[(4, "the refiner's training pairs")]
+    assert held["pairs"] + trained["pairs"] == 8 and held["pairs"] >= 1
+    for g in report["bag_gain"]:
+        low, high = g["interval"]
+        assert low <= g["mean"] <= high and g["better"] + g["worse"] <= g["pairs"]
+    for stage, key in ((3, "mean"), (4, "stage4_mean")):  # over all pairs, the paired gain is the gap in means
+        gap = np.mean([b[key] - w[key] for b, w in zip(report["results"][bagged], report["results"]["weighted"])])
+        if stage == 3:
+            assert gains[(3, "all pairs")]["mean"] == pytest.approx(gap, abs=1e-9)
+        else:
+            pooled = (held["mean"] * held["pairs"] + trained["mean"] * trained["pairs"]) / 8
+            assert pooled == pytest.approx(gap, abs=1e-9)
     text = table(report)
     assert "**weighted, mean over seeds**" in text and text.count("| unweighted |") == 2
-    assert "bag minus one model" in text
+    assert "bag minus one model" in text and "the refiner's validation pairs" in text
 
 
 def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path):
