@@ -184,7 +184,7 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
                    "96 scored the same as 24 in cross-validation (20.24 against 20.22 dB at stage 3).")
 @click.option("--bag", type=click.IntRange(min=1), default=DEFAULT_BAG, show_default=True,
               help="Stage-2 models averaged, each on its own histogram rows and trees. In cross-validation 4 scored "
-                   "20.33 against 20.22 dB for 1 at stage 3; stage 2 takes about 2.5x as long to train as with 1.")
+                   "20.33 against 20.22 dB for 1 at stage 3; stage 2 takes about 1.4x as long to train as with 1.")
 @click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
                    "detail head, which is then added) instead of from scratch.")
