@@ -159,8 +159,8 @@ def fit_stage2(pairs: list[Pair], lows, highs, row_sets, cfg: TrainConfig, progr
     With error weighting the out-of-fold fits run twice: unweighted, with the bag's first member alone, to
     measure each pair's error, then weighted and bagged, so the refiner trains on the errors of models fit
     the way the final one is."""
-    oof = out_of_fold_quantiles(pairs, row_sets if not cfg.quantile.error_weighting else row_sets[:1], cfg, None,
-                                progress)
+    first_pass = row_sets[:1] if cfg.quantile.error_weighting else row_sets
+    oof = out_of_fold_quantiles(pairs, first_pass, cfg, None, progress)
     metrics, weights = {}, None
     if cfg.quantile.error_weighting:
         weights = inverse_errors(lows, highs, oof)
