@@ -94,9 +94,11 @@ def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag:
             _, held_out = split_by_group(pairs, training.get("val_fraction", defaults.val_fraction),
                                          training.get("seed", defaults.seed))
             held = np.array([p.name in {h.name for h in held_out} for p in pairs])
-            d4 = gain(4)
-            report["bag_gain"] += [{"stage": 4, "subset": "the refiner's validation pairs", **_paired(d4[held])},
-                                   {"stage": 4, "subset": "the refiner's training pairs", **_paired(d4[~held])}]
+            for stage in (3, 4):
+                d = gain(stage)
+                report["bag_gain"] += [
+                    {"stage": stage, "subset": "the refiner's validation pairs", **_paired(d[held])},
+                    {"stage": stage, "subset": "the refiner's training pairs", **_paired(d[~held])}]
     return report
 
 

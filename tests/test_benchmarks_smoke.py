@@ -114,6 +114,7 @@ def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
     assert report["results"]["unweighted"] != report["results"]["weighted"] != report["results"][bagged]
     gains = {(g["stage"], g["subset"]): g for g in report["bag_gain"]}
     assert gains[(3, "all pairs")]["pairs"] == 8
+    assert len(report["bag_gain"]) == 5  # stage 3 on all pairs, then stages 3 and 4 on each side of the split
     held, trained = gains[(4, "the refiner's validation pairs")], gains[(4, "the refiner's training pairs")]
     assert held["pairs"] + trained["pairs"] == 8 and held["pairs"] >= 1
     for g in report["bag_gain"]:
