@@ -93,7 +93,8 @@ def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag:
             defaults = TrainConfig(data="", output="")
             _, held_out = split_by_group(pairs, training.get("val_fraction", defaults.val_fraction),
                                          training.get("seed", defaults.seed))
-            held = np.array([p.name in {h.name for h in held_out} for p in pairs])
+            held_names = {h.name for h in held_out}
+            held = np.array([p.name in held_names for p in pairs])
             for stage in (3, 4):
                 d = gain(stage)
                 report["bag_gain"] += [
