@@ -27,11 +27,9 @@ from .common import REPO
 
 
 def _paired(differences: np.ndarray) -> dict:
-    from llie.stats import bootstrap_interval
+    from llie.stats import paired_difference
 
-    return {"pairs": len(differences), "mean": float(differences.mean()),
-            "interval": list(bootstrap_interval(differences)),
-            "better": int((differences > 0).sum()), "worse": int((differences < 0).sum())}
+    return {"pairs": len(differences), **paired_difference(differences)}
 
 
 def _stage4_psnr(bundle, lows, highs, quantiles) -> np.ndarray:
@@ -121,7 +119,7 @@ def table(report: dict) -> str:
         lines += ["", "bag minus one model, per pair averaged over the seeds:", "",
                   "| stage | pairs | mean difference dB | 95% interval | better / worse |", "|---|---|---|---|---|"]
         for g in report["bag_gain"]:
-            lines.append(f"| {g['stage']} | {g['subset']} ({g['pairs']}) | {g['mean']:+.3f} | "
+            lines.append(f"| {g['stage']} | {g['subset']} ({g['pairs']}) | {g['difference']:+.3f} | "
                          f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f} | {g['better']} / {g['worse']} |")
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .data import Pair, load_rgb
 from .metrics import psnr, quantize8, ssim
 from .pipeline import Enhancer
-from .stats import bootstrap_interval
+from .stats import bootstrap_interval, paired_difference
 
 CONFIDENCE = 0.95
 
@@ -63,9 +63,7 @@ def compare_reports(report: dict, baseline: dict) -> dict:
         diffs = np.array([r[k] - b[k] for r, b in zip(report["rows"], baseline["rows"])])
         if not np.all(np.isfinite(diffs)):  # an image identical to its reference in either report
             continue
-        low, high = bootstrap_interval(diffs, CONFIDENCE)
-        out[k] = {"difference": float(diffs.mean()), "interval": [low, high],
-                  "better": int(np.sum(diffs > 0)), "worse": int(np.sum(diffs < 0))}
+        out[k] = paired_difference(diffs, CONFIDENCE)
     return {"model_version": report["model_version"], "baseline_version": baseline["model_version"],
             "confidence": CONFIDENCE, "metrics": out}
 

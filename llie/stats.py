@@ -49,6 +49,15 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     return float(values.mean() - half), float(values.mean() + half)
 
 
+def paired_difference(differences, confidence: float = 0.95) -> dict:
+    """Mean of per-item differences (model minus baseline on the same items), its bootstrap interval,
+    and how many items got better and worse: an interval that holds 0 does not show a difference."""
+    differences = _checked(differences, confidence)
+    low, high = bootstrap_interval(differences, confidence)
+    return {"difference": float(differences.mean()), "interval": [low, high],
+            "better": int(np.sum(differences > 0)), "worse": int(np.sum(differences < 0))}
+
+
 def _checked(values, confidence: float) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:

@@ -119,13 +119,13 @@ def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
     assert held["pairs"] + trained["pairs"] == 8 and held["pairs"] >= 1
     for g in report["bag_gain"]:
         low, high = g["interval"]
-        assert low <= g["mean"] <= high and g["better"] + g["worse"] <= g["pairs"]
+        assert low <= g["difference"] <= high and g["better"] + g["worse"] <= g["pairs"]
     for stage, key in ((3, "mean"), (4, "stage4_mean")):  # over all pairs, the paired gain is the gap in means
         gap = np.mean([b[key] - w[key] for b, w in zip(report["results"][bagged], report["results"]["weighted"])])
         if stage == 3:
-            assert gains[(3, "all pairs")]["mean"] == pytest.approx(gap, abs=1e-9)
+            assert gains[(3, "all pairs")]["difference"] == pytest.approx(gap, abs=1e-9)
         else:
-            pooled = (held["mean"] * held["pairs"] + trained["mean"] * trained["pairs"]) / 8
+            pooled = (held["difference"] * held["pairs"] + trained["difference"] * trained["pairs"]) / 8
             assert pooled == pytest.approx(gap, abs=1e-9)
     text = table(report)
     assert "**weighted, mean over seeds**" in text and text.count("| unweighted |") == 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llie.evaluate import compare_reports, format_comparison, format_table
-from llie.stats import BOOTSTRAP_MAX_VALUES, bootstrap_interval, mean_interval
+from llie.stats import BOOTSTRAP_MAX_VALUES, bootstrap_interval, mean_interval, paired_difference
 
 
 def test_interval_brackets_the_mean_inside_the_range():
@@ -135,3 +135,14 @@ def test_mean_interval_of_an_archive_is_quick_and_narrow():
 def test_mean_interval_refuses_bad_input_for_many_values(values, confidence, message):
     with pytest.raises(ValueError, match=message):
         mean_interval(values, confidence=confidence)
+
+
+def test_paired_difference_counts_and_brackets_the_mean_difference():
+    d = np.array([0.5, 0.2, -0.1, 0.4, 0.0, 0.3])
+    out = paired_difference(d)
+    assert out["difference"] == pytest.approx(d.mean())
+    assert out["better"] == 4 and out["worse"] == 1  # the 0.0 is neither
+    low, high = out["interval"]
+    assert low <= out["difference"] <= high and low < high
+    with pytest.raises(ValueError, match="finite"):
+        paired_difference([0.1, np.inf])
