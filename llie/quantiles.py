@@ -179,14 +179,12 @@ class QuantileModel:
     def save(self, directory: str | Path) -> list[Path]:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = []
+        paths, arrays = [], {}
         for k, member in enumerate(self.members):
             path = directory / f"quantiles-{k}.ubj.gz"
             # UBJSON, never pickle; mtime 0 so the same trees always give the same bytes (and model_version)
             path.write_bytes(gzip.compress(bytes(member.booster.save_raw(raw_format="ubj")), mtime=0))
             paths.append(path)
-        arrays = {}
-        for k, member in enumerate(self.members):
             arrays[f"mean_{k}"], arrays[f"components_{k}"] = member.mean, member.components
         paths.append(directory / "quantiles_pca.safetensors")
         save_file(arrays, paths[-1])
