@@ -18,7 +18,7 @@ What ``encode_image`` writes, by input kind:
 * GIF: only the first frame is decoded and only one frame is written;
 * EXIF is kept with Orientation reset to 1 (pixels are already upright) for JPEG, PNG and WebP;
   the ICC profile is kept when its colour space matches what is written (a CMYK profile on the RGB
-  output would mis-colour it, so it is dropped).
+  output would mis-colour it, so it is dropped); the resolution (DPI) is kept for JPEG, PNG and TIFF.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ _FORMAT_MODES = {
 _FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "MPO": "JPEG"}
 _EXIF_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 _ICC_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
+_DPI_FORMATS = frozenset({"JPEG", "PNG", "TIFF"})
 _EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION_TAG = 0x0112
 
@@ -85,6 +86,7 @@ class DecodedImage:
     bit_depth: int  # 8 or 16
     exif: bytes | None  # raw EXIF as read; encode_image resets Orientation to 1
     icc_profile: bytes | None
+    dpi: tuple[float, float] | None = None  # resolution as declared by the file, written back
 
     @property
     def width(self) -> int:
@@ -154,13 +156,16 @@ def _decode_opened(img: Image.Image, data: bytes, kind: str | None, limits: Deco
     if width * height > limits.max_pixels:
         raise ImageTooLargeError(_too_large_message(width * height, limits.max_pixels))
     mode = img.mode
-    # Taken before exif_transpose, which strips the orientation tag from the image's own copy.
-    exif = img.info.get("exif") or None
-    icc = img.info.get("icc_profile") or None
     try:
         # Strict: ImageFile.LOAD_TRUNCATED_IMAGES stays off, so missing data raises here instead
         # of coming back as a grey-filled picture.
         img.load()
+        # Read after load (a PNG may put its eXIf chunk after the pixel data, where Pillow only finds
+        # it while loading) and before exif_transpose, which strips the orientation tag from the
+        # image's own copy.
+        exif = img.info.get("exif") or None
+        icc = img.info.get("icc_profile") or None
+        dpi = _dpi(img.info.get("dpi"))
         ImageOps.exif_transpose(img, in_place=True)
         rgb, alpha, bit_depth = _to_float(img)
     except ImageDecodeError:
@@ -175,7 +180,17 @@ def _decode_opened(img: Image.Image, data: bytes, kind: str | None, limits: Deco
         bit_depth=bit_depth,
         exif=bytes(exif) if exif else None,
         icc_profile=bytes(icc) if icc else None,
+        dpi=dpi,
     )
+
+
+def _dpi(value) -> tuple[float, float] | None:
+    """The resolution a file declares, as two positive numbers, or None."""
+    try:
+        x, y = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if x > 0 and y > 0 else None
 
 
 def _to_float(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -220,7 +235,9 @@ def _float_plane(arr: np.ndarray) -> np.ndarray:
     """Float images carry no declared range: assume [0,1], else the integer range they fit."""
     out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     peak = float(out.max()) if out.size else 0.0
-    if peak > 1.0:
+    # Processed [0,1] data overshoots 1.0 a little (resampling, sharpening): that is clipped, not
+    # taken for integer-range data, which would turn the photo black. Beyond 2 it is integer-range.
+    if peak > 2.0:
         out *= np.float32(1.0 / (255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak))
     np.clip(out, 0.0, 1.0, out=out)
     return out
@@ -357,6 +374,8 @@ def encode_image(rgb: np.ndarray, like: DecodedImage, fmt: str | None = None, qu
         options["compression"] = "tiff_deflate"  # lossless, and an uncompressed 24 MP TIFF is 72 MB
     if like.exif and fmt in _EXIF_FORMATS:
         options["exif"] = _with_exif_header(_reset_orientation(like.exif))
+    if like.dpi and fmt in _DPI_FORMATS:
+        options["dpi"] = like.dpi
     if like.icc_profile and fmt in _ICC_FORMATS and _icc_fits(like.icc_profile, mode):
         options["icc_profile"] = like.icc_profile
     buf = io.BytesIO()
@@ -418,8 +437,11 @@ def _reset_orientation(exif: bytes) -> bytes:
         for i in range(count):
             entry = ifd + 2 + 12 * i
             tag, typ, n = struct.unpack(order + "HHI", tiff[entry : entry + 8])
-            if tag == _ORIENTATION_TAG and typ == 3 and n >= 1:  # SHORT, stored inline
-                tiff[entry + 8 : entry + 10] = struct.pack(order + "H", 1)
+            # stored inline as SHORT (the standard), or LONG / SLONG, which some writers use and
+            # Pillow's exif_transpose honours as well
+            value = {3: "H", 4: "I", 9: "i"}.get(typ)
+            if tag == _ORIENTATION_TAG and value and 1 <= n * struct.calcsize(value) <= 4:
+                tiff[entry + 8 : entry + 8 + struct.calcsize(value)] = struct.pack(order + value, 1)
                 return exif[:start] + bytes(tiff)
     except (KeyError, struct.error):
         pass

@@ -58,6 +58,9 @@ class Enhancer:
             raise ValueError(f"stages must be one of {STAGES}, not {stages!r}")
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
+        # NaN would be cast to level 0 and poison the features; a sum finds one without a 24 MP mask
+        if not np.isfinite(np.sum(rgb, dtype=np.float64)):
+            raise ValueError("the image holds NaN or infinite values")
         seconds = {}
         t = time.perf_counter()
         features = extract_features(rgb)

@@ -95,7 +95,8 @@ def augmented_rows(
         if i == 0:
             lo, hi = low, high
         else:
-            ch, cw = int(h * rng.uniform(0.35, 1.0)), int(w * rng.uniform(0.35, 1.0))
+            # at least one pixel: a crop of a 1- or 2-pixel side would otherwise be empty (NaN features)
+            ch, cw = max(1, int(h * rng.uniform(0.35, 1.0))), max(1, int(w * rng.uniform(0.35, 1.0)))
             y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             lo, hi = low[y : y + ch, x : x + cw], high[y : y + ch, x : x + cw]
             gain = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))

@@ -215,6 +215,22 @@ def test_float_tiff_in_unit_range_kept():
     np.testing.assert_allclose(decoded.rgb[..., 0], arr, atol=1e-7)
 
 
+@pytest.mark.parametrize("overshoot", [1.0000001, 1.02, 1.5])
+def test_float_tiff_overshooting_one_is_clipped_not_rescaled(overshoot):
+    # processed [0,1] data overshoots 1.0 a little; it must not be read as 0-255 data (a black photo)
+    arr = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
+    arr[0, 0] = overshoot
+    decoded = decode_image(_save(Image.fromarray(arr), "TIFF"))
+    np.testing.assert_allclose(decoded.rgb[..., 0].ravel()[1:], arr.ravel()[1:], atol=1e-7)
+    assert decoded.rgb[0, 0, 0] == 1.0
+
+
+def test_float_tiff_in_integer_range_rescaled():
+    arr = np.linspace(0, 255, 20, dtype=np.float32).reshape(4, 5)
+    decoded = decode_image(_save(Image.fromarray(arr), "TIFF"))
+    np.testing.assert_allclose(decoded.rgb[..., 0], arr / 255, atol=1e-6)
+
+
 def test_palette_png_with_transparency():
     img = Image.fromarray(_gradient_rgb()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     decoded = decode_image(_save(img, "PNG", transparency=0))
@@ -291,6 +307,45 @@ def test_exif_kept_when_writing_png():
     out = Image.open(io.BytesIO(encode_image(decoded.rgb, decoded, fmt="PNG")))
     assert out.format == "PNG"
     assert out.getexif()[0x0112] == 1
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_png_exif_after_the_pixel_data_is_kept():
+    # the PNG spec lets eXIf follow IDAT; Pillow only sees it once the image is loaded
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "llie-test-camera"
+    tiff = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    data = _save(Image.fromarray(np.zeros((2, 4, 3), np.uint8)), "PNG")
+    end = data.rindex(b"IEND") - 4
+    decoded = decode_image(data[:end] + _png_chunk(b"eXIf", tiff) + data[end:])
+    assert decoded.rgb.shape == (4, 2, 3)  # turned upright
+    out = Image.open(io.BytesIO(encode_image(decoded.rgb, decoded)))
+    assert out.getexif()[0x010F] == "llie-test-camera"
+    assert out.getexif()[0x0112] == 1
+
+
+@pytest.mark.parametrize("kind, fmt", [(3, "H"), (4, "I")])
+def test_orientation_reset_whatever_its_integer_type(kind, fmt):
+    # some writers store Orientation as LONG; Pillow turns the pixels for it, so it must be reset too
+    entry = struct.pack("<HHI", 0x0112, kind, 1) + struct.pack("<" + fmt, 6).ljust(4, b"\x00")
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + b"\x00" * 4
+    decoded = decode_image(_save(Image.fromarray(np.zeros((4, 6, 3), np.uint8)), "JPEG", exif=exif))
+    assert decoded.rgb.shape == (6, 4, 3)
+    again = decode_image(encode_image(decoded.rgb, decoded))
+    assert again.rgb.shape == (6, 4, 3)  # not turned a second time
+    assert Image.open(io.BytesIO(encode_image(decoded.rgb, decoded))).getexif()[0x0112] == 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_resolution_kept(fmt):
+    decoded = decode_image(_save(Image.fromarray(_gradient_rgb()), fmt, dpi=(300, 300)))
+    assert decoded.dpi == pytest.approx((300, 300), abs=0.01)
+    out = Image.open(io.BytesIO(encode_image(decoded.rgb, decoded)))
+    assert out.info["dpi"] == pytest.approx((300, 300), abs=0.01)
 
 
 def test_icc_profile_round_trip():

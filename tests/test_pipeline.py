@@ -95,3 +95,11 @@ def test_bad_stage_name_raises(default_enhancer, bad):
 def test_non_rgb_array_raises(default_enhancer, shape):
     with pytest.raises(ValueError, match="HxWx3"):
         default_enhancer.enhance(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixels_raise(default_enhancer, bad):
+    rgb = scene(8, 8)
+    rgb[3, 4, 1] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        default_enhancer.enhance(rgb)

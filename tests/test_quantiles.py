@@ -268,3 +268,12 @@ def test_row_weights_pull_the_fit_toward_the_heavier_rows():
     expected = lambda a: np.clip(isotonic((a * dark + (1 - a) * bright).reshape(3, 21)), 0, 1).mean()
     assert unweighted == pytest.approx(expected(0.5), abs=0.01)
     assert toward_bright == pytest.approx(expected(0.1), abs=0.01)
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (2, 1), (1, 1), (2, 300)])
+def test_augmented_rows_of_tiny_images_are_finite(shape):
+    rng = np.random.default_rng(0)
+    low = rng.random(shape + (3,), dtype=np.float32) * 0.2
+    x, y = augmented_rows(low, low * 4, rng, 12)
+    assert x.shape[0] == y.shape[0] == 12
+    assert np.isfinite(x).all() and np.isfinite(y).all()
