@@ -7,7 +7,6 @@ module stays free of Prefect.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -42,9 +41,56 @@ def cli() -> None:
     """
 
 
-def _resolve_inside(root: Path, other: Path) -> bool:
-    root, other = root.resolve(), other.resolve()
-    return other == root or root in other.parents
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether one folder is the other or inside it: outputs mirror input paths, so either way round a
+    run would write over the photos it reads (or read its own outputs next time)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def _check_device(device: str) -> None:
+    """A clear usage error for a device this machine cannot give, before a bundle is loaded."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"{device!r}: use auto, cpu, cuda or cuda:N", param_hint="--device") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device!r}: no CUDA GPU is available here (use auto or cpu)", param_hint="--device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{device!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
+
+
+def _load_enhancer(model, device: str):
+    from .bundle import BundleError
+    from .pipeline import Enhancer
+
+    _check_device(device)
+    try:
+        return Enhancer.load(model, device=device)
+    except BundleError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+
+
+def _reference_score(reference: Path, rel: Path, image: np.ndarray, limits) -> tuple[dict | None, str | None]:
+    """(scores, None) against the reference of ``rel``, or (None, why not): a missing, unreadable or
+    differently sized reference is reported, not counted as a failed enhancement."""
+    from .evaluate import score
+    from .imageio import ImageDecodeError, decode_file
+
+    path = reference / rel
+    if not path.is_file():
+        return None, "no reference"
+    try:
+        ref = decode_file(path, limits)
+    except (ImageDecodeError, OSError) as exc:
+        return None, f"reference unreadable: {exc}"
+    if ref.rgb.shape != image.shape:
+        return None, f"reference is {ref.width}x{ref.height}, the photo {image.shape[1]}x{image.shape[0]}"
+    return score(image, ref.rgb), None
 
 
 @cli.command()
@@ -59,42 +105,50 @@ def _resolve_inside(root: Path, other: Path) -> bool:
 @click.option("--reference", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder of well-lit references with the same relative paths: prints PSNR/SSIM per image and the mean.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--max-pixels", type=int, default=None, help="Refuse images larger than this (decompression-bomb guard).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images larger than this (decompression-bomb guard).")
 def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device, max_pixels) -> None:
-    """Enhance every photo in a folder."""
-    from .evaluate import score
-    from .imageio import DecodeLimits, ImageDecodeError, decode_file, encode_image, is_image_name
-    from .pipeline import Enhancer
+    """Enhance every photo in a folder.
 
-    if _resolve_inside(input_dir, output_dir):
-        raise click.UsageError("--output must not be --input or inside it: inputs are never overwritten")
+    A photo that cannot be read or enhanced is reported and skipped, the others go on, and the exit
+    status is 1. Each output is written to a temporary file and renamed, so a photo is never left
+    half-written under its real name.
+    """
+    from .imageio import DecodeLimits, ImageDecodeError, decode_file, encode_image, is_image_name
+    from .storage import write_bytes_atomic
+
+    if _overlap(input_dir, output_dir):
+        raise click.UsageError("--output must not be --input, inside it or contain it: inputs are never overwritten")
     limits = DecodeLimits(max_pixels=max_pixels) if max_pixels else DecodeLimits()
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and is_image_name(p.name)
                    and not any(part.startswith(".") for part in p.relative_to(input_dir).parts))
     if not files:
         raise click.UsageError(f"no images found under {input_dir}")
-    enhancer = Enhancer.load(model, device=device)
-    rows, failures = [], 0
+    enhancer = _load_enhancer(model, device)
+    rows, unscored, failures = [], [], 0
     for path in tqdm(files, desc="enhance", unit="img"):
         rel = path.relative_to(input_dir)
         try:
             decoded = decode_file(path, limits)
             result = enhancer.enhance(decoded.rgb, stages=stages, levels=65536 if decoded.bit_depth > 8 else 256)
-            data = encode_image(result.image, decoded)
-            target = output_dir / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            tmp.replace(target)  # never a half-written photo under its real name
-            if reference is not None and (reference / rel).exists():
-                ref = decode_file(reference / rel, limits)
-                if ref.rgb.shape == result.image.shape:
-                    rows.append({"name": rel.as_posix(), **score(result.image, ref.rgb)})
+            write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded))
         except (ImageDecodeError, OSError, ValueError) as exc:
             failures += 1
             tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)
+            continue
+        if reference is not None:
+            scores, why_not = _reference_score(reference, rel, result.image, limits)
+            if scores is None:
+                unscored.append((rel, why_not))
+            else:
+                rows.append({"name": rel.as_posix(), **scores})
     click.echo(f"enhanced {len(files) - failures} of {len(files)} images into {output_dir} "
                f"(model {enhancer.model_version}, stages {stages})")
+    if reference is not None:
+        ok = len(files) - failures
+        click.echo(f"scored {len(rows)} of {ok} enhanced images against {reference}")
+        for rel, why_not in unscored:
+            click.echo(f"  not scored: {rel}: {why_not}")
     if rows:
         click.echo(f"\n{'image':40s} {'PSNR':>7s} {'SSIM':>6s}")
         for r in rows:
@@ -126,13 +180,19 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
     from .data import find_pairs
     from .evaluate import compare_reports, evaluate_pairs, format_comparison, format_table
 
+    if json_out is not None and not json_out.parent.is_dir():  # found out now, not after the evaluation
+        raise click.BadParameter(f"folder {json_out.parent} does not exist", param_hint="--json")
     root = data / "eval15" if (data / "eval15").is_dir() else data
-    pairs = find_pairs(root)
-    report = evaluate_pairs(model, pairs, device=device)
+    try:
+        pairs = find_pairs(root)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from None
+    _check_device(device)
+    report = _evaluate_or_fail(model, pairs, device, "--model")
     click.echo(f"model {report['model_version']} on {root} ({len(report['rows'])} pairs)\n")
     click.echo(format_table(report))
     if baseline is not None:
-        base = evaluate_pairs(baseline, pairs, device=device)
+        base = _evaluate_or_fail(baseline, pairs, device, "--baseline")
         report["comparison"] = compare_reports(report, base)
         report["baseline"] = base
         click.echo("")
@@ -141,27 +201,39 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
         json_out.write_text(json.dumps(report, indent=2))
 
 
+def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
+    from .bundle import BundleError
+    from .evaluate import evaluate_pairs
+
+    try:
+        return evaluate_pairs(bundle, pairs, device=device)
+    except BundleError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+    except (ValueError, OSError) as exc:  # a pair that cannot be read or whose images differ in size
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.command()
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="LOL layout: DATA/low + DATA/high, or DATA/our485 (+ DATA/eval15, used for the final report only).")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Bundle directory to write (checkpoints go to OUTPUT/_training).")
-@click.option("--steps", type=int, default=3000, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=3000, show_default=True,
               help="Refiner optimisation steps. 0 with --init-refiner keeps that refiner as it is and retrains stage 2.")
-@click.option("--batch", type=int, default=16, show_default=True, help="Refiner crops per step.")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Refiner crops per step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, augmentation and init.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
-@click.option("--threads", type=int, default=None, help="CPU threads for XGBoost and torch (default: all).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for XGBoost and torch (default: all).")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/_training (stage 2 and the last refiner checkpoint).")
-@click.option("--max-pairs", type=int, default=None, help="Use only the first N pairs (quick trials).")
-@click.option("--dim", type=int, default=None, help="Refiner width (default 96).")
-@click.option("--depth", type=int, default=None, help="Refiner blocks (default 4).")
-@click.option("--heads", type=int, default=None, help="Refiner attention heads (default 4; dim must divide by it).")
+@click.option("--max-pairs", type=click.IntRange(min=1), default=None, help="Use only the first N pairs (quick trials).")
+@click.option("--dim", type=click.IntRange(min=1), default=None, help="Refiner width (default 96).")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="Refiner blocks (default 4).")
+@click.option("--heads", type=click.IntRange(min=1), default=None, help="Refiner attention heads (default 4; dim must divide by it).")
 @click.option("--global-context/--no-global-context", default=True, show_default=True,
               help="Refiner tokens also see a summary of the whole image, so it can fix global exposure and casts.")
-@click.option("--detail-channels", type=int, default=None,
+@click.option("--detail-channels", type=click.IntRange(min=0), default=None,
               help="Width of the refiner's full-resolution convolutions after the patch head, 0 for none (default 24).")
-@click.option("--ema", type=float, default=None,
+@click.option("--ema", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=None,
               help="Validate and keep an exponential moving average of the refiner's weights with this decay "
                    "(e.g. 0.999; default: off).")
 @click.option("--freeze-transformer", is_flag=True,
@@ -172,9 +244,9 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
 @click.option("--exposure-jitter", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="Raise each refiner training input to a random gamma, log-normal with this spread (e.g. 0.12), so "
                    "the refiner meets more exposure errors than the one stage 3 left on each training pair.")
-@click.option("--lr", type=float, default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
-@click.option("--crop", type=int, default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
-@click.option("--eval-every", type=int, default=None,
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Refiner peak learning rate (default 2e-3; lower when fine-tuning).")
+@click.option("--crop", type=click.IntRange(min=1), default=None, help="Refiner training crop side in pixels, a multiple of 80 (default 160).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
               help="Refiner steps between validation passes; the best one is kept (default 250).")
 @click.option("--error-weighting/--no-error-weighting", default=True, show_default=True,
               help="Weight each pair in the stage-2 fit by the inverse of its out-of-fold error, which optimises the "
@@ -194,13 +266,17 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .quantiles import QuantileModelConfig
     from .refiner import RefinerConfig
-    from .train import RefinerTrainConfig, TrainConfig
+    from .train import RefinerTrainConfig, TrainConfig, TrainingSetupError
     from .train import train as run_training
 
+    _check_device(device)
     refiner = RefinerConfig()
-    refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth, heads=heads or refiner.heads,
-                      global_context=global_context,
-                      detail_channels=refiner.detail_channels if detail_channels is None else detail_channels)
+    try:
+        refiner = replace(refiner, dim=dim or refiner.dim, depth=depth or refiner.depth, heads=heads or refiner.heads,
+                          global_context=global_context,
+                          detail_channels=refiner.detail_channels if detail_channels is None else detail_channels)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     rt = RefinerTrainConfig(steps=steps, batch=batch)
     rt = replace(rt, lr=lr or rt.lr, crop=crop or rt.crop, eval_every=eval_every or rt.eval_every,
                  ema_decay=ema or rt.ema_decay, freeze_transformer=freeze_transformer, pad_augment=pad_augment,
@@ -211,10 +287,19 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
                       quantile=QuantileModelConfig(error_weighting=error_weighting, augmentations=histogram_rows,
                                                    bag=bag),
                       refiner=refiner, refiner_train=rt, max_pairs=max_pairs, init_refiner=init_refiner)
-    manifest = run_training(cfg, resume=resume)
+    try:
+        manifest = run_training(cfg, resume=resume)
+    except (TrainingSetupError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(json.dumps({k: manifest[k] for k in ("model_version", "metrics") if k in manifest}
                           | {"eval": manifest.get("eval")}, indent=2, default=str))
     click.echo(f"bundle written to {output}")
+
+
+def _check_exposure(ctx, param, value):
+    if value is not None and not 0.0 < value[0] <= value[1] <= 1.0:
+        raise click.BadParameter(f"{value[0]} {value[1]}: need 0 < LOW <= HIGH <= 1 (a gain that darkens)")
+    return value
 
 
 @cli.command()
@@ -223,13 +308,17 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
 @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Writes OUTPUT/low and OUTPUT/high (PNG) in LOL layout.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--exposure", type=(float, float), default=None, help="Linear gain range, e.g. 0.05 0.25.")
+@click.option("--exposure", type=(float, float), default=None, callback=_check_exposure,
+              help="Range of the linear gain that darkens each photo, LOW HIGH with 0 < LOW <= HIGH <= 1, e.g. 0.05 0.25.")
 def synth(input_dir, output_dir, seed, exposure) -> None:
     """Make low/high training pairs from well-lit photos (exposure drop, gamma, sensor noise, colour shift)."""
     from .synth import SynthConfig, make_pairs
 
     cfg = SynthConfig() if exposure is None else replace(SynthConfig(), exposure=exposure)
-    names = make_pairs(input_dir, output_dir, cfg, seed=seed)
+    try:
+        names = make_pairs(input_dir, output_dir, cfg, seed=seed)
+    except ValueError as exc:  # overlapping folders, two inputs that would share an output name
+        raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {len(names)} pairs to {output_dir}/low and {output_dir}/high")
 
 

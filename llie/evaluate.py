@@ -27,6 +27,9 @@ def evaluate_pairs(bundle: str | Path | None, pairs: list[Pair], device: str = "
     rows = []
     for pair in tqdm(pairs, desc="evaluate", disable=not progress):
         low, high = load_rgb(pair.low), load_rgb(pair.high)
+        if low.shape != high.shape:
+            raise ValueError(f"pair {pair.name}: the low image is {low.shape[1]}x{low.shape[0]}, "
+                             f"the high one {high.shape[1]}x{high.shape[0]}")
         hist = enhancer.enhance(low, stages="hist").image
         row = {"name": pair.name}
         for stage, image in (("input", low), ("stage3", hist)):

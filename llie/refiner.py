@@ -46,6 +46,12 @@ class RefinerConfig:
     detail_channels: int = 24
     detail_layers: int = 4
 
+    def __post_init__(self) -> None:
+        if min(self.patch, self.dim, self.depth, self.heads, self.window) < 1 or self.detail_channels < 0:
+            raise ValueError(f"refiner sizes must be positive: {self}")
+        if self.dim % self.heads:
+            raise ValueError(f"the refiner's width {self.dim} must divide by its {self.heads} attention heads")
+
     @property
     def multiple(self) -> int:
         """Input sides must be a multiple of this many pixels."""

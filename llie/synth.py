@@ -98,9 +98,10 @@ def make_pairs(
     dst = Path(output_dir).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"input folder {src} does not exist")
-    if dst == src or src in dst.parents:
-        # The next run would pick up its own output as input.
-        raise ValueError(f"output folder {dst} must not be inside input folder {src}")
+    if dst == src or src in dst.parents or dst in src.parents:
+        # Inside the input, the next run would pick up its own output; around it (--input pairs/low
+        # --output pairs) this run would write over the photos it reads.
+        raise ValueError(f"output folder {dst} must not be the input folder {src}, inside it or contain it")
 
     jobs = _plan(src)
     written = []

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bundle import Bundle, load_bundle, save_bundle
+from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by_group
 from .features import extract_features
 from .mapping import MappingConfig, match_to_quantiles
@@ -248,6 +248,39 @@ def evaluate_refiner(model: Refiner, inputs, highs, device) -> tuple[float, floa
     return p, s
 
 
+class TrainingSetupError(ValueError):
+    """A setting, data set or run directory that training cannot work with, found before (or instead of)
+    doing the work: the command line shows its message without a traceback."""
+
+
+def check_cached_split(saved, train_pairs: list[Pair], val_pairs: list[Pair], run_dir: Path) -> None:
+    """--resume reuses stage 2's predictions pair by pair: they must belong to the same pairs in the same
+    order, or every refiner input would be matched with another photo's prediction."""
+    if "train_names" not in saved.files:  # run directories from before the names were kept
+        return
+    same = (list(saved["train_names"]) == [p.name for p in train_pairs]
+            and list(saved["val_names"]) == [p.name for p in val_pairs])
+    if not same:
+        raise TrainingSetupError(f"{run_dir} holds stage 2 of another training split (different --data, --seed or "
+                                 "--max-pairs): resume with the settings it was started with, or use a new --output")
+
+
+def check_setup(cfg: TrainConfig, train_pairs: list[Pair], train_lows) -> None:
+    """Settings that would otherwise fail only after stage 2 has been fit, minutes in."""
+    rt = cfg.refiner_train
+    if rt.crop % cfg.refiner.multiple:
+        raise TrainingSetupError(f"crop {rt.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels")
+    scenes = len({p.group for p in train_pairs})
+    if scenes < cfg.oof_folds:
+        raise TrainingSetupError(f"the training split holds {scenes} scene(s); out-of-fold stage 2 needs at least "
+                                 f"{cfg.oof_folds} (pairs whose targets match or look alike count as one scene)")
+    if rt.steps > 0 and train_lows:
+        side = min(min(low.shape[:2]) for low in train_lows)
+        if side < rt.crop:
+            raise TrainingSetupError(f"refiner crops of {rt.crop} px do not fit the smallest training image ({side} px "
+                                     f"on its short side): choose a smaller crop, a multiple of {cfg.refiner.multiple}")
+
+
 def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, str]:
     """(refiner, model_version) of an existing bundle, to fine-tune, as a refiner of ``config``.
 
@@ -255,11 +288,11 @@ def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, s
     the transformer's weights are kept and the configured head is added, starting as the identity."""
     source = load_bundle(bundle_path)
     if source.refiner is None:
-        raise ValueError(f"{bundle_path} has no refiner to start from")
+        raise TrainingSetupError(f"{bundle_path} has no refiner to start from")
     found = source.refiner.cfg
     headless = replace(config, detail_channels=0, detail_layers=found.detail_layers)
     if found != config and found != headless:
-        raise ValueError(f"{bundle_path} has refiner {found}, not the configured {config}")
+        raise TrainingSetupError(f"{bundle_path} has refiner {found}, not the configured {config}")
     refiner = Refiner(config)
     missing, unexpected = refiner.load_state_dict(source.refiner.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("detail.") for k in missing), (missing, unexpected)
@@ -269,8 +302,23 @@ def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, s
 def check_freeze(cfg: TrainConfig, has_init: bool) -> None:
     """freeze_transformer needs a detail head to train and a transformer to start from."""
     if cfg.refiner_train.freeze_transformer and not (cfg.refiner.detail_channels and has_init):
-        raise ValueError("freeze_transformer trains the detail head of a transformer from init_refiner: "
+        raise TrainingSetupError("freeze_transformer trains the detail head of a transformer from init_refiner: "
                          "give both a detail head and an initial refiner")
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """torch.save through a temporary file: a crash mid-write never leaves a corrupt checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    tmp.replace(path)
 
 
 def update_ema(ema: Refiner, model: Refiner, decay: float, step: int) -> None:
@@ -288,7 +336,7 @@ def train_refiner(
 ) -> tuple[Refiner, dict]:
     rt = cfg.refiner_train
     if rt.crop % cfg.refiner.multiple:
-        raise ValueError(f"crop {rt.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels")
+        raise TrainingSetupError(f"crop {rt.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Refiner(cfg.refiner).to(device)
@@ -329,7 +377,7 @@ def train_refiner(
         bar.write(f"step {state['step']}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
         if vp > state["best_psnr"]:
             state["best_psnr"] = vp
-            torch.save(scored.state_dict(), best_path)
+            _save_atomic(scored.state_dict(), best_path)
 
     # a fine-tune starts as a candidate too: it can then only keep or improve its starting point on validation
     if val_inputs and not state["history"] and (init is not None or rt.steps == 0):
@@ -366,13 +414,11 @@ def train_refiner(
         if state["step"] % rt.checkpoint_every == 0 or last:
             state["seconds"] += time.time() - started  # training time summed over resumed sessions
             started = time.time()
-            tmp = ckpt_path.with_suffix(".tmp")
             saved = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "state": json.dumps(state)}
             if ema is not None:
                 saved["ema"] = ema.state_dict()
-            torch.save(saved, tmp)
-            tmp.replace(ckpt_path)  # a crash mid-write never leaves a corrupt checkpoint
+            _save_atomic(saved, ckpt_path)
     bar.close()
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
@@ -387,7 +433,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # checked before any work: a wrong starting bundle or setting should not cost a stage-2 fit to find out
-    init, init_version = initial_refiner(cfg.init_refiner, cfg.refiner) if cfg.init_refiner else (None, None)
+    try:
+        init, init_version = initial_refiner(cfg.init_refiner, cfg.refiner) if cfg.init_refiner else (None, None)
+    except BundleError as exc:
+        raise TrainingSetupError(str(exc)) from None
     check_freeze(cfg, init is not None)
     out = Path(cfg.output)
     run_dir = out / "_training"
@@ -398,19 +447,23 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     train_pairs, val_pairs = split_by_group(pairs, cfg.val_fraction, cfg.seed)
     lows, highs = load_pairs(train_pairs)
     val_lows, val_highs = load_pairs(val_pairs)
+    check_setup(cfg, train_pairs, lows)
 
-    # Stage 2 on the training split, bandwidth chosen on validation.
-    stage2_dir, cache = run_dir / "stage2", run_dir / "stage3_inputs.npz"
+    # Stage 2 on the training split, bandwidth chosen on validation. Its results are cached for --resume;
+    # the metrics file is written last and stands for the whole set, so a crash mid-write refits instead.
+    stage2_dir, cache, done = run_dir / "stage2", run_dir / "stage3_inputs.npz", run_dir / "stage2_metrics.json"
     metrics: dict = {}
-    if resume and (stage2_dir / "quantiles.json").exists() and cache.exists():
+    if resume and (stage2_dir / "quantiles.json").exists() and cache.exists() and done.exists():
         model = QuantileModel.load(stage2_dir, n_threads=cfg.threads)
         saved = np.load(cache, allow_pickle=False)
+        check_cached_split(saved, train_pairs, val_pairs, run_dir)
         oof, val_q = saved["oof"], saved["val"]
         weights = saved["weights"] if "weights" in saved.files else None
-        metrics = json.loads((run_dir / "stage2_metrics.json").read_text())
+        metrics = json.loads(done.read_text())
         mapping = MappingConfig(**metrics["mapping"])
         row_sets = None
     else:
+        done.unlink(missing_ok=True)  # until the new stage 2 is complete, nothing here is to be resumed
         row_sets = bag_rows(train_pairs, lows, highs, cfg.quantile, cfg.seed, progress)
         model, oof, weights, metrics = fit_stage2(train_pairs, lows, highs, row_sets, cfg, progress)
         val_q = model.predict(np.stack([extract_features(l) for l in val_lows])) if val_pairs else np.zeros((0, 3, 21))
@@ -422,8 +475,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             mapping = MappingConfig()
         metrics["mapping"] = asdict(mapping)
         model.save(stage2_dir)
-        np.savez(cache, oof=oof, val=val_q, **({} if weights is None else {"weights": weights}))
-        (run_dir / "stage2_metrics.json").write_text(json.dumps(metrics, indent=2))
+        names = {"train_names": np.array([p.name for p in train_pairs]),
+                 "val_names": np.array([p.name for p in val_pairs])}
+        _write_atomic(cache, lambda f: np.savez(f, oof=oof, val=val_q, **names,
+                                                **({} if weights is None else {"weights": weights})))
+        _write_atomic(done, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
 
     train_inputs = [match_to_quantiles(l, q, mapping) for l, q in zip(lows, oof)]
     val_inputs = [match_to_quantiles(l, q, mapping) for l, q in zip(val_lows, val_q)]

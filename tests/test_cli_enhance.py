@@ -127,14 +127,54 @@ def test_reference_prints_psnr_table_with_mean(tmp_path):
     assert ssims[-1] == pytest.approx(np.mean(ssims[:-1]), abs=0.0011)
 
 
-@pytest.mark.parametrize("where", ["same", "inside"])
-def test_output_inside_input_is_refused(photos, where):
-    out = photos if where == "same" else photos / "sub" / "enhanced"
-    before = _files(photos)
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_output_overlapping_input_is_refused(photos, where):
+    # "around": --input out/in --output out would write out/in/x.png over the input of in/in/x.png
+    out = {"same": photos, "inside": photos / "sub" / "enhanced", "around": photos.parent}[where]
+    before = {name: (photos / name).read_bytes() for name in _files(photos)}
     result = CliRunner().invoke(cli, ["enhance", "--input", str(photos), "--output", str(out)])
     assert result.exit_code == 2
-    assert "must not be --input or inside it" in result.output
-    assert _files(photos) == before
+    assert "must not be --input, inside it or contain it" in result.output
+    assert {name: (photos / name).read_bytes() for name in _files(photos)} == before
+
+
+def test_a_bad_reference_is_reported_not_counted_as_a_failure(tmp_path):
+    src, ref = tmp_path / "low", tmp_path / "ref"
+    for i, name in enumerate(["good.png", "unreadable.png", "resized.png", "missing.png"]):
+        low, high = pair(30, 40, seed=40 + i)
+        _save(src / name, Image.fromarray(to_uint8(low)), "PNG")
+        if name == "good.png":
+            _save(ref / name, Image.fromarray(to_uint8(high)), "PNG")
+    (ref / "unreadable.png").write_bytes(b"not a png")
+    _save(ref / "resized.png", Image.fromarray(to_uint8(pair(20, 40, seed=9)[1])), "PNG")
+    out = tmp_path / "out"
+    result = _run("enhance", "--input", str(src), "--output", str(out), "--reference", str(ref), "--stages", "hist")
+    assert result.exit_code == 0, result.output
+    assert "enhanced 4 of 4 images" in result.output and "scored 1 of 4 enhanced images" in result.output
+    assert "not scored: unreadable.png: reference unreadable" in result.output
+    assert "not scored: resized.png: reference is 40x20, the photo 40x30" in result.output
+    assert "not scored: missing.png: no reference" in result.output
+    assert len(_files(out)) == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "{tmp}"], "manifest.json missing"),
+    (["--device", "gpu"], "use auto, cpu, cuda or cuda:N"),
+    (["--max-pixels", "0"], "--max-pixels"),
+])
+def test_enhance_usage_errors_are_clear(photos, tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["enhance", "--input", str(photos), "--output", str(tmp_path / "out"),
+                                      *[a.format(tmp=tmp_path) for a in args]])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_enhance_on_cuda_without_a_gpu_is_a_usage_error(photos, tmp_path):
+    result = CliRunner().invoke(cli, ["enhance", "--input", str(photos), "--output", str(tmp_path / "o"),
+                                      "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA GPU is available" in result.output
 
 
 def test_empty_input_folder_is_a_usage_error(tmp_path):
@@ -180,6 +220,39 @@ def test_synth_writes_low_high_pairs(tmp_path):
             assert np.asarray(lo).mean() < 0.7 * np.asarray(hi).mean()
 
 
+def test_synth_refuses_an_output_around_its_input(tmp_path):
+    src = tmp_path / "pairs" / "low"
+    _save(src / "one.png", Image.fromarray(to_uint8(scene(20, 24, seed=1))), "PNG")
+    before = (src / "one.png").read_bytes()
+    result = CliRunner().invoke(cli, ["synth", "--input", str(src), "--output", str(tmp_path / "pairs")])
+    assert result.exit_code == 2 and "must not be the input folder" in result.output
+    assert (src / "one.png").read_bytes() == before and not (tmp_path / "pairs" / "high").exists()
+
+
+@pytest.mark.parametrize("exposure", [("3", "5"), ("-0.1", "0.2"), ("0.3", "0.1"), ("0", "0.2")])
+def test_synth_exposure_must_darken(tmp_path, exposure):
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(cli, ["synth", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
+                                      "--exposure", *exposure])
+    assert result.exit_code == 2 and "0 < LOW <= HIGH <= 1" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dim", "30", "--heads", "4"], "must divide by its 4 attention heads"),
+    (["--lr", "0"], "--lr"),
+    (["--crop", "0"], "--crop"),
+    (["--crop", "100"], "must be a multiple of the refiner's 80 pixels"),
+    (["--crop", "160"], "do not fit the smallest training image (40 px"),
+    (["--device", "tpu"], "use auto, cpu, cuda or cuda:N"),
+])
+def test_train_setup_errors_come_before_any_work(tmp_path, args, message):
+    data = write_lol(tmp_path / "lol", 6, 40, 48, seed=5)
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--output", str(tmp_path / "b"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b" / "_training" / "stage2").exists()
+
+
 def test_evaluate_prints_per_stage_table(tmp_path):
     data = write_lol(tmp_path / "lol", 2, 40, 48, seed=5)
     report = tmp_path / "report.json"
@@ -193,6 +266,19 @@ def test_evaluate_prints_per_stage_table(tmp_path):
     for key, (low, high) in saved["interval"].items():
         values = [r[key] for r in saved["rows"]]
         assert min(values) <= low <= saved["mean"][key] <= high <= max(values), key
+
+
+def test_evaluate_errors_are_clear_and_come_first(tmp_path):
+    data = write_lol(tmp_path / "lol", 2, 40, 48, seed=5)
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(tmp_path)])  # no low/ and high/ here
+    assert result.exit_code == 2 and "has no low/ and high/ folders" in result.output
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(data), "--json", str(tmp_path / "no" / "r.json")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    name = sorted((data / "high").iterdir())[0].name
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(data / "high" / name)
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(data), "--device", "cpu"])
+    assert result.exit_code == 1 and "the low image is 48x40, the high one 12x10" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_evaluate_against_a_baseline_pairs_the_images(tmp_path):

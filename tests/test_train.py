@@ -16,7 +16,8 @@ from llie.features import extract_features
 from llie.pipeline import Enhancer
 from llie.quantiles import QuantileModelConfig
 from llie.refiner import RefinerConfig
-from llie.train import RefinerTrainConfig, TrainConfig, train
+from llie.data import resolve_training_sets, split_by_group
+from llie.train import RefinerTrainConfig, TrainConfig, TrainingSetupError, train
 
 N_PAIRS = 12
 
@@ -103,6 +104,42 @@ def test_resume_on_a_finished_run_does_not_retrain(runs):
     assert resumed["model_version"] == runs["manifest_a"]["model_version"]  # the same bundle, bit for bit
     assert resumed["files"] == runs["manifest_a"]["files"]
     load_bundle(out)
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"max_pairs": N_PAIRS - 2}])
+def test_resume_refuses_the_stage2_of_another_split(runs, tmp_path, change):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(runs["a"], out)
+    cfg = replace(_config(runs["data"], out), **change)
+    pairs, _ = resolve_training_sets(runs["data"])
+    pairs = pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
+    assert split_by_group(pairs, cfg.val_fraction, cfg.seed)[0] != split_by_group(
+        resolve_training_sets(runs["data"])[0], cfg.val_fraction, 0)[0]  # the change does change the split
+    with pytest.raises(TrainingSetupError, match="another training split"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_resume_after_a_crash_inside_stage2_refits_it(runs, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(runs["a"], out)
+    # a crash between writing the stage-2 model and its metrics (written last) leaves no complete stage 2
+    (out / "_training" / "stage2_metrics.json").unlink()
+    resumed = train(_config(runs["data"], out), resume=True, progress=False)
+    assert (out / "_training" / "stage2_metrics.json").exists()
+    assert resumed["metrics"]["val_stage3_psnr"] == runs["manifest_a"]["metrics"]["val_stage3_psnr"]  # same fit
+    saved = np.load(out / "_training" / "stage3_inputs.npz")
+    assert len(saved["train_names"]) + len(saved["val_names"]) == N_PAIRS
+
+
+def test_too_few_scenes_for_the_folds_is_a_setup_error(runs, tmp_path):
+    cfg = replace(_config(runs["data"], tmp_path / "b"), oof_folds=N_PAIRS)
+    with pytest.raises(TrainingSetupError, match="out-of-fold stage 2 needs at least"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "b" / "_training" / "stage2").exists()
 
 
 def test_same_seed_gives_identical_models(runs):
