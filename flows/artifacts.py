@@ -173,7 +173,8 @@ def publish_run_report(
             url = report_mod.write_report(run, run_summary, target, storage_options=storage_options).html_url
             logger.info("report: %s", storage.redact_url(url))
     except Exception as exc:
-        logger.warning("no audit report for run %s: %s", run_id, storage.describe_error(exc))
+        reason = storage.describe_error(exc, storage.url_secrets(output_url))
+        logger.warning("no audit report for run %s: %s", run_id, reason)
     if flow_summary:
         summary["flow"] = flow_summary
     try:

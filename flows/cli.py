@@ -144,7 +144,9 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
             return_state=True,
         )
     if not state.is_completed():
-        click.echo(f"\nrun {run_id} did not complete: {storage.redact_url(state.message or state.name)}", err=True)
+        # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
+        reason = storage.scrub(state.message or state.name, storage.url_secrets(input_url, output_url, reference_url))
+        click.echo(f"\nrun {run_id} did not complete: {reason}", err=True)
         click.echo(f"resume it with: llie run {storage.redact_url(input_url)} {storage.redact_url(output_url)} "
                    f"--run-id {run_id}", err=True)
         sys.exit(1)

@@ -234,7 +234,9 @@ def enhance_archive(
 
     for shard, result in zip(shards, results):
         if isinstance(result, BaseException):
-            logger.error("%s failed after %d retries: %s", shard.shard_id, retries, storage.describe_error(result))
+            # The run's URLs: a library may quote their credentials without a scheme.
+            reason = storage.describe_error(result, storage.url_secrets(input_url, output_url, reference_url))
+            logger.error("%s failed after %d retries: %s", shard.shard_id, retries, reason)
     summary = _summarise(output_url, run_id, shards, results, time.perf_counter() - started)
     logger.info("summary: %s", summary)
     publish_run_report(output_url, run_id, summary)

@@ -322,6 +322,12 @@ def process_image(
             # of recording every image it could not reach as broken.
             raise
         row["error"] = f"{step}: {storage.describe_error(exc)}"
+    # Every free text of the row, whichever branch wrote it: a library may quote the run's URL
+    # credentials without a scheme ("KEY:SECRET@bucket"), which only the exact strings can catch.
+    secrets = storage.url_secrets(input_url, output_url, reference_url)
+    for key in ("error", "warning"):
+        if row[key] is not None:
+            row[key] = storage.scrub(row[key], secrets)
     for stage in STAGES:
         row[f"sec_{stage}"] = timer.seconds.get(stage)
     row["worker"] = worker_name()

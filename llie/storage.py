@@ -3,7 +3,8 @@
 Every function takes a URL (a plain path, ``file://``, ``s3://`` ...) and an optional
 ``storage_options`` dict handed to fsspec. Credentials belong in ``storage_options`` or the
 usual environment variables, never in the URL; any ``user:pass@`` that slips into a URL is
-removed by :func:`redact_url` before the URL is shown anywhere.
+removed by :func:`redact_url` before the URL is shown anywhere, and from error texts, which may
+quote it without the URL around it, by :func:`scrub`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 import posixpath
 import re
 import tempfile
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -21,8 +24,17 @@ from llie.imageio import is_image_name
 
 StorageOptions = dict[str, Any] | None
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]*@")
+# The userinfo runs to the LAST "@" of the URL, not the first: secrets contain "@", "/", "+" and
+# ":" (AWS secret keys routinely hold "/" and "+"), and stopping early would show the rest of
+# them. Without a ":" before the first "/" a "/" ends the authority as usual, so a plain path
+# with "@" in a file name (s3://bucket/icon@2x.png) is left alone. The price is that a URL that
+# does carry credentials and also an "@" later in its path loses that path up to it: too much
+# hidden rather than too little.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s]*:\S*|[^/\s]*)@")
 _QUERY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#]*)\?[^\s#]*")
+# Shorter pieces of a credential are not scrubbed on their own: replacing every "ab" or "u" in
+# a message would garble it while hiding close to nothing.
+_MIN_SECRET_PIECE = 4
 
 
 def redact_url(text: str) -> str:
@@ -34,10 +46,43 @@ def redact_url(text: str) -> str:
     return _QUERY.sub(r"\g<scheme>?***", text)
 
 
-def describe_error(exc: BaseException) -> str:
-    """One readable line for an exception, safe to log or store."""
+def url_secrets(*urls: str | None) -> tuple[str, ...]:
+    """The credentials written into ``urls`` (their ``user:pass@`` parts), longest first.
+
+    :func:`redact_url` only recognises credentials inside something that looks like a URL, but
+    libraries also quote them without the scheme (botocore: ``Invalid bucket name
+    "KEY:SECRET@bucket"``), or cut at a "/" inside the secret, which they take for the end of a
+    bucket name. So besides the whole userinfo, its pieces between ":", "/" and "@" are returned
+    too, each also percent-decoded, as a library may decode them before quoting them.
+    """
+    found: set[str] = set()
+    for url in urls:
+        for match in _USERINFO.finditer(str(url or "")):
+            for info in {match.group("userinfo"), unquote(match.group("userinfo"))}:
+                user, _, password = info.partition(":")
+                found.update((info, user, password, *re.split(r"[:/@]", info)))
+    return tuple(sorted((p for p in found if len(p) >= _MIN_SECRET_PIECE), key=lambda p: (-len(p), p)))
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` without the exact ``secrets`` (see :func:`url_secrets`) and without URL credentials.
+
+    The exact strings go first, and longest first, so that a shorter piece never breaks a longer
+    one apart before it is replaced.
+    """
+    text = str(text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact_url(text)
+
+
+def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """One readable line for an exception, safe to log or store.
+
+    ``secrets``: the run's :func:`url_secrets`, for messages that quote them outside any URL.
+    """
     msg = str(exc).strip() or exc.__class__.__name__
-    return f"{exc.__class__.__name__}: {redact_url(msg)}"
+    return f"{exc.__class__.__name__}: {scrub(msg, secrets)}"
 
 
 def _unreachable_types() -> tuple[type[BaseException], ...]:

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from llie import archive, storage
@@ -261,3 +262,43 @@ def test_reads_of_the_next_image_overlap_the_current_one(tmp_path, make_images, 
     # image i+1 is being read while image i is computed, not after it
     for i in range(3):
         assert reads[i + 1][3] < enhanced[i]
+
+
+class _NeverEnhances:
+    """Stands in for the enhancer where every image fails before it would be enhanced."""
+
+    model_version = "never"
+
+    def enhance(self, rgb, stages="full"):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("the read should have failed")
+
+
+@pytest.mark.parametrize("userinfo", [
+    "AKIALLIELEAKKEY00042:wJalrXUtnFEMIleak0123",
+    # "/" and "+" as in real AWS secret keys: fsspec then takes "KEY:first-part" for the bucket.
+    "AKIALLIELEAKKEY00042:wJalr/XUtn+FEMIleak0123",
+])
+def test_credentials_in_urls_never_reach_the_parquet(s3, tmp_path, make_images, userinfo):
+    from tests.conftest import FAKE_SECRET
+
+    key_id, secret = userinfo.split(":", 1)
+    make_images(tmp_path / "src", ["a.png", "sub/b.png"])
+    for rel in ["a.png", "sub/b.png"]:
+        storage.write_bytes_atomic(s3.url(f"in/{rel}"), (tmp_path / "src" / rel).read_bytes())
+    input_url = f"s3://{userinfo}@{s3.bucket}/in"
+    [shard] = archive.plan_shards(["a.png", "sub/b.png"], 10)
+    rows = archive.process_shard(
+        shard, input_url, str(tmp_path / "out"), _NeverEnhances(), reference_url=f"s3://{userinfo}@{s3.bucket}/ref",
+        run_id="r",
+    )
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert rows[0]["error"].startswith("read: ") and "***" in rows[0]["error"], rows[0]["error"]
+    assert rows[0]["input_path"] == f"s3://***@{s3.bucket}/in/a.png"
+
+    url = archive.shard_parquet_url(str(tmp_path / "out"), "r", shard.shard_id)
+    archive.write_shard_parquet(rows, url, {"run_id": "r", "shard_fingerprint": shard.fingerprint})
+    table = pq.read_table(url)
+    cells = [str(v) for column in table.to_pydict().values() for v in column]
+    cells += [k.decode() + "=" + v.decode() for k, v in (table.schema.metadata or {}).items()]
+    for leaked in [key_id, *secret.split("/"), FAKE_SECRET]:
+        assert not [c for c in cells if leaked in c], leaked
