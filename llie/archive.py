@@ -280,7 +280,7 @@ def process_image(
         timer.add("metrics", t)
 
         step = "enhance"
-        result = enhancer.enhance(img.rgb, stages=stages)
+        result = enhancer.enhance(img.rgb, stages=stages, mask=img.opaque)
         for stage in PIPELINE_STAGES:
             timer.seconds[stage] = float(result.seconds.get(stage, 0.0))
 

@@ -130,7 +130,8 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
         rel = path.relative_to(input_dir)
         try:
             decoded = decode_file(path, limits)
-            result = enhancer.enhance(decoded.rgb, stages=stages, levels=65536 if decoded.bit_depth > 8 else 256)
+            result = enhancer.enhance(decoded.rgb, stages=stages, levels=65536 if decoded.bit_depth > 8 else 256,
+                                      mask=decoded.opaque)
             write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded))
         except (ImageDecodeError, OSError, ValueError) as exc:
             failures += 1

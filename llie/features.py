@@ -18,8 +18,9 @@ COARSE_BINS = 32
 NOISE_SAMPLE = 1024  # side of the central crop noise is measured on: bounded cost on 24 MP photos
 
 
-def channel_histograms(rgb: np.ndarray) -> np.ndarray:
-    """(3, 256) normalised histograms of an HxWx3 float image in [0, 1]."""
+def channel_histograms(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(3, 256) normalised histograms of an HxWx3 float image in [0, 1], over the pixels where the HxW
+    boolean ``mask`` is set (all pixels without one)."""
     h, w = rgb.shape[:2]
     counts = np.zeros((3, N_BINS), np.int64)
     rows = max(1, (1 << 20) // max(w, 1))  # ~1 MP bands: small temporaries on a 24 MP photo
@@ -28,8 +29,9 @@ def channel_histograms(rgb: np.ndarray) -> np.ndarray:
         np.clip(levels, 0, N_BINS - 1, out=levels)
         levels = levels.astype(np.uint8)
         for c in range(3):
-            counts[c] += np.bincount(levels[..., c].ravel(), minlength=N_BINS)
-    return counts / max(h * w, 1)
+            values = levels[..., c] if mask is None else levels[..., c][mask[top : top + rows]]
+            counts[c] += np.bincount(values.ravel(), minlength=N_BINS)
+    return counts / max(int(counts[0].sum()), 1)
 
 
 def histogram_percentiles(hist: np.ndarray, percentiles: np.ndarray = PERCENTILES) -> np.ndarray:
@@ -87,24 +89,28 @@ def features_from_histograms(hist: np.ndarray) -> np.ndarray:
     ).astype(np.float32)
 
 
-def noise_features(rgb: np.ndarray) -> np.ndarray:
-    """Per-channel noise (Immerkaer), its ratio to the signal, and texture (mean gradient), as logs."""
+def noise_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel noise (Immerkaer), its ratio to the signal, and texture (mean gradient), as logs;
+    with an HxW boolean ``mask``, measured where the mask is set only."""
     h, w = rgb.shape[:2]
     top, left = max(0, (h - NOISE_SAMPLE) // 2), max(0, (w - NOISE_SAMPLE) // 2)
     crop = rgb[top : top + NOISE_SAMPLE, left : left + NOISE_SAMPLE]
     levels = np.clip(np.rint(crop * 255.0), 0, 255).astype(np.float32) / 255.0
-    means = levels.reshape(-1, 3).mean(axis=0) + 1.0 / 255
-    ch, cw = levels.shape[:2]
-    sigma = np.zeros(3)
-    if ch >= 3 and cw >= 3:
-        for c in range(3):
-            sigma[c] = np.sqrt(np.pi / 2) * _abs_laplacian_sum(levels[..., c]) / (6.0 * (ch - 2) * (cw - 2))
-    grey = levels.mean(axis=2)[::2, ::2]  # subsampled, so the gradient sees structure more than noise
-    gradient = 0.0
-    if grey.shape[0] >= 2:
-        gradient += float(np.abs(np.diff(grey, axis=0)).mean())
-    if grey.shape[1] >= 2:
-        gradient += float(np.abs(np.diff(grey, axis=1)).mean())
+    if mask is not None:
+        sigma, means, gradient = _masked_noise(levels, mask[top : top + NOISE_SAMPLE, left : left + NOISE_SAMPLE])
+    else:
+        means = levels.reshape(-1, 3).mean(axis=0) + 1.0 / 255
+        ch, cw = levels.shape[:2]
+        sigma = np.zeros(3)
+        if ch >= 3 and cw >= 3:
+            for c in range(3):
+                sigma[c] = np.sqrt(np.pi / 2) * _abs_laplacian_sum(levels[..., c]) / (6.0 * (ch - 2) * (cw - 2))
+        grey = levels.mean(axis=2)[::2, ::2]  # subsampled, so the gradient sees structure more than noise
+        gradient = 0.0
+        if grey.shape[0] >= 2:
+            gradient += float(np.abs(np.diff(grey, axis=0)).mean())
+        if grey.shape[1] >= 2:
+            gradient += float(np.abs(np.diff(grey, axis=1)).mean())
     return np.concatenate([
         sigma,
         np.log(sigma + 1e-4),
@@ -113,9 +119,38 @@ def noise_features(rgb: np.ndarray) -> np.ndarray:
     ]).astype(np.float32)
 
 
-def extract_features(rgb: np.ndarray) -> np.ndarray:
-    """Feature vector of an HxWx3 float image in [0, 1]."""
-    return np.concatenate([features_from_histograms(channel_histograms(rgb)), noise_features(rgb)])
+def _masked_noise(levels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """noise_features' measurements over the masked pixels: the Laplacian only where its whole 3x3
+    window is inside the mask, gradients only between two masked pixels, so the colour under the
+    rest cannot leak in."""
+    means = (levels[mask].mean(axis=0) if mask.any() else np.zeros(3)) + 1.0 / 255
+    sigma = np.zeros(3)
+    if min(mask.shape) >= 3:
+        inside = np.ones((mask.shape[0] - 2, mask.shape[1] - 2), bool)
+        for dy in range(3):
+            for dx in range(3):
+                inside &= mask[dy : dy + inside.shape[0], dx : dx + inside.shape[1]]
+        if inside.any():
+            for c in range(3):
+                plane = levels[..., c]
+                vertical = plane[:-2] + plane[2:] - 2.0 * plane[1:-1]
+                laplacian = np.abs(vertical[:, :-2] + vertical[:, 2:] - 2.0 * vertical[:, 1:-1])
+                sigma[c] = np.sqrt(np.pi / 2) * laplacian[inside].sum(dtype=np.float64) / (6.0 * inside.sum())
+    grey, sub = levels.mean(axis=2)[::2, ::2], mask[::2, ::2]
+    gradient = 0.0
+    for axis in (0, 1):
+        if grey.shape[axis] >= 2:
+            both = np.diff(sub.astype(np.int8), axis=axis) == 0
+            both &= (sub[1:] if axis == 0 else sub[:, 1:])
+            if both.any():
+                gradient += float(np.abs(np.diff(grey, axis=axis))[both].mean())
+    return sigma, means, gradient
+
+
+def extract_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Feature vector of an HxWx3 float image in [0, 1]. With an HxW boolean ``mask`` (a photo's opaque
+    pixels) the histograms, noise and texture count only those."""
+    return np.concatenate([features_from_histograms(channel_histograms(rgb, mask)), noise_features(rgb, mask)])
 
 
 def feature_size() -> int:

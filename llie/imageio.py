@@ -89,6 +89,11 @@ class DecodedImage:
     dpi: tuple[float, float] | None = None  # resolution as declared by the file, written back
 
     @property
+    def opaque(self) -> np.ndarray | None:
+        """HxW boolean mask of the pixels that show (alpha > 0), or None for an image without alpha."""
+        return None if self.alpha is None else self.alpha > 0
+
+    @property
     def width(self) -> int:
         return int(self.rgb.shape[1])
 

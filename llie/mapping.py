@@ -80,12 +80,17 @@ def to_levels(rgb: np.ndarray, levels: int) -> np.ndarray:
     return np.clip(np.rint(rgb * (levels - 1)), 0, levels - 1).astype(dtype)
 
 
-def match_to_quantiles(rgb: np.ndarray, quantiles: np.ndarray, config: MappingConfig = MappingConfig(), levels: int = 256) -> np.ndarray:
-    """Map an HxWx3 float image so that each channel follows the histogram implied by ``quantiles`` (3, 21)."""
+def match_to_quantiles(rgb: np.ndarray, quantiles: np.ndarray, config: MappingConfig = MappingConfig(), levels: int = 256,
+                       mask: np.ndarray | None = None) -> np.ndarray:
+    """Map an HxWx3 float image so that each channel follows the histogram implied by ``quantiles`` (3, 21).
+
+    With an HxW boolean ``mask`` the source histogram counts only those pixels (a photo's opaque ones, so
+    that whatever colour hides under full transparency does not move the visible part); every pixel
+    goes through the same lookup table."""
     codes = to_levels(rgb, levels)
     out = np.empty(rgb.shape, np.float32)
     for c in range(3):
-        hist = np.bincount(codes[..., c].ravel(), minlength=levels)
+        hist = np.bincount((codes[..., c] if mask is None else codes[..., c][mask]).ravel(), minlength=levels)
         lut = channel_lut(hist, quantiles[c], config)
         out[..., c] = lut[codes[..., c]]
     return out

@@ -48,22 +48,30 @@ class Enhancer:
     def model_version(self) -> str:
         return self.bundle.model_version
 
-    def enhance(self, rgb: np.ndarray, stages: str = "full", levels: int | None = None) -> EnhanceResult:
+    def enhance(self, rgb: np.ndarray, stages: str = "full", levels: int | None = None,
+                mask: np.ndarray | None = None) -> EnhanceResult:
         """Enhance an HxWx3 float image in [0, 1].
 
         ``stages="hist"`` stops after histogram mapping (stages 1-3); ``"full"`` adds the refiner.
         ``levels`` is the input's number of code values (256 or 65536); None infers it.
+        ``mask``, HxW boolean, marks the pixels whose histogram stages 1-3 follow (a photo's opaque ones,
+        ``DecodedImage.opaque``); None, or a mask with no pixel set, counts them all.
         """
         if stages not in STAGES:
             raise ValueError(f"stages must be one of {STAGES}, not {stages!r}")
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != rgb.shape[:2]:
+                raise ValueError(f"mask of shape {mask.shape} does not fit an image of {rgb.shape[:2]}")
+            mask = mask if mask.any() else None
         # NaN would be cast to level 0 and poison the features; a sum finds one without a 24 MP mask
         if not np.isfinite(np.sum(rgb, dtype=np.float64)):
             raise ValueError("the image holds NaN or infinite values")
         seconds = {}
         t = time.perf_counter()
-        features = extract_features(rgb)
+        features = extract_features(rgb, mask)
         seconds["features"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -71,7 +79,7 @@ class Enhancer:
         seconds["quantiles"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb))
+        mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb), mask)
         seconds["mapping"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -125,7 +125,7 @@ def test_enhancer_failure_is_an_error_row_and_shard_goes_on(tmp_path, make_image
     class Flaky:
         model_version = "flaky"
 
-        def enhance(self, rgb, stages="full"):
+        def enhance(self, rgb, stages="full", mask=None):
             if rgb.shape[1] == 32:
                 raise RuntimeError("boom on narrow images")
             return enhancer.enhance(rgb, stages=stages)
@@ -246,7 +246,7 @@ def test_reads_of_the_next_image_overlap_the_current_one(tmp_path, make_images, 
     class RecordingEnhancer:
         model_version = enhancer.model_version
 
-        def enhance(self, rgb, stages="full"):
+        def enhance(self, rgb, stages="full", mask=None):
             result = enhancer.enhance(rgb, stages=stages)
             events.append(("enhanced", None, threading.current_thread().name, time.perf_counter()))
             return result
@@ -269,7 +269,7 @@ class _NeverEnhances:
 
     model_version = "never"
 
-    def enhance(self, rgb, stages="full"):  # pragma: no cover - reaching it is the failure
+    def enhance(self, rgb, stages="full", mask=None):  # pragma: no cover - reaching it is the failure
         raise AssertionError("the read should have failed")
 
 

@@ -97,3 +97,24 @@ def test_feature_size_is_stable_for_extreme_images():
 def test_features_distinguish_exposures():
     low, high = pair(48, 64, seed=4)
     assert not np.allclose(extract_features(low), extract_features(high))
+
+
+def test_masked_histograms_count_only_the_masked_pixels():
+    from llie.features import channel_histograms
+
+    rng = np.random.default_rng(5)
+    rgb = rng.random((37, 29, 3), dtype=np.float32)
+    mask = rng.random((37, 29)) < 0.3
+    hist = channel_histograms(rgb, mask)
+    for c in range(3):
+        expected = np.bincount(np.rint(rgb[..., c][mask] * 255).astype(int), minlength=256) / mask.sum()
+        np.testing.assert_allclose(hist[c], expected)
+    np.testing.assert_array_equal(channel_histograms(rgb, np.ones((37, 29), bool)), channel_histograms(rgb))
+
+
+def test_noise_features_with_a_full_mask_match_the_plain_ones():
+    from llie.features import noise_features
+
+    rng = np.random.default_rng(6)
+    rgb = np.clip(0.2 + 0.05 * rng.standard_normal((40, 50, 3)), 0, 1).astype(np.float32)
+    np.testing.assert_allclose(noise_features(rgb, np.ones((40, 50), bool)), noise_features(rgb), rtol=1e-5)

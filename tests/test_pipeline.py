@@ -103,3 +103,27 @@ def test_non_finite_pixels_raise(default_enhancer, bad):
     rgb[3, 4, 1] = bad
     with pytest.raises(ValueError, match="NaN or infinite"):
         default_enhancer.enhance(rgb)
+
+
+def test_pixels_outside_the_mask_do_not_move_the_rest(default_enhancer):
+    # a photo's fully transparent pixels may hold any colour; the visible part must not depend on it
+    photo = scene(30, 40, seed=3) * 0.2
+    mask = np.zeros((30, 40), bool)
+    mask[5:25, 8:30] = True
+    outputs = []
+    for fill in (0.0, 1.0):
+        rgb = photo.copy()
+        rgb[~mask] = fill
+        outputs.append(default_enhancer.enhance(rgb, stages="hist", mask=mask).image[mask])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    unmasked = [default_enhancer.enhance(np.where(mask[..., None], photo, f), stages="hist").image[mask] for f in (0.0, 1.0)]
+    assert np.abs(unmasked[0] - unmasked[1]).mean() > 0.01  # without the mask the fill does move it
+
+
+def test_an_empty_or_full_mask_counts_every_pixel(default_enhancer):
+    rgb = scene(16, 24, seed=4) * 0.3
+    plain = default_enhancer.enhance(rgb, stages="hist").image
+    for mask in (np.zeros((16, 24), bool), np.ones((16, 24), bool)):
+        np.testing.assert_array_equal(default_enhancer.enhance(rgb, stages="hist", mask=mask).image, plain)
+    with pytest.raises(ValueError, match="mask of shape"):
+        default_enhancer.enhance(rgb, mask=np.ones((24, 16), bool))
