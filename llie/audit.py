@@ -111,6 +111,27 @@ def _dataset(output_url: str, storage_options: storage.StorageOptions = None):
     return ds.dataset(root, filesystem=fs, format="parquet", schema=schema, partitioning=partitioning)
 
 
+def _unreadable(url: str, exc: Exception, storage_options: storage.StorageOptions = None) -> AuditError:
+    """``exc`` (pyarrow could not read the metrics under ``url``) as an error naming the bad file.
+
+    A damaged or foreign file is a fault in the data, not in the command line. pyarrow's own
+    message names the file for some faults (not Parquet at all) but not for others (a column
+    of another type), and never with its URL scheme: each file is read again, alone, the same
+    way, to find the first one that fails.
+    """
+    import pyarrow.dataset as ds
+
+    fs, root = _fs(url, storage_options)
+    for fragment in ds.dataset(root, filesystem=fs, format="parquet", schema=archive.METRICS_SCHEMA).get_fragments():
+        try:
+            fragment.to_table(schema=archive.METRICS_SCHEMA)
+        except pa.ArrowException as file_exc:
+            file_url = str(url).rstrip("/") + "/" + fragment.path[len(root.rstrip("/")) :].lstrip("/")
+            return AuditError(f"unreadable metrics file {storage.redact_url(file_url)}: "
+                              f"{storage.redact_url(str(file_exc))}")
+    return AuditError(f"unreadable metrics under {storage.redact_url(url)}: {storage.redact_url(str(exc))}")
+
+
 def list_runs(output_url: str, storage_options: storage.StorageOptions = None) -> list[RunInfo]:
     """Every run under ``output_url``, oldest first (by its last finished image).
 
@@ -119,9 +140,12 @@ def list_runs(output_url: str, storage_options: storage.StorageOptions = None) -
     folders = _run_folders(output_url, storage_options)
     if not folders:
         return []
-    table = _dataset(output_url, storage_options).to_table(
-        columns=["run_id", "status", "psnr", "finished_at", "model_version"]
-    )
+    try:
+        table = _dataset(output_url, storage_options).to_table(
+            columns=["run_id", "status", "psnr", "finished_at", "model_version"]
+        )
+    except pa.ArrowException as exc:
+        raise _unreadable(archive.metrics_root(output_url), exc, storage_options) from None
     counts: dict[str, Counter] = {r: Counter() for r in folders}
     for row in table.group_by(["run_id", "status"]).aggregate([("status", "count")]).to_pylist():
         counts.setdefault(row["run_id"], Counter())[row["status"]] = row["status_count"]
@@ -166,7 +190,10 @@ def load_run(
     if run_id not in _run_folders(output_url, storage_options):
         known = ", ".join(_run_folders(output_url, storage_options)) or "none"
         raise AuditError(f"no run {run_id!r} under {storage.redact_url(output_url)} (runs: {known})")
-    table = archive.read_metrics(output_url, run_id, storage_options)
+    try:
+        table = archive.read_metrics(output_url, run_id, storage_options)
+    except pa.ArrowException as exc:
+        raise _unreadable(archive.metrics_url(output_url, run_id), exc, storage_options) from None
     if table.num_rows == 0:
         raise AuditError(f"run {run_id!r} has no finished shards yet")
     table, duplicates = _latest_row_per_image(table)
@@ -452,6 +479,11 @@ class Comparison:
     improved: int
     unchanged: int
     worse_count: int
+    # images in both runs whose metric is missing (no reference, failed, inf) in one run or both,
+    # and whose status did not go from ok to not ok or back: neither better, unchanged nor worse
+    unscored: int
+    # images with the metric in both runs: 0 means no score was compared at all
+    scored: int
     # images that got worse: ok -> error/skipped first, then the largest metric drops
     worse: list[ImageDelta]
     # every common image: rel_path -> {metric: delta}
@@ -459,6 +491,17 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def nothing_compared(self) -> str | None:
+        """Why no image could be compared by the metric, or None when some could.
+
+        "0 worse" then means nothing: a gate (``--fail-on-worse``) must not pass on it.
+        """
+        if self.common == 0:
+            return "no image is in both runs"
+        if self.scored == 0:
+            return f"no image has a {self.metric} in both runs"
+        return None
 
 
 def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float | None = None) -> Comparison:
@@ -478,7 +521,7 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
     per_image: dict[str, dict[str, float | None]] = {}
     deltas: dict[str, list[float]] = {m: [] for m in DELTA_METRICS}
     status_changes, worse = [], []
-    improved = unchanged = 0
+    improved = unchanged = unscored = 0
     for rel in common:
         a, b = now[rel], then[rel]
         entry: dict[str, float | None] = {}
@@ -501,6 +544,8 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
             ))
         elif fixed or (d is not None and d > tol):
             improved += 1
+        elif d is None:  # no score to compare: "unchanged" would be a guess
+            unscored += 1
         else:
             unchanged += 1
     # Status regressions first (delta None), then by how much worse, then by name.
@@ -521,6 +566,8 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
         improved=improved,
         unchanged=unchanged,
         worse_count=len(worse),
+        unscored=unscored,
+        scored=len(deltas[metric]),
         worse=worse,
         per_image=per_image,
     )
@@ -625,8 +672,12 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
     out.append(f"  models: {', '.join(c.base_model_versions) or '-'} -> {', '.join(c.model_versions) or '-'}")
     out.append(f"  {c.common} image(s) in both; {len(c.only_in_run)} only in {c.run_id}; "
                f"{len(c.only_in_base)} only in {c.base_run_id}")
+    unscored = f"; {c.unscored} without a score in both runs" if c.unscored else ""
     out.append(f"  by {c.metric} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} unchanged, "
-               f"{c.worse_count} worse")
+               f"{c.worse_count} worse{unscored}")
+    nothing = c.nothing_compared()
+    if nothing:
+        out.append(f"  nothing compared by {c.metric}: {nothing}")
     rows = []
     for m in DELTA_METRICS:
         st, ci = c.deltas[m], c.delta_intervals[m]
@@ -643,8 +694,10 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
             ["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set())]
         if len(c.status_changes) > limit:
             out.append(f"  ... and {len(c.status_changes) - limit} more")
-    out += ["", f"images that got worse ({c.worse_count}):" if c.worse else "no image got worse"]
-    if c.worse:
+    if not c.worse:  # "no image got worse" only where images were compared
+        out += ["", f"nothing compared by {c.metric}: {nothing}" if nothing else "no image got worse"]
+    else:
+        out += ["", f"images that got worse ({c.worse_count}):"]
         out += ["  " + line for line in _table(
             ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
             [[w.rel_path, _f(w.base_value, d), _f(w.value, d), _signed(w.delta, d),

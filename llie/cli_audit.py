@@ -24,7 +24,8 @@ RANK_METRICS = ("psnr", "ssim")
               help="OUTPUT_URL of the baseline run when it wrote elsewhere (default: OUTPUT_URL).")
 @click.option("--report", "report_path", default=None, metavar="PATH",
               help="Write an HTML report (PATH.html, or PATH/report.html for a folder) with its plots as PNG beside it.")
-@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
+# min 1: the ranking's "no images ranked" line (and the report's) would blame missing references.
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many worst and best images to list.")
 @click.option("--rank-by", type=click.Choice(RANK_METRICS), default="psnr", show_default=True,
               help="Metric that ranks images (worst/best, and 'got worse' in --compare).")
@@ -33,7 +34,9 @@ RANK_METRICS = ("psnr", "ssim")
 @click.option("--json", "json_path", default=None, metavar="FILE",
               help="Also write everything (every image's deltas with --compare) as JSON; '-' for stdout.")
 @click.option("--runs", "list_runs", is_flag=True, help="List the runs under OUTPUT_URL and exit.")
-@click.option("--fail-on-worse", is_flag=True, help="With --compare: exit with status 3 if any image got worse.")
+@click.option("--fail-on-worse", is_flag=True,
+              help="With --compare: exit with status 3 if any image got worse, and with an error (status 1) "
+                   "if no image could be compared (none in both runs, or none with a score in both).")
 def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank_by, tolerance, json_path,
           list_runs, fail_on_worse) -> None:
     """Audit the image quality of an archive run from the Parquet that `llie run` writes.
@@ -59,8 +62,9 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
         if list_runs:
             click.echo(au.format_runs(au.list_runs(output_url)))
             return
-        if compare_output and not compare_id:
-            raise click.UsageError("--compare-output needs --compare RUN_ID")
+        if not compare_id:
+            _refuse_without_compare(compare_output=bool(compare_output), fail_on_worse=fail_on_worse,
+                                    tolerance=tolerance is not None)
         run = au.load_run(output_url, run_id)
         summary = au.summarise(run, top=top, rank_by=rank_by)
         base = base_summary = comparison = None
@@ -70,7 +74,7 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
             comparison = au.compare(run, base, metric=rank_by, tolerance=tolerance)
     except au.AuditError as exc:
         raise click.ClickException(str(exc)) from None
-    except ValueError as exc:  # an invalid run id
+    except ValueError as exc:  # an invalid run id (unreadable Parquet is an AuditError)
         raise click.UsageError(str(exc)) from None
     except FileNotFoundError as exc:
         raise click.ClickException(f"not found: {storage.redact_url(str(exc))}") from None
@@ -94,8 +98,20 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
             click.echo(text)
         else:
             storage.write_bytes_atomic(json_path, text.encode("utf-8"))
-    if fail_on_worse and comparison is not None and comparison.worse_count:
-        sys.exit(3)
+    if fail_on_worse and comparison is not None:
+        if comparison.worse_count:
+            sys.exit(3)
+        nothing = comparison.nothing_compared()
+        if nothing:  # a gate that compared nothing must not pass
+            raise click.ClickException(f"--fail-on-worse: nothing compared by {comparison.metric}: {nothing}")
+
+
+def _refuse_without_compare(**given: bool) -> None:
+    """Options that mean something only with --compare, given without it: ignoring them
+    silently would let a gate (--fail-on-worse) pass without having compared anything."""
+    for name, value in given.items():
+        if value:
+            raise click.UsageError(f"--{name.replace('_', '-')} needs --compare RUN_ID")
 
 
 def _json(doc) -> str:

@@ -368,7 +368,9 @@ def _comparison_html(c: Comparison, limit: int = 100) -> str:
         f"{_e(', '.join(c.base_model_versions) or '–')} → {_e(', '.join(c.model_versions) or '–')}. "
         f"{c.common} image(s) in both runs, {len(c.only_in_run)} only in the run, {len(c.only_in_base)} only in "
         f"the baseline. By {_e(c.metric)} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} "
-        f"unchanged, <span class=\"bad\">{c.worse_count} worse</span>.</p>",
+        f"unchanged, <span class=\"bad\">{c.worse_count} worse</span>"
+        + (f", {c.unscored} without a score in both runs" if c.unscored else "")
+        + (f". Nothing compared: {_e(c.nothing_compared())}" if c.nothing_compared() else "") + ".</p>",
         _html_table(
             ["metric", "n", "mean delta", "median", "p5", "p95"],
             [[m, str(st.n if st else 0)] + [_num(getattr(st, k) if st else None, DIGITS.get(m, 4), signed=True)

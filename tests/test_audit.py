@@ -222,12 +222,103 @@ def test_compare_against_duckdb_join(runs):
     assert (cmp.worse[0].base_status, cmp.worse[0].status, cmp.worse[0].delta) == ("ok", "error", None)
     rises = [p for p, a, b, d, _ in joined if d is not None and d > cmp.tolerance]
     assert cmp.improved == len(rises) and cmp.worse_count == len(cmp.worse)
-    assert cmp.improved + cmp.unchanged + cmp.worse_count == 13
+    # g08 (no reference) and the three images that failed in both runs have no PSNR to compare.
+    assert (cmp.unscored, cmp.scored) == (4, psnr_deltas.size) and cmp.nothing_compared() is None
+    assert cmp.improved + cmp.unchanged + cmp.worse_count + cmp.unscored == 13
     # g02 got a different (much darker) input: its score moved, one way or the other.
     assert abs(cmp.per_image["g02.png"]["psnr"]) > cmp.tolerance
     text = audit.format_comparison(cmp)
     assert "g01.png" in text and "ok -> error" in text
     assert "mean 95% interval" in text and f"{low:+.2f} to {high:+.2f}" in text
+
+
+def copy_run(runs: Runs, out: Path, run_id: str, change=lambda table: table) -> None:
+    """RUN_A's shard files under ``out`` as run ``run_id``, each table passed through ``change``."""
+    dst = out / "_metrics" / f"run_id={run_id}"
+    dst.mkdir(parents=True)
+    for f in (runs.out / "_metrics" / f"run_id={RUN_A}").glob("shard-*.parquet"):
+        pq.write_table(change(pq.read_table(f)), dst / f.name)
+
+
+def without_scores(table: pa.Table) -> pa.Table:
+    """The rows of a run made without references: no PSNR, no SSIM."""
+    for col in ("psnr", "ssim"):
+        table = table.set_column(table.schema.get_field_index(col), col, pa.nulls(table.num_rows, pa.float64()))
+    return table
+
+
+def elsewhere(table: pa.Table) -> pa.Table:
+    """The rows of a run over other inputs: no image in common."""
+    col = table.schema.get_field_index("rel_path")
+    return table.set_column(col, "rel_path", pa.array([f"other/{p}" for p in table.column(col).to_pylist()]))
+
+
+def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_path):
+    """Images without a score in either run are not "unchanged"; a gate that compared nothing fails."""
+    from flows.cli import cli
+
+    copy_run(runs, tmp_path, "no-ref", without_scores)
+    copy_run(runs, tmp_path, "disjoint", elsewhere)
+    run = audit.load_run(str(runs.out), RUN_A)
+    cmp = audit.compare(run, audit.load_run(str(tmp_path), "no-ref"))
+    assert (cmp.common, cmp.improved, cmp.unchanged, cmp.worse_count, cmp.unscored, cmp.scored) == (13, 0, 0, 0, 13, 0)
+    assert cmp.nothing_compared() == "no image has a psnr in both runs"
+    text = audit.format_comparison(cmp)
+    assert "0 better, 0 unchanged, 0 worse; 13 without a score in both runs" in text
+    assert "nothing compared by psnr: no image has a psnr in both runs" in text and "no image got worse" not in text
+    cmp = audit.compare(run, audit.load_run(str(tmp_path), "disjoint"))
+    assert (cmp.common, cmp.unchanged, cmp.unscored, cmp.nothing_compared()) == (0, 0, 0, "no image is in both runs")
+    assert "nothing compared by psnr: no image is in both runs" in audit.format_comparison(cmp)
+
+    def gate(base: str, *args: str):
+        return CliRunner().invoke(cli, ["audit", str(runs.out), "--run", RUN_A, "--compare", base,
+                                        "--compare-output", str(tmp_path), *args])
+
+    for base, reason in (("no-ref", "no image has a psnr in both runs"), ("disjoint", "no image is in both runs")):
+        result = gate(base, "--fail-on-worse")
+        assert result.exit_code == 1, result.output
+        assert f"Error: --fail-on-worse: nothing compared by psnr: {reason}" in result.output
+        assert "Usage:" not in result.output and f"compare run {RUN_A} with baseline {base}" in result.output
+        assert gate(base).exit_code == 0  # without the gate it is a report, not a failure
+    # SSIM missing too: ranking by it compares nothing either.
+    assert gate("no-ref", "--fail-on-worse", "--rank-by", "ssim").exit_code == 1
+
+
+def test_cli_refuses_options_that_would_do_nothing(runs):
+    from flows.cli import cli
+
+    for args in (["--fail-on-worse"], ["--tolerance", "5"], ["--tolerance", "0"], ["--fail-on-worse", "--tolerance", "5"]):
+        result = CliRunner().invoke(cli, ["audit", str(runs.out), "--run", RUN_A, *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert f"Error: {args[0]} needs --compare RUN_ID" in result.output
+
+
+def test_cli_refuses_top_0(runs):
+    """--top 0 would print "no images ranked: no ok image has a psnr (no references?)", which is wrong."""
+    from flows.cli import cli
+
+    result = CliRunner().invoke(cli, ["audit", str(runs.out), "--run", RUN_A, "--top", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--top'" in result.output
+    assert "no images ranked" not in result.output
+
+
+def test_cli_reports_an_unreadable_shard_file_as_a_data_error(runs, tmp_path):
+    """Not a usage error (exit 2 with the usage text): an error (exit 1) that names the file."""
+    from flows.cli import cli
+
+    copy_run(runs, tmp_path, RUN_A)
+    folder = tmp_path / "_metrics" / f"run_id={RUN_A}"
+    (folder / "shard-00002.parquet").write_bytes(b"PAR1 not really")
+    for args in (["--run", RUN_A], []):  # load_run, and list_runs (the latest run)
+        result = CliRunner().invoke(cli, ["audit", str(tmp_path), *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.startswith(f"Error: unreadable metrics file {folder}/shard-00002.parquet: ")
+        assert "Usage:" not in result.output
+    # A Parquet file whose column has another type: pyarrow's message does not name the file, the audit does.
+    (folder / "shard-00002.parquet").unlink()
+    pq.write_table(pa.table({"rel_path": ["x.png"], "psnr": ["high"]}), folder / "shard-00003.parquet")
+    with pytest.raises(audit.AuditError, match=re.escape(f"unreadable metrics file {folder}/shard-00003.parquet: ")):
+        audit.load_run(str(tmp_path), RUN_A)
 
 
 # --------------------------------------------------------------------------- report
