@@ -122,6 +122,12 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
     limits = DecodeLimits(max_pixels=max_pixels) if max_pixels else DecodeLimits()
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and is_image_name(p.name)
                    and not any(part.startswith(".") for part in p.relative_to(input_dir).parts))
+    # as `llie run`: a link that leads out of --input is not followed (it may reach anything)
+    root = input_dir.resolve()
+    outside = [p for p in files if root not in p.resolve().parents]
+    for p in outside:
+        click.echo(f"skipped: {p.relative_to(input_dir)}: a link out of --input", err=True)
+    files = [p for p in files if p not in outside]
     if not files:
         raise click.UsageError(f"no images found under {input_dir}")
     enhancer = _load_enhancer(model, device)

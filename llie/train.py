@@ -355,7 +355,11 @@ def train_refiner(
     ema = copy.deepcopy(model).requires_grad_(False) if rt.ema_decay > 0 else None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError:  # missing, unexpected or differently sized weights
+            raise TrainingSetupError(f"{ckpt_path} holds a refiner of another architecture than {cfg.refiner}: "
+                                     "resume with the settings it was started with, or use a new --output") from None
         if ema is not None:
             ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
         opt.load_state_dict(ckpt["optimizer"])

@@ -325,3 +325,16 @@ def test_train_defaults_for_stage2_match_the_library():
     assert DEFAULT_BAG == QuantileModelConfig().bag
     help_text = _run("train", "--help").output
     assert f"[default: {DEFAULT_HISTOGRAM_ROWS};" in help_text and f"[default: {DEFAULT_BAG};" in help_text
+
+
+def test_links_out_of_the_input_are_not_followed(tmp_path):
+    src, secret = tmp_path / "in", tmp_path / "elsewhere"
+    _save(src / "a.png", Image.fromarray(_dark(20, 30, 7)), "PNG")
+    _save(secret / "private.png", Image.fromarray(_dark(20, 30, 8)), "PNG")
+    (src / "link.png").symlink_to(secret / "private.png")
+    (src / "inside.png").symlink_to(src / "a.png")  # a link that stays inside is an ordinary file
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["enhance", "--input", str(src), "--output", str(out), "--stages", "hist"])
+    assert result.exit_code == 0, result.output
+    assert "skipped: link.png: a link out of --input" in result.output
+    assert _files(out) == ["a.png", "inside.png"]

@@ -135,6 +135,17 @@ def test_resume_after_a_crash_inside_stage2_refits_it(runs, tmp_path):
     assert len(saved["train_names"]) + len(saved["val_names"]) == N_PAIRS
 
 
+def test_resume_with_another_refiner_architecture_is_a_setup_error(runs, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(runs["a"], out)
+    cfg = _config(runs["data"], out)
+    cfg = replace(cfg, refiner=replace(cfg.refiner, dim=24), refiner_train=replace(cfg.refiner_train, steps=6))
+    with pytest.raises(TrainingSetupError, match="another architecture"):
+        train(cfg, resume=True, progress=False)
+
+
 def test_too_few_scenes_for_the_folds_is_a_setup_error(runs, tmp_path):
     cfg = replace(_config(runs["data"], tmp_path / "b"), oof_folds=N_PAIRS)
     with pytest.raises(TrainingSetupError, match="out-of-fold stage 2 needs at least"):
