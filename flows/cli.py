@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import threading
 from typing import Any
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 
 from llie import archive, storage
 from llie.cli import cli
+
+DEFAULT_SHARD_SIZE = 64
 
 
 class ShardProgress:
@@ -47,10 +50,12 @@ class ShardProgress:
 
     def _poll(self) -> None:
         try:
-            if self._bar.total is None:
-                manifest = archive.read_run_manifest(self.output_url, self.run_id)
-                if manifest:
-                    self._bar.total = manifest["shards"]
+            # read every time: a resumed run whose archive changed rewrites the manifest with its
+            # new plan a moment after the bar has started, and the old total would be wrong
+            manifest = archive.read_run_manifest(self.output_url, self.run_id)
+            if manifest and manifest["shards"] != self._bar.total:
+                self._bar.total = manifest["shards"]
+                self._bar.refresh()
             done = len(archive.shard_files(self.output_url, self.run_id))
         except Exception:  # a progress bar must never break or slow down the run
             return
@@ -58,6 +63,20 @@ class ShardProgress:
         if done != self._bar.n:  # redraw on change only: one line per shard in a CI log, not per second
             self._bar.n = done
             self._bar.refresh()
+
+
+def resume_command(input_url: str, output_url: str, run_id: str, model: str | None, shard_size: int,
+                   reference_url: str | None) -> str:
+    """The command that resumes a run: with every setting a resume must repeat (a different shard size
+    or model is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
+    args = ["llie", "run", storage.redact_url(input_url), storage.redact_url(output_url), "--run-id", run_id]
+    if model:
+        args += ["--model", model]
+    if shard_size != DEFAULT_SHARD_SIZE:
+        args += ["--shard-size", str(shard_size)]
+    if reference_url:
+        args += ["--reference", storage.redact_url(reference_url)]
+    return shlex.join(args)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -80,7 +99,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 @click.argument("output_url")
 @click.option("--model", default=None, metavar="BUNDLE",
               help="Model bundle directory, reachable from every worker (default: the bundle shipped with llie).")
-@click.option("--shard-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per task: the unit of parallelism, retry and resume.")
 @click.option("--reference", "reference_url", default=None, metavar="URL",
               help="Well-lit references with the same relative paths, for PSNR/SSIM.")
@@ -147,8 +166,8 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
         reason = storage.scrub(state.message or state.name, storage.url_secrets(input_url, output_url, reference_url))
         click.echo(f"\nrun {run_id} did not complete: {reason}", err=True)
-        click.echo(f"resume it with: llie run {storage.redact_url(input_url)} {storage.redact_url(output_url)} "
-                   f"--run-id {run_id}", err=True)
+        click.echo(f"resume it with: {resume_command(input_url, output_url, run_id, model, shard_size, reference_url)}",
+                   err=True)
         sys.exit(1)
     print_summary(state.result())
 

@@ -57,11 +57,16 @@ def make_task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner
     )
 
 
+def _comparable(value: Any) -> Any:
+    """A setting as a resume compares it: "photos/" and "photos" name the same folder."""
+    return value.rstrip("/") or value if isinstance(value, str) else value
+
+
 def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: list[archive.Shard], logger) -> None:
     """Refuse to mix a resumed run's finished shards with work done under other settings."""
     manifest = archive.read_run_manifest(output_url, run_id) or {}
     for key in ("shard_size", "input_url", "model"):
-        if key in manifest and manifest[key] != plan[key]:
+        if key in manifest and _comparable(manifest[key]) != _comparable(plan[key]):
             raise ValueError(
                 f"run {run_id} was started with {key}={manifest[key]!r}, not {plan[key]!r}; "
                 "resume it with the same settings, or start a new run_id"
@@ -169,7 +174,18 @@ def enhance_archive(
     if reserved:
         logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR)
         paths = [p for p in paths if p.split("/", 1)[0] != archive.METRICS_DIR]
-    shards = archive.plan_shards(paths, shard_size)
+    previous = archive.read_run_manifest(output_url, run_id) or {}
+    if not paths and previous.get("images"):
+        # An unmounted share or a wrong prefix lists nothing; planning nothing would drop every
+        # finished shard of this run as "no longer part of the plan" and report success.
+        raise ValueError(
+            f"{storage.redact_url(input_url)} lists no images, but run {run_id} had {previous['images']}: "
+            "refusing to drop its results (is the input mounted?)"
+        )
+    # A resumed run keeps the shards it finished, so images added since go into new shards and the
+    # finished ones are skipped rather than re-cut (archive.extend_plan).
+    finished = archive.shard_membership(output_url, run_id) if previous else {}
+    shards = archive.extend_plan(paths, shard_size, finished)
     plan = {
         "run_id": run_id,
         "input_url": storage.redact_url(input_url),
@@ -181,7 +197,6 @@ def enhance_archive(
         "images": len(paths),
     }
     _check_resume(output_url, run_id, plan, shards, logger)
-    previous = archive.read_run_manifest(output_url, run_id) or {}
     # A resume that changes nothing leaves the manifest (and its started_at) alone.
     if any(previous.get(k) != v for k, v in plan.items()):
         archive.write_run_manifest(output_url, run_id, {**plan, "started_at": datetime.now(timezone.utc).isoformat()})

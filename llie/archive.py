@@ -121,6 +121,33 @@ def plan_shards(paths: Iterable[str], shard_size: int) -> list[Shard]:
     return shards
 
 
+def extend_plan(paths: Iterable[str], shard_size: int, finished: dict[str, Iterable[str]]) -> list[Shard]:
+    """The plan of a resumed run over a listing that may have changed since it started.
+
+    ``finished`` maps each shard id that already has a Parquet file to the images it holds. Such a
+    shard keeps those of its images that are still listed, so an unchanged shard keeps its
+    fingerprint and is skipped, and one that lost an image is redone without it. Every other image
+    (new, or in a shard that never finished) goes into new shards numbered after the last finished
+    one, in sorted order, at most ``shard_size`` each. Cutting the whole listing afresh instead
+    would shift every shard after the first new image, and a nightly run would redo them all.
+    With nothing finished this is :func:`plan_shards`.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    listed, placed, shards = set(paths), set(), []
+    for shard_id in sorted(finished):
+        chunk = tuple(sorted((set(finished[shard_id]) & listed) - placed))
+        if chunk:
+            shards.append(Shard(shard_id, chunk, fingerprint_paths(chunk)))
+            placed.update(chunk)
+    first = 1 + max((int(s.rsplit("-", 1)[1]) for s in finished), default=-1)
+    rest = sorted(listed - placed)
+    for n, start in enumerate(range(0, len(rest), shard_size)):
+        chunk = tuple(rest[start : start + shard_size])
+        shards.append(Shard(f"shard-{first + n:05d}", chunk, fingerprint_paths(chunk)))
+    return shards
+
+
 def new_run_id() -> str:
     """UTC timestamp plus a short random suffix: sortable, and two runs never collide.
 
@@ -177,6 +204,22 @@ def shard_files(output_url: str, run_id: str) -> list[str]:
     """shard ids that have a Parquet file in this run (finished, or resumed from before)."""
     names = storage.list_files(metrics_url(output_url, run_id))
     return [n[: -len(".parquet")] for n in names if n.startswith("shard-") and n.endswith(".parquet")]
+
+
+def shard_membership(output_url: str, run_id: str) -> dict[str, list[str]]:
+    """shard id -> the images its Parquet file holds, for every shard file of the run."""
+    import fsspec
+    import pyarrow.dataset as ds
+
+    if not shard_files(output_url, run_id):
+        return {}
+    fs, path = fsspec.core.url_to_fs(metrics_url(output_url, run_id))
+    table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table(
+        columns=["shard_id", "rel_path"])
+    membership: dict[str, list[str]] = {}
+    for shard_id, rel in zip(table.column("shard_id").to_pylist(), table.column("rel_path").to_pylist()):
+        membership.setdefault(shard_id, []).append(rel)
+    return membership
 
 
 def worker_name() -> str:

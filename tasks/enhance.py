@@ -51,7 +51,10 @@ def _existing_rows(url: str, shard: archive.Shard) -> list[dict[str, Any]] | Non
         return None
     table = archive.read_shard_parquet(url)
     if archive.shard_metadata(table).get("shard_fingerprint") != shard.fingerprint:
-        # Same shard id, different images: the archive changed since that run.
+        # Same shard id, different images: the archive changed since that run. Its rows describe
+        # the old images; left in place until this attempt succeeds, they would count twice (or
+        # stand in for images it never reached) should it fail.
+        storage.remove(url)
         return None
     return table.to_pylist()
 

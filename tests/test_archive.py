@@ -32,6 +32,34 @@ def test_plan_shards_is_deterministic():
         archive.plan_shards(paths, 0)
 
 
+def test_extend_plan_keeps_finished_shards_and_adds_new_images_after_them():
+    paths = [f"img{i:02d}.png" for i in range(7)]
+    first = archive.plan_shards(paths, 3)
+    assert archive.extend_plan(paths, 3, {}) == first  # a fresh run: the plain plan
+    finished = {s.shard_id: list(s.paths) for s in first[:2]}  # shard-00002 never finished
+    grown = ["a-new.png", "img03b.png", "z-new.png"]  # sort first, in the middle, last
+    plan = archive.extend_plan(paths + grown, 3, finished)
+    # the finished shards are the same shards: same images, same fingerprint, so they resume
+    assert plan[:2] == first[:2]
+    new = plan[2:]
+    assert [s.shard_id for s in new] == ["shard-00002", "shard-00003"]
+    assert [p for s in new for p in s.paths] == sorted(grown + ["img06.png"])
+    assert sorted(p for s in plan for p in s.paths) == sorted(paths + grown)  # each image once
+
+
+def test_extend_plan_redoes_only_the_shard_that_lost_an_image():
+    paths = [f"img{i:02d}.png" for i in range(6)]
+    first = archive.plan_shards(paths, 3)
+    finished = {s.shard_id: list(s.paths) for s in first}
+    plan = archive.extend_plan([p for p in paths if p != "img01.png"], 3, finished)
+    assert plan[0].shard_id == "shard-00000" and plan[0].paths == ("img00.png", "img02.png")
+    assert plan[0].fingerprint != first[0].fingerprint and plan[1] == first[1]
+    # a finished shard whose images are all gone is no longer planned (its file is then removed)
+    assert [s.shard_id for s in archive.extend_plan(paths[3:], 3, finished)] == ["shard-00001"]
+    with pytest.raises(ValueError):
+        archive.extend_plan(paths, 0, finished)
+
+
 @pytest.mark.parametrize("good", ["20250101T000000Z-abc123", "my-run.2", "42"])
 def test_run_id_accepts(good):
     assert archive.validate_run_id(good) == good

@@ -224,6 +224,46 @@ def test_exhausted_retries_fail_the_run_then_resume_finishes_it(dask_address, tm
     assert len(archive.read_metrics(str(out), "r-fail")) == 4
 
 
+def test_a_growing_archive_resumes_its_finished_shards(dask_address, tmp_path, make_images, bundle_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, [f"i{n}.png" for n in range(4)])
+    common = dict(shard_size=2, dask_address=dask_address, run_id="r-grow", model=bundle_path)
+    enhance_archive(str(inp), str(out), **common)
+    before = _tree_mtimes(out)
+
+    # a new photo that sorts first: only it is enhanced, in a shard of its own
+    make_images(inp, ["a0.png"])
+    summary = enhance_archive(str(inp) + "/", str(out), **common)  # the same folder, spelt with a "/"
+    assert (summary["images"], summary["shards"], summary["shards_resumed"], summary["processed"]) == (5, 3, 2, 1)
+    after = _tree_mtimes(out)
+    assert all(after[k] == v for k, v in before.items() if not k.startswith("_metrics/run_id=r-grow/_"))
+    rows = archive.read_metrics(str(out), "r-grow").column("rel_path").to_pylist()
+    assert sorted(rows) == ["a0.png", "i0.png", "i1.png", "i2.png", "i3.png"]
+
+    # an input that lists nothing (an unmounted share) must not wipe the run's record
+    for name in ["a0.png", "i0.png", "i1.png", "i2.png", "i3.png"]:
+        (inp / name).rename(tmp_path / name)
+    with pytest.raises(ValueError, match="lists no images, but run r-grow had 5"):
+        enhance_archive(str(inp), str(out), **common)
+    assert len(archive.read_metrics(str(out), "r-grow")) == 5
+
+
+def test_a_redone_shard_that_fails_leaves_no_stale_rows(dask_address, tmp_path, make_images, bundle_path):
+    inp, out, markers = tmp_path / "in", tmp_path / "out", tmp_path / "markers"
+    make_images(inp, [f"i{n}.png" for n in range(4)])
+    common = dict(shard_size=2, dask_address=dask_address, run_id="r-stale", model=bundle_path)
+    enhance_archive(str(inp), str(out), **common)
+    # i1 is deleted, so shard-00000 must be redone with i0 alone, and that attempt fails
+    (inp / "i1.png").unlink()
+    with pytest.raises(RuntimeError, match=r"1 shard\(s\) failed after retries: shard-00000"):
+        enhance_archive(str(inp), str(out), retries=0, fault_marker_url=str(markers), **common)
+    # the old file (i0 and i1 of the old plan) is gone with it: no row for a deleted image
+    assert archive.shard_files(str(out), "r-stale") == ["shard-00001"]
+    assert sorted(archive.read_metrics(str(out), "r-stale").column("rel_path").to_pylist()) == ["i2.png", "i3.png"]
+    summary = enhance_archive(str(inp), str(out), **common)
+    assert (summary["images"], summary["ok"], summary["shards_resumed"]) == (3, 3, 1)
+
+
 def test_refuses_output_inside_input(tmp_path, make_images):
     make_images(tmp_path / "in", ["a.png"])
     with pytest.raises(ValueError, match="overlaps input"):
@@ -269,3 +309,12 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
     overlap = CliRunner().invoke(cli, ["run", str(inp), str(inp / "x")])
     assert overlap.exit_code == 2 and "overlaps input" in overlap.output
     assert "--retry-failed" in CliRunner().invoke(cli, ["run", "--help"]).output
+
+
+def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
+    from flows.cli import DEFAULT_SHARD_SIZE, resume_command
+
+    plain = resume_command("photos/", "out", "r-1", None, DEFAULT_SHARD_SIZE, None)
+    assert plain == "llie run photos/ out --run-id r-1"
+    full = resume_command("s3://KEY:SECRET@b/in", "s3://b/out", "r-2", "my model", 8, "s3://b/ref")
+    assert full == "llie run 's3://***@b/in' s3://b/out --run-id r-2 --model 'my model' --shard-size 8 --reference s3://b/ref"
