@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import sys
 import threading
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -63,6 +65,24 @@ class ShardProgress:
         if done != self._bar.n:  # redraw on change only: one line per shard in a CI log, not per second
             self._bar.n = done
             self._bar.refresh()
+
+
+@contextmanager
+def _exit_on_sigterm():
+    """SIGTERM (timeout, systemd, a cron wrapper) ends a run the way Ctrl-C does, through Python's exit.
+
+    Prefect handles the signal for the flow run, then hands it to the handler found before; with the
+    default one the process dies on the spot and the temporary Prefect server it started lives on as
+    an orphan, one more per killed run. Raising SystemExit lets the shutdown hooks stop it.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_command(input_url: str, output_url: str, run_id: str, model: str | None, shard_size: int,
@@ -146,7 +166,7 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     # The scheduler's chatter would break the progress bar into pieces.
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
-    with ShardProgress(output_url, run_id, enabled=not no_progress):
+    with _exit_on_sigterm(), ShardProgress(output_url, run_id, enabled=not no_progress):
         state = enhance_archive(
             input_url=input_url,
             output_url=output_url,

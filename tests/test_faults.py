@@ -383,3 +383,47 @@ def test_completed_run_started_again_is_a_noop(resumed_run, bundle_path):
     assert "run half: 16 images in 8 shards (8 resumed)" in output
     assert "(0 processed in" in output and "ok 16   errors 0   skipped 0" in output
     assert _files(out) == resumed_run["after"]  # not a file written, replaced or touched
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tmp_path, bundle_path):
+    """What timeout, systemd and cron wrappers send: the run must stop like after Ctrl-C, taking the
+    temporary Prefect server it started down with it, not leave it running as an orphan."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, [f"p{i:02d}.png" for i in range(24)], width=32, height=24)
+    env = subprocess_env()
+    env.pop("PREFECT_API_URL", None)  # no API configured: the CLI starts a temporary server of its own
+    command = [sys.executable, "-m", "flows.cli", "run", str(inp), str(out), "--shard-size", "1", "--dask-address",
+               dask_address, "--run-id", "term", "--no-progress", *(["--model", bundle_path] if bundle_path else [])]
+    metrics = out / "_metrics" / "run_id=term"
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (metrics.is_dir() and any(p.suffix == ".parquet" for p in metrics.iterdir())):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.05)
+        session = subprocess.run(["ps", "-ww", "-s", str(proc.pid), "-o", "args="], capture_output=True, text=True).stdout
+        assert "prefect.server" in session, session  # the temporary server this is about is running
+        proc.send_signal(signal.SIGTERM)  # to the CLI alone, as `timeout` does
+        assert proc.wait(timeout=90) == 128 + signal.SIGTERM, log_path.read_text()[-3000:]
+        # Everything it started lived in its session: nothing of it may outlive it.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "a process of the killed run is still running"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
