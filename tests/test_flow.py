@@ -318,3 +318,14 @@ def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
     assert plain == "llie run photos/ out --run-id r-1"
     full = resume_command("s3://KEY:SECRET@b/in", "s3://b/out", "r-2", "my model", 8, "s3://b/ref")
     assert full == "llie run 's3://***@b/in' s3://b/out --run-id r-2 --model 'my model' --shard-size 8 --reference s3://b/ref"
+
+
+def test_retry_failed_without_a_run_id_is_a_usage_error(tmp_path, make_images):
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    make_images(tmp_path / "in", ["a.png"])
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--retry-failed"])
+    assert result.exit_code == 2 and "give its --run-id" in result.output
+    assert not (tmp_path / "out").exists()
