@@ -314,6 +314,22 @@ def _cli(args: list[str], bundle_path) -> str:
     return result.output
 
 
+def _start_run(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``llie run`` as a subprocess in its own session, so that everything it starts can be found and killed."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _wait_for_a_shard(proc: subprocess.Popen, metrics: Path, log_path: Path, timeout: float = 180) -> None:
+    """Until the run has finished a shard (its Parquet file is there)."""
+    deadline = time.monotonic() + timeout
+    while not (metrics.is_dir() and any(p.suffix == ".parquet" for p in metrics.iterdir())):
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no shard finished in time"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
     """``llie run`` as a subprocess, SIGKILLed with its process group once a shard has finished,
@@ -327,16 +343,9 @@ def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
     metrics = out / "_metrics" / "run_id=half"
     log_path = base / "killed-run.log"
     command = [sys.executable, "-m", "flows.cli", *args, *(["--model", bundle_path] if bundle_path else [])]
-    with open(log_path, "wb") as log:
-        # Its own process group, so that the kill takes everything it started with it.
-        proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = _start_run(command, subprocess_env(), log_path)
     try:
-        deadline = time.monotonic() + 180
-        while not (metrics.is_dir() and any(p.suffix == ".parquet" for p in metrics.iterdir())):
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no shard finished in time"
-            time.sleep(0.05)
+        _wait_for_a_shard(proc, metrics, log_path)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -399,15 +408,9 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
                dask_address, "--run-id", "term", "--no-progress", *(["--model", bundle_path] if bundle_path else [])]
     metrics = out / "_metrics" / "run_id=term"
     log_path = tmp_path / "run.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = _start_run(command, env, log_path)
     try:
-        deadline = time.monotonic() + 180
-        while not (metrics.is_dir() and any(p.suffix == ".parquet" for p in metrics.iterdir())):
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no shard finished in time"
-            time.sleep(0.05)
+        _wait_for_a_shard(proc, metrics, log_path)
         session = subprocess.run(["ps", "-ww", "-s", str(proc.pid), "-o", "args="], capture_output=True, text=True).stdout
         assert "prefect.server" in session, session  # the temporary server this is about is running
         proc.send_signal(signal.SIGTERM)  # to the CLI alone, as `timeout` does
