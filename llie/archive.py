@@ -130,10 +130,14 @@ def extend_plan(paths: Iterable[str], shard_size: int, finished: dict[str, Itera
     (new, or in a shard that never finished) goes into new shards numbered after the last finished
     one, in sorted order, at most ``shard_size`` each. Cutting the whole listing afresh instead
     would shift every shard after the first new image, and a nightly run would redo them all.
-    With nothing finished this is :func:`plan_shards`.
+    Where that fresh cut (:func:`plan_shards`) leaves every finished shard as it is (nothing
+    finished yet, or a run interrupted over an unchanged listing), it is the plan: the run then
+    ends with the shards an uninterrupted run would have.
     """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    fresh = plan_shards(paths, shard_size)
+    cut = {s.shard_id: set(s.paths) for s in fresh}
+    if all(cut.get(shard_id) == set(images) for shard_id, images in finished.items()):
+        return fresh
     listed, placed, shards = set(paths), set(), []
     for shard_id in sorted(finished):
         chunk = tuple(sorted((set(finished[shard_id]) & listed) - placed))

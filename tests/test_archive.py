@@ -47,6 +47,13 @@ def test_extend_plan_keeps_finished_shards_and_adds_new_images_after_them():
     assert sorted(p for s in plan for p in s.paths) == sorted(paths + grown)  # each image once
 
 
+def test_extend_plan_of_an_interrupted_run_over_the_same_listing_is_the_plain_plan():
+    paths = [f"img{i:02d}.png" for i in range(10)]
+    first = archive.plan_shards(paths, 2)
+    finished = {s.shard_id: list(s.paths) for s in (first[0], first[1], first[3])}  # 2 and 4 did not finish
+    assert archive.extend_plan(paths, 2, finished) == first
+
+
 def test_extend_plan_redoes_only_the_shard_that_lost_an_image():
     paths = [f"img{i:02d}.png" for i in range(6)]
     first = archive.plan_shards(paths, 3)

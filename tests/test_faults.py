@@ -414,7 +414,9 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
         session = subprocess.run(["ps", "-ww", "-s", str(proc.pid), "-o", "args="], capture_output=True, text=True).stdout
         assert "prefect.server" in session, session  # the temporary server this is about is running
         proc.send_signal(signal.SIGTERM)  # to the CLI alone, as `timeout` does
-        assert proc.wait(timeout=90) == 128 + signal.SIGTERM, log_path.read_text()[-3000:]
+        # 143 as a rule; 1 when the signal lands while Prefect is still handing tasks to Dask, where it
+        # surfaces as a failed flow run (then with the command that resumes it)
+        assert proc.wait(timeout=90) in (128 + signal.SIGTERM, 1), log_path.read_text()[-3000:]
         # Everything it started lived in its session: nothing of it may outlive it.
         deadline = time.monotonic() + 30
         while True:
