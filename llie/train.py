@@ -265,11 +265,16 @@ def check_cached_split(saved, train_pairs: list[Pair], val_pairs: list[Pair], ru
                                  "--max-pairs): resume with the settings it was started with, or use a new --output")
 
 
+def check_crop(cfg: TrainConfig) -> None:
+    if cfg.refiner_train.crop % cfg.refiner.multiple:
+        raise TrainingSetupError(f"crop {cfg.refiner_train.crop} must be a multiple of the refiner's "
+                                 f"{cfg.refiner.multiple} pixels")
+
+
 def check_setup(cfg: TrainConfig, train_pairs: list[Pair], train_lows) -> None:
     """Settings that would otherwise fail only after stage 2 has been fit, minutes in."""
     rt = cfg.refiner_train
-    if rt.crop % cfg.refiner.multiple:
-        raise TrainingSetupError(f"crop {rt.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels")
+    check_crop(cfg)
     scenes = len({p.group for p in train_pairs})
     if scenes < cfg.oof_folds:
         raise TrainingSetupError(f"the training split holds {scenes} scene(s); out-of-fold stage 2 needs at least "
@@ -335,8 +340,7 @@ def train_refiner(
     init: Refiner | None = None,
 ) -> tuple[Refiner, dict]:
     rt = cfg.refiner_train
-    if rt.crop % cfg.refiner.multiple:
-        raise TrainingSetupError(f"crop {rt.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels")
+    check_crop(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = Refiner(cfg.refiner).to(device)
