@@ -41,13 +41,6 @@ def cli() -> None:
     """
 
 
-def _overlap(a: Path, b: Path) -> bool:
-    """Whether one folder is the other or inside it: outputs mirror input paths, so either way round a
-    run would write over the photos it reads (or read its own outputs next time)."""
-    a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
-
-
 def _check_device(device: str) -> None:
     """A clear usage error for a device this machine cannot give, before a bundle is loaded."""
     import torch
@@ -115,10 +108,12 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
     half-written under its real name.
     """
     from .imageio import DecodeLimits, ImageDecodeError, decode_file, encode_image, is_image_name
-    from .storage import write_bytes_atomic
+    from .storage import check_output_not_inside_input, write_bytes_atomic
 
-    if _overlap(input_dir, output_dir):
-        raise click.UsageError("--output must not be --input, inside it or contain it: inputs are never overwritten")
+    try:
+        check_output_not_inside_input(str(input_dir), str(output_dir))
+    except ValueError:
+        raise click.UsageError("--output must not be --input, inside it or contain it: inputs are never overwritten") from None
     limits = DecodeLimits(max_pixels=max_pixels) if max_pixels else DecodeLimits()
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and is_image_name(p.name)
                    and not any(part.startswith(".") for part in p.relative_to(input_dir).parts))

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llie.imageio import ImageDecodeError, decode_file, is_image_name
+from llie.storage import check_output_not_inside_input
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,12 @@ def make_pairs(
     dst = Path(output_dir).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"input folder {src} does not exist")
-    if dst == src or src in dst.parents or dst in src.parents:
+    try:
         # Inside the input, the next run would pick up its own output; around it (--input pairs/low
         # --output pairs) this run would write over the photos it reads.
-        raise ValueError(f"output folder {dst} must not be the input folder {src}, inside it or contain it")
+        check_output_not_inside_input(str(src), str(dst))
+    except ValueError:
+        raise ValueError(f"output folder {dst} must not be the input folder {src}, inside it or contain it") from None
 
     jobs = _plan(src)
     written = []
