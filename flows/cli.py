@@ -161,7 +161,7 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     if retry_failed and not run_id:  # a new run has nothing to retry: it would redo the whole archive
         raise click.UsageError("--retry-failed redoes the failed images of an earlier run: give its --run-id")
     try:
-        storage.check_output_not_inside_input(input_url, output_url)
+        storage.check_folders_apart(input_url, output_url, reference_url)
         run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -159,7 +159,7 @@ def enhance_archive(
         fault_marker_url: testing only: a folder; each shard fails its first attempt.
     """
     logger = get_run_logger()
-    storage.check_output_not_inside_input(input_url, output_url)
+    storage.check_folders_apart(input_url, output_url, reference_url)
     if model is not None and os.path.isdir(model):
         # A bundle that does not match its manifest is refused here, with its reason, before any
         # work goes out; otherwise every shard would fail (and be retried) on it one by one.

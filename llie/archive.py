@@ -364,9 +364,9 @@ def process_image(
             row["status"] = "skipped"
         row["error"] = f"{step}: {reason}"
     except Exception as exc:  # one bad image must not sink the shard
-        if storage.is_unreachable(exc):
+        if storage.is_unreachable(exc) or (step == "write" and storage.is_write_outage(exc)):
             # The store, not this image: fail the shard so that it is retried as a whole, instead
-            # of recording every image it could not reach as broken.
+            # of recording every image it could not reach (or write: a full disk) as broken.
             raise
         row["error"] = f"{step}: {storage.describe_error(exc)}"
     # Every free text of the row, whichever branch wrote it: a library may quote the run's URL

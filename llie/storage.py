@@ -9,6 +9,7 @@ quote it without the URL around it, by :func:`scrub`.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
@@ -106,6 +107,28 @@ def is_unreachable(exc: BaseException) -> bool:
     types = _unreachable_types()
     for _ in range(10):
         if isinstance(exc, types):
+            return True
+        if exc.__cause__ is None:
+            break
+        exc = exc.__cause__
+    return False
+
+
+# A write that fails with one of these fails for every file of the output, not for one image: the disk
+# is full, over quota, read-only or not ours. Recorded per image, a run would "finish" with every
+# photo marked broken and a plain resume would redo nothing.
+_WRITE_OUTAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_write_outage(exc: BaseException) -> bool:
+    """True when writing to the output failed because of the output store itself.
+
+    No space, quota exceeded, read-only file system, permission denied (locally, or an object store
+    that refuses the write). Like :func:`is_unreachable`, the caller should fail and retry the unit of
+    work; a resume once the store is fixed then completes it. Explicit causes are followed.
+    """
+    for _ in range(10):
+        if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _WRITE_OUTAGE_ERRNOS):
             return True
         if exc.__cause__ is None:
             break
@@ -326,20 +349,65 @@ def _normalise(url: str, storage_options: StorageOptions) -> tuple[str, str]:
     return protocol, posixpath.normpath("/" + path.strip("/"))
 
 
+def _same_or_below(path: str, root: str) -> bool:
+    """Whether local ``path`` is ``root`` or inside it, by file identity (device and inode).
+
+    Paths alone miss aliases that :func:`os.path.realpath` cannot see through: a bind mount, a second
+    mount of the same share. So every existing ancestor of ``path`` is compared with ``root`` itself.
+    """
+    if _within(path, root):
+        return True
+    try:
+        root_stat = os.stat(root)
+    except OSError:  # a root that does not exist yet has no identity to compare
+        return False
+    current = path
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (root_stat.st_dev, root_stat.st_ino):
+            return True
+        parent = os.path.dirname(current)
+        if parent == current:
+            return False
+        current = parent
+
+
+def _overlap(a_url: str, b_url: str, storage_options: StorageOptions) -> bool:
+    a_proto, a_path = _normalise(a_url, storage_options)
+    b_proto, b_path = _normalise(b_url, storage_options)
+    if a_proto != b_proto:
+        return False
+    if a_proto == "file":
+        return _same_or_below(a_path, b_path) or _same_or_below(b_path, a_path)
+    return _within(a_path, b_path) or _within(b_path, a_path)
+
+
 def check_output_not_inside_input(
     input_url: str, output_url: str, storage_options: StorageOptions = None
 ) -> None:
-    """Refuse an output that equals, contains or sits inside the input.
+    """Refuse an output that equals, contains or sits inside the input, also through an alias.
 
     Outputs mirror input paths, so an overlap would make a rerun enhance its own outputs
     (or overwrite originals).
     """
-    in_proto, in_path = _normalise(input_url, storage_options)
-    out_proto, out_path = _normalise(output_url, storage_options)
-    if in_proto != out_proto:
-        return
-    if _within(out_path, in_path) or _within(in_path, out_path):
+    if _overlap(input_url, output_url, storage_options):
         raise ValueError(
             f"output {redact_url(output_url)} overlaps input {redact_url(input_url)}: "
             "choose an output folder outside the input (and not containing it)"
+        )
+
+
+def check_folders_apart(
+    input_url: str, output_url: str, reference_url: str | None = None, storage_options: StorageOptions = None
+) -> None:
+    """:func:`check_output_not_inside_input`, and the same for the reference folder and the output:
+    outputs are written at the references' relative paths, so an overlap would overwrite them."""
+    check_output_not_inside_input(input_url, output_url, storage_options)
+    if reference_url is not None and _overlap(reference_url, output_url, storage_options):
+        raise ValueError(
+            f"output {redact_url(output_url)} overlaps reference {redact_url(reference_url)}: "
+            "the references would be overwritten; choose an output folder apart from them"
         )

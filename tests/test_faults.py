@@ -7,7 +7,9 @@ the worker dies by SIGKILL, the S3 server closes its socket, the CLI's process g
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,7 +23,8 @@ import pytest
 from flows.enhance_archive import enhance_archive
 from llie import archive, storage
 from llie.imageio import decode_image
-from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, REPO, encode, free_port, gradient, subprocess_env, write_images
+from tests.conftest import (FAKE_KEY_ID, FAKE_SECRET, REPO, encode, free_port, gradient, mounted, subprocess_env,
+                            write_images)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -432,3 +435,69 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
         except ProcessLookupError:
             pass
         proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- the output disk full or read-only
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to the last byte; returns the filler file."""
+    filler = folder / ".filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_output_disk_fails_the_run_and_the_printed_resume_command_completes_it(
+    prefect_harness, dask_address, tmp_path, make_images, bundle_path
+):
+    """No space on the output is an outage, not four broken photos: the shards fail (Prefect retries
+    them), the run exits non-zero with the command that resumes it, and that command, once there is
+    space again, completes the run."""
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    images = [f"photos/p{i}.png" for i in range(4)]
+    make_images(inp, images, width=32, height=24)
+    extra = ["--dask-address", dask_address, "--no-progress"]
+    args = ["run", str(inp), str(out), "--shard-size", "2", "--run-id", "full", "--retries", "0",
+            *(["--model", bundle_path] if bundle_path else [])]
+    # The images' folder is a small file system of its own, full; the metrics beside it have room.
+    with mounted(out / "photos", "-t", "tmpfs", "-o", "size=256k", "tmpfs") as photos:
+        filler = _fill(photos)
+        failed = CliRunner().invoke(cli, args + extra)
+        assert failed.exit_code == 1, failed.output
+        assert "2 shard(s) failed" in failed.output, failed.output
+        resume = failed.output.split("resume it with: ", 1)[1].splitlines()[0]
+        assert archive.shard_files(str(out), "full") == []  # no shard recorded its photos as broken
+        assert not [p for p in photos.iterdir() if p != filler]  # and no partial or temporary file stayed
+
+        filler.unlink()  # space again
+        command = shlex.split(resume)
+        assert command[:2] == ["llie", "run"]
+        resumed = CliRunner().invoke(cli, command[1:] + extra)
+        assert resumed.exit_code == 0, resumed.output
+        assert "ok 4   errors 0   skipped 0" in resumed.output
+        rows = _one_row_per_image(str(out), "full", images)
+        assert all(r["status"] == "ok" for r in rows.values())
+        for name in images:
+            decode_image((out / name).read_bytes())
+
+
+def test_a_read_only_output_fails_the_shard_instead_of_recording_broken_photos(tmp_path, make_images, enhancer):
+    """Read-only (a bind mount remounted ro) and permission errors on the output are outages too."""
+    make_images(tmp_path / "in", ["a.png"], width=32, height=24)
+    [shard] = archive.plan_shards(["a.png"], 1)
+    (tmp_path / "target").mkdir()
+    with mounted(tmp_path / "out", "--bind", "-o", "ro", str(tmp_path / "target")):
+        with pytest.raises(OSError) as info:
+            archive.process_shard(shard, str(tmp_path / "in"), str(tmp_path / "out"), enhancer)
+        assert info.value.errno == errno.EROFS and storage.is_write_outage(info.value)
+    assert storage.is_write_outage(PermissionError(errno.EACCES, "Permission denied"))
+    assert not storage.is_write_outage(IsADirectoryError(errno.EISDIR, "Is a directory"))

@@ -27,7 +27,7 @@ import llie
 from flows.enhance_archive import enhance_archive
 from llie import archive, storage
 from llie.bundle import MANIFEST, BundleError, _sha256, _version, default_bundle_path, load_bundle
-from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient
+from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient, mounted
 
 SECRETS = (FAKE_KEY_ID, FAKE_SECRET)
 
@@ -275,3 +275,38 @@ def test_read_only_inputs_are_enough_and_stay_unchanged(prefect_harness, dask_ad
     assert (summary["images"], summary["ok"], summary["failed_shards"]) == (3, 3, [])
     assert {p: _state(p) for p in [inp, *inp.rglob("*")]} == before
     assert all(stat.S_IMODE(before[inp / n][0]) == 0o444 for n in names)
+
+
+# --------------------------------------------------------------------------- folders that overlap
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_output_overlapping_the_reference_or_the_input_through_an_alias_is_refused(tmp_path, make_images):
+    """Outputs are written at the references' relative paths too: a reference folder that is, holds or
+    sits in the output would be overwritten. And an alias the path cannot show (a bind mount) is seen
+    through by file identity."""
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    inp, ref = tmp_path / "in", tmp_path / "refs" / "ref"
+    make_images(inp, ["a.png", "b.png"])
+    make_images(ref, ["a.png", "b.png"], peak=0.9)
+    before = _tree(ref)
+    for output in (ref, ref / "enhanced", ref.parent):
+        result = CliRunner().invoke(cli, ["run", str(inp), str(output), "--reference", str(ref), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert "overlaps reference" in result.output
+    assert _tree(ref) == before and not (ref / "enhanced").exists()
+
+    with mounted(tmp_path / "alias", "--bind", str(inp)) as alias:
+        for output in (alias / "out", alias):
+            result = CliRunner().invoke(cli, ["run", str(inp), str(output), "--no-progress"])
+            assert result.exit_code == 2, result.output
+            assert "overlaps input" in result.output
+        with pytest.raises(ValueError, match="overlaps input"):
+            storage.check_output_not_inside_input(str(alias / "sub"), str(inp))  # the input inside the output
+    assert sorted(p.name for p in inp.iterdir()) == ["a.png", "b.png"]
