@@ -135,7 +135,6 @@ def enhance_archive(
     retry_delay_seconds: float = 10.0,
     torch_threads: int | None = None,
     device: str = "auto",
-    fault_marker_url: str | None = None,
 ) -> dict[str, Any]:
     """Enhance every image under ``input_url`` into ``output_url`` (same relative paths).
 
@@ -156,7 +155,6 @@ def enhance_archive(
         retry_delay_seconds: first retry delay; doubles each further retry.
         torch_threads: torch threads per task; default CPUs / workers for a LocalCluster.
         device: torch device for the refiner ("auto", "cpu", "cuda").
-        fault_marker_url: testing only: a folder; each shard fails its first attempt.
     """
     logger = get_run_logger()
     storage.check_folders_apart(input_url, output_url, reference_url)
@@ -231,7 +229,6 @@ def enhance_archive(
                     "threads": unmapped(torch_threads),
                     "device": unmapped(device),
                     "retry_failed": unmapped(retry_failed),
-                    "fault_marker_url": unmapped(fault_marker_url),
                 },
             )
             # One failed shard must not hide the others' results: collect, then decide.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -59,13 +60,20 @@ def _existing_rows(url: str, shard: archive.Shard) -> list[dict[str, Any]] | Non
     return table.to_pylist()
 
 
-def _inject_fault(marker_url: str | None, shard: archive.Shard) -> None:
-    """Testing only: fail the first attempt at a shard, in a way a retry can observe."""
-    if not marker_url:
+# Tests only: set in a worker's environment, it names a folder; a run whose id has a sub-folder there
+# fails each shard's first attempt after writing its outputs, in a way a retry can observe. Not a
+# flow parameter, so it never shows up in a deployment.
+FAULTS_ENV = "LLIE_TEST_FAULTS_DIR"
+
+
+def _inject_fault(run_id: str, shard: archive.Shard) -> None:
+    root = os.environ.get(FAULTS_ENV)
+    if not root or not os.path.isdir(os.path.join(root, run_id)):
         return
-    marker = storage.join(marker_url, shard.shard_id)
-    if not storage.exists(marker):
-        storage.write_bytes_atomic(marker, b"failed once\n")
+    marker = os.path.join(root, run_id, shard.shard_id)
+    if not os.path.exists(marker):
+        with open(marker, "wb") as fh:
+            fh.write(b"failed once\n")
         raise RuntimeError(f"injected failure for {shard.shard_id} (first attempt)")
 
 
@@ -88,7 +96,6 @@ def enhance_shard(
     threads: int | None = None,
     device: str = "auto",
     retry_failed: bool = False,
-    fault_marker_url: str | None = None,
 ) -> dict[str, Any]:
     """Enhance one shard and write its Parquet; skip it when an earlier run already did.
 
@@ -120,7 +127,7 @@ def enhance_shard(
     rows = archive.process_shard(
         subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits
     )
-    _inject_fault(fault_marker_url, shard)
+    _inject_fault(run_id, shard)
 
     if previous is not None:
         redone = {r["rel_path"]: r for r in rows}

@@ -18,6 +18,9 @@ from pathlib import Path
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="llie-prefect-home-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Fault injection (tasks.enhance.FAULTS_ENV): set before any Dask worker starts, so that workers of
+# every cluster of the session, local or external, inherit it; the fixture below arms it per run.
+FAULTS_DIR = Path(os.environ.setdefault("LLIE_TEST_FAULTS_DIR", tempfile.mkdtemp(prefix="llie-faults-")))
 
 import numpy as np
 import pytest
@@ -55,6 +58,25 @@ def write_images(root: Path, names: list[str], width: int = 64, height: int = 48
         path.parent.mkdir(parents=True, exist_ok=True)
         fmt = "JPEG" if name.lower().endswith((".jpg", ".jpeg")) else "PNG"
         path.write_bytes(encode(gradient(width, height, seed=i, peak=peak), fmt))
+
+
+@pytest.fixture
+def inject_faults():
+    """``inject_faults(run_id)``: every shard of that run fails its first attempt (after writing its
+    outputs). Returns the folder where the task leaves one marker per shard it failed."""
+    armed = []
+
+    def arm(run_id: str) -> Path:
+        folder = FAULTS_DIR / run_id
+        folder.mkdir()
+        armed.append(folder)
+        return folder
+
+    yield arm
+    for folder in armed:
+        for marker in folder.iterdir():
+            marker.unlink()
+        folder.rmdir()
 
 
 @pytest.fixture

@@ -141,15 +141,16 @@ def archive_with_broken_files(tmp_path, make_images):
     return inp, good, bad
 
 
-def test_external_cluster_retry_broken_files_and_resume(dask_address, archive_with_broken_files, tmp_path, bundle_path):
+def test_external_cluster_retry_broken_files_and_resume(dask_address, archive_with_broken_files, tmp_path, bundle_path,
+                                                        inject_faults):
     inp, good, bad = archive_with_broken_files
-    out, markers = tmp_path / "out", tmp_path / "markers"
+    out, markers = tmp_path / "out", inject_faults("r-ext")
     common = dict(shard_size=4, dask_address=dask_address, retries=2, retry_delay_seconds=0.2, run_id="r-ext",
                   model=bundle_path)
 
     # Every shard's first attempt raises after writing its outputs; the retry must finish it
     # without leaving a second row for any image.
-    summary = enhance_archive(str(inp), str(out), fault_marker_url=str(markers), **common)
+    summary = enhance_archive(str(inp), str(out), **common)
     shard_ids = [s.shard_id for s in archive.plan_shards(good + bad, 4)]
     assert sorted(os.listdir(markers)) == shard_ids  # each shard did fail once
     assert summary["images"] == 9 and summary["ok"] == 6 and summary["errors"] == 3
@@ -211,12 +212,14 @@ def test_retry_failed_redoes_only_failed_images(
     assert all(k.startswith("_metrics/") or k == "broken/text.jpg" for k in changed), changed
 
 
-def test_exhausted_retries_fail_the_run_then_resume_finishes_it(dask_address, tmp_path, make_images, bundle_path):
-    inp, out, markers = tmp_path / "in", tmp_path / "out", tmp_path / "markers"
+def test_exhausted_retries_fail_the_run_then_resume_finishes_it(dask_address, tmp_path, make_images, bundle_path,
+                                                                inject_faults):
+    inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, [f"i{n}.png" for n in range(4)])
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-fail", model=bundle_path)
+    inject_faults("r-fail")
     with pytest.raises(RuntimeError, match=r"2 shard\(s\) failed after retries: shard-00000, shard-00001"):
-        enhance_archive(str(inp), str(out), retries=0, fault_marker_url=str(markers), **common)
+        enhance_archive(str(inp), str(out), retries=0, **common)
     assert archive.shard_files(str(out), "r-fail") == []  # a failed attempt leaves no Parquet
 
     summary = enhance_archive(str(inp), str(out), **common)
@@ -248,15 +251,17 @@ def test_a_growing_archive_resumes_its_finished_shards(dask_address, tmp_path, m
     assert len(archive.read_metrics(str(out), "r-grow")) == 5
 
 
-def test_a_redone_shard_that_fails_leaves_no_stale_rows(dask_address, tmp_path, make_images, bundle_path):
-    inp, out, markers = tmp_path / "in", tmp_path / "out", tmp_path / "markers"
+def test_a_redone_shard_that_fails_leaves_no_stale_rows(dask_address, tmp_path, make_images, bundle_path,
+                                                        inject_faults):
+    inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, [f"i{n}.png" for n in range(4)])
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-stale", model=bundle_path)
     enhance_archive(str(inp), str(out), **common)
     # i1 is deleted, so shard-00000 must be redone with i0 alone, and that attempt fails
     (inp / "i1.png").unlink()
+    inject_faults("r-stale")
     with pytest.raises(RuntimeError, match=r"1 shard\(s\) failed after retries: shard-00000"):
-        enhance_archive(str(inp), str(out), retries=0, fault_marker_url=str(markers), **common)
+        enhance_archive(str(inp), str(out), retries=0, **common)
     # the old file (i0 and i1 of the old plan) is gone with it: no row for a deleted image
     assert archive.shard_files(str(out), "r-stale") == ["shard-00001"]
     assert sorted(archive.read_metrics(str(out), "r-stale").column("rel_path").to_pylist()) == ["i2.png", "i3.png"]
@@ -329,3 +334,11 @@ def test_retry_failed_without_a_run_id_is_a_usage_error(tmp_path, make_images):
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--retry-failed"])
     assert result.exit_code == 2 and "give its --run-id" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_flow_parameters_hold_no_testing_hooks():
+    """Every parameter shows up in each deployment's form: faults are injected through the
+    workers' environment (tests/conftest.py, inject_faults), not through the signature."""
+    names = set(enhance_archive.parameters.properties)
+    assert {"input_url", "output_url", "run_id"} <= names
+    assert not [n for n in names if "fault" in n or "marker" in n or "test" in n]
