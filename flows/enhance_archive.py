@@ -17,7 +17,7 @@ from llie import archive, storage
 from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 from flows.artifacts import publish_run_report
-from flows.worker_env import local_cluster_settings
+from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
 
 
 def available_cpus() -> int:
@@ -34,11 +34,10 @@ def _current_api_url() -> str | None:
     return url.rstrip("/") or None
 
 
-def make_task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner:
+def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | None = None) -> DaskTaskRunner:
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     env = {}
-    api_url = _current_api_url()
     if api_url:
         # Workers are fresh processes: without this each would boot a temporary API server of
         # its own (slow, and its task runs would land in a different database).
@@ -215,7 +214,13 @@ def enhance_archive(
         )
         # The runner depends on parameters (dask_address, n_workers), which a @flow decorator
         # cannot see, so the flow starts it here and maps the task onto it directly.
-        with local_cluster_settings(), make_task_runner(dask_address, workers) as runner:
+        api_url = _current_api_url()
+        if api_unreachable_from(dask_address, api_url):
+            logger.warning(
+                "this run's Prefect API is %s, which Dask workers on other machines cannot reach: "
+                "start a Prefect server they can reach and set PREFECT_API_URL for llie and the workers", api_url)
+        with (local_cluster_settings(), tasks_report_to(api_url),
+              make_task_runner(dask_address, workers, api_url) as runner):
             futures = runner.map(
                 task,
                 {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import dask
 
@@ -52,3 +53,33 @@ def local_cluster_settings() -> Iterator[None]:
         for key in set(os.environ) - set(saved):
             del os.environ[key]
         os.environ.update(saved)
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url if "://" in url else "tcp://" + url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def api_unreachable_from(dask_address: str | None, api_url: str | None) -> bool:
+    """True when the workers of ``dask_address`` may run on other machines than an API on loopback."""
+    return bool(dask_address and api_url and _is_loopback(api_url) and not _is_loopback(dask_address))
+
+
+@contextlib.contextmanager
+def tasks_report_to(api_url: str | None) -> Iterator[None]:
+    """Tasks submitted inside this block report to ``api_url``, the flow run's own API.
+
+    The settings in force when a task is submitted travel with it to the Dask worker, which
+    restores them for the task run (``prefect.context.serialize_context``). When this process
+    found no PREFECT_API_URL and Prefect started a temporary server for it, those settings hold
+    no URL, and every worker process of an external cluster without PREFECT_API_URL of its own
+    would start a temporary server of its own: slow, left running, its task logs in a throwaway
+    database. Naming the flow's API here sends them all to the one the user is looking at.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if not api_url or PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield
