@@ -16,6 +16,7 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
+from deployments.checks import require_archive_urls
 from flows.enhance_archive import enhance_archive
 from llie import storage
 
@@ -32,7 +33,7 @@ class ArchiveDeployment:
 
 
 def build_deployment(cfg: ArchiveDeployment) -> RunnerDeployment:
-    storage.check_output_not_inside_input(cfg.parameters["input_url"], cfg.parameters["output_url"])
+    require_archive_urls(cfg.parameters.get("input_url"), cfg.parameters.get("output_url"))
     return enhance_archive.to_deployment(
         name=cfg.name,
         schedules=[Cron(cfg.cron, timezone=cfg.timezone)],

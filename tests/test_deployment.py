@@ -164,7 +164,7 @@ def test_prefect_yaml_deploys_and_runs_on_a_process_worker(prefect_server, clien
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 
-    prefect("work-pool", "create", "llie-process", "--type", "process")
+    prefect("work-pool", "create", "llie-process", "--type", "process", "--overwrite")
     prefect("deploy", "--all")
     deployment = _deployment(api, "nightly-archive")
     assert deployment is not None
@@ -195,3 +195,41 @@ def test_prefect_yaml_deploys_and_runs_on_a_process_worker(prefect_server, clien
     finally:
         stop_process(worker)
         log.close()
+
+
+def test_prefect_deploy_refuses_a_deployment_without_input_and_output(prefect_server, client_env, tmp_path):
+    """Without LLIE_INPUT_URL / LLIE_OUTPUT_URL the nightly run would fail at 02:00; the deployment
+    must not be made at all. The same for an output inside the input."""
+    api = prefect_server["api_url"]
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
+    for pkg in ("llie", "tasks", "flows", "deployments"):
+        (project / pkg).symlink_to(REPO / pkg, target_is_directory=True)
+    env = {k: v for k, v in client_env.items() if k not in ("LLIE_INPUT_URL", "LLIE_OUTPUT_URL")}
+    env["PWD"] = str(project)
+
+    def prefect(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PREFECT, "--no-prompt", *args], env=dict(env, **extra), cwd=project,
+                              capture_output=True, text=True, timeout=120)
+
+    assert prefect("work-pool", "create", "llie-process", "--type", "process", "--overwrite").returncode == 0
+    # (another test of this module may have made it, properly, before)
+    existing = _deployment(api, "nightly-archive")
+    for extra, reason in (({}, "LLIE_INPUT_URL and LLIE_OUTPUT_URL not set"),
+                          ({"LLIE_INPUT_URL": "s3://archive/raw"}, "LLIE_OUTPUT_URL not set"),
+                          ({"LLIE_INPUT_URL": str(tmp_path / "in"), "LLIE_OUTPUT_URL": str(tmp_path / "in/out")},
+                           "overlaps input")):
+        done = prefect("deploy", "--all", **extra)
+        assert done.returncode != 0 and reason in done.stdout + done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+        after = _deployment(api, "nightly-archive")
+        assert (after and after.updated) == (existing and existing.updated)  # neither made nor changed
+
+
+def test_serve_refuses_an_empty_input(tmp_path):
+    from deployments.serve import main
+
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, ["--input-url", "", "--output-url", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "LLIE_INPUT_URL not set" in result.output
