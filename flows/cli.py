@@ -17,8 +17,10 @@ from typing import Any
 import click
 from tqdm.auto import tqdm
 
-from llie import archive, storage
+from llie import archive, storage, storage_options
 from llie.cli import cli
+from llie.cli_options import storage_option_flag
+from flows import credentials
 
 DEFAULT_SHARD_SIZE = 64
 
@@ -30,8 +32,10 @@ class ShardProgress:
     cluster is local or remote, and shows resumed shards as done from the start.
     """
 
-    def __init__(self, output_url: str, run_id: str, interval: float = 1.0, enabled: bool = True):
+    def __init__(self, output_url: str, run_id: str, interval: float = 1.0, enabled: bool = True,
+                 storage_options: storage.StorageOptions = None):
         self.output_url, self.run_id, self.interval = output_url, run_id, interval
+        self.storage_options = storage_options
         self._stop = threading.Event()
         self._bar = tqdm(total=None, unit="shard", desc=f"run {run_id}", disable=not enabled, dynamic_ncols=True)
         self._thread = threading.Thread(target=self._loop, name="llie-progress", daemon=True)
@@ -54,11 +58,11 @@ class ShardProgress:
         try:
             # read every time: a resumed run whose archive changed rewrites the manifest with its
             # new plan a moment after the bar has started, and the old total would be wrong
-            manifest = archive.read_run_manifest(self.output_url, self.run_id)
+            manifest = archive.read_run_manifest(self.output_url, self.run_id, self.storage_options)
             if manifest and manifest["shards"] != self._bar.total:
                 self._bar.total = manifest["shards"]
                 self._bar.refresh()
-            done = len(archive.shard_files(self.output_url, self.run_id))
+            done = len(archive.shard_files(self.output_url, self.run_id, self.storage_options))
         except Exception:  # a progress bar must never break or slow down the run
             return
         done = done if self._bar.total is None else min(done, self._bar.total)
@@ -86,7 +90,7 @@ def _exit_on_sigterm():
 
 
 def resume_command(input_url: str, output_url: str, run_id: str, model: str | None, shard_size: int,
-                   reference_url: str | None) -> str:
+                   reference_url: str | None, options: dict[str, Any] | None = None) -> str:
     """The command that resumes a run: with every setting a resume must repeat (a different shard size
     or model is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
     args = ["llie", "run", storage.redact_url(input_url), storage.redact_url(output_url), "--run-id", run_id]
@@ -96,7 +100,7 @@ def resume_command(input_url: str, output_url: str, run_id: str, model: str | No
         args += ["--shard-size", str(shard_size)]
     if reference_url:
         args += ["--reference", storage.redact_url(reference_url)]
-    return shlex.join(args)
+    return shlex.join(args + storage_options.as_arguments(options))  # credentials as ***
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -136,9 +140,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Skip images larger than this many pixels (decompression-bomb guard).")
 @click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
+@storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
 def run_command(input_url, output_url, model, shard_size, reference_url, dask_address, n_workers, run_id,
-                retries, retry_failed, max_pixels, device, no_progress) -> None:
+                retries, retry_failed, max_pixels, device, storage_option, no_progress) -> None:
     """Enhance a whole archive with Prefect + Dask.
 
     \b
@@ -168,7 +173,9 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     # The scheduler's chatter would break the progress bar into pieces.
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
-    with _exit_on_sigterm(), ShardProgress(output_url, run_id, enabled=not no_progress):
+    settings, secret = storage_options.split_credentials(storage_option)
+    with (_exit_on_sigterm(), credentials.storage_credentials(secret),
+          ShardProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None)):
         state = enhance_archive(
             input_url=input_url,
             output_url=output_url,
@@ -182,13 +189,16 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
             retry_failed=retry_failed,
             max_pixels=max_pixels,
             device=device,
+            storage_options=settings or None,
             return_state=True,
         )
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
-        reason = storage.scrub(state.message or state.name, storage.url_secrets(input_url, output_url, reference_url))
+        reason = storage.scrub(state.message or state.name, storage.url_secrets(input_url, output_url, reference_url)
+                               + storage_options.credential_values(storage_option))
         click.echo(f"\nrun {run_id} did not complete: {reason}", err=True)
-        click.echo(f"resume it with: {resume_command(input_url, output_url, run_id, model, shard_size, reference_url)}",
+        click.echo("resume it with: "
+                   + resume_command(input_url, output_url, run_id, model, shard_size, reference_url, storage_option),
                    err=True)
         sys.exit(1)
     print_summary(state.result())

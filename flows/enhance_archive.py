@@ -14,8 +14,10 @@ from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
 from llie import archive, storage
+from llie import storage_options as storage_options_mod
 from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
+from flows import credentials
 from flows.artifacts import publish_run_report
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
 
@@ -61,9 +63,10 @@ def _comparable(value: Any) -> Any:
     return value.rstrip("/") or value if isinstance(value, str) else value
 
 
-def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: list[archive.Shard], logger) -> None:
+def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: list[archive.Shard], logger,
+                  opts: storage.StorageOptions = None) -> None:
     """Refuse to mix a resumed run's finished shards with work done under other settings."""
-    manifest = archive.read_run_manifest(output_url, run_id) or {}
+    manifest = archive.read_run_manifest(output_url, run_id, opts) or {}
     for key in ("shard_size", "input_url", "model"):
         if key in manifest and _comparable(manifest[key]) != _comparable(plan[key]):
             raise ValueError(
@@ -71,25 +74,26 @@ def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: li
                 "resume it with the same settings, or start a new run_id"
             )
     planned = {s.shard_id for s in shards}
-    for stale in sorted(set(archive.shard_files(output_url, run_id)) - planned):
+    for stale in sorted(set(archive.shard_files(output_url, run_id, opts)) - planned):
         # The archive shrank since this run started: that file describes a shard that no longer
         # exists and would otherwise show up as duplicate rows in the dataset.
         logger.warning("removing %s from run %s: not part of the current plan", stale, run_id)
-        storage.remove(archive.shard_parquet_url(output_url, run_id, stale))
+        storage.remove(archive.shard_parquet_url(output_url, run_id, stale), opts)
 
 
 def _summarise(
-    output_url: str, run_id: str, shards: list[archive.Shard], results: list[Any], elapsed: float
+    output_url: str, run_id: str, shards: list[archive.Shard], results: list[Any], elapsed: float,
+    opts: storage.StorageOptions = None,
 ) -> dict[str, Any]:
     failed = [s.shard_id for s, r in zip(shards, results) if isinstance(r, BaseException)]
     done = [r for r in results if isinstance(r, dict)]
     planned = {s.shard_id for s in shards}
     counts = {"ok": 0, "error": 0, "skipped": 0}
     psnrs: list[float] = []
-    if archive.shard_files(output_url, run_id):
+    if archive.shard_files(output_url, run_id, opts):
         # The Parquet files, not the task return values, are the record: they also cover
         # shards finished by an earlier attempt of this run.
-        table = archive.read_metrics(output_url, run_id)
+        table = archive.read_metrics(output_url, run_id, opts)
         for shard_id, status, value in zip(
             table.column("shard_id").to_pylist(), table.column("status").to_pylist(), table.column("psnr").to_pylist()
         ):
@@ -134,6 +138,7 @@ def enhance_archive(
     retry_delay_seconds: float = 10.0,
     torch_threads: int | None = None,
     device: str = "auto",
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Enhance every image under ``input_url`` into ``output_url`` (same relative paths).
 
@@ -154,9 +159,20 @@ def enhance_archive(
         retry_delay_seconds: first retry delay; doubles each further retry.
         torch_threads: torch threads per task; default CPUs / workers for a LocalCluster.
         device: torch device for the refiner ("auto", "cpu", "cuda").
+        storage_options: fsspec options for every URL, as pandas and Dask take them (S3:
+            endpoint_url, anon, profile, client_kwargs.region_name). Never credentials: Prefect
+            stores and shows parameters; those come from the environment, or from
+            ``llie run --storage-option``, which keeps them out of the parameters.
     """
     logger = get_run_logger()
-    storage.check_folders_apart(input_url, output_url, reference_url)
+    _, given_credentials = storage_options_mod.split_credentials(storage_options)
+    if given_credentials:
+        raise ValueError(
+            f"storage_options: {storage_options_mod.describe(given_credentials)} is a credential, and Prefect stores "
+            "and shows parameters: give it through the environment (AWS_* variables, a profile) or llie run")
+    opts = storage_options_mod.merge(storage_options, credentials.current()) or None
+    secrets = storage.url_secrets(input_url, output_url, reference_url) + storage_options_mod.credential_values(opts)
+    storage.check_folders_apart(input_url, output_url, reference_url, opts)
     if model is not None and os.path.isdir(model):
         # A bundle that does not match its manifest is refused here, with its reason, before any
         # work goes out; otherwise every shard would fail (and be retried) on it one by one.
@@ -166,12 +182,12 @@ def enhance_archive(
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
 
-    paths = storage.list_images(input_url)
+    paths = storage.list_images(input_url, opts)
     reserved = [p for p in paths if p.split("/", 1)[0] == archive.METRICS_DIR]
     if reserved:
         logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR)
         paths = [p for p in paths if p.split("/", 1)[0] != archive.METRICS_DIR]
-    previous = archive.read_run_manifest(output_url, run_id) or {}
+    previous = archive.read_run_manifest(output_url, run_id, opts) or {}
     if not paths and previous.get("images"):
         # An unmounted share or a wrong prefix lists nothing; planning nothing would drop every
         # finished shard of this run as "no longer part of the plan" and report success.
@@ -181,7 +197,7 @@ def enhance_archive(
         )
     # A resumed run keeps the shards it finished, so images added since go into new shards and the
     # finished ones are skipped rather than re-cut (archive.extend_plan).
-    finished = archive.shard_membership(output_url, run_id) if previous else {}
+    finished = archive.shard_membership(output_url, run_id, opts) if previous else {}
     shards = archive.extend_plan(paths, shard_size, finished)
     plan = {
         "run_id": run_id,
@@ -193,10 +209,11 @@ def enhance_archive(
         "shards": len(shards),
         "images": len(paths),
     }
-    _check_resume(output_url, run_id, plan, shards, logger)
+    _check_resume(output_url, run_id, plan, shards, logger, opts)
     # A resume that changes nothing leaves the manifest (and its started_at) alone.
     if any(previous.get(k) != v for k, v in plan.items()):
-        archive.write_run_manifest(output_url, run_id, {**plan, "started_at": datetime.now(timezone.utc).isoformat()})
+        archive.write_run_manifest(output_url, run_id, {**plan, "started_at": datetime.now(timezone.utc).isoformat()},
+                                   opts)
     logger.info(
         "run %s: %d images in %d shards from %s -> %s",
         run_id, len(paths), len(shards), storage.redact_url(input_url), storage.redact_url(output_url),
@@ -234,6 +251,7 @@ def enhance_archive(
                     "threads": unmapped(torch_threads),
                     "device": unmapped(device),
                     "retry_failed": unmapped(retry_failed),
+                    "storage_options": unmapped(opts),
                 },
             )
             # One failed shard must not hide the others' results: collect, then decide.
@@ -245,6 +263,7 @@ def enhance_archive(
     stale = storage.remove_stale_temps(
         output_url,
         paths + [f"{metrics_dir}/{s.shard_id}.parquet" for s in shards] + [f"{metrics_dir}/{archive.RUN_MANIFEST}"],
+        opts,
     )
     if stale:
         logger.warning("removed %d temporary file(s) left by interrupted writers", len(stale))
@@ -252,11 +271,11 @@ def enhance_archive(
     for shard, result in zip(shards, results):
         if isinstance(result, BaseException):
             # The run's URLs: a library may quote their credentials without a scheme.
-            reason = storage.describe_error(result, storage.url_secrets(input_url, output_url, reference_url))
+            reason = storage.describe_error(result, secrets)
             logger.error("%s failed after %d retries: %s", shard.shard_id, retries, reason)
-    summary = _summarise(output_url, run_id, shards, results, time.perf_counter() - started)
+    summary = _summarise(output_url, run_id, shards, results, time.perf_counter() - started, opts)
     logger.info("summary: %s", summary)
-    publish_run_report(output_url, run_id, summary)
+    publish_run_report(output_url, run_id, summary, storage_options=opts)
     if summary["failed_shards"]:
         raise RuntimeError(
             f"{len(summary['failed_shards'])} shard(s) failed after retries: "

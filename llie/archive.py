@@ -191,33 +191,36 @@ def run_manifest_url(output_url: str, run_id: str) -> str:
     return storage.join(metrics_url(output_url, run_id), RUN_MANIFEST)
 
 
-def write_run_manifest(output_url: str, run_id: str, manifest: dict[str, Any]) -> None:
+def write_run_manifest(output_url: str, run_id: str, manifest: dict[str, Any],
+                       storage_options: storage.StorageOptions = None) -> None:
     """What a run was asked to do: lets a resume check its plan and a progress bar its total."""
     data = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True, default=str)
-    storage.write_bytes_atomic(run_manifest_url(output_url, run_id), data.encode())
+    storage.write_bytes_atomic(run_manifest_url(output_url, run_id), data.encode(), storage_options)
 
 
-def read_run_manifest(output_url: str, run_id: str) -> dict[str, Any] | None:
+def read_run_manifest(output_url: str, run_id: str,
+                      storage_options: storage.StorageOptions = None) -> dict[str, Any] | None:
     url = run_manifest_url(output_url, run_id)
-    if not storage.exists(url):
+    if not storage.exists(url, storage_options):
         return None
-    return json.loads(storage.read_bytes(url))
+    return json.loads(storage.read_bytes(url, storage_options))
 
 
-def shard_files(output_url: str, run_id: str) -> list[str]:
+def shard_files(output_url: str, run_id: str, storage_options: storage.StorageOptions = None) -> list[str]:
     """shard ids that have a Parquet file in this run (finished, or resumed from before)."""
-    names = storage.list_files(metrics_url(output_url, run_id))
+    names = storage.list_files(metrics_url(output_url, run_id), storage_options)
     return [n[: -len(".parquet")] for n in names if n.startswith("shard-") and n.endswith(".parquet")]
 
 
-def shard_membership(output_url: str, run_id: str) -> dict[str, list[str]]:
+def shard_membership(output_url: str, run_id: str,
+                     storage_options: storage.StorageOptions = None) -> dict[str, list[str]]:
     """shard id -> the images its Parquet file holds, for every shard file of the run."""
     import fsspec
     import pyarrow.dataset as ds
 
-    if not shard_files(output_url, run_id):
+    if not shard_files(output_url, run_id, storage_options):
         return {}
-    fs, path = fsspec.core.url_to_fs(metrics_url(output_url, run_id))
+    fs, path = fsspec.core.url_to_fs(metrics_url(output_url, run_id), **(storage_options or {}))
     table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table(
         columns=["shard_id", "rel_path"])
     membership: dict[str, list[str]] = {}

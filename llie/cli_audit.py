@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from llie.cli_options import storage_option_flag
+
 # llie.audit.RANK_METRICS, spelled out so that importing the CLI does not import pyarrow.
 RANK_METRICS = ("psnr", "ssim")
 
@@ -34,11 +36,12 @@ RANK_METRICS = ("psnr", "ssim")
 @click.option("--json", "json_path", default=None, metavar="FILE",
               help="Also write everything (every image's deltas with --compare) as JSON; '-' for stdout.")
 @click.option("--runs", "list_runs", is_flag=True, help="List the runs under OUTPUT_URL and exit.")
+@storage_option_flag
 @click.option("--fail-on-worse", is_flag=True,
               help="With --compare: exit with status 3 if any image got worse, and with an error (status 1) "
                    "if no image could be compared (none in both runs, or none with a score in both).")
 def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank_by, tolerance, json_path,
-          list_runs, fail_on_worse) -> None:
+          list_runs, storage_option, fail_on_worse) -> None:
     """Audit the image quality of an archive run from the Parquet that `llie run` writes.
 
     \b
@@ -56,24 +59,25 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
       llie audit enhanced/ --run new-model --compare old-model --fail-on-worse
     """
     from llie import audit as au
-    from llie import storage
+    from llie import storage, storage_options
 
+    opts = storage_option or None
     try:
         if list_runs:
-            click.echo(au.format_runs(au.list_runs(output_url)))
+            click.echo(au.format_runs(au.list_runs(output_url, opts)))
             return
         if not compare_id:
             _refuse_without_compare(compare_output=bool(compare_output), fail_on_worse=fail_on_worse,
                                     tolerance=tolerance is not None)
-        run = au.load_run(output_url, run_id)
+        run = au.load_run(output_url, run_id, opts)
         summary = au.summarise(run, top=top, rank_by=rank_by)
         base = base_summary = comparison = None
         if compare_id:
-            base = au.load_run(compare_output or output_url, compare_id)
+            base = au.load_run(compare_output or output_url, compare_id, opts)
             base_summary = au.summarise(base, top=top, rank_by=rank_by)
             comparison = au.compare(run, base, metric=rank_by, tolerance=tolerance)
     except au.AuditError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(storage.scrub(str(exc), storage_options.credential_values(opts))) from None
     except ValueError as exc:  # an invalid run id (unreadable Parquet is an AuditError)
         raise click.UsageError(str(exc)) from None
     except FileNotFoundError as exc:
@@ -88,7 +92,7 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
     if report_path:
         from llie.report import write_report
 
-        files = write_report(run, summary, report_path, comparison, base, base_summary)
+        files = write_report(run, summary, report_path, comparison, base, base_summary, storage_options=opts)
         if not to_stdout:
             click.echo(f"\nreport  {storage.redact_url(files.html_url)}  (+ {len(files.png_urls)} PNG beside it)")
     if json_path:

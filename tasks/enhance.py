@@ -46,16 +46,16 @@ def _summarise(shard: archive.Shard, rows: list[dict[str, Any]], resumed: bool, 
     }
 
 
-def _existing_rows(url: str, shard: archive.Shard) -> list[dict[str, Any]] | None:
+def _existing_rows(url: str, shard: archive.Shard, opts: storage.StorageOptions = None) -> list[dict[str, Any]] | None:
     """Rows of a finished earlier attempt at this very shard, or None if it must be (re)done."""
-    if not storage.exists(url):
+    if not storage.exists(url, opts):
         return None
-    table = archive.read_shard_parquet(url)
+    table = archive.read_shard_parquet(url, opts)
     if archive.shard_metadata(table).get("shard_fingerprint") != shard.fingerprint:
         # Same shard id, different images: the archive changed since that run. Its rows describe
         # the old images; left in place until this attempt succeeds, they would count twice (or
         # stand in for images it never reached) should it fail.
-        storage.remove(url)
+        storage.remove(url, opts)
         return None
     return table.to_pylist()
 
@@ -96,6 +96,7 @@ def enhance_shard(
     threads: int | None = None,
     device: str = "auto",
     retry_failed: bool = False,
+    storage_options: storage.StorageOptions = None,
 ) -> dict[str, Any]:
     """Enhance one shard and write its Parquet; skip it when an earlier run already did.
 
@@ -107,7 +108,7 @@ def enhance_shard(
     logger = get_run_logger()
     started = time.perf_counter()
     url = archive.shard_parquet_url(output_url, run_id, shard.shard_id)
-    previous = _existing_rows(url, shard)
+    previous = _existing_rows(url, shard, storage_options)
     todo = list(shard.paths)
     if previous is not None:
         failed = [r["rel_path"] for r in previous if r["status"] != "ok"]
@@ -125,7 +126,8 @@ def enhance_shard(
     limits = DecodeLimits() if max_pixels is None else DecodeLimits(max_pixels=max_pixels)
     subset = archive.Shard(shard.shard_id, tuple(todo), shard.fingerprint)
     rows = archive.process_shard(
-        subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits
+        subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits,
+        storage_options=storage_options,
     )
     _inject_fault(run_id, shard)
 
@@ -136,6 +138,7 @@ def enhance_shard(
         rows,
         url,
         metadata={"run_id": run_id, "shard_fingerprint": shard.fingerprint, "model_version": enhancer.model_version},
+        storage_options=storage_options,
     )
     summary = _summarise(shard, rows, resumed=False, seconds=time.perf_counter() - started)
     summary["processed"] = len(todo)
