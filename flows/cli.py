@@ -161,12 +161,15 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     # Without a configured API, Prefect boots a temporary local server; on a small, busy machine
     # that can take longer than its 20 s default. Must be set before prefect is first imported.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from flows.enhance_archive import enhance_archive
+    from flows.enhance_archive import check_model, enhance_archive
 
     if retry_failed and not run_id:  # a new run has nothing to retry: it would redo the whole archive
         raise click.UsageError("--retry-failed redoes the failed images of an earlier run: give its --run-id")
     try:
+        for url in (input_url, output_url, reference_url):
+            storage.check_no_credentials(url)
         storage.check_folders_apart(input_url, output_url, reference_url)
+        check_model(model, dask_address)
         run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

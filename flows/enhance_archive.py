@@ -58,6 +58,21 @@ def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | No
     )
 
 
+def check_model(model: str | None, dask_address: str | None) -> None:
+    """Refuse a model bundle that is missing or does not match its manifest, before any work goes out.
+
+    Otherwise every shard would fail (and be retried, with backoff) on it one by one. Workers verify it
+    again when they load it. A path missing here is only left to the workers of an external cluster
+    (``dask_address``), which may see file systems this process does not; local workers see ours.
+    """
+    if model is None:
+        return
+    if os.path.isdir(model):
+        verify_bundle(model)
+    elif not dask_address:
+        raise ValueError(f"model bundle {model!r} is not a folder (no such bundle): give the folder of a bundle")
+
+
 def _comparable(value: Any) -> Any:
     """A setting as a resume compares it: "photos/" and "photos" name the same folder."""
     return value.rstrip("/") or value if isinstance(value, str) else value
@@ -170,14 +185,12 @@ def enhance_archive(
         raise ValueError(
             f"storage_options: {storage_options_mod.describe(given_credentials)} is a credential, and Prefect stores "
             "and shows parameters: give it through the environment (AWS_* variables, a profile) or llie run")
+    for url in (input_url, output_url, reference_url):
+        storage.check_no_credentials(url)
     opts = storage_options_mod.merge(storage_options, credentials.current()) or None
     secrets = storage.url_secrets(input_url, output_url, reference_url) + storage_options_mod.credential_values(opts)
     storage.check_folders_apart(input_url, output_url, reference_url, opts)
-    if model is not None and os.path.isdir(model):
-        # A bundle that does not match its manifest is refused here, with its reason, before any
-        # work goes out; otherwise every shard would fail (and be retried) on it one by one.
-        # Workers verify it again when they load it; a path only they can see is left to them.
-        verify_bundle(model)
+    check_model(model, dask_address)
     run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")

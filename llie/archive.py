@@ -215,12 +215,11 @@ def shard_files(output_url: str, run_id: str, storage_options: storage.StorageOp
 def shard_membership(output_url: str, run_id: str,
                      storage_options: storage.StorageOptions = None) -> dict[str, list[str]]:
     """shard id -> the images its Parquet file holds, for every shard file of the run."""
-    import fsspec
     import pyarrow.dataset as ds
 
     if not shard_files(output_url, run_id, storage_options):
         return {}
-    fs, path = fsspec.core.url_to_fs(metrics_url(output_url, run_id), **(storage_options or {}))
+    fs, path = storage.filesystem(metrics_url(output_url, run_id), storage_options)
     table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table(
         columns=["shard_id", "rel_path"])
     membership: dict[str, list[str]] = {}
@@ -487,11 +486,10 @@ def read_metrics(
     output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
 ) -> pa.Table:
     """All metrics rows under ``output_url`` (or one run), with ``run_id`` as a string column."""
-    import fsspec
     import pyarrow.dataset as ds
 
     root = metrics_url(output_url, run_id) if run_id else metrics_root(output_url)
-    fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    fs, path = storage.filesystem(root, storage_options)
     schema = METRICS_SCHEMA.append(pa.field("run_id", pa.string()))
     if run_id:
         table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table()

@@ -83,9 +83,7 @@ class RunInfo:
 
 
 def _fs(url: str, storage_options: storage.StorageOptions):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    fs, path = storage.filesystem(url, storage_options)
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache(path)
     return fs, path

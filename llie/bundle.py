@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import stat
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,41 +99,134 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
     return manifest
 
 
+def _plain_name(name: object) -> bool:
+    """A file name directly inside the bundle: no folder part, no way out of it."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
+
+
+def _read_regular(directory: Path, name: str) -> bytes:
+    """The bytes of ``directory/name``, which must be a plain file: checked before anything is read.
+
+    A link could point anywhere (``/etc/shadow``, a file swapped in later), so none is followed, and
+    the file is opened with ``O_NOFOLLOW`` so it cannot become one between the check and the read.
+    """
+    if not _plain_name(name):
+        raise BundleError(f"bundle file {name!r} is not a plain name inside the bundle: refusing to read it")
+    path = directory / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BundleError(f"bundle file {name} is missing from {directory}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleError(f"bundle file {name} is a symbolic link: refusing to read it")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"bundle file {name} is not a regular file: refusing to read it")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise BundleError(f"bundle file {name} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
+    directory = Path(directory)
+    if not os.path.lexists(directory / MANIFEST):
         raise BundleError(f"{directory} is not a model bundle: {MANIFEST} missing")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(_read_regular(directory, MANIFEST))
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise BundleError(f"bundle file {MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle file {MANIFEST} is not a JSON object")
+    return manifest
+
+
+def required_files(manifest: dict, quantiles_config: dict) -> set[str]:
+    """Every file the model loads, from its two configurations: none may go unlisted (and unhashed)."""
+    bag = int(quantiles_config.get("bag", 1))
+    listed = manifest.get("files") or {}
+    # bundles from before bagging hold one plain quantiles.ubj
+    trees = {"quantiles.ubj"} if "quantiles.ubj" in listed else {f"quantiles-{k}.ubj.gz" for k in range(bag)}
+    needed = {"quantiles.json", "quantiles_pca.safetensors", *trees}
+    if manifest.get("refiner") is not None:
+        needed.add(REFINER_FILE)
+    return needed
+
+
+def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and the bytes of every file it lists, each checked against its hash.
+
+    Names are checked before any file is opened; every file the model needs must be listed, so an
+    emptied ``files`` list cannot switch the check off.
+    """
+    manifest = read_manifest(directory)
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"bundle format {manifest.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
+    hashes = manifest.get("files")
+    if not isinstance(hashes, dict) or not hashes:
+        raise BundleError(f"bundle file {MANIFEST} lists no model files: refusing to load")
+    for name in hashes:  # all names first: nothing is read for a manifest that names a path out
+        if not _plain_name(name) or name == MANIFEST:
+            raise BundleError(f"bundle file {MANIFEST} names {name!r}, which is not a file of the bundle: refusing to load")
+    contents: dict[str, bytes] = {}
+    for name, expected in hashes.items():
+        data = _read_regular(directory, name)
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise BundleError(f"bundle file {name} does not match the hash in its manifest: refusing to load")
+        contents[name] = data
+    if _version(hashes) != manifest.get("model_version"):
+        raise BundleError(f"bundle file {MANIFEST}: model_version does not match its file hashes: refusing to load")
+    if "quantiles.json" not in contents:
+        raise BundleError(f"bundle file quantiles.json is needed by the model but not listed in {MANIFEST}: refusing to load")
+    try:
+        quantiles_config = json.loads(contents["quantiles.json"])
+    except ValueError as exc:
+        raise BundleError(f"bundle file quantiles.json is not valid JSON: {exc}") from None
+    for name in sorted(required_files(manifest, quantiles_config) - set(contents)):
+        raise BundleError(f"bundle file {name} is needed by the model but not listed in {MANIFEST}: refusing to load")
+    return manifest, contents
 
 
 def verify_bundle(directory: str | Path) -> dict:
     """The manifest, after checking every model file against its recorded hash."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"bundle format {manifest.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
-    hashes = manifest.get("files") or {}
-    for name, expected in hashes.items():
-        path = directory / name
-        if not path.is_file():
-            raise BundleError(f"bundle file {name} is missing from {directory}")
-        if _sha256(path) != expected:
-            raise BundleError(f"bundle file {name} does not match the hash in its manifest: refusing to load")
-    if _version(hashes) != manifest.get("model_version"):
-        raise BundleError("bundle model_version does not match its file hashes: refusing to load")
+    manifest, _ = _verified_files(Path(directory))
     return manifest
 
 
 def load_bundle(directory: str | Path | None = None, n_threads: int | None = None) -> Bundle:
+    """Load a bundle from the very bytes that were checked against its manifest.
+
+    They are copied into a private folder first and the model loads from there: a file swapped in
+    after the check, or one the manifest does not list, is never read.
+    """
     directory = Path(directory) if directory is not None else default_bundle_path()
-    manifest = verify_bundle(directory)
-    quantile_model = QuantileModel.load(directory, n_threads=n_threads)
-    refiner = None
-    if manifest.get("refiner") is not None:
-        # manifests from before the whole-image context or the detail head name no such field: those
-        # refiners have neither
-        refiner = Refiner(RefinerConfig(**{"global_context": False, "detail_channels": 0, **manifest["refiner"]}))
-        state = load_file(directory / REFINER_FILE)
-        refiner.load_state_dict({k: v.float() for k, v in state.items()})
-        refiner.eval()
+    manifest, contents = _verified_files(directory)
+    with tempfile.TemporaryDirectory(prefix="llie-bundle-") as private:
+        folder = Path(private)
+        for name, data in contents.items():
+            (folder / name).write_bytes(data)
+        try:
+            quantile_model = QuantileModel.load(folder, n_threads=n_threads)
+        except FileNotFoundError as exc:
+            name = Path(exc.filename or "?").name
+            raise BundleError(f"bundle file {name} is needed by the model but not listed in {MANIFEST}") from None
+        except Exception as exc:
+            names = ", ".join(sorted(n for n in contents if n.startswith("quantiles")))
+            raise BundleError(f"bundle files {names} do not load as a quantile model: {exc}") from None
+        refiner = None
+        if manifest.get("refiner") is not None:
+            # manifests from before the whole-image context or the detail head name no such field: those
+            # refiners have neither
+            try:
+                refiner = Refiner(RefinerConfig(**{"global_context": False, "detail_channels": 0,
+                                                   **manifest["refiner"]}))
+                state = load_file(folder / REFINER_FILE)
+                refiner.load_state_dict({k: v.float() for k, v in state.items()})
+            except Exception as exc:
+                raise BundleError(f"bundle file {REFINER_FILE} does not load as the refiner: {exc}") from None
+            refiner.eval()
     return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest)

@@ -136,8 +136,46 @@ def is_write_outage(exc: BaseException) -> bool:
     return False
 
 
-def _fs(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)$", re.DOTALL)
+_WEB_SCHEMES = ("http", "https")
+
+
+def has_credentials(url: str) -> bool:
+    """Whether ``url`` carries a user name or password before its host or bucket (``s3://KEY:SECRET@b``).
+
+    A ``:`` in a bucket's place counts too: a secret with a ``/`` in it (AWS secrets have them) ends
+    the authority early, as in ``s3://KEY:abc/def@bucket``. Web URLs may have a numeric port there.
+    """
+    match = _SCHEME.match(str(url))
+    if not match:
+        return False
+    authority = match.group("rest").split("/", 1)[0]
+    if "@" in authority:
+        return True
+    if ":" not in authority:
+        return False
+    if match.group("scheme").lower() in _WEB_SCHEMES:
+        return not authority.rsplit(":", 1)[1].isdigit()
+    return True
+
+
+def check_no_credentials(url: str | None) -> None:
+    """Refuse a URL with credentials in it, before it is used, logged or stored anywhere."""
+    if url is not None and has_credentials(url):
+        raise ValueError(
+            f"{redact_url(url)}: credentials in a URL are refused (they would end up in logs and in "
+            "Prefect's database); put them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), "
+            "an AWS profile (AWS_PROFILE, ~/.aws), or storage_options"
+        )
+
+
+def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec file system of ``url`` and the path on it: the one way llie turns a URL into files."""
+    check_no_credentials(url)
     return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+
+
+_fs = filesystem
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

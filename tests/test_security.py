@@ -51,9 +51,25 @@ def test_run_with_a_tampered_bundle_is_refused_before_any_work(prefect_harness, 
     make_images(tmp_path / "in", ["a.png"])
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(bundle),
                                       "--run-id", "tampered", "--no-progress"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "bundle file refiner.safetensors does not match the hash in its manifest: refusing to load" in result.output
     assert not (tmp_path / "out").exists()  # refused before a manifest, a shard or an image was written
+
+
+def test_a_missing_model_is_refused_before_any_work(prefect_harness, tmp_path, make_images):
+    """Not three shards retried with backoff until they fail: the CLI and the flow check it first."""
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    make_images(tmp_path / "in", ["a.png"])
+    missing = str(tmp_path / "no-such-bundle")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", missing,
+                                      "--no-progress"])
+    assert result.exit_code == 2 and f"model bundle '{missing}' is not a folder" in result.output, result.output
+    with pytest.raises(ValueError, match="is not a folder"):
+        enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), model=missing, retries=0)
+    assert not (tmp_path / "out").exists()
 
 
 class _Payload:
@@ -310,3 +326,91 @@ def test_output_overlapping_the_reference_or_the_input_through_an_alias_is_refus
         with pytest.raises(ValueError, match="overlaps input"):
             storage.check_output_not_inside_input(str(alias / "sub"), str(inp))  # the input inside the output
     assert sorted(p.name for p in inp.iterdir()) == ["a.png", "b.png"]
+
+
+def _rewrite_manifest(bundle: Path, edit) -> None:
+    """Edit the manifest the way someone who can write the bundle could: with a consistent model_version."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    edit(manifest)
+    manifest["model_version"] = _version(manifest["files"])
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_the_bundle_check_cannot_be_switched_off_and_reads_nothing_outside_the_bundle(tmp_path, make_images):
+    """Every file the model needs must be listed and match; links and names out of the bundle are refused
+    before anything is read; every error names its file."""
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    tampered = _copy_bundle(tmp_path / "emptied")
+    data = bytearray((tampered / "refiner.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tampered / "refiner.safetensors").write_bytes(bytes(data))
+    _rewrite_manifest(tampered, lambda m: m.update(files={}))  # an empty list, a matching version
+    with pytest.raises(BundleError, match=f"{MANIFEST} lists no model files"):
+        load_bundle(tampered)
+    _rewrite_manifest(tampered, lambda m: m.update(files={n: h for n, h in _listed().items() if n != "refiner.safetensors"}))
+    with pytest.raises(BundleError, match="bundle file refiner.safetensors is needed by the model but not listed"):
+        load_bundle(tampered)
+    make_images(tmp_path / "in", ["a.png"])
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tampered),
+                                      "--no-progress"])
+    assert result.exit_code == 2 and "refiner.safetensors is needed by the model" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+    linked = _copy_bundle(tmp_path / "linked")  # a link to the very same bytes: the hash would match
+    (linked / "refiner.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    os.symlink(tmp_path / "elsewhere.safetensors", linked / "refiner.safetensors")
+    with pytest.raises(BundleError, match="bundle file refiner.safetensors is a symbolic link"):
+        load_bundle(linked)
+
+    outside = tmp_path / "secret"
+    outside.write_text("not yours")
+    climbing = _copy_bundle(tmp_path / "bundles" / "climbing")
+    _rewrite_manifest(climbing, lambda m: m["files"].update({"../../secret": _sha256(outside)}))
+    os.utime(outside, (0, outside.stat().st_mtime))  # atime before mtime: any read moves it (relatime)
+    with pytest.raises(BundleError, match=r"names '\.\./\.\./secret', which is not a file of the bundle"):
+        load_bundle(climbing)
+    assert outside.stat().st_atime == 0, "the file outside the bundle was read before the refusal"
+
+    (climbing / MANIFEST).write_text('{"format": 1, "files": {')  # truncated
+    with pytest.raises(BundleError, match=f"bundle file {MANIFEST} is not valid JSON"):
+        load_bundle(climbing)
+
+
+def _listed() -> dict[str, str]:
+    return json.loads((default_bundle_path() / MANIFEST).read_text())["files"]
+
+
+# --------------------------------------------------------------------------- credentials in a URL
+
+
+def test_credentials_in_a_url_are_refused_before_anything_sees_them(prefect_harness, tmp_path):
+    """Refused with where credentials go instead, before Prefect stores a parameter or botocore quotes the
+    bucket name: not in the output, not in Prefect's database."""
+    from click.testing import CliRunner
+    from prefect.client.orchestration import get_client
+
+    from flows.cli import cli
+
+    secret_urls = [f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@bucket/in", f"s3://{FAKE_KEY_ID}:abc/{FAKE_SECRET}@bucket/in",
+                   f"https://{FAKE_KEY_ID}@host.example/in"]
+    with get_client(sync_client=True) as client:
+        runs_before = len(client.read_flow_runs())
+    for url in secret_urls:
+        for args in (["run", url, str(tmp_path / "out")], ["run", str(tmp_path), url + "-out"],
+                     ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--reference", url], ["audit", url]):
+            result = CliRunner().invoke(cli, [*args, "--no-progress"] if args[0] == "run" else args)
+            assert result.exit_code == 2, result.output
+            assert "credentials in a URL are refused" in result.output
+            assert all(where in result.output for where in ("environment", "AWS profile", "storage_options"))
+            assert FAKE_SECRET not in result.output and FAKE_KEY_ID not in result.output
+        with pytest.raises(ValueError, match="credentials in a URL are refused"):
+            storage.list_images(url)
+    with get_client(sync_client=True) as client:
+        assert len(client.read_flow_runs()) == runs_before  # not a flow run, so no parameter, log or event
+    assert not (tmp_path / "out").exists()
+    # what is not credentials stays accepted: an "@" in a key, a port
+    for url in ("s3://bucket/icons/logo@2x.png", "http://127.0.0.1:5000/bucket/a@b.png", "/tmp/a:b@c"):
+        storage.check_no_credentials(url)
