@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .mapping import MappingConfig
+from .policy import RefinePolicy
 from .quantiles import QuantileModel
 from .refiner import Refiner, RefinerConfig
 
@@ -40,6 +41,7 @@ class Bundle:
     mapping: MappingConfig
     refiner: Refiner | None
     manifest: dict = field(default_factory=dict)
+    refine_policy: RefinePolicy = field(default_factory=RefinePolicy)
 
     @property
     def model_version(self) -> str:
@@ -84,6 +86,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "model_version": _version(hashes),
         "files": hashes,
         "mapping": asdict(bundle.mapping),
+        "refine_policy": asdict(bundle.refine_policy),
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {
@@ -229,4 +232,6 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
             except Exception as exc:
                 raise BundleError(f"bundle file {REFINER_FILE} does not load as the refiner: {exc}") from None
             refiner.eval()
-    return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest)
+    # bundles from before the policy name none: their refiner always applies, unanchored
+    policy = RefinePolicy(**manifest.get("refine_policy", {}))
+    return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest, policy)

@@ -1,15 +1,19 @@
-"""Paired data sets in LOL layout: ``low/`` and ``high/`` folders of same-named images.
+"""Paired data sets in LOL layout: ``low/`` and ``high/`` folders of same-named images (PNG, JPEG, ...).
 
 Several low exposures of one scene may share a byte-identical target, and LOL also holds the same
 scene shot again with a slightly different target (in the 280 pairs of our485 we have, 276 distinct
 targets but only 135 distinct scenes). Validation and out-of-fold splits must keep a scene on one
 side, or they measure memory of the scene: pairs are grouped by the target's content hash and,
-transitively, by a strong correlation of the targets' thumbnails.
+transitively, by a strong correlation of the targets' thumbnails. A set that names its scenes (SICE-pairs'
+``pairs.json``: one ``{"name", "scene"}`` entry per pair) starts from those scenes; thumbnails may still join
+two of them, never split one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,12 +35,23 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def named_scenes(root: Path) -> dict[str, str]:
+    """Pair name -> scene id from ``root/pairs.json`` when the set names its scenes, else empty."""
+    path = root / "pairs.json"
+    if not path.is_file():
+        return {}
+    entries = json.loads(path.read_text())
+    entries = entries["pairs"] if isinstance(entries, dict) else entries
+    return {e["name"]: f"scene:{e['scene']}" for e in entries if "name" in e and "scene" in e}
+
+
 def find_pairs(root: str | Path) -> list[Pair]:
     """Pairs under ``root/low`` and ``root/high`` (same relative names), sorted by name."""
     root = Path(root)
     low_dir, high_dir = root / "low", root / "high"
     if not low_dir.is_dir() or not high_dir.is_dir():
         raise FileNotFoundError(f"{root} has no low/ and high/ folders (LOL layout)")
+    scenes = named_scenes(root)
     pairs = []
     for low in sorted(low_dir.rglob("*")):
         if low.suffix.lower() not in IMAGE_SUFFIXES or low.name.startswith("."):
@@ -44,7 +59,7 @@ def find_pairs(root: str | Path) -> list[Pair]:
         rel = low.relative_to(low_dir)
         high = high_dir / rel
         if high.exists():
-            pairs.append(Pair(rel.as_posix(), low, high, _digest(high)))
+            pairs.append(Pair(rel.as_posix(), low, high, scenes.get(rel.as_posix()) or _digest(high)))
     if not pairs:
         raise FileNotFoundError(f"no same-named image pairs under {low_dir} and {high_dir}")
     return group_scenes(pairs)
@@ -92,13 +107,23 @@ def group_scenes(pairs: list[Pair], threshold: float = SCENE_CORRELATION) -> lis
     return [replace(p, group=scene_id[root(i)]) for i, p in enumerate(pairs)]
 
 
-def resolve_training_sets(data: str | Path) -> tuple[list[Pair], list[Pair]]:
-    """(train, eval) pairs: ``DIR/our485`` + ``DIR/eval15`` when present, else ``DIR`` itself and no eval."""
-    data = Path(data)
-    if (data / "our485").is_dir():
-        evaluation = find_pairs(data / "eval15") if (data / "eval15").is_dir() else []
-        return find_pairs(data / "our485"), evaluation
-    return find_pairs(data), []
+def resolve_training_sets(data: str | Path | Sequence[str | Path]) -> tuple[list[Pair], list[Pair]]:
+    """(train, eval) pairs of one set or several: per set ``DIR/our485`` + ``DIR/eval15`` when present, else
+    ``DIR`` itself and no eval. With several sets every name and scene starts with its set's folder name,
+    so names stay unique and no scene spans two sets."""
+    roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    train, evaluation = [], []
+    for root in roots:
+        if (root / "our485").is_dir():
+            found, held = find_pairs(root / "our485"), find_pairs(root / "eval15") if (root / "eval15").is_dir() else []
+        else:
+            found, held = find_pairs(root), []
+        if len(roots) > 1:
+            found = [replace(p, name=f"{root.name}/{p.name}", group=f"{root.name}/{p.group}") for p in found]
+            held = [replace(p, name=f"{root.name}/{p.name}", group=f"{root.name}/{p.group}") for p in held]
+        train += found
+        evaluation += held
+    return train, evaluation
 
 
 def split_by_group(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:

@@ -8,6 +8,19 @@ back, so the histogram sums to 1 without piling up at the ends.
 
 Matching maps each input level through a lookup table: mid-rank CDF of the input level -> inverse CDF of
 the target. 8-bit images use a 256-entry table, 16-bit images a 65536-entry table.
+
+Two guards keep the map honest on photos unlike the training pairs:
+
+- Slope bound: no step of a table may exceed ``max_slope`` times the table's mean step over the levels that
+  hold the source's middle 98 %, nor fall below ``min_slope`` times it. A steeper step tears neighbouring
+  levels apart (bands); a flatter one merges them (posterised, blown highlights). The table keeps its value
+  at the source's median level, so the photo's exposure stays where stage 2 put it.
+- Colour: mapping each channel on its own can turn hues (an orange sky read as a cast comes out cyan and
+  pink). With ``colour="hue"`` every pixel takes its brightness from the per-channel maps (the luma of their
+  output) and its chromaticity from the input, scaled by three global gains that give the per-channel maps'
+  channel means: the colour balance the model predicts, without per-pixel hue changes. ``hue_mix`` blends
+  the two (1: hue kept, 0: channels alone). A channel pushed past white is moved toward grey at the same
+  luma rather than clipped, which would turn the hue again.
 """
 
 from __future__ import annotations
@@ -27,6 +40,25 @@ class MappingConfig:
     bandwidth: float = 0.01  # kernel width in intensity units ([0, 1] scale)
     grid: int = 1024  # resolution of the rebuilt target histogram
     dense_points: int = 401  # equal-mass points drawn from the percentile curve before the KDE
+    # bounds on a table's steps relative to its mean step over the source's middle 98 % (0: unbounded)
+    max_slope: float = 0.0
+    min_slope: float = 0.0
+    colour: str = "channels"  # "channels" (each on its own) or "hue" (see the module docstring)
+    hue_mix: float = 1.0  # with colour="hue": weight of the hue-keeping result against the per-channel one
+
+    def __post_init__(self) -> None:
+        if self.method not in ("kde", "interp"):
+            raise ValueError(f"unknown mapping method {self.method!r}: use 'kde' or 'interp'")
+        if self.colour not in ("channels", "hue"):
+            raise ValueError(f"unknown colour handling {self.colour!r}: use 'channels' or 'hue'")
+        if not 0.0 <= self.hue_mix <= 1.0 or self.max_slope < 0 or self.min_slope < 0:
+            raise ValueError(f"hue_mix must lie in [0, 1] and slope bounds be >= 0: {self}")
+        if self.max_slope and self.min_slope > self.max_slope:
+            raise ValueError(f"min_slope {self.min_slope} exceeds max_slope {self.max_slope}")
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec.601, as llie.metrics
+BAND_PIXELS = 1 << 20  # rows of about 1 MP at a time: bounded temporaries on large photos
 
 
 def inverse_cdf(quantiles: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -59,14 +91,38 @@ def lut_from_target_cdf(source_hist: np.ndarray, target_edges: np.ndarray, targe
     return np.interp(mid_rank, target_cdf, target_edges).astype(np.float32)
 
 
+def bound_slope(lut: np.ndarray, source_hist: np.ndarray, max_ratio: float, min_ratio: float = 0.0) -> np.ndarray:
+    """``lut`` with every step clipped to [min_ratio, max_ratio] x its mean step over the levels holding the
+    middle 98 % of ``source_hist``, shifted so that its value at the source's median level is kept; still
+    monotone and within [0, 1]. A ratio of 0 leaves that side unbounded."""
+    lut = np.asarray(lut, np.float64)
+    cdf = np.cumsum(source_hist) / max(float(np.sum(source_hist)), 1e-12)
+    lo, mid, hi = (int(np.searchsorted(cdf, p)) for p in (0.01, 0.5, 0.99))
+    hi = max(hi, lo + 1)
+    mean_step = (lut[min(hi, len(lut) - 1)] - lut[lo]) / (min(hi, len(lut) - 1) - lo)
+    if mean_step <= 0:  # a flat map (one level, or a flat prediction): nothing to bound against
+        return lut.astype(np.float32)
+    steps = np.diff(lut)
+    steps = np.clip(steps, min_ratio * mean_step, max_ratio * mean_step if max_ratio else np.inf)
+    bounded = np.concatenate([[0.0], np.cumsum(steps)])
+    bounded += lut[min(mid, len(lut) - 1)] - bounded[min(mid, len(lut) - 1)]
+    return np.clip(bounded, 0.0, 1.0).astype(np.float32)
+
+
 def channel_lut(source_hist: np.ndarray, quantiles: np.ndarray, config: MappingConfig) -> np.ndarray:
-    """Monotone LUT (one entry per source level) mapping the source histogram onto the predicted target."""
+    """Monotone LUT (one entry per source level) mapping the source histogram onto the predicted target,
+    its steps bounded as ``config`` says."""
+    lut = _matching_lut(source_hist, quantiles, config)
+    if config.max_slope or config.min_slope:
+        lut = bound_slope(lut, source_hist, config.max_slope, config.min_slope)
+    return lut
+
+
+def _matching_lut(source_hist: np.ndarray, quantiles: np.ndarray, config: MappingConfig) -> np.ndarray:
     if config.method == "interp":
         source = source_hist / max(source_hist.sum(), 1e-12)
         mid_rank = np.cumsum(source) - 0.5 * source
         return inverse_cdf(quantiles, mid_rank).astype(np.float32)
-    if config.method != "kde":
-        raise ValueError(f"unknown mapping method {config.method!r}: use 'kde' or 'interp'")
     hist = kde_histogram(quantiles, config.bandwidth, config.grid, config.dense_points)
     # a tiny floor keeps the CDF strictly increasing, so the inverse is well defined in empty stretches
     hist = hist + 1e-9
@@ -88,11 +144,55 @@ def match_to_quantiles(rgb: np.ndarray, quantiles: np.ndarray, config: MappingCo
     that whatever colour hides under full transparency does not move the visible part); every pixel
     goes through the same lookup table."""
     codes = to_levels(rgb, levels)
-    out = np.empty(rgb.shape, np.float32)
+    luts = []
     for c in range(3):
         hist = np.bincount((codes[..., c] if mask is None else codes[..., c][mask]).ravel(), minlength=levels)
-        lut = channel_lut(hist, quantiles[c], config)
-        out[..., c] = lut[codes[..., c]]
+        luts.append(channel_lut(hist, quantiles[c], config))
+    if config.colour == "hue" and config.hue_mix > 0:
+        return _keep_hue(codes, luts, levels, config.hue_mix, mask)
+    out = np.empty(rgb.shape, np.float32)
+    for c in range(3):
+        out[..., c] = luts[c][codes[..., c]]
+    return out
+
+
+def _bands(codes: np.ndarray):
+    rows = max(1, BAND_PIXELS // max(codes.shape[1], 1))
+    return [slice(top, top + rows) for top in range(0, codes.shape[0], rows)]
+
+
+def _per_channel_and_hue_kept(codes: np.ndarray, luts: list[np.ndarray], levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per-channel result, input chromaticity at its luma) of a band; the second before the global gains."""
+    per_channel = np.stack([luts[c][codes[..., c]] for c in range(3)], axis=-1)
+    source = codes.astype(np.float32) / np.float32(levels - 1)
+    source_luma, target_luma = source @ LUMA, per_channel @ LUMA
+    floor = np.float32(1.0 / 255)  # below one 8-bit level a pixel's chromaticity is noise: it goes grey
+    kept = source * (target_luma / np.maximum(source_luma, floor))[..., None]
+    black = source_luma < floor
+    kept[black] = target_luma[black, None]
+    return per_channel, kept
+
+
+def _keep_hue(codes: np.ndarray, luts: list[np.ndarray], levels: int, mix: float, mask: np.ndarray | None) -> np.ndarray:
+    """The colour="hue" result, band by band: a first pass sums both results' channels for the gains."""
+    sums = np.zeros((2, 3))
+    for band in _bands(codes):
+        per_channel, kept = _per_channel_and_hue_kept(codes[band], luts, levels)
+        pick = slice(None) if mask is None else mask[band]
+        sums[0] += per_channel[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
+        sums[1] += kept[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
+    gains = (sums[0] / np.maximum(sums[1], 1e-9)).astype(np.float32)
+    out = np.empty(codes.shape, np.float32)
+    for band in _bands(codes):
+        per_channel, kept = _per_channel_and_hue_kept(codes[band], luts, levels)
+        kept *= gains
+        luma, peak = kept @ LUMA, kept.max(axis=-1)
+        # past white: shrink the chroma toward grey at the same luma until the largest channel fits
+        over = peak > 1.0
+        if over.any():
+            shrink = np.clip((1.0 - luma[over]) / np.maximum(peak[over] - luma[over], 1e-6), 0.0, 1.0)
+            kept[over] = luma[over, None] + (kept[over] - luma[over, None]) * shrink[:, None]
+        out[band] = per_channel + np.float32(mix) * (np.clip(kept, 0.0, 1.0) - per_channel)
     return out
 
 

@@ -12,6 +12,7 @@ import torch
 from .bundle import Bundle, load_bundle
 from .features import extract_features
 from .mapping import infer_levels, match_to_quantiles
+from .policy import apply_policy, brightening, channel_means, refiner_weight
 from .refine import TilingConfig, refine, resolve_device
 
 STAGES = ("hist", "full")
@@ -84,6 +85,10 @@ class Enhancer:
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            mapped = refine(self.bundle.refiner, mapped, self.device, self.tiling)
+            policy = self.bundle.refine_policy
+            weight = refiner_weight(brightening(channel_means(rgb, mask), channel_means(mapped, mask)), policy)
+            if weight > 0:
+                refined = refine(self.bundle.refiner, mapped, self.device, self.tiling)
+                mapped = apply_policy(mapped, refined, weight, policy, mask)
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)

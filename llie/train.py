@@ -31,7 +31,7 @@ from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by
 from .features import extract_features
 from .mapping import MappingConfig, match_to_quantiles
 from .metrics import psnr, quantize8, ssim
-from .quantiles import QuantileModel, QuantileModelConfig, augmented_rows, target_quantiles
+from .quantiles import QuantileModel, QuantileModelConfig, augmented_rows, harmless_rows, target_quantiles
 from .refine import refine, resolve_device
 from .refiner import Refiner, RefinerConfig
 
@@ -91,7 +91,11 @@ def pair_rows(pairs: list[Pair], lows, highs, cfg: QuantileModelConfig, seed: in
     rows = []
     for pair, low, high in tqdm(list(zip(pairs, lows, highs)), desc="histogram rows", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, zlib.crc32(pair.name.encode())])
-        rows.append(augmented_rows(low, high, rng, cfg.augmentations))
+        feats, targets = augmented_rows(low, high, rng, cfg.augmentations)
+        if cfg.harmless:
+            more = harmless_rows(high, rng, cfg.harmless)
+            feats, targets = np.concatenate([feats, more[0]]), np.concatenate([targets, more[1]])
+        rows.append((feats, targets))
     return rows
 
 

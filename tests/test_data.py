@@ -49,3 +49,38 @@ def test_split_and_folds_keep_a_scene_on_one_side(tmp_path):
     folds = group_folds(pairs, 3, seed=0)
     for g in {p.group for p in pairs}:
         assert len({int(f) for f, p in zip(folds, pairs) if p.group == g}) == 1
+
+
+def _write_named(root, name: str, high: np.ndarray, fmt: str) -> None:
+    for side in ("low", "high"):
+        (root / side).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(high * 0.1)).save(root / "low" / name, format=fmt)
+    Image.fromarray(to_uint8(high)).save(root / "high" / name, format=fmt)
+
+
+def test_named_scenes_group_jpeg_pairs_and_thumbnails_only_join(tmp_path):
+    """pairs.json's scenes group pairs (SICE-pairs' layout); two different views never split one."""
+    import json
+
+    views = [scene(64, 64, seed=300 + k) for k in range(3)]
+    _write_named(tmp_path, "s1_a.jpg", views[0], "JPEG")
+    _write_named(tmp_path, "s1_b.jpg", views[1], "JPEG")  # another view, same named scene
+    _write_named(tmp_path, "s2_a.jpg", views[2], "JPEG")
+    (tmp_path / "pairs.json").write_text(json.dumps({"pairs": [
+        {"name": "s1_a.jpg", "scene": 1}, {"name": "s1_b.jpg", "scene": 1}, {"name": "s2_a.jpg", "scene": 2}]}))
+    group = {p.name: p.group for p in find_pairs(tmp_path)}
+    assert group["s1_a.jpg"] == group["s1_b.jpg"] != group["s2_a.jpg"]
+
+
+def test_several_sets_keep_names_and_scenes_apart(tmp_path):
+    from llie.data import resolve_training_sets
+
+    lol, sice = tmp_path / "LOL", tmp_path / "SICE"
+    same = scene(64, 64, seed=400)  # byte-identical targets in both sets: still two scenes, two names
+    _write_named(lol, "x.png", same, "PNG")
+    _write_named(sice, "x.png", same, "PNG")
+    _write_named(sice, "y.jpg", scene(64, 64, seed=401), "JPEG")
+    train, held = resolve_training_sets([lol, sice])
+    assert [p.name for p in train] == ["LOL/x.png", "SICE/x.png", "SICE/y.jpg"]
+    assert len({p.group for p in train}) == 3 and held == []
+    assert resolve_training_sets(lol)[0][0].name == "x.png"  # one set: names as they are

@@ -149,3 +149,73 @@ def test_grid_kde_equals_scipy_gaussian_kde(bandwidth):
     reference /= reference.sum()
     ours = kde_histogram(q, bandwidth)
     assert np.abs(np.cumsum(ours) - np.cumsum(reference)).max() < 1e-3
+
+
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.degrees(np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b))
+
+
+def _hue_turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = np.abs(_hue(a) - _hue(b)) % 360
+    return np.minimum(d, 360 - d)
+
+
+def _sunset(h: int = 64, w: int = 96) -> np.ndarray:
+    """A saturated scene: an orange-to-red sky over a dark blue band, dimmed."""
+    t = np.linspace(0, 1, h)[:, None, None]
+    sky = np.concatenate([np.full((h, w, 1), 0.95), 0.25 + 0.45 * (1 - t) * np.ones((h, w, 1)),
+                          np.full((h, w, 1), 0.05)], axis=2)
+    sky[int(0.75 * h):] = [0.05, 0.1, 0.35]
+    return (sky * 0.3).astype(np.float32)
+
+
+def test_hue_mode_keeps_the_hue_of_a_saturated_scene():
+    """Per-channel targets that do not fit the photo (a grey-world histogram for an orange sky) turn its hue
+    when each channel is matched alone; the hue-keeping map does not."""
+    dim = _sunset()
+    grey = np.tile(np.linspace(0.05, 0.9, 21), (3, 1))  # what a model trained on neutral scenes predicts
+    channels = match_to_quantiles(dim, grey, MappingConfig())
+    kept = match_to_quantiles(dim, grey, MappingConfig(colour="hue"))
+    saturated = (dim.max(-1) - dim.min(-1)) / dim.max(-1) > 0.5
+    assert np.mean(_hue_turn(dim, channels)[saturated] > 45) > 0.15  # the failure the mode exists for
+    assert np.mean(_hue_turn(dim, kept)[saturated] > 45) == 0.0
+    assert kept.mean() > 2 * dim.mean()  # and it still brightens
+
+
+def test_hue_mode_takes_brightness_from_the_per_channel_maps():
+    rng = np.random.default_rng(3)
+    rgb = rng.uniform(0.02, 0.2, (40, 50, 3)).astype(np.float32)
+    q = np.tile(np.linspace(0.1, 0.8, 21), (3, 1))
+    channels = match_to_quantiles(rgb, q, MappingConfig())
+    kept = match_to_quantiles(rgb, q, MappingConfig(colour="hue"))
+    luma = np.array([0.299, 0.587, 0.114])
+    assert abs((kept @ luma).mean() - (channels @ luma).mean()) < 0.02
+    np.testing.assert_allclose(kept.mean((0, 1)), channels.mean((0, 1)), atol=0.02)  # the global gains
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_slope_bound_holds_and_keeps_the_median(seed):
+    rng = np.random.default_rng(seed)
+    hist = _source_hist(rng)
+    q = _random_quantiles(rng, 1)[0]
+    q[8:12] = q[8]  # a spike in the target: a flat stretch, then a cliff, in the plain table
+    q = np.maximum.accumulate(q)
+    plain = channel_lut(hist, q, MappingConfig())
+    bounded = channel_lut(hist, q, MappingConfig(max_slope=3.0, min_slope=0.2))
+    cdf = np.cumsum(hist) / hist.sum()
+    lo, mid, hi = (int(np.searchsorted(cdf, p)) for p in (0.01, 0.5, 0.99))
+    mean_step = (plain[hi] - plain[lo]) / (hi - lo)
+    steps = np.diff(bounded.astype(np.float64))
+    inside = (bounded[:-1] > 0) & (bounded[1:] < 1)  # clipping at black and white may flatten the ends
+    assert np.all(steps >= -1e-7)
+    assert steps.max() <= 3.0 * mean_step + 1e-6
+    assert steps[inside].min() >= 0.2 * mean_step - 1e-6
+    assert bounded[mid] == pytest.approx(plain[mid], abs=1e-6)
+
+
+def test_mapping_settings_are_checked():
+    with pytest.raises(ValueError, match="colour"):
+        MappingConfig(colour="lab")
+    with pytest.raises(ValueError, match="hue_mix"):
+        MappingConfig(hue_mix=1.5)

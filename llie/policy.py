@@ -1,0 +1,69 @@
+"""When and how strongly the refiner may change stage 3's result: the "do no harm" rule of a bundle.
+
+The refiner exists to remove what brightening amplifies: noise, and the casts of a dark sensor. A photo
+that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
+weight follows the brightening stage 3 applied (mean luma after over before): none at or below
+``gain_off``, all of it at or above ``gain_full``, linear in between. Stage 2 is trained to return a
+well-exposed photo's own histogram (``llie.quantiles.harmless_rows``), which makes that gain about 1 for
+such photos, so they pass nearly unchanged.
+
+Global exposure is stage 2's job: it is predicted from the whole photo's histogram, and the refiner's
+view of it did not carry over to scenes it was not trained on. With ``anchor_exposure`` the refined
+photo is shifted back to stage 3's per-channel means, so the refiner changes local structure and no
+more. The defaults describe bundles from before these rules (refiner always applied, as it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class RefinePolicy:
+    anchor_exposure: bool = False
+    gain_off: float = 0.0  # stage-3 brightening at or below which the refiner is left out
+    gain_full: float = 0.0  # ... at or above which it applies in full
+
+    def __post_init__(self) -> None:
+        if self.gain_full < self.gain_off:
+            raise ValueError(f"gain_full {self.gain_full} is below gain_off {self.gain_off}")
+
+
+def channel_means(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(3,) float64 channel means over the pixels ``mask`` marks (all without one)."""
+    pixels = rgb.reshape(-1, 3) if mask is None else rgb[mask]
+    return pixels.mean(axis=0, dtype=np.float64) if len(pixels) else np.zeros(3)
+
+
+def brightening(source_means: np.ndarray, mapped_means: np.ndarray) -> float:
+    """Stage 3's gain: mean luma after over before (a black photo counts as brightened without bound)."""
+    before, after = float(source_means @ LUMA), float(mapped_means @ LUMA)
+    return after / before if before > 1e-6 else np.inf
+
+
+def refiner_weight(gain: float, policy: RefinePolicy) -> float:
+    """Share of the refiner's change kept, from stage 3's brightening ``gain``."""
+    if policy.gain_full <= 0:
+        return 1.0
+    if gain >= policy.gain_full:
+        return 1.0
+    if gain <= policy.gain_off or policy.gain_full == policy.gain_off:
+        return 0.0
+    return (gain - policy.gain_off) / (policy.gain_full - policy.gain_off)
+
+
+def apply_policy(mapped: np.ndarray, refined: np.ndarray, weight: float, policy: RefinePolicy,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """Stage 3's ``mapped`` plus ``weight`` of the refiner's change, anchored to stage 3's means if asked;
+    ``refined`` is modified in place and returned."""
+    if policy.anchor_exposure:
+        refined += (channel_means(mapped, mask) - channel_means(refined, mask)).astype(np.float32)
+    if weight < 1.0:
+        refined -= mapped
+        refined *= np.float32(weight)
+        refined += mapped
+    return refined
