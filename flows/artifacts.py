@@ -49,6 +49,26 @@ def _link(url: str) -> str:
     return f"[{_cell(url.rsplit('/', 1)[-1] or url)}]({href.replace(' ', '%20').replace(')', '%29')}) (`{_cell(url)}`)"
 
 
+def summary_text(summary: dict[str, Any]) -> str:
+    """The flow's summary (what ``enhance_archive`` returns) as a few lines a person reads."""
+    psnr = summary.get("mean_psnr")
+    lines = [
+        f"run {summary['run_id']}: {summary['images']} images in {summary['shards']} shards "
+        f"({summary['shards_resumed']} resumed)",
+        f"  ok {summary['ok']}   errors {summary['errors']}   skipped {summary['skipped']}",
+        f"  mean PSNR     {'n/a (no references)' if psnr is None else f'{psnr:.2f} dB'}",
+        f"  throughput    {summary['images_per_second']:.2f} images/s "
+        f"({summary['processed']} processed in {summary['seconds']:.1f} s)",
+        f"  images        {summary['output_url']}",
+        f"  metrics       {summary['metrics_url']}",
+    ]
+    if summary.get("failed_shards"):
+        lines.append(f"  failed shards {', '.join(summary['failed_shards'][:10])}")
+    if summary["errors"] or summary["skipped"]:
+        lines.append(f"  to retry them: llie run ... --run-id {summary['run_id']} --retry-failed")
+    return "\n".join(lines)
+
+
 def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
     """A markdown table of a run summary.
 

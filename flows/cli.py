@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -16,31 +17,53 @@ from typing import Any
 
 import click
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from llie import archive, storage, storage_options
 from llie.cli import cli
 from llie.cli_options import storage_option_flag
 from flows import credentials
+from flows.artifacts import summary_text
+from flows.console import quiet_prefect_console
 
 DEFAULT_SHARD_SIZE = 64
 
 
-class ShardProgress:
-    """A progress bar over shards, fed by the shard Parquet files as they appear.
+@contextmanager
+def _logs_above_bar():
+    """tqdm's logging redirect, keeping the console handler's level (Prefect's console setting)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    level = min((h.level for h in before if isinstance(h, logging.StreamHandler)), default=logging.NOTSET)
+    with logging_redirect_tqdm():
+        for handler in root.handlers:
+            if handler not in before:
+                handler.setLevel(level)
+        yield
+
+
+class ImageProgress:
+    """A progress bar over images, fed by the shard Parquet files as they appear.
 
     Polling the output (rather than hooking into Dask) counts the same thing whether the
-    cluster is local or remote, and shows resumed shards as done from the start.
+    cluster is local or remote, and shows resumed shards as done from the start. A shard adds
+    its images when its file appears (the row count in its footer, read once per file). Log
+    records of this process print above the bar instead of on its row (logging_redirect_tqdm).
     """
 
     def __init__(self, output_url: str, run_id: str, interval: float = 1.0, enabled: bool = True,
                  storage_options: storage.StorageOptions = None):
         self.output_url, self.run_id, self.interval = output_url, run_id, interval
         self.storage_options = storage_options
+        self.enabled = enabled
+        self._rows: dict[str, int] = {}  # shard id -> images in its file
         self._stop = threading.Event()
-        self._bar = tqdm(total=None, unit="shard", desc=f"run {run_id}", disable=not enabled, dynamic_ncols=True)
+        self._bar = tqdm(total=None, unit="image", desc=f"run {run_id}", disable=not enabled, dynamic_ncols=True)
         self._thread = threading.Thread(target=self._loop, name="llie-progress", daemon=True)
+        self._redirect = _logs_above_bar() if enabled else contextlib.nullcontext()
 
-    def __enter__(self) -> ShardProgress:
+    def __enter__(self) -> ImageProgress:
+        self._redirect.__enter__()
         self._thread.start()
         return self
 
@@ -49,26 +72,60 @@ class ShardProgress:
         self._thread.join()
         self._poll()
         self._bar.close()
+        self._redirect.__exit__(*exc)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self._poll()
 
+    def _shard_rows(self, shard_id: str) -> int:
+        if shard_id not in self._rows:
+            import pyarrow.parquet as pq
+
+            url = archive.shard_parquet_url(self.output_url, self.run_id, shard_id)
+            fs, path = storage._fs(url, self.storage_options)
+            with fs.open(path, "rb") as fh:
+                self._rows[shard_id] = pq.ParquetFile(fh).metadata.num_rows
+        return self._rows[shard_id]
+
     def _poll(self) -> None:
+        if not self.enabled:
+            return
         try:
             # read every time: a resumed run whose archive changed rewrites the manifest with its
             # new plan a moment after the bar has started, and the old total would be wrong
             manifest = archive.read_run_manifest(self.output_url, self.run_id, self.storage_options)
-            if manifest and manifest["shards"] != self._bar.total:
-                self._bar.total = manifest["shards"]
+            if manifest and manifest["images"] != self._bar.total:
+                self._bar.total = manifest["images"]
                 self._bar.refresh()
-            done = len(archive.shard_files(self.output_url, self.run_id, self.storage_options))
+            done = sum(self._shard_rows(s) for s in archive.shard_files(self.output_url, self.run_id,
+                                                                         self.storage_options))
         except Exception:  # a progress bar must never break or slow down the run
             return
         done = done if self._bar.total is None else min(done, self._bar.total)
         if done != self._bar.n:  # redraw on change only: one line per shard in a CI log, not per second
             self._bar.n = done
             self._bar.refresh()
+
+
+def check_reachable(url: str, options: storage.StorageOptions = None) -> None:
+    """Fail at once, in one line, when the store behind ``url`` cannot be reached.
+
+    Otherwise the flow would start, fail on its first listing and print Prefect's tracebacks
+    before the reason. A missing folder is left to the flow (it reports it its own way).
+    """
+    try:
+        fs, path = storage._fs(url, options)
+        if not storage._is_local(fs):
+            fs.info(path)
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        if storage.is_unreachable(exc):
+            secrets = storage.url_secrets(url) + storage_options.credential_values(options)
+            raise click.ClickException(
+                f"cannot reach {storage.redact_url(url)}: {storage.describe_error(exc, secrets)}") from None
+        return  # anything else (permissions, odd stores) is the flow's to report
 
 
 @contextmanager
@@ -104,18 +161,8 @@ def resume_command(input_url: str, output_url: str, run_id: str, model: str | No
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    psnr = summary.get("mean_psnr")
     click.echo("")
-    click.echo(f"run {summary['run_id']}: {summary['images']} images in {summary['shards']} shards "
-               f"({summary['shards_resumed']} resumed)")
-    click.echo(f"  ok {summary['ok']}   errors {summary['errors']}   skipped {summary['skipped']}")
-    click.echo(f"  mean PSNR     {'n/a (no references)' if psnr is None else f'{psnr:.2f} dB'}")
-    click.echo(f"  throughput    {summary['images_per_second']:.2f} images/s "
-               f"({summary['processed']} processed in {summary['seconds']:.1f} s)")
-    click.echo(f"  images        {summary['output_url']}")
-    click.echo(f"  metrics       {summary['metrics_url']}")
-    if summary["errors"] or summary["skipped"]:
-        click.echo(f"  to retry them: llie run ... --run-id {summary['run_id']} --retry-failed")
+    click.echo(summary_text(summary))
 
 
 @cli.command("run")
@@ -161,6 +208,8 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     # Without a configured API, Prefect boots a temporary local server; on a small, busy machine
     # that can take longer than its 20 s default. Must be set before prefect is first imported.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # The terminal shows the bar, warnings, errors and the summary; Prefect's INFO lines go to its API.
+    quiet_prefect_console()
     from flows.enhance_archive import check_model, enhance_archive
 
     if retry_failed and not run_id:  # a new run has nothing to retry: it would redo the whole archive
@@ -168,17 +217,16 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     try:
         for url in (input_url, output_url, reference_url):
             storage.check_no_credentials(url)
-        storage.check_folders_apart(input_url, output_url, reference_url)
+        storage.check_folders_apart(input_url, output_url, reference_url, storage_option or None)
         check_model(model, dask_address)
         run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    # The scheduler's chatter would break the progress bar into pieces.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    check_reachable(input_url, storage_option or None)
 
     settings, secret = storage_options.split_credentials(storage_option)
     with (_exit_on_sigterm(), credentials.storage_credentials(secret),
-          ShardProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None)):
+          ImageProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None)):
         state = enhance_archive(
             input_url=input_url,
             output_url=output_url,

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 import llie
+from flows.console import quiet_prefect_console
 
 SAMPLES = Path(llie.__file__).resolve().parent / "assets" / "samples"
 
@@ -28,6 +29,7 @@ def main(output: str, workers: int | None) -> None:
     out = Path(output).resolve()
     # A temporary Prefect server is started when no API is configured; give it time on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    quiet_prefect_console()  # the summary below says it all; Prefect's INFO lines still reach its API
     from flows.cli import print_summary
     from flows.enhance_archive import enhance_archive
 

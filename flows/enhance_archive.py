@@ -18,7 +18,7 @@ from llie import storage_options as storage_options_mod
 from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 from flows import credentials
-from flows.artifacts import publish_run_report
+from flows.artifacts import publish_run_report, summary_text
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
 
 
@@ -287,7 +287,7 @@ def enhance_archive(
             reason = storage.describe_error(result, secrets)
             logger.error("%s failed after %d retries: %s", shard.shard_id, retries, reason)
     summary = _summarise(output_url, run_id, shards, results, time.perf_counter() - started, opts)
-    logger.info("summary: %s", summary)
+    logger.info("%s", summary_text(summary))
     publish_run_report(output_url, run_id, summary, storage_options=opts)
     if summary["failed_shards"]:
         raise RuntimeError(
