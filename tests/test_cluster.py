@@ -7,7 +7,6 @@ temporary server per worker, task logs in the user's run) and nothing may be lef
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from llie import archive
 from tests.conftest import REPO, free_port, stop_process, subprocess_env, write_images
