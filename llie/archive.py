@@ -48,6 +48,7 @@ PIPELINE_STAGES = ("features", "quantiles", "mapping", "refiner")
 STAGES = ("read", "decode", *PIPELINE_STAGES, "metrics", "encode", "write")
 STATUSES = ("ok", "error", "skipped")
 
+_SHARD_FILE = re.compile(r"^shard-[0-9]{5,}\.parquet$")  # the names plan_shards gives, and only those
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -203,25 +204,25 @@ def read_run_manifest(output_url: str, run_id: str,
     url = run_manifest_url(output_url, run_id)
     if not storage.exists(url, storage_options):
         return None
-    return json.loads(storage.read_bytes(url, storage_options))
+    try:
+        manifest = json.loads(storage.read_bytes(url, storage_options))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise MetricsFileError(f"unreadable run manifest {storage.redact_url(url)}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise MetricsFileError(f"unreadable run manifest {storage.redact_url(url)}: not a JSON object")
+    return manifest
 
 
 def shard_files(output_url: str, run_id: str, storage_options: storage.StorageOptions = None) -> list[str]:
     """shard ids that have a Parquet file in this run (finished, or resumed from before)."""
     names = storage.list_files(metrics_url(output_url, run_id), storage_options)
-    return [n[: -len(".parquet")] for n in names if n.startswith("shard-") and n.endswith(".parquet")]
+    return [n[: -len(".parquet")] for n in names if _SHARD_FILE.match(n)]
 
 
 def shard_membership(output_url: str, run_id: str,
                      storage_options: storage.StorageOptions = None) -> dict[str, list[str]]:
     """shard id -> the images its Parquet file holds, for every shard file of the run."""
-    import pyarrow.dataset as ds
-
-    if not shard_files(output_url, run_id, storage_options):
-        return {}
-    fs, path = storage.filesystem(metrics_url(output_url, run_id), storage_options)
-    table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table(
-        columns=["shard_id", "rel_path"])
+    table = metrics_dataset(output_url, run_id, storage_options).to_table(columns=["shard_id", "rel_path"])
     membership: dict[str, list[str]] = {}
     for shard_id, rel in zip(table.column("shard_id").to_pylist(), table.column("rel_path").to_pylist()):
         membership.setdefault(shard_id, []).append(rel)
@@ -482,17 +483,70 @@ def shard_metadata(table: pa.Table) -> dict[str, str]:
     return {k.decode()[5:]: v.decode() for k, v in meta.items() if k.startswith(b"llie.")}
 
 
+class MetricsFileError(ValueError):
+    """A file where a run keeps its record that is not what the run wrote (foreign, damaged, truncated)."""
+
+
+def run_ids(output_url: str, storage_options: storage.StorageOptions = None) -> list[str]:
+    """The runs with a ``run_id=<id>`` folder under ``_metrics`` (finished or not); other folders are not runs."""
+    fs, root = storage.filesystem(metrics_root(output_url), storage_options)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(root)
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+    return sorted(n[len("run_id="):] for n in names if n.startswith("run_id=") and _RUN_ID.match(n[len("run_id="):]))
+
+
+def _check_shard_file(fragment: Any, url: str) -> None:
+    """Raise :class:`MetricsFileError` naming ``url`` unless the file holds every column of the schema."""
+    try:
+        physical = fragment.physical_schema
+    except (pa.ArrowException, OSError) as exc:
+        raise MetricsFileError(f"unreadable metrics file {storage.redact_url(url)}: {exc}") from None
+    problems = []
+    for expected in METRICS_SCHEMA:
+        index = physical.get_field_index(expected.name)
+        if index < 0:
+            problems.append(f"no column {expected.name}")
+        elif not physical.field(index).type.equals(expected.type):
+            problems.append(f"{expected.name} is {physical.field(index).type}, not {expected.type}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise MetricsFileError(f"unreadable metrics file {storage.redact_url(url)}: not a shard file of this schema: {shown}")
+
+
+def metrics_dataset(
+    output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
+) -> Any:
+    """The shard files of one run (or of every run) as a pyarrow dataset with a ``run_id`` column.
+
+    Only the files the flow writes are read, by name (``run_id=<id>/shard-NNNNN.parquet``): a note,
+    a backup copy or a report beside them is not part of the record. Each one is checked against the
+    schema first, and a file that does not match is named in a :class:`MetricsFileError`.
+    """
+    import pyarrow.dataset as ds
+
+    root_url = metrics_root(output_url)
+    fs, root = storage.filesystem(root_url, storage_options)
+    runs = [validate_run_id(run_id)] if run_id else run_ids(output_url, storage_options)
+    names = [f"run_id={r}/{s}.parquet" for r in runs for s in shard_files(output_url, r, storage_options)]
+    base = root.rstrip("/")
+    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+    dataset = ds.dataset([f"{base}/{n}" for n in names], filesystem=fs, format="parquet",
+                         schema=METRICS_SCHEMA.append(pa.field("run_id", pa.string())),
+                         partitioning=partitioning, partition_base_dir=base)
+    fragments = list(dataset.get_fragments())
+    urls = [f"{root_url}/{f.path[len(base) + 1:]}" for f in fragments]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one footer read each: overlap the round trips
+        list(pool.map(_check_shard_file, fragments, urls))
+    return dataset
+
+
 def read_metrics(
     output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
 ) -> pa.Table:
     """All metrics rows under ``output_url`` (or one run), with ``run_id`` as a string column."""
-    import pyarrow.dataset as ds
-
-    root = metrics_url(output_url, run_id) if run_id else metrics_root(output_url)
-    fs, path = storage.filesystem(root, storage_options)
-    schema = METRICS_SCHEMA.append(pa.field("run_id", pa.string()))
-    if run_id:
-        table = ds.dataset(path, filesystem=fs, format="parquet", schema=METRICS_SCHEMA).to_table()
-        return table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string()))
-    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
-    return ds.dataset(path, filesystem=fs, format="parquet", schema=schema, partitioning=partitioning).to_table()
+    return metrics_dataset(output_url, run_id, storage_options).to_table()

@@ -91,22 +91,14 @@ def _fs(url: str, storage_options: storage.StorageOptions):
 
 def _run_folders(output_url: str, storage_options: storage.StorageOptions = None) -> list[str]:
     """run ids with a ``run_id=<id>`` folder under ``_metrics`` (finished or not)."""
-    fs, root = _fs(archive.metrics_root(output_url), storage_options)
-    try:
-        entries = fs.ls(root, detail=True)
-    except FileNotFoundError:
-        return []
-    names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory"]
-    return sorted(n[len("run_id=") :] for n in names if n.startswith("run_id="))
+    return archive.run_ids(output_url, storage_options)
 
 
 def _dataset(output_url: str, storage_options: storage.StorageOptions = None):
-    import pyarrow.dataset as ds
-
-    fs, root = _fs(archive.metrics_root(output_url), storage_options)
-    schema = archive.METRICS_SCHEMA.append(pa.field("run_id", pa.string()))
-    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
-    return ds.dataset(root, filesystem=fs, format="parquet", schema=schema, partitioning=partitioning)
+    try:
+        return archive.metrics_dataset(output_url, None, storage_options)
+    except archive.MetricsFileError as exc:
+        raise AuditError(str(exc)) from None
 
 
 def _unreadable(url: str, exc: Exception, storage_options: storage.StorageOptions = None) -> AuditError:
@@ -190,6 +182,8 @@ def load_run(
         raise AuditError(f"no run {run_id!r} under {storage.redact_url(output_url)} (runs: {known})")
     try:
         table = archive.read_metrics(output_url, run_id, storage_options)
+    except archive.MetricsFileError as exc:
+        raise AuditError(str(exc)) from None
     except pa.ArrowException as exc:
         raise _unreadable(archive.metrics_url(output_url, run_id), exc, storage_options) from None
     if table.num_rows == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -501,3 +502,47 @@ def test_a_read_only_output_fails_the_shard_instead_of_recording_broken_photos(t
         assert info.value.errno == errno.EROFS and storage.is_write_outage(info.value)
     assert storage.is_write_outage(PermissionError(errno.EACCES, "Permission denied"))
     assert not storage.is_write_outage(IsADirectoryError(errno.EISDIR, "Is a directory"))
+
+
+# --------------------------------------------------------------------------- foreign files in the metrics folder
+
+
+def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named(dask_address, tmp_path,
+                                                                                 make_images, bundle_path):
+    """A note, a backup copy of a shard file: neither breaks a resume or an audit, nor is counted. A file
+    named like a shard but of another schema, or a truncated run manifest, stops both with its name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llie import audit
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    images = [f"p{i}.png" for i in range(4)]
+    make_images(inp, images, width=32, height=24)
+    common = dict(shard_size=2, dask_address=dask_address, run_id="foreign", model=bundle_path, retries=0)
+    enhance_archive(str(inp), str(out), **common)
+    metrics = out / "_metrics" / "run_id=foreign"
+    (metrics / "notes.txt").write_text("checked by Ann\n")
+    (out / "_metrics" / "notes.txt").write_text("runs of March\n")
+    (out / "_metrics" / "backups").mkdir()
+    (metrics / "backup-copy.parquet").write_bytes((metrics / "shard-00000.parquet").read_bytes())
+
+    summary = enhance_archive(str(inp), str(out), **common)  # the resume
+    assert (summary["images"], summary["ok"], summary["shards_resumed"]) == (4, 4, 2)
+    run = audit.load_run(str(out), "foreign")
+    assert run.table.num_rows == 4 and run.duplicates == 0
+    assert [(r.run_id, r.images, r.ok) for r in audit.list_runs(str(out))] == [("foreign", 4, 4)]
+    assert archive.read_metrics(str(out)).num_rows == 4
+
+    pq.write_table(pa.table({"rel_path": ["x.png"], "score": [1.0]}), metrics / "shard-00007.parquet")
+    bad = f"unreadable metrics file {metrics}/shard-00007.parquet: not a shard file of this schema"
+    with pytest.raises(ValueError, match=re.escape(bad)):
+        enhance_archive(str(inp), str(out), **common)
+    with pytest.raises(audit.AuditError, match=re.escape(bad)):
+        audit.load_run(str(out), "foreign")
+    (metrics / "shard-00007.parquet").unlink()
+
+    manifest = metrics / archive.RUN_MANIFEST
+    manifest.write_bytes(manifest.read_bytes()[:40])  # truncated
+    with pytest.raises(ValueError, match=re.escape(f"unreadable run manifest {manifest}: ")):
+        enhance_archive(str(inp), str(out), **common)
