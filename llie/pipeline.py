@@ -14,6 +14,7 @@ from .features import extract_features
 from .mapping import infer_levels, match_to_quantiles
 from .policy import apply_policy, brightening, channel_means, refiner_weight
 from .refine import TilingConfig, refine, resolve_device
+from .working_size import WorkingSize, enhance_at_working_size
 
 STAGES = ("hist", "full")
 
@@ -31,10 +32,12 @@ def set_threads(n: int) -> None:
 
 
 class Enhancer:
-    def __init__(self, bundle: Bundle, device: str = "auto", tiling: TilingConfig = TilingConfig()):
+    def __init__(self, bundle: Bundle, device: str = "auto", tiling: TilingConfig = TilingConfig(),
+                 working: WorkingSize = WorkingSize()):
         self.bundle = bundle
         self.device = resolve_device(device)
         self.tiling = tiling
+        self.working = working
         if bundle.refiner is not None:
             bundle.refiner.to(self.device).eval()
 
@@ -70,6 +73,8 @@ class Enhancer:
         # NaN would be cast to level 0 and poison the features; a sum finds one without a 24 MP mask
         if not np.isfinite(np.sum(rgb, dtype=np.float64)):
             raise ValueError("the image holds NaN or infinite values")
+        if max(rgb.shape[:2]) > self.working.long_side:  # enhanced at the working size: llie.working_size
+            return enhance_at_working_size(self, rgb, stages, levels or infer_levels(rgb), mask, self.working)
         seconds = {}
         t = time.perf_counter()
         features = extract_features(rgb, mask)

@@ -47,7 +47,7 @@ def test_enhance_keeps_size_range_and_dtype(default_enhancer, shape, stages):
     assert result.image.min() >= 0.0 and result.image.max() <= 1.0
     assert result.quantiles.shape == (3, 21)
     assert (np.diff(result.quantiles, axis=1) >= 0).all()
-    assert set(result.seconds) == {"features", "quantiles", "mapping", "refiner"}
+    assert set(result.seconds) >= {"features", "quantiles", "mapping", "refiner"}
 
 
 def test_enhance_brightens_a_dark_image(default_enhancer):
