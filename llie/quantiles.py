@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,10 @@ from .features import PERCENTILES, channel_histograms, extract_features, histogr
 
 N_CHANNELS = 3
 N_QUANTILES = len(PERCENTILES)
+# Batches smaller than this are predicted on one thread: an image's one row takes well under a
+# millisecond of tree walking, while waking XGBoost's thread pool, whose threads wait for a core on a
+# busy machine (and spin against torch's), costs tens of milliseconds per call.
+ONE_THREAD_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,15 @@ class Member:
     booster: xgb.Booster
     mean: np.ndarray  # (63,) mean target
     components: np.ndarray  # (n_components, 63)
+    threads: int = 0  # XGBoost threads for large batches (0: all cores)
+    _threads_set: int | None = field(default=None, repr=False, compare=False)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(N, 3, 21) monotone percentile values in [0, 1] for (N, F) features."""
+        threads = 1 if len(features) < ONE_THREAD_ROWS else self.threads
+        if threads != self._threads_set:  # a parameter change costs more than a small prediction
+            self.booster.set_param({"nthread": threads})
+            self._threads_set = threads
         # in-place: a DMatrix per call costs more than the trees for the one row an image gives
         scores = self.booster.inplace_predict(features).reshape(len(features), -1)
         flat = scores @ self.components + self.mean
@@ -191,7 +201,7 @@ class QuantileModel:
         if eval_set is not None:
             evals.append((xgb.DMatrix(eval_set[0], label=(eval_set[1] - mean) @ components.T), "val"))
         booster = xgb.train(params, dtrain, num_boost_round=config.n_estimators, evals=evals, verbose_eval=False)
-        return cls([Member(booster, mean.astype(np.float32), components.astype(np.float32))], config)
+        return cls([Member(booster, mean.astype(np.float32), components.astype(np.float32), n_threads or 0)], config)
 
     @classmethod
     def combine(cls, models: list["QuantileModel"], config: QuantileModelConfig) -> "QuantileModel":
@@ -237,5 +247,5 @@ class QuantileModel:
         for k, data in enumerate(raw):
             booster = xgb.Booster(params={"nthread": n_threads or 0})
             booster.load_model(bytearray(data))
-            members.append(Member(booster, arrays[f"mean_{k}"], arrays[f"components_{k}"]))
+            members.append(Member(booster, arrays[f"mean_{k}"], arrays[f"components_{k}"], n_threads or 0))
         return cls(members, config)
