@@ -17,14 +17,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from .mapping import MappingConfig
 from .policy import RefinePolicy
 from .quantiles import QuantileModel
-from .refiner import Refiner, RefinerConfig
+
+if TYPE_CHECKING:  # torch is imported where a refiner is saved or loaded: stages 1-3 alone never need it
+    from .refiner import Refiner
 
 MANIFEST = "manifest.json"
 REFINER_FILE = "refiner.safetensors"
@@ -68,6 +68,9 @@ def _version(file_hashes: dict[str, str]) -> str:
 
 def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None) -> dict:
     """Write the bundle and its manifest; returns the manifest."""
+    import torch
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = bundle.quantile_model.save(directory)
@@ -200,8 +203,9 @@ def verify_bundle(directory: str | Path) -> dict:
     return manifest
 
 
-def load_bundle(directory: str | Path | None = None, n_threads: int | None = None) -> Bundle:
-    """Load a bundle from the very bytes that were checked against its manifest.
+def load_bundle(directory: str | Path | None = None, n_threads: int | None = None, refiner: bool = True) -> Bundle:
+    """Load a bundle from the very bytes that were checked against its manifest; ``refiner=False``
+    leaves its refiner (and torch) unloaded.
 
     They are copied into a private folder first and the model loads from there: a file swapped in
     after the check, or one the manifest does not list, is never read.
@@ -220,8 +224,12 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
         except Exception as exc:
             names = ", ".join(sorted(n for n in contents if n.startswith("quantiles")))
             raise BundleError(f"bundle files {names} do not load as a quantile model: {exc}") from None
-        refiner = None
-        if manifest.get("refiner") is not None:
+        wanted, refiner = refiner, None
+        if wanted and manifest.get("refiner") is not None:
+            from safetensors.torch import load_file
+
+            from .refiner import Refiner, RefinerConfig
+
             # manifests from before the whole-image context or the detail head name no such field: those
             # refiners have neither
             try:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-from tqdm.auto import tqdm
 
 # QuantileModelConfig.augmentations and .bag, repeated so that --help does not import XGBoost (a test keeps
 # them equal)
@@ -43,10 +42,10 @@ def cli() -> None:
 
 def _check_device(device: str) -> None:
     """A clear usage error for a device this machine cannot give, before a bundle is loaded."""
-    import torch
-
     if device == "auto":
         return
+    import torch
+
     try:
         parsed = torch.device(device)
     except RuntimeError:
@@ -57,13 +56,15 @@ def _check_device(device: str) -> None:
         raise click.BadParameter(f"{device!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
 
 
-def _load_enhancer(model, device: str):
+def _load_enhancer(model, device: str, refiner: bool = True):
+    """The Enhancer of ``model``; without ``refiner`` stage 4 and torch stay unloaded and ``device`` unused."""
     from .bundle import BundleError
     from .pipeline import Enhancer
 
-    _check_device(device)
+    if refiner:
+        _check_device(device)
     try:
-        return Enhancer.load(model, device=device)
+        return Enhancer.load(model, device=device, refiner=refiner)
     except BundleError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
 
@@ -107,6 +108,8 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
     status is 1. Each output is written to a temporary file and renamed, so a photo is never left
     half-written under its real name.
     """
+    from tqdm import tqdm
+
     from .imageio import DecodeLimits, ImageDecodeError, decode_file, encode_image, is_image_name
     from .storage import check_output_not_inside_input, write_bytes_atomic
 
@@ -125,7 +128,7 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
     files = [p for p in files if p not in outside]
     if not files:
         raise click.UsageError(f"no images found under {input_dir}")
-    enhancer = _load_enhancer(model, device)
+    enhancer = _load_enhancer(model, device, refiner=stages == "full")
     rows, unscored, failures = [], [], 0
     for path in tqdm(files, desc="enhance", unit="img"):
         rel = path.relative_to(input_dir)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .bundle import Bundle, load_bundle
 from .features import extract_features
@@ -28,6 +27,8 @@ class EnhanceResult:
 
 def set_threads(n: int) -> None:
     """Cap torch's intra-op threads so several workers on one machine do not oversubscribe its cores."""
+    import torch
+
     torch.set_num_threads(max(1, int(n)))
 
 
@@ -35,18 +36,21 @@ class Enhancer:
     def __init__(self, bundle: Bundle, device: str = "auto", tiling: TilingConfig = TilingConfig(),
                  working: WorkingSize = WorkingSize()):
         self.bundle = bundle
-        self.device = resolve_device(device)
+        # without a refiner there is nothing for torch to run: stages 1-3 alone never import it
+        self.device = resolve_device(device) if bundle.refiner is not None else None
         self.tiling = tiling
         self.working = working
         if bundle.refiner is not None:
             bundle.refiner.to(self.device).eval()
 
     @classmethod
-    def load(cls, bundle: str | Path | None = None, device: str = "auto", threads: int | None = None) -> "Enhancer":
-        """Load a bundle directory (None: the default model shipped in the package)."""
-        if threads is not None:
+    def load(cls, bundle: str | Path | None = None, device: str = "auto", threads: int | None = None,
+             refiner: bool = True) -> "Enhancer":
+        """Load a bundle directory (None: the default model shipped in the package); ``refiner=False``
+        leaves stage 4 out (every file is still checked), for stages 1-3 without torch."""
+        if threads is not None and refiner:
             set_threads(threads)
-        return cls(load_bundle(bundle, n_threads=threads), device=device)
+        return cls(load_bundle(bundle, n_threads=threads, refiner=refiner), device=device)
 
     @property
     def model_version(self) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -242,10 +244,16 @@ class QuantileModel:
             raw = [(directory / "quantiles.ubj").read_bytes()]
             arrays = {"mean_0": arrays["mean"], "components_0": arrays["components"]}
         else:
-            raw = [gzip.decompress((directory / f"quantiles-{k}.ubj.gz").read_bytes()) for k in range(config.bag)]
-        members = []
-        for k, data in enumerate(raw):
+            raw = [directory / f"quantiles-{k}.ubj.gz" for k in range(config.bag)]
+
+        def member(k: int) -> Member:
+            data = raw[k] if isinstance(raw[k], bytes) else gzip.decompress(raw[k].read_bytes())
             booster = xgb.Booster(params={"nthread": n_threads or 0})
             booster.load_model(bytearray(data))
-            members.append(Member(booster, arrays[f"mean_{k}"], arrays[f"components_{k}"], n_threads or 0))
+            return Member(booster, arrays[f"mean_{k}"], arrays[f"components_{k}"], n_threads or 0)
+
+        # zlib and XGBoost's parser release the GIL: the members load side by side, which is most of
+        # the command line's start-up after imports
+        with ThreadPoolExecutor(min(len(raw), os.cpu_count() or 1)) as pool:
+            members = list(pool.map(member, range(len(raw))))
         return cls(members, config)

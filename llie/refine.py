@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .refiner import Refiner
+if TYPE_CHECKING:  # torch is imported where a refiner runs: stages 1-3 alone never load it
+    import torch
+
+    from .refiner import Refiner
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class TilingConfig:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -46,11 +51,15 @@ def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
 @contextmanager
 def _inference(device: torch.device):
     """No autograd; fp16 autocast on CUDA (within an 8-bit level of CPU, see tests/test_cuda.py)."""
+    import torch
+
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
         yield
 
 
 def _forward(model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None) -> np.ndarray:
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
     if context is not None:
         context = context.expand(len(batch), -1)
@@ -60,6 +69,8 @@ def _forward(model: Refiner, batch: np.ndarray, device: torch.device, context: t
 
 def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.device, max_side: int) -> torch.Tensor:
     """The context of a photo too large for one pass, from a copy box-averaged to at most ``max_side``."""
+    import torch
+
     factor = -(-max(padded.shape[:2]) // max_side)
     h, w = padded.shape[0] // factor * factor, padded.shape[1] // factor * factor
     band = factor * 64  # averaged band by band: a reshape of a cropped view copies, and a 24 MP copy is 288 MB
