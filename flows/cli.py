@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from llie import archive, storage, storage_options
-from llie.cli import cli
+from llie.cli import cli, encoding_options
 from llie.cli_options import storage_option_flag
 from flows import credentials
 from flows.artifacts import summary_text
@@ -189,8 +189,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 @click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
 @storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
+@encoding_options
 def run_command(input_url, output_url, model, shard_size, reference_url, dask_address, n_workers, run_id,
-                retries, retry_failed, max_pixels, device, storage_option, no_progress) -> None:
+                retries, retry_failed, max_pixels, device, storage_option, no_progress, png_compression,
+                jpeg_quality) -> None:
     """Enhance a whole archive with Prefect + Dask.
 
     \b
@@ -241,6 +243,8 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
             max_pixels=max_pixels,
             device=device,
             storage_options=settings or None,
+            png_compression=png_compression,
+            jpeg_quality=jpeg_quality,
             return_state=True,
         )
     if not state.is_completed():

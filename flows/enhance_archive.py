@@ -154,6 +154,8 @@ def enhance_archive(
     torch_threads: int | None = None,
     device: str = "auto",
     storage_options: dict[str, Any] | None = None,
+    png_compression: int | None = None,
+    jpeg_quality: int | None = None,
 ) -> dict[str, Any]:
     """Enhance every image under ``input_url`` into ``output_url`` (same relative paths).
 
@@ -178,6 +180,7 @@ def enhance_archive(
             endpoint_url, anon, profile, client_kwargs.region_name). Never credentials: Prefect
             stores and shows parameters; those come from the environment, or from
             ``llie run --storage-option``, which keeps them out of the parameters.
+        png_compression, jpeg_quality: output compression; default llie.imageio.EncodeOptions'.
     """
     logger = get_run_logger()
     _, given_credentials = storage_options_mod.split_credentials(storage_options)
@@ -265,6 +268,8 @@ def enhance_archive(
                     "device": unmapped(device),
                     "retry_failed": unmapped(retry_failed),
                     "storage_options": unmapped(opts),
+                    "png_compression": unmapped(png_compression),
+                    "jpeg_quality": unmapped(jpeg_quality),
                 },
             )
             # One failed shard must not hide the others' results: collect, then decide.

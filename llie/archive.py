@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llie import storage
-from llie.imageio import DecodeLimits, ImageDecodeError, ImageTooLargeError, decode_image, encode_image
+from llie.imageio import DecodeLimits, EncodeOptions, ImageDecodeError, ImageTooLargeError, decode_image, encode_image
 from llie.metrics import no_reference_stats, psnr, ssim
 
 SCHEMA_VERSION = 1
@@ -297,6 +297,7 @@ def process_image(
     stages: str = "full",
     storage_options: storage.StorageOptions = None,
     prefetched: tuple[Future, Future | None] | None = None,
+    encoding: EncodeOptions = EncodeOptions(),
 ) -> dict[str, Any]:
     """Enhance one image and return its metrics row; failures become an ``error`` row.
 
@@ -336,7 +337,7 @@ def process_image(
 
         step = "encode"
         t = time.perf_counter()
-        encoded = encode_image(result.image, like=img)
+        encoded = encode_image(result.image, like=img, options=encoding)
         timer.add("encode", t)
 
         step = "write"
@@ -397,6 +398,7 @@ def process_shard(
     stages: str = "full",
     storage_options: storage.StorageOptions = None,
     read_ahead: int = 1,
+    encoding: EncodeOptions = EncodeOptions(),
 ) -> list[dict[str, Any]]:
     """Enhance every image of a shard; one row per image, in shard order.
 
@@ -416,6 +418,7 @@ def process_shard(
     process = functools.partial(
         process_image, shard, input_url=input_url, output_url=output_url, enhancer=enhancer,
         reference_url=reference_url, run_id=run_id, limits=limits, stages=stages, storage_options=storage_options,
+        encoding=encoding,
     )
     if read_ahead < 1:
         return [process(rel) for rel in paths]

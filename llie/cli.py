@@ -20,6 +20,19 @@ DEFAULT_HISTOGRAM_ROWS = 24
 DEFAULT_BAG = 4
 
 STAGE_CHOICE = click.Choice(["hist", "full"])
+# llie.imageio.EncodeOptions' defaults, repeated so that --help does not import Pillow
+DEFAULT_PNG_COMPRESSION = 1
+DEFAULT_JPEG_QUALITY = 95
+
+
+def encoding_options(command):
+    """--png-compression and --jpeg-quality, shared by `llie enhance` and `llie run`."""
+    command = click.option(
+        "--jpeg-quality", type=click.IntRange(1, 100), default=DEFAULT_JPEG_QUALITY, show_default=True,
+        help="Quality of JPEG (and WebP) outputs.")(command)
+    return click.option(
+        "--png-compression", type=click.IntRange(0, 9), default=DEFAULT_PNG_COMPRESSION, show_default=True,
+        help="zlib level of PNG outputs: 1 is fast, 6-9 write smaller files several times slower.")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -101,7 +114,9 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, limits) -> t
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images larger than this (decompression-bomb guard).")
-def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device, max_pixels) -> None:
+@encoding_options
+def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device, max_pixels, png_compression,
+            jpeg_quality) -> None:
     """Enhance every photo in a folder.
 
     A photo that cannot be read or enhanced is reported and skipped, the others go on, and the exit
@@ -110,7 +125,7 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
     """
     from tqdm import tqdm
 
-    from .imageio import DecodeLimits, ImageDecodeError, decode_file, encode_image, is_image_name
+    from .imageio import DecodeLimits, EncodeOptions, ImageDecodeError, decode_file, encode_image, is_image_name
     from .storage import check_output_not_inside_input, write_bytes_atomic
 
     try:
@@ -118,6 +133,7 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
     except ValueError:
         raise click.UsageError("--output must not be --input, inside it or contain it: inputs are never overwritten") from None
     limits = DecodeLimits(max_pixels=max_pixels) if max_pixels else DecodeLimits()
+    encoding = EncodeOptions(png_compression=png_compression, jpeg_quality=jpeg_quality)
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and is_image_name(p.name)
                    and not any(part.startswith(".") for part in p.relative_to(input_dir).parts))
     # as `llie run`: a link that leads out of --input is not followed (it may reach anything)
@@ -136,7 +152,7 @@ def enhance(input_dir: Path, output_dir: Path, model, stages, reference, device,
             decoded = decode_file(path, limits)
             result = enhancer.enhance(decoded.rgb, stages=stages, levels=65536 if decoded.bit_depth > 8 else 256,
                                       mask=decoded.opaque)
-            write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded))
+            write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded, options=encoding))
         except (ImageDecodeError, OSError, ValueError) as exc:
             failures += 1
             tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from llie import archive, storage
-from llie.imageio import DecodeLimits
+from llie.imageio import DecodeLimits, EncodeOptions
 from llie.pipeline import Enhancer, set_threads
 
 # One Enhancer per worker process and bundle: loading a bundle (XGBoost + ViT weights) costs far
@@ -97,6 +97,8 @@ def enhance_shard(
     device: str = "auto",
     retry_failed: bool = False,
     storage_options: storage.StorageOptions = None,
+    png_compression: int | None = None,
+    jpeg_quality: int | None = None,
 ) -> dict[str, Any]:
     """Enhance one shard and write its Parquet; skip it when an earlier run already did.
 
@@ -124,10 +126,14 @@ def enhance_shard(
         set_threads(threads)
     enhancer = get_enhancer(bundle_path, device, threads)
     limits = DecodeLimits() if max_pixels is None else DecodeLimits(max_pixels=max_pixels)
+    defaults = EncodeOptions()
+    encoding = EncodeOptions(defaults.png_compression if png_compression is None else png_compression,
+                             defaults.jpeg_quality if jpeg_quality is None else jpeg_quality)
     subset = archive.Shard(shard.shard_id, tuple(todo), shard.fingerprint)
     rows = archive.process_shard(
         subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits,
         storage_options=storage_options,
+        encoding=encoding,
     )
     _inject_fault(run_id, shard)
 

@@ -338,3 +338,29 @@ def test_links_out_of_the_input_are_not_followed(tmp_path):
     assert result.exit_code == 0, result.output
     assert "skipped: link.png: a link out of --input" in result.output
     assert _files(out) == ["a.png", "inside.png"]
+
+
+def test_output_compression_settings_change_the_bytes_not_the_pixels(tmp_path):
+    root = tmp_path / "in"
+    _save(root / "a.png", Image.fromarray(_dark(60, 80, 7)), "PNG")
+    _save(root / "b.jpg", Image.fromarray(_dark(60, 80, 8)), "JPEG")
+    outputs = {}
+    for name, args in {"stored": ["--png-compression", "0", "--jpeg-quality", "40"],
+                       "packed": ["--png-compression", "9", "--jpeg-quality", "98"]}.items():
+        result = _run("enhance", "--input", str(root), "--output", str(tmp_path / name), "--stages", "hist", *args)
+        assert result.exit_code == 0, result.output
+        outputs[name] = {rel: (tmp_path / name / rel).read_bytes() for rel in ("a.png", "b.jpg")}
+    assert len(outputs["stored"]["a.png"]) >= 60 * 80 * 3 > len(outputs["packed"]["a.png"])  # level 0 stores
+    assert len(outputs["stored"]["b.jpg"]) < len(outputs["packed"]["b.jpg"])
+    pixels = [np.asarray(Image.open(tmp_path / name / "a.png")) for name in outputs]
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert _run("enhance", "--input", str(root), "--output", str(tmp_path / "x"), "--png-compression", "10").exit_code == 2
+
+
+def test_encoding_defaults_match_the_library():
+    from llie.cli import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_COMPRESSION
+    from llie.imageio import EncodeOptions
+
+    assert (DEFAULT_PNG_COMPRESSION, DEFAULT_JPEG_QUALITY) == (EncodeOptions().png_compression, EncodeOptions().jpeg_quality)
+    help_text = _run("enhance", "--help").output
+    assert "--png-compression" in help_text and "--jpeg-quality" in help_text

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from flows.enhance_archive import enhance_archive
 from llie import archive, storage
@@ -299,7 +300,8 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, ["a.png", "b.png", "c.jpg"])
     (inp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    args = ["run", str(inp), str(out), "--shard-size", "2", "--dask-address", dask_address, "--run-id", "cli-1"]
+    args = ["run", str(inp), str(out), "--shard-size", "2", "--dask-address", dask_address, "--run-id", "cli-1",
+            "--png-compression", "0"]
     if bundle_path:
         args += ["--model", bundle_path]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -310,6 +312,8 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
     assert f"metrics       {out}/_metrics/run_id=cli-1" in result.output
     assert "2/2" in result.output  # the shard progress bar reached the end
     assert len(archive.read_metrics(str(out), "cli-1")) == 4
+    width, height = Image.open(out / "a.png").size
+    assert (out / "a.png").stat().st_size >= width * height * 3  # --png-compression 0 reached the encoder
 
     overlap = CliRunner().invoke(cli, ["run", str(inp), str(inp / "x")])
     assert overlap.exit_code == 2 and "overlaps input" in overlap.output
