@@ -246,9 +246,12 @@ def _to_float(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
 
 
 def _scaled(arr: np.ndarray, full_scale: float) -> np.ndarray:
-    out = arr.astype(np.float32)  # also a private, writable copy of Pillow's buffer
-    out *= np.float32(1.0 / full_scale)
-    np.clip(out, 0.0, 1.0, out=out)
+    # one pass, into a private, writable array (not Pillow's buffer); the same values as a cast then a
+    # multiply. An unsigned integer plane whose largest value is the full scale cannot leave [0, 1]
+    # (255 * float32(1/255) rounds to 1.0 exactly, and so for 16 bits): no clip for those
+    out = np.multiply(arr, np.float32(1.0 / full_scale), dtype=np.float32)
+    if not (arr.dtype.kind == "u" and np.iinfo(arr.dtype).max == full_scale):
+        np.clip(out, 0.0, 1.0, out=out)
     return out
 
 
@@ -364,8 +367,9 @@ def encode_image(rgb: np.ndarray, like: DecodedImage, fmt: str | None = None,
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
         raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
-    rgb = np.nan_to_num(rgb.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
-    rgb = np.clip(rgb, 0.0, 1.0)
+    # a private copy clipped to [0, 1], infinities included; then NaN -> 0, in place
+    rgb = np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0)
+    np.nan_to_num(rgb, copy=False, nan=0.0)
     height, width = rgb.shape[:2]
 
     gray = like.mode in _GRAY_MODES or like.mode.startswith("I;16")
@@ -385,6 +389,14 @@ def encode_image(rgb: np.ndarray, like: DecodedImage, fmt: str | None = None,
         planes.append(_fit_alpha(alpha, width, height))
     if mode == "I;16":
         image = Image.fromarray(_quantize(planes[0], 65535, np.uint16))
+    elif mode in ("RGB", "RGBA"):
+        # the three colour planes quantised in one contiguous pass over the private copy
+        rgb *= np.float32(255)
+        np.rint(rgb, out=rgb)
+        arr = rgb.astype(np.uint8)
+        if mode == "RGBA":
+            arr = np.dstack([arr, _quantize(planes[3], 255, np.uint8)])
+        image = Image.fromarray(arr)
     else:
         arr = np.stack([_quantize(p, 255, np.uint8) for p in planes], axis=-1)
         image = Image.fromarray(arr[..., 0] if mode == "L" else arr)
