@@ -37,7 +37,7 @@ def _prepare_environment() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
 
 
-SECTIONS = ("stages", "pipeline", "quality", "memory", "scaling", "orchestration")
+SECTIONS = ("stages", "pipeline", "large", "quality", "memory", "scaling", "orchestration")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class Plan:
     scaling: tuple[int, int, int, int, int]  # images, shard size, width, height, rounds
     memory: tuple[int, int]  # width, height
     quality_pairs: int | None
+    large_sizes: tuple[tuple[str, int, int, int], ...]  # (name, width, height, repeats)
+    consistency: tuple[int, int]  # width, height of the photo enhanced at full size and shrunk
+    startup_repeats: int = 3
     # quick runs trade fidelity for fewer process start-ups (each imports torch: seconds)
     flow_warmup_run: bool = True
     flow_multiple: int = 4  # the flow also runs on k x N images (k shards); below 2: N only
@@ -59,12 +62,14 @@ class Plan:
 
 
 FULL = Plan(
-    stage_sizes=(("600x400", 600, 400, 4, 9), ("12MP", 4000, 3000, 1, 3)),
+    stage_sizes=(("600x400", 600, 400, 4, 9),),
     pipeline=(600, 400, 12, 4),
     orchestration=(64, 64, 600, 400),
     scaling=(48, 4, 600, 400, 5),
     memory=(6000, 4000),
     quality_pairs=None,
+    large_sizes=(("12MP", 4000, 3000, 3), ("24MP", 6000, 4000, 2)),
+    consistency=(4000, 3000),
 )
 QUICK = Plan(
     stage_sizes=(("600x400", 600, 400, 1, 1), ("large (quick: 800x600)", 800, 600, 1, 1)),
@@ -73,6 +78,9 @@ QUICK = Plan(
     scaling=(8, 2, 160, 120, 1),
     memory=(640, 480),
     quality_pairs=1,
+    large_sizes=(("large (quick: 1200x900)", 1200, 900, 1),),
+    consistency=(1200, 900),
+    startup_repeats=1,
     flow_warmup_run=False,
     flow_multiple=0,
     malloc_images=0,  # two more subprocess start-ups: skipped
@@ -167,6 +175,12 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
 
         w, h, n, passes = plan.pipeline
         return {"torch_threads": set_torch_threads(cpu_count()), **pipeline_throughput(enhancer, Size("p", w, h), n, passes)}
+    if section == "large":
+        from .large import large_photos
+
+        return {"torch_threads": set_torch_threads(cpu_count()),
+                **large_photos(enhancer, plan.large_sizes, plan.consistency, cores=cpu_count(),
+                               startup_repeats=plan.startup_repeats)}
     if section == "quality":
         from .quality import quality
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("stages", "pipeline", "quality", "memory", "scaling", "orchestration")
+SECTIONS = ("stages", "pipeline", "large", "quality", "memory", "scaling", "orchestration")
 
 
 def _positive(value, what: str) -> None:
@@ -40,7 +40,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert results["quick"] is True
     for section in SECTIONS:
         assert section in results, section
-    for heading in ("## Targets", "## Per stage", "## Pipeline", "## Orchestration", "## Scaling", "## Peak RSS", "## Quality"):
+    for heading in ("## Targets", "## Per stage", "## Pipeline", "## Large photos", "## Orchestration", "## Scaling",
+                    "## Peak RSS", "## Quality"):
         assert heading in markdown, heading
 
     machine = results["machine"]
@@ -61,6 +62,19 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     for name, row in variants.items():
         _positive(row["images_per_s"], f"pipeline.{name}")
         _positive(row["fraction_of_io_floor"], f"pipeline.{name} ratio")
+
+    large = results["large"]
+    for name, row in large["sizes"].items():
+        _positive(row["io_floor_s"], f"large.{name}.io_floor_s")
+        _positive(row["photos_per_hour_per_core"], f"large.{name}.photos_per_hour_per_core")
+        for key in ("hist_threads_1", "full_threads_1"):
+            _positive(row[key]["seconds"], f"large.{name}.{key}")
+    consistency = large["scale_consistency"]
+    for key in ("working_size_hist", "working_size_full", "plain_hist", "plain_full"):
+        _positive(consistency[key]["psnr_db"], f"large.scale_consistency.{key}")
+    _positive(large["startup"]["enhance_hist_s"], "large.startup.enhance_hist_s")
+    assert large["startup"]["imports_torch"] is False
+    assert large["gpu"]["note"]
 
     orch = results["orchestration"]
     for key in ("n_s", "k_n_s", "per_image_s"):
@@ -90,7 +104,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
             _positive(row["ssim"], f"quality.{method}.ssim")
 
     targets = results["targets"]
-    assert len(targets) == 5
+    assert len(targets) == 8
     assert all(t["passed"] in (True, False) and t["measured"] is not None for t in targets)
 
 
