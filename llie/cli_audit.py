@@ -25,7 +25,7 @@ RANK_METRICS = ("psnr", "ssim")
 @click.option("--compare-output", default=None, metavar="URL",
               help="OUTPUT_URL of the baseline run when it wrote elsewhere (default: OUTPUT_URL).")
 @click.option("--report", "report_path", default=None, metavar="PATH",
-              help="Write an HTML report (PATH.html, or PATH/report.html for a folder) with its plots as PNG beside it.")
+              help="Write the report as one self-contained HTML file (PATH.html, or PATH/report.html for a folder).")
 # min 1: the ranking's "no images ranked" line (and the report's) would blame missing references.
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many worst and best images to list.")
@@ -94,7 +94,7 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
 
         files = write_report(run, summary, report_path, comparison, base, base_summary, storage_options=opts)
         if not to_stdout:
-            click.echo(f"\nreport  {storage.redact_url(files.html_url)}  (+ {len(files.png_urls)} PNG beside it)")
+            click.echo(f"\nreport  {storage.redact_url(files.html_url)}  ({len(files.plots)} plots inside)")
     if json_path:
         doc = {"summary": summary.to_dict(), "comparison": comparison.to_dict() if comparison else None}
         text = _json(doc)

@@ -1,15 +1,16 @@
 """The audit as pictures: PNG plots and one self-contained HTML report.
 
-``write_report`` writes ``report.html`` (every plot embedded as a ``data:image/png;base64`` URI,
-no script, no stylesheet or font from the network: it opens offline, and can be mailed as one
-file) and the same plots as PNG files beside it, ``<stem>-<plot>.png``, for people who paste
-them elsewhere. Destinations may be local paths or fsspec URLs (``s3://...``).
+``write_report`` writes one file, ``report.html``: every plot embedded as a
+``data:image/png;base64`` URI, no script, no stylesheet or font from the network, so it opens
+offline and can be mailed as it is (a browser saves any plot with "Save image as").
+Destinations may be local paths or fsspec URLs (``s3://...``).
 
 Plots: PSNR and SSIM histograms, no-reference brightness / contrast / noise before and after,
 time per stage, and before/after contact sheets of the worst and best images (thumbnails read
 from the ``input_path`` / ``output_path`` the rows record, plus the reference when the run's
-manifest names a reference folder). With a comparison: the per-image PSNR (or SSIM) of both
-runs against each other.
+manifest names a reference folder). With a comparison, which then comes first: the mean change
+per metric with its 95% interval (as ``llie audit --compare`` prints it) and the per-image PSNR
+(or SSIM) of both runs against each other.
 
 matplotlib is used through its object API with the Agg canvas only: no pyplot state, no display,
 safe in a worker thread or a flow.
@@ -22,7 +23,7 @@ import html
 import io
 import math
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,12 +34,13 @@ from llie.audit import DELTA_METRICS, _ok_mask, DIGITS, NR_SHOWN, Comparison, Im
 
 THUMB = 192  # longest side of a contact-sheet thumbnail, pixels
 DPI = 100
+FULL_WIDTH = 10.5  # inches: at DPI, the page's text width, so that plots are shown at their own size
 RUN_COLOR, BASE_COLOR, BEFORE_COLOR, AFTER_COLOR, WORSE_COLOR = "#1f77b4", "#aaaaaa", "#7f7f7f", "#ff7f0e", "#d62728"
 
 
 @dataclass
 class Plot:
-    name: str  # file-name part: <stem>-<name>.png
+    name: str  # the figure's id in the page
     title: str
     png: bytes
     caption: str = ""
@@ -47,7 +49,7 @@ class Plot:
 @dataclass
 class ReportFiles:
     html_url: str
-    png_urls: dict[str, str] = field(default_factory=dict)  # plot name -> url
+    plots: tuple[str, ...] = ()  # names of the plots embedded in it
 
 
 # --------------------------------------------------------------------------- figures
@@ -91,7 +93,7 @@ def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunDa
     if values.size == 0 and base_values.size == 0:
         return None
     label = "PSNR (dB)" if metric == "psnr" else "SSIM"
-    fig = _figure(6.4, 3.6)
+    fig = _figure(FULL_WIDTH, 3.6)
     ax = fig.add_subplot()
     bins = _bins(values, base_values)
     if base_values.size:
@@ -118,7 +120,7 @@ def before_after_plot(run: RunData) -> Plot | None:
     columns = {name: (_ok_values(run, f"before_{name}"), _ok_values(run, f"after_{name}")) for name in NR_SHOWN}
     if not any(b.size or a.size for b, a in columns.values()):
         return None
-    fig = _figure(10.5, 3.4)
+    fig = _figure(FULL_WIDTH, 3.4)
     axes = fig.subplots(1, len(NR_SHOWN))
     for ax, (name, (before, after)) in zip(axes, columns.items()):
         bins = _bins(before, after, n=25)
@@ -136,7 +138,7 @@ def before_after_plot(run: RunData) -> Plot | None:
 def stage_plot(summary: RunSummary, base_summary: RunSummary | None = None) -> Plot:
     stages = list(archive.STAGES)
     per_image = [summary.stage_seconds[s] / max(summary.images, 1) for s in stages]
-    fig = _figure(6.4, 3.8)
+    fig = _figure(FULL_WIDTH, 3.8)
     ax = fig.add_subplot()
     y = np.arange(len(stages))
     height = 0.4 if base_summary else 0.7
@@ -269,7 +271,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #eee; text-align: right; }
 th { background: #f5f5f5; } td.l, th.l { text-align: left; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1em 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figure.natural img { width: auto; max-width: 100%; }
 figcaption { font-size: 0.85em; color: #555; } .muted { color: #777; } .bad { color: #b00; }
 """
 
@@ -294,11 +297,14 @@ def _html_table(header: list[str], rows: list[list[str]], left: set[int] = froze
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure_html(plot: Plot, png_name: str) -> str:
+def _figure_html(plot: Plot) -> str:
     data = base64.b64encode(plot.png).decode("ascii")
-    caption = _e(plot.caption) + (" · " if plot.caption else "") + f'<a href="{_e(png_name)}">PNG</a>'
-    return (f'<figure id="{_e(plot.name)}"><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
-            f"<figcaption>{_e(plot.title)}: {caption}</figcaption></figure>")
+    caption = _e(plot.title) + (": " + _e(plot.caption) if plot.caption else "")
+    # Contact sheets keep their pixel size (thumbnails blown up would only blur), and so does the square
+    # scatter of a comparison; the other plots fill the width.
+    css = ' class="natural"' if plot.name.startswith(("contact_", "compare_")) else ""
+    return (f'<figure id="{_e(plot.name)}"{css}><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 def _summary_html(s: RunSummary) -> str:
@@ -353,12 +359,19 @@ def _speed_html(s: RunSummary) -> str:
 
 
 def _ranked_html(s: RunSummary, items: list[ImageScore]) -> str:
-    d = DIGITS[s.rank_by]
+    # The ranking metric is one of these columns already (its name is in the section title).
     return _html_table(
-        ["image", s.rank_by, "psnr", "ssim", "brightness before", "brightness after"],
-        [[i.rel_path, _num(i.value, d), _num(i.psnr, 2), _num(i.ssim, 4), _num(i.before_brightness, 3),
+        ["image", "psnr", "ssim", "brightness before", "brightness after"],
+        [[i.rel_path, _num(i.psnr, 2), _num(i.ssim, 4), _num(i.before_brightness, 3),
           _num(i.after_brightness, 3)] for i in items],
     )
+
+
+def _delta_row(c: Comparison, metric: str) -> list[str]:
+    st, ci, d = c.deltas[metric], c.delta_intervals.get(metric), DIGITS.get(metric, 4)
+    value = lambda key: _num(getattr(st, key) if st else None, d, signed=True)  # noqa: E731
+    interval = f"{_num(ci[0], d, signed=True)} to {_num(ci[1], d, signed=True)}" if ci else "–"
+    return [metric, str(st.n if st else 0), value("mean"), interval, value("median"), value("p5"), value("p95")]
 
 
 def _comparison_html(c: Comparison, limit: int = 100) -> str:
@@ -372,11 +385,10 @@ def _comparison_html(c: Comparison, limit: int = 100) -> str:
         + (f", {c.unscored} without a score in both runs" if c.unscored else "")
         + (f". Nothing compared: {_e(c.nothing_compared())}" if c.nothing_compared() else "") + ".</p>",
         _html_table(
-            ["metric", "n", "mean delta", "median", "p5", "p95"],
-            [[m, str(st.n if st else 0)] + [_num(getattr(st, k) if st else None, DIGITS.get(m, 4), signed=True)
-                                            for k in ("mean", "median", "p5", "p95")]
-             for m, st in ((m, c.deltas[m]) for m in DELTA_METRICS)],
+            ["metric", "n", "mean delta", "mean 95% interval", "median", "p5", "p95"],
+            [_delta_row(c, m) for m in DELTA_METRICS],
         ),
+        '<p class="muted">An interval that holds 0: these images do not show a change of the mean.</p>',
     ]
     if c.worse:
         parts.append(f"<h3>Images that got worse ({c.worse_count})</h3>")
@@ -409,13 +421,11 @@ def build_plots(
     return [p for p in plots if p is not None]
 
 
-def render_html(
-    summary: RunSummary, plots: list[Plot], png_names: dict[str, str], comparison: Comparison | None = None
-) -> str:
+def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison | None = None) -> str:
     by_name = {p.name: p for p in plots}
 
     def fig(name: str) -> str:
-        return _figure_html(by_name[name], png_names[name]) if name in by_name else ""
+        return _figure_html(by_name[name]) if name in by_name else ""
 
     s = summary
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -423,6 +433,11 @@ def render_html(
         f"<h1>llie audit: run {_e(s.run_id)}</h1>",
         f'<p class="muted">{_e(s.output_url)} · images finished {_e(s.first_finished)} … {_e(s.last_finished)} · '
         f"report generated {generated}</p>",
+    ]
+    if comparison is not None:  # what a comparison is made for comes first
+        body += [f"<h2>Compared with run {_e(comparison.base_run_id)}</h2>", _comparison_html(comparison),
+                 fig(f"compare_{comparison.metric}")]
+    body += [
         "<h2>Images</h2>", _summary_html(s),
         "<h2>Quality against references</h2>", _quality_html(s), fig("psnr_hist"), fig("ssim_hist"),
         "<h2>No-reference statistics</h2>", _nr_html(s), fig("before_after"),
@@ -433,9 +448,6 @@ def render_html(
                  f"<h2>Best {len(s.best)} by {_e(s.rank_by)}</h2>", _ranked_html(s, s.best), fig("contact_best")]
     else:
         body.append(f'<p class="muted">No image ranked: no ok image has a {_e(s.rank_by)} value.</p>')
-    if comparison is not None:
-        body += [f"<h2>Compared with run {_e(comparison.base_run_id)}</h2>", _comparison_html(comparison),
-                 fig(f"compare_{comparison.metric}")]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>llie audit {_e(s.run_id)}</title><style>{_CSS}</style></head><body>"
@@ -469,16 +481,10 @@ def write_report(
     base_summary: RunSummary | None = None,
     storage_options: storage.StorageOptions = None,
 ) -> ReportFiles:
-    """Write the HTML report and its PNGs; ``dest`` is ``.../name.html`` or a folder (``report.html``)."""
+    """Write the one-file HTML report; ``dest`` is ``.../name.html`` or a folder (``report.html``)."""
     folder, name = _split_destination(dest)
-    stem = name.rsplit(".", 1)[0]
     plots = build_plots(run, summary, comparison, base, base_summary, storage_options)
-    png_names = {p.name: f"{stem}-{p.name}.png" for p in plots}
-    files = ReportFiles(html_url=storage.join(folder, name))
-    for plot in plots:
-        url = storage.join(folder, png_names[plot.name])
-        storage.write_bytes_atomic(url, plot.png, storage_options)
-        files.png_urls[plot.name] = url
-    page = render_html(summary, plots, png_names, comparison)
+    files = ReportFiles(html_url=storage.join(folder, name), plots=tuple(p.name for p in plots))
+    page = render_html(summary, plots, comparison)
     storage.write_bytes_atomic(files.html_url, page.encode("utf-8"), storage_options)
     return files

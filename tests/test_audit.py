@@ -324,21 +324,27 @@ def test_cli_reports_an_unreadable_shard_file_as_a_data_error(runs, tmp_path):
 # --------------------------------------------------------------------------- report
 
 
-def test_html_report_embeds_every_plot_and_writes_the_pngs(runs, tmp_path):
+def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     run, base = audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A)
     summary, base_summary = audit.summarise(run), audit.summarise(base)
     cmp = audit.compare(run, base)
     files = report.write_report(run, summary, str(tmp_path / "rep" / "audit.html"), cmp, base, base_summary)
     assert files.html_url == str(tmp_path / "rep" / "audit.html")
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["audit.html"]  # no PNG beside it
     page = Path(files.html_url).read_text()
-    assert set(files.png_urls) == PLOTS | {"compare_psnr"}
-    embedded = dict((alt, data) for data, alt in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"', page))
-    assert len(embedded) == len(files.png_urls)
-    for name, url in files.png_urls.items():
-        png = Path(url).read_bytes()
-        assert Path(url).name == f"audit-{name}.png" and png.startswith(b"\x89PNG\r\n\x1a\n")
-        assert base64.b64encode(png).decode() in embedded.values(), name
-        assert f'<figure id="{name}">' in page and f'href="audit-{name}.png"' in page
+    assert set(files.plots) == PLOTS | {"compare_psnr"}
+    embedded = re.findall(r'<figure id="(\w+)"[^>]*><img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert sorted(name for name, _ in embedded) == sorted(files.plots)
+    for name, data in embedded:
+        assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n"), name
+    # A comparison comes first, with the 95% intervals `llie audit --compare` prints.
+    assert page.index("<h2>Compared with run") < page.index("<h2>Images</h2>")
+    lo, hi = cmp.delta_intervals["psnr"]
+    assert f">{lo:+.2f} to {hi:+.2f}</td>" in page and "mean 95% interval" in page
+    # Worst/best tables name each metric once.
+    for table in re.findall(r"<h2>(?:Worst|Best) [^<]*</h2><table><thead>(.*?)</thead>", page):
+        headers = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+        assert len(headers) == len(set(headers)), headers
     # Self-contained: nothing fetched from anywhere when opened.
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page and "<link" not in page
     for item in summary.worst + summary.best:
@@ -366,7 +372,7 @@ def test_report_without_references_leaves_out_the_score_plots(runs, tmp_path):
     assert summary.psnr is None and summary.worst == [] and "no images ranked" in audit.format_summary(summary)
     files = report.write_report(run, summary, str(tmp_path / "rep"))
     assert files.html_url.endswith("/rep/report.html")
-    assert set(files.png_urls) == {"before_after", "stage_times"}
+    assert set(files.plots) == {"before_after", "stage_times"}
     assert "No ok image has a reference" in Path(files.html_url).read_text()
 
 
@@ -429,11 +435,11 @@ def test_audit_reads_s3(runs, s3, tmp_path):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"run {RUN_A}" in result.output and "images  13" in result.output
-    assert f"report  {s3.url('reports/a.html')}  (+ 6 PNG beside it)" in result.output
+    assert f"report  {s3.url('reports/a.html')}  (6 plots inside)" in result.output
     page = storage.read_bytes(s3.url("reports/a.html")).decode()
     for name in PLOTS:
-        png = storage.read_bytes(s3.url(f"reports/a-{name}.png"))
-        assert base64.b64encode(png).decode() in page
+        assert f'<figure id="{name}"' in page
+    assert storage.list_files(s3.url("reports")) == ["a.html"]
 
 
 # --------------------------------------------------------------------------- the documented queries
@@ -507,7 +513,7 @@ def test_flow_writes_the_report_and_publishes_the_artifact(runs):
     # The fixture's real flow run of RUN_A published these itself: nothing here has called the hook yet.
     url = report.report_url(str(runs.out), RUN_A)
     assert url == f"{runs.out}/_metrics/run_id={RUN_A}/_report/report.html"
-    assert Path(url).exists() and (Path(url).parent / "report-contact_worst.png").exists()
+    assert [p.name for p in Path(url).parent.iterdir()] == ["report.html"] and 'id="contact_worst"' in Path(url).read_text()
 
     (artifact,) = _artifacts(artifact_key(RUN_A))
     assert artifact.type == "markdown" and artifact.flow_run_id is not None
