@@ -198,7 +198,8 @@ def enhance_archive(
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
 
-    paths = storage.list_images(input_url, opts)
+    versions = storage.list_image_versions(input_url, opts)  # size and mtime (ETag on S3) of each image
+    paths = sorted(versions)
     reserved = [p for p in paths if p.split("/", 1)[0] == archive.METRICS_DIR]
     if reserved:
         logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR)
@@ -214,7 +215,7 @@ def enhance_archive(
     # A resumed run keeps the shards it finished, so images added since go into new shards and the
     # finished ones are skipped rather than re-cut (archive.extend_plan).
     finished = archive.shard_membership(output_url, run_id, opts) if previous else {}
-    shards = archive.extend_plan(paths, shard_size, finished)
+    shards = archive.with_versions(archive.extend_plan(paths, shard_size, finished), versions)
     plan = {
         "run_id": run_id,
         "input_url": storage.redact_url(input_url),

@@ -14,6 +14,7 @@ partitioning (see :func:`read_metrics`); each file also carries it in its schema
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -87,11 +88,17 @@ METRICS_SCHEMA: pa.Schema = pa.schema(
 
 @dataclass(frozen=True)
 class Shard:
-    """A fixed batch of relative image paths; the unit of work, retry and resume."""
+    """A fixed batch of relative image paths; the unit of work, retry and resume.
+
+    ``versions``, when known, says which content of each path the plan saw (see
+    :func:`llie.storage.list_image_versions`), in the order of ``paths``: a resume redoes an image
+    whose version changed since its row was written.
+    """
 
     shard_id: str
     paths: tuple[str, ...]
     fingerprint: str
+    versions: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -151,6 +158,31 @@ def extend_plan(paths: Iterable[str], shard_size: int, finished: dict[str, Itera
         chunk = tuple(rest[start : start + shard_size])
         shards.append(Shard(f"shard-{first + n:05d}", chunk, fingerprint_paths(chunk)))
     return shards
+
+
+def with_versions(shards: list[Shard], versions: dict[str, str]) -> list[Shard]:
+    """The plan with the listed version of every image recorded in its shard."""
+    return [dataclasses.replace(s, versions=tuple(versions.get(p, "") for p in s.paths)) for s in shards]
+
+
+def source_versions_metadata(shard: Shard) -> dict[str, str]:
+    """What a shard file records of the images it was made from (image -> version), as file metadata."""
+    if not shard.versions:
+        return {}
+    return {"source_versions": json.dumps({printable(p): v for p, v in zip(shard.paths, shard.versions)},
+                                          sort_keys=True)}
+
+
+def changed_sources(shard: Shard, metadata: dict[str, str]) -> set[str]:
+    """The images of ``shard`` whose version differs from the one its shard file recorded.
+
+    A file without the record (written before versions were kept) is taken as unchanged: redoing a
+    whole archive on an upgrade would be worse than missing an edit made before it.
+    """
+    if not shard.versions or "source_versions" not in metadata:
+        return set()
+    recorded = json.loads(metadata["source_versions"])
+    return {p for p, v in zip(shard.paths, shard.versions) if recorded.get(printable(p)) != v}
 
 
 def new_run_id() -> str:

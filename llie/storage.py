@@ -211,11 +211,15 @@ def is_safe_rel(rel: str) -> bool:
     return bool(rel) and all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
-def _list_local(root: str, follow_symlinks: bool = False) -> list[str]:
+def _local_version(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _list_local(root: str, follow_symlinks: bool = False) -> dict[str, str]:
     root_real = os.path.realpath(root)
     if not os.path.isdir(root_real):
         raise FileNotFoundError(f"no such folder: {root}")
-    found: list[str] = []
+    found: dict[str, str] = {}
 
     def walk(dir_path: str, rel_prefix: str, ancestors: frozenset[str]) -> None:
         with os.scandir(dir_path) as it:
@@ -235,14 +239,38 @@ def _list_local(root: str, follow_symlinks: bool = False) -> list[str]:
                     if target not in ancestors:  # a link to an ancestor would loop forever
                         walk(entry.path, rel + "/", ancestors | {target})
                 elif os.path.isfile(target) and is_image_name(entry.name):
-                    found.append(rel)
+                    found[rel] = _local_version(os.stat(target))
             elif entry.is_dir(follow_symlinks=False):
                 walk(entry.path, rel + "/", ancestors | {os.path.realpath(entry.path)})
             elif entry.is_file(follow_symlinks=False) and is_image_name(entry.name):
-                found.append(rel)
+                found[rel] = _local_version(entry.stat(follow_symlinks=False))
 
     walk(root, "", frozenset({root_real}))
-    return sorted(found)
+    return found
+
+
+def list_image_versions(url: str, storage_options: StorageOptions = None,
+                        follow_symlinks: bool = False) -> dict[str, str]:
+    """:func:`list_images` with a version of each image: ``size:mtime_ns`` locally, ``size:ETag`` on an
+    object store (``size:last-modified`` where it has no ETag). Any change of content changes it, so a
+    resumed run can tell an image replaced under the same name from one it has already done."""
+    fs, root = _fs(url, storage_options)
+    if _is_local(fs):
+        return dict(sorted(_list_local(root, follow_symlinks).items()))
+    root = root.rstrip("/")
+    found = {}
+    for path, info in fs.find(root, withdirs=False, detail=True).items():
+        if not path.startswith(root + "/"):
+            continue
+        rel = path[len(root) + 1 :]
+        parts = rel.split("/")
+        if not is_safe_rel(rel) or any(p.startswith(".") for p in parts) or not is_image_name(parts[-1]):
+            continue
+        tag = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        found[rel] = f"{info.get('size')}:{str(tag).strip(chr(34))}"
+    if not found and not fs.exists(root):
+        raise FileNotFoundError(f"no such folder: {redact_url(url)}")
+    return dict(sorted(found.items()))
 
 
 def list_images(url: str, storage_options: StorageOptions = None, follow_symlinks: bool = False) -> list[str]:
@@ -254,22 +282,7 @@ def list_images(url: str, storage_options: StorageOptions = None, follow_symlink
     the tree are never followed twice). A missing root raises FileNotFoundError so that a
     typo in a URL is not mistaken for an empty archive.
     """
-    fs, root = _fs(url, storage_options)
-    if _is_local(fs):
-        return _list_local(root, follow_symlinks)
-    root = root.rstrip("/")
-    found = []
-    for path in fs.find(root, withdirs=False, detail=False):
-        if not path.startswith(root + "/"):
-            continue
-        rel = path[len(root) + 1 :]
-        parts = rel.split("/")
-        if not is_safe_rel(rel) or any(p.startswith(".") for p in parts) or not is_image_name(parts[-1]):
-            continue
-        found.append(rel)
-    if not found and not fs.exists(root):
-        raise FileNotFoundError(f"no such folder: {redact_url(url)}")
-    return sorted(found)
+    return list(list_image_versions(url, storage_options, follow_symlinks))
 
 
 def list_files(url: str, storage_options: StorageOptions = None) -> list[str]:

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
@@ -46,7 +47,7 @@ def _summarise(shard: archive.Shard, rows: list[dict[str, Any]], resumed: bool, 
     }
 
 
-def _existing_rows(url: str, shard: archive.Shard, opts: storage.StorageOptions = None) -> list[dict[str, Any]] | None:
+def _existing_rows(url: str, shard: archive.Shard, opts: storage.StorageOptions = None) -> pa.Table | None:
     """Rows of a finished earlier attempt at this very shard, or None if it must be (re)done."""
     if not storage.exists(url, opts):
         return None
@@ -57,7 +58,7 @@ def _existing_rows(url: str, shard: archive.Shard, opts: storage.StorageOptions 
         # stand in for images it never reached) should it fail.
         storage.remove(url, opts)
         return None
-    return table.to_pylist()
+    return table
 
 
 # Tests only: set in a worker's environment, it names a folder; a run whose id has a sub-folder there
@@ -110,15 +111,18 @@ def enhance_shard(
     logger = get_run_logger()
     started = time.perf_counter()
     url = archive.shard_parquet_url(output_url, run_id, shard.shard_id)
-    previous = _existing_rows(url, shard, storage_options)
+    previous_table = _existing_rows(url, shard, storage_options)
+    previous = None if previous_table is None else previous_table.to_pylist()
     todo = list(shard.paths)
     if previous is not None:
-        failed = [r["rel_path"] for r in previous if r["status"] != "ok"]
-        if not (retry_failed and failed):
+        changed = archive.changed_sources(shard, archive.shard_metadata(previous_table))
+        failed = [r["rel_path"] for r in previous if r["status"] != "ok"] if retry_failed else []
+        todo = [p for p in shard.paths if p in changed or archive.printable(p) in failed]
+        if not todo:
             logger.info("%s already done (%d rows), skipping", shard.shard_id, len(previous))
             return _summarise(shard, previous, resumed=True, seconds=0.0)
-        todo = failed
-        logger.info("%s: retrying %d failed image(s)", shard.shard_id, len(todo))
+        logger.info("%s: redoing %d image(s): %d changed since, %d failed", shard.shard_id, len(todo),
+                    len(changed), len(failed))
 
     if threads:
         # Every task, not only the loading one: tasks of another run may have asked for a
@@ -143,7 +147,8 @@ def enhance_shard(
     archive.write_shard_parquet(
         rows,
         url,
-        metadata={"run_id": run_id, "shard_fingerprint": shard.fingerprint, "model_version": enhancer.model_version},
+        metadata={"run_id": run_id, "shard_fingerprint": shard.fingerprint, "model_version": enhancer.model_version,
+                  **archive.source_versions_metadata(shard)},
         storage_options=storage_options,
     )
     summary = _summarise(shard, rows, resumed=False, seconds=time.perf_counter() - started)

@@ -546,3 +546,34 @@ def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named
     manifest.write_bytes(manifest.read_bytes()[:40])  # truncated
     with pytest.raises(ValueError, match=re.escape(f"unreadable run manifest {manifest}: ")):
         enhance_archive(str(inp), str(out), **common)
+
+
+# --------------------------------------------------------------------------- a photo replaced under the same name
+
+
+def test_a_photo_changed_under_the_same_name_is_enhanced_again_on_resume(dask_address, tmp_path, make_images,
+                                                                        bundle_path):
+    """The plan records each photo's size and mtime (the ETag on S3): a resume redoes the changed photo, and
+    only it; its shard's other photo and the other shard are not even rewritten."""
+    from tests.conftest import encode, gradient
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    images = ["p0.png", "p1.png", "p2.png", "p3.png"]
+    make_images(inp, images, width=32, height=24)
+    common = dict(shard_size=2, dask_address=dask_address, run_id="changed", model=bundle_path, retries=0)
+    enhance_archive(str(inp), str(out), **common)
+    before = _files(out)
+    old_output = (out / "p1.png").read_bytes()
+
+    (inp / "p1.png").write_bytes(encode(gradient(40, 30, seed=7, peak=0.1)))  # another photo, same name
+    summary = enhance_archive(str(inp), str(out), **common)
+    assert (summary["processed"], summary["ok"], summary["shards_resumed"]) == (1, 4, 1)
+    after = _files(out)
+    assert (out / "p1.png").read_bytes() != old_output
+    assert decode_image((out / "p1.png").read_bytes()).width == 40  # made from the new photo
+    rows = _one_row_per_image(str(out), "changed", images)
+    assert (rows["p1.png"]["width"], rows["p1.png"]["bytes_in"]) == (40, (inp / "p1.png").stat().st_size)
+    metrics = "_metrics/run_id=changed"
+    for name in ("p0.png", "p2.png", "p3.png", f"{metrics}/shard-00001.parquet"):
+        assert after[name] == before[name], name  # untouched
+    assert after[f"{metrics}/shard-00000.parquet"] != before[f"{metrics}/shard-00000.parquet"]
