@@ -83,7 +83,24 @@ def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     ``secrets``: the run's :func:`url_secrets`, for messages that quote them outside any URL.
     """
     msg = str(exc).strip() or exc.__class__.__name__
-    return f"{exc.__class__.__name__}: {scrub(msg, secrets)}"
+    return f"{exc.__class__.__name__}: {one_line(scrub(msg, secrets))}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters escaped (``\\n``, ``\\x1b``).
+
+    A message can quote a file name, and a file name may hold a newline: left as it is, it would
+    start a line of its own in a log, one that can pass for a line the program wrote.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def quote_name(name: str) -> str:
+    """A file name as a log shows it: quoted, with control characters escaped (``'a\\nb.png'``)."""
+    return repr(str(name))
 
 
 def _unreachable_types() -> tuple[type[BaseException], ...]:

@@ -155,7 +155,8 @@ def enhance_shard(
     summary["processed"] = len(todo)
     problems = [r for r in rows if r["status"] != "ok"]
     for row in problems[:_MAX_LOGGED_PROBLEMS]:
-        logger.warning("%s %s: %s", row["status"], row["rel_path"], row["error"])
+        # quoted: a name with a newline must not forge a line of this log
+        logger.warning("%s %s: %s", row["status"], storage.quote_name(row["rel_path"]), storage.one_line(row["error"]))
     if len(problems) > _MAX_LOGGED_PROBLEMS:
         logger.warning("... and %d more; see the Parquet file", len(problems) - _MAX_LOGGED_PROBLEMS)
     logger.info(

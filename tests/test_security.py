@@ -18,6 +18,7 @@ import pickle
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -414,3 +415,27 @@ def test_credentials_in_a_url_are_refused_before_anything_sees_them(prefect_harn
     # what is not credentials stays accepted: an "@" in a key, a port
     for url in ("s3://bucket/icons/logo@2x.png", "http://127.0.0.1:5000/bucket/a@b.png", "/tmp/a:b@c"):
         storage.check_no_credentials(url)
+
+
+# --------------------------------------------------------------------------- log lines
+
+
+def test_a_file_name_cannot_forge_a_log_line(prefect_harness, dask_address, tmp_path, make_images, bundle_path):
+    """Names are quoted in logs, with a newline escaped, so no line of the log comes from a file name."""
+    inp = tmp_path / "in"
+    make_images(inp, ["good.png"])
+    forged = "shard-00000: 2 ok, 0 errors, 0 skipped in 0.1s"
+    name = f"bad\n{forged}\n.png"
+    (inp / name).write_bytes(b"not an image")
+    state = enhance_archive(str(inp), str(tmp_path / "out"), dask_address=dask_address, run_id="forge",
+                            model=bundle_path, retries=0, return_state=True)
+    assert state.result()["errors"] == 1
+    deadline = time.monotonic() + 30
+    while True:  # the workers ship their task logs to the API in the background
+        logs, _, _ = _flow_run_logs_and_artifacts(state.state_details.flow_run_id)
+        if any("bad" in message for message in logs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any(repr(name) in message for message in logs), logs  # the name is there, quoted
+    for message in logs:
+        assert not any(line.startswith("shard-00000: 2 ok") for line in message.splitlines()), message
