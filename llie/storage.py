@@ -10,6 +10,7 @@ quote it without the URL around it, by :func:`scrub`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import posixpath
 import re
@@ -32,7 +33,9 @@ StorageOptions = dict[str, Any] | None
 # does carry credentials and also an "@" later in its path loses that path up to it: too much
 # hidden rather than too little.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s]*:\S*|[^/\s]*)@")
-_QUERY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#]*)\?[^\s#]*")
+# Web URLs only: there a query string can carry a signature (pre-signed URLs); in an object key
+# (s3://bucket/what?.png) a "?" is part of the name.
+_QUERY = re.compile(r"(?P<scheme>[Hh][Tt][Tt][Pp][Ss]?://[^\s?#]*)\?[^\s#]*")
 # Shorter pieces of a credential are not scrubbed on their own: replacing every "ab" or "u" in
 # a message would garble it while hiding close to nothing.
 _MIN_SECRET_PIECE = 4
@@ -187,9 +190,20 @@ def check_no_credentials(url: str | None) -> None:
 
 
 def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec file system of ``url`` and the path on it: the one way llie turns a URL into files."""
+    """The fsspec file system of ``url`` and the path on it: the one way llie turns a URL into files.
+
+    One file system per URL, never a chain: fsspec reads ``a::b`` as "``a`` inside ``b``", so a photo
+    named ``x::y.png`` would be read from somewhere else. A URL without a scheme is a local path.
+    """
     check_no_credentials(url)
-    return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    url = str(url)
+    match = _SCHEME.match(url)
+    protocol = match.group("scheme").lower() if match else "file"
+    cls = fsspec.get_filesystem_class(protocol)
+    options = cls._get_kwargs_from_urls(url) if match else {}
+    options.update(storage_options or {})
+    fs = cls(**options)
+    return fs, fs._strip_protocol(url)
 
 
 _fs = filesystem
@@ -353,7 +367,7 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
         return
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.path.basename(path), folder), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -372,7 +386,26 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
         raise
 
 
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # what mkstemp makes in write_bytes_atomic
+_TEMP_TAIL = re.compile(r"^[a-z0-9_]{8}\.tmp$")  # what mkstemp adds to the prefix in write_bytes_atomic
+_TEMP_EXTRA = len(".") + len(".") + 8 + len(".tmp")
+
+
+def _name_max(folder: str) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _temp_prefix(name: str, folder: str) -> str:
+    """The prefix of the temporary file that :func:`write_bytes_atomic` writes ``name`` through.
+
+    ``.<name>.`` as a rule (hidden, and it says whose it is); for a name so long that the temporary
+    name would pass the file system's limit, ``.<hash of name>.`` instead.
+    """
+    if len(os.fsencode(name)) + _TEMP_EXTRA <= _name_max(folder):
+        return f".{name}."
+    return "." + hashlib.sha256(os.fsencode(name)).hexdigest()[:32] + "."
 
 
 def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageOptions = None) -> list[str]:
@@ -397,9 +430,10 @@ def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageO
             entries = os.listdir(os.path.join(root, folder) if folder else root)
         except (FileNotFoundError, NotADirectoryError):
             continue
+        prefixes = {_temp_prefix(name, os.path.join(root, folder) if folder else root) for name in names}
         for entry in entries:
-            match = _TEMP_NAME.match(entry)
-            if match and match.group("name") in names:
+            prefix, tail = entry[: -len("xxxxxxxx.tmp")], entry[-len("xxxxxxxx.tmp"):]
+            if prefix in prefixes and _TEMP_TAIL.match(tail):
                 rel = f"{folder}/{entry}" if folder else entry
                 try:
                     os.unlink(os.path.join(root, rel))

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from flows.enhance_archive import enhance_archive
-from llie import archive
+from llie import archive, storage
 from llie.imageio import DecodeLimits, decode_image
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -281,3 +281,38 @@ def test_inputs_are_byte_identical_with_unchanged_times(hostile_run):
         # mode, size, content and both mtime and ctime (which any write, chmod or rename would bump)
         assert after[key] == (mode, size, mtime, ctime, digest), key
     assert {k for k in after if k.startswith(inp_rel + os.sep)} == {k for k in inputs if k != inp_rel}
+
+
+# --------------------------------------------------------------------------- names that look like URL syntax
+
+
+def test_names_with_url_syntax_and_names_at_the_length_limit_are_plain_names(dask_address, tmp_path, bundle_path,
+                                                                           s3, enhancer):
+    """``a::b.png`` is not an fsspec chain, ``?`` is not a query in an object key, and a 250-byte name
+    (the limit is 255) is written although its temporary name would be longer than that."""
+    from tests.conftest import encode, gradient, write_images
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    long_name = "x" * 246 + ".png"
+    write_images(inp, ["a", "a.png", long_name], width=32, height=24)  # "a": what a chain would read instead
+    (inp / "a::b.png").write_bytes(encode(gradient(40, 30, seed=5)))
+    summary = enhance_archive(str(inp), str(out), dask_address=dask_address, run_id="names", model=bundle_path,
+                              retries=0)
+    rows = {r["rel_path"]: r for r in archive.read_metrics(str(out), "names").to_pylist()}
+    assert sorted(rows) == sorted(["a.png", "a::b.png", long_name]) and summary["ok"] == 3, rows
+    assert (rows["a::b.png"]["width"], rows["a::b.png"]["height"]) == (40, 30)  # its own pixels
+    assert decode_image((out / "a::b.png").read_bytes()).width == 40
+    assert (out / long_name).is_file()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    keys = ["q?x.png", "a::b.png", "sub/what?#.png"]
+    for i, key in enumerate(keys):
+        storage.write_bytes_atomic(s3.url(f"in/{key}"), encode(gradient(36 + i, 24, seed=i)))
+    listed = storage.list_images(s3.url("in"))
+    assert listed == sorted(keys)
+    [shard] = archive.plan_shards(listed, 8)
+    for row in archive.process_shard(shard, s3.url("in"), s3.url("out"), enhancer):
+        assert row["status"] == "ok", row
+        assert row["output_path"] == s3.url(f"out/{row['rel_path']}")  # stored under its own name, unmangled
+        assert row["width"] == 36 + keys.index(row["rel_path"])
+    assert storage.list_images(s3.url("out")) == sorted(keys)
