@@ -227,6 +227,9 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     check_reachable(input_url, storage_option or None)
 
     settings, secret = storage_options.split_credentials(storage_option)
+    from flows import prefect_server
+
+    prefect_server.start_if_needed()  # a temporary API, if one is needed, that dies with this process
     with (_exit_on_sigterm(), credentials.storage_credentials(secret),
           ImageProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None)):
         state = enhance_archive(

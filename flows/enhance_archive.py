@@ -22,6 +22,9 @@ from flows.artifacts import publish_run_report, summary_text
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
 
 
+REPORT_DIR = "_report"  # where publish_run_report writes (llie.report.report_url), inside the run's metrics
+
+
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -284,6 +287,8 @@ def enhance_archive(
         paths + [f"{metrics_dir}/{s.shard_id}.parquet" for s in shards] + [f"{metrics_dir}/{archive.RUN_MANIFEST}"],
         opts,
     )
+    # and those of a report whose writer was killed (the report is written last, after this cleanup)
+    stale += storage.remove_stale_temps_in(storage.join(output_url, f"{metrics_dir}/{REPORT_DIR}"), opts)
     if stale:
         logger.warning("removed %d temporary file(s) left by interrupted writers", len(stale))
 

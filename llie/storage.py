@@ -443,6 +443,27 @@ def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageO
     return sorted(removed)
 
 
+def remove_stale_temps_in(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Delete every temporary file of :func:`write_bytes_atomic` directly inside ``url``, a folder only
+    llie writes (a run's report folder), whatever the name it was for; returns the names removed."""
+    fs, root = _fs(url, storage_options)
+    if not _is_local(fs):
+        return []
+    try:
+        entries = os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        if entry.startswith(".") and _TEMP_TAIL.match(entry[-len("xxxxxxxx.tmp"):]) and len(entry) > 13:
+            try:
+                os.unlink(os.path.join(root, entry))
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    return sorted(removed)
+
+
 def _normalise(url: str, storage_options: StorageOptions) -> tuple[str, str]:
     fs, path = _fs(url, storage_options)
     if _is_local(fs):

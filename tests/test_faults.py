@@ -577,3 +577,59 @@ def test_a_photo_changed_under_the_same_name_is_enhanced_again_on_resume(dask_ad
     for name in ("p0.png", "p2.png", "p3.png", f"{metrics}/shard-00001.parquet"):
         assert after[name] == before[name], name  # untouched
     assert after[f"{metrics}/shard-00000.parquet"] != before[f"{metrics}/shard-00000.parquet"]
+
+
+# --------------------------------------------------------------------------- kill -9 of the main process only
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has died
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cleans_the_report(
+    dask_address, tmp_path, bundle_path
+):
+    """SIGKILL runs no exit hook: the temporary Prefect server must die with its parent anyway. And a
+    report whose writer was killed leaves a temporary file that the resume removes."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    images = [f"p{i:02d}.png" for i in range(6)]
+    write_images(inp, images, width=32, height=24)
+    env = subprocess_env()
+    env.pop("PREFECT_API_URL", None)  # no API configured: the CLI starts a temporary server of its own
+    args = ["run", str(inp), str(out), "--shard-size", "1", "--dask-address", dask_address, "--run-id", "kill9",
+            "--no-progress", *(["--model", bundle_path] if bundle_path else [])]
+    metrics = out / "_metrics" / "run_id=kill9"
+    log_path = tmp_path / "run.log"
+    proc = _start_run([sys.executable, "-m", "flows.cli", *args], env, log_path)
+    server = None
+    try:
+        _wait_for_a_shard(proc, metrics, log_path)
+        listing = subprocess.run(["ps", "-ww", "-s", str(proc.pid), "-o", "pid=,args="], capture_output=True,
+                                 text=True).stdout
+        [server] = [int(line.split()[0]) for line in listing.splitlines() if "prefect.server.api.server" in line]
+        os.kill(proc.pid, signal.SIGKILL)  # the CLI alone, not its process group
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(server):
+            assert time.monotonic() < deadline, f"the temporary Prefect server {server} outlived its parent"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+    _wait_until_idle(dask_address)
+
+    report = metrics / "_report"
+    report.mkdir(exist_ok=True)
+    left = report / ".report.html.k9x2ab7q.tmp"  # what a writer killed between write and rename leaves
+    left.write_text("<html>half")
+    output = _cli(args[:-2] if bundle_path else args, bundle_path)
+    assert "ok 6" in output
+    assert not left.exists()
+    assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")]
