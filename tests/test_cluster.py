@@ -48,7 +48,7 @@ def _start_cluster(home: Path, logs: Path) -> tuple[str, list[subprocess.Popen]]
         subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
                           "--dashboard-address", ":0"],
                          env=env, cwd=logs, stdout=open(logs / "scheduler.log", "wb"), stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
+        subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "1", "--nthreads", "1",
                           "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"],
                          env=env, cwd=REPO, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT),
     ]
@@ -56,7 +56,7 @@ def _start_cluster(home: Path, logs: Path) -> tuple[str, list[subprocess.Popen]]
     while True:
         try:
             with Client(address, timeout=10) as client:
-                client.wait_for_workers(2, timeout=max(1, deadline - time.monotonic()))
+                client.wait_for_workers(1, timeout=max(1, deadline - time.monotonic()))
             return address, procs
         except (OSError, TimeoutError):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):

