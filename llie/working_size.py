@@ -11,7 +11,9 @@ applied to the full-size input. Edges and texture come from the full-size photo,
 the model at the scale it knows, and the photo shrunk after enhancement looks like the photo enhanced
 after shrinking.
 
-Photos at or below the working size never come here (``Enhancer.enhance``).
+Photos at or below the working size never come here (``Enhancer.enhance``). Masked-out (transparent)
+pixels count in the fit like the rest: near a transparent edge their colour reaches a working pixel or
+two into the visible part, where at small sizes it has no effect at all.
 """
 
 from __future__ import annotations
