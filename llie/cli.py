@@ -235,8 +235,10 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
 
 
 @cli.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="LOL layout: DATA/low + DATA/high, or DATA/our485 (+ DATA/eval15, used for the final report only).")
+@click.option("--data", required=True, multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A paired set in LOL layout: DATA/low + DATA/high (PNG or JPEG; DATA/pairs.json may name each pair's "
+                   "scene), or DATA/our485 (+ DATA/eval15, used for the final report only). Repeat it to train on "
+                   "several sets; every split keeps a scene on one side.")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Bundle directory to write (checkpoints go to OUTPUT/_training).")
 @click.option("--steps", type=click.IntRange(min=0), default=3000, show_default=True,
@@ -278,13 +280,31 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
 @click.option("--bag", type=click.IntRange(min=1), default=DEFAULT_BAG, show_default=True,
               help="Stage-2 models averaged, each on its own histogram rows and trees. In cross-validation 4 scored "
                    "20.33 against 20.22 dB for 1 at stage 3; stage 2 takes about 1.4x as long to train as with 1.")
+@click.option("--harmless-rows", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Stage-2 rows per pair that teach it to leave a well-exposed photo as it is: the target as its own "
+                   "input, and the target darkened. 0 for none.")
+@click.option("--colour", type=click.Choice(["hue", "channels"]), default="hue", show_default=True,
+              help="Stage 3: 'hue' keeps each pixel's hue and takes its brightness and the colour balance from the "
+                   "per-channel maps; 'channels' maps each channel on its own.")
+@click.option("--max-slope", type=click.FloatRange(min=0.0), default=4.0, show_default=True,
+              help="Stage 3: no step of a channel's map may exceed this many times its mean step over the photo's "
+                   "levels (banding); 0 for no bound.")
+@click.option("--min-slope", type=click.FloatRange(min=0.0), default=0.1, show_default=True,
+              help="Stage 3: nor fall below this many times it (posterising); 0 for no bound.")
+@click.option("--anchor-exposure/--no-anchor-exposure", default=True, show_default=True,
+              help="The refiner's output keeps stage 3's channel means: exposure comes from stages 2-3.")
+@click.option("--refiner-gain", type=(float, float), default=(1.15, 1.6), show_default=True,
+              help="OFF FULL: the refiner is left out of photos that stage 3 brightened by at most OFF (mean luma after "
+                   "over before), applies in full from FULL, and in proportion between.")
 @click.option("--init-refiner", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
                    "detail head, which is then added) instead of from scratch.")
 def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context,
           detail_channels, ema, freeze_transformer, pad_augment, exposure_jitter, lr, crop, eval_every, error_weighting, histogram_rows,
-          bag, init_refiner) -> None:
+          bag, harmless_rows, colour, max_slope, min_slope, anchor_exposure, refiner_gain, init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
+    from .mapping import MappingConfig
+    from .policy import RefinePolicy
     from .quantiles import QuantileModelConfig
     from .refiner import RefinerConfig
     from .train import RefinerTrainConfig, TrainConfig, TrainingSetupError
@@ -304,9 +324,14 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
                  exposure_jitter=exposure_jitter)
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
-    cfg = TrainConfig(data=str(data), output=str(output), seed=seed, device=device, threads=threads,
+    try:
+        mapping = MappingConfig(colour=colour, max_slope=max_slope, min_slope=min_slope)
+        policy = RefinePolicy(anchor_exposure=anchor_exposure, gain_off=refiner_gain[0], gain_full=refiner_gain[1])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    cfg = TrainConfig(data=tuple(str(d) for d in data), output=str(output), mapping=mapping, policy=policy, seed=seed, device=device, threads=threads,
                       quantile=QuantileModelConfig(error_weighting=error_weighting, augmentations=histogram_rows,
-                                                   bag=bag),
+                                                   bag=bag, harmless=harmless_rows),
                       refiner=refiner, refiner_train=rt, max_pairs=max_pairs, init_refiner=init_refiner)
     try:
         manifest = run_training(cfg, resume=resume)

@@ -31,6 +31,7 @@ from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by
 from .features import extract_features
 from .mapping import MappingConfig, match_to_quantiles
 from .metrics import psnr, quantize8, ssim
+from .policy import RefinePolicy, apply_policy
 from .quantiles import QuantileModel, QuantileModelConfig, augmented_rows, harmless_rows, target_quantiles
 from .refine import refine, resolve_device
 from .refiner import Refiner, RefinerConfig
@@ -68,7 +69,7 @@ class RefinerTrainConfig:
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | tuple[str, ...]  # one paired set or several (llie.data.resolve_training_sets)
     output: str
     seed: int = 0
     val_fraction: float = 0.15
@@ -79,6 +80,9 @@ class TrainConfig:
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     refiner_train: RefinerTrainConfig = field(default_factory=RefinerTrainConfig)
     bandwidths: tuple[float, ...] = BANDWIDTHS
+    # stage 3's colour handling and slope bounds; the KDE bandwidth is chosen on validation
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    policy: RefinePolicy = field(default_factory=RefinePolicy)
     refit_all: bool = True  # final stage 2 sees every pair once settings are chosen
     max_pairs: int | None = None  # for quick runs and tests
     init_refiner: str | None = None  # bundle whose refiner weights start stage 4 (fine-tuning)
@@ -134,14 +138,17 @@ def mean_psnr(outputs, highs) -> float:
     return float(np.mean([psnr(quantize8(o) / 255.0, h) for o, h in zip(outputs, highs)]))
 
 
-def tune_mapping(lows, highs, quantiles, bandwidths) -> tuple[MappingConfig, dict[str, float]]:
-    """Best KDE bandwidth on validation; the scores of every candidate and of plain interpolation."""
-    scores = {"interp": mean_psnr([match_to_quantiles(l, q, MappingConfig("interp")) for l, q in zip(lows, quantiles)], highs)}
+def tune_mapping(lows, highs, quantiles, bandwidths,
+                 base: MappingConfig = MappingConfig()) -> tuple[MappingConfig, dict[str, float]]:
+    """Best KDE bandwidth on validation, other settings as in ``base``; the scores of every candidate and
+    of plain interpolation."""
+    interp = replace(base, method="interp")
+    scores = {"interp": mean_psnr([match_to_quantiles(l, q, interp) for l, q in zip(lows, quantiles)], highs)}
     for bw in bandwidths:
-        cfg = MappingConfig("kde", bw)
+        cfg = replace(base, method="kde", bandwidth=bw)
         scores[f"kde_{bw:g}"] = mean_psnr([match_to_quantiles(l, q, cfg) for l, q in zip(lows, quantiles)], highs)
     best = max(bandwidths, key=lambda bw: scores[f"kde_{bw:g}"])
-    return MappingConfig("kde", best), scores
+    return replace(base, method="kde", bandwidth=best), scores
 
 
 def out_of_fold_quantiles(pairs: list[Pair], row_sets, cfg: TrainConfig, weights: np.ndarray | None,
@@ -243,9 +250,19 @@ def pad_at_random(x: torch.Tensor, y: torch.Tensor, multiple: int, patch: int, r
     return torch.stack(xs), torch.stack(ys), torch.stack(masks)
 
 
-def evaluate_refiner(model: Refiner, inputs, highs, device) -> tuple[float, float]:
+def anchored(pred: torch.Tensor, x: torch.Tensor, policy: RefinePolicy) -> torch.Tensor:
+    """(B, 3, H, W) refiner output shifted to its input's channel means when the policy anchors exposure:
+    the loss then trains what inference keeps (llie.policy)."""
+    if not policy.anchor_exposure:
+        return pred
+    return pred - pred.mean(dim=(2, 3), keepdim=True) + x.mean(dim=(2, 3), keepdim=True)
+
+
+def evaluate_refiner(model: Refiner, inputs, highs, device, policy: RefinePolicy = RefinePolicy()) -> tuple[float, float]:
+    """Validation PSNR and SSIM of the refiner on stage-3 ``inputs`` (which all count as brightened: they
+    are dark shots), anchored as the policy says."""
     model.eval()
-    outs = [refine(model, x, device) for x in inputs]
+    outs = [apply_policy(x, refine(model, x, device), 1.0, policy) for x in inputs]
     model.train()
     p = mean_psnr(outs, highs)
     s = float(np.mean([ssim(quantize8(o) / 255.0, h) for o, h in zip(outs, highs)]))
@@ -384,7 +401,7 @@ def train_refiner(
     running = None
 
     def validate() -> None:
-        vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device)
+        vp, vs = evaluate_refiner(scored, val_inputs, val_highs, device, cfg.policy)
         state["history"].append({"step": state["step"], "val_psnr": vp, "val_ssim": vs, "train_psnr": running})
         bar.write(f"step {state['step']}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
         if vp > state["best_psnr"]:
@@ -405,7 +422,7 @@ def train_refiner(
             x, y, mask = pad_at_random(x, y, cfg.refiner.multiple, cfg.refiner.patch, rng)
         # full precision on every device: our first GPU runs, under bf16 autocast, all went to NaN within
         # 3000 steps; in fp32 the same runs finished without one skipped step
-        loss, batch_psnr = refiner_loss(model(x), y, rt.l1_weight, mask)
+        loss, batch_psnr = refiner_loss(anchored(model(x), x, cfg.policy), y, rt.l1_weight, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -480,11 +497,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         model, oof, weights, metrics = fit_stage2(train_pairs, lows, highs, row_sets, cfg, progress)
         val_q = model.predict(np.stack([extract_features(l) for l in val_lows])) if val_pairs else np.zeros((0, 3, 21))
         if val_pairs:
-            mapping, scores = tune_mapping(val_lows, val_highs, val_q, cfg.bandwidths)
+            mapping, scores = tune_mapping(val_lows, val_highs, val_q, cfg.bandwidths, cfg.mapping)
             oracle = [match_to_quantiles(l, target_quantiles(h), mapping) for l, h in zip(val_lows, val_highs)]
             metrics.update({"val_stage3_psnr_by_mapping": scores, "val_oracle_quantiles_psnr": mean_psnr(oracle, val_highs)})
         else:
-            mapping = MappingConfig()
+            mapping = cfg.mapping
         metrics["mapping"] = asdict(mapping)
         model.save(stage2_dir)
         names = {"train_names": np.array([p.name for p in train_pairs]),
@@ -519,10 +536,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             # the validation pairs' errors come from the train-split model, which never saw them
             all_weights = np.concatenate([weights, inverse_errors(val_lows, val_highs, val_q)])
         model = fit_quantiles(row_sets, cfg.quantile, all_weights, cfg.threads)
-    bundle = Bundle(model, mapping, refiner)
+    bundle = Bundle(model, mapping, refiner, refine_policy=cfg.policy)
     extra = {
         "training": {
-            "data": Path(cfg.data).name,
+            "data": [Path(d).name for d in ([cfg.data] if isinstance(cfg.data, str) else cfg.data)],
             "pairs": len(pairs),
             "target_groups": len({p.group for p in pairs}),  # scenes: see data.group_scenes
             "validation_pairs": len(val_pairs),

@@ -448,3 +448,42 @@ def test_a_fine_tune_that_only_gets_worse_returns_its_starting_point(tmp_path):
     assert steps == [0, 3, 6] and max(scores[1:]) < scores[0] == state["best_psnr"]
     kept, start = model.state_dict(), init.state_dict()
     assert all(torch.equal(kept[k], start[k]) for k in start)
+
+
+def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
+    """`llie train --data A --data B`: LOL-layout PNGs beside SICE-layout JPEGs with pairs.json, end to end
+    through the command line, with the do-no-harm rows, the hue-keeping map and the refine policy."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from helpers_synthetic import to_uint8
+    from llie.cli import cli
+
+    png = write_lol(tmp_path / "lol", 6, 96, 112, seed=11)
+    sice = tmp_path / "sice"
+    lows, highs = pairs(6, 96, 112, seed=12)
+    entries = []
+    for i, (low, high) in enumerate(zip(lows, highs)):
+        for side, image in (("low", low), ("high", high)):
+            (sice / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(to_uint8(image)).save(sice / side / f"s{i // 2}_{i}.jpg", quality=92)
+        entries.append({"name": f"s{i // 2}_{i}.jpg", "scene": i // 2})
+    (sice / "pairs.json").write_text(json.dumps({"pairs": entries}))
+    out = tmp_path / "bundle"
+    before = torch.get_num_threads()
+    result = CliRunner().invoke(cli, [
+        "train", "--data", str(png), "--data", str(sice), "--output", str(out), "--device", "cpu", "--threads", "1",
+        "--steps", "2", "--batch", "2", "--crop", "80", "--dim", "16", "--depth", "1", "--heads", "2",
+        "--histogram-rows", "2", "--bag", "1", "--harmless-rows", "2", "--refiner-gain", "1.2", "1.5"],
+        catch_exceptions=False)
+    torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["training"]["data"] == ["lol", "sice"]
+    assert manifest["training"]["pairs"] == 12 and manifest["training"]["target_groups"] <= 9  # 6 + 3 named scenes
+    assert manifest["mapping"]["colour"] == "hue" and manifest["mapping"]["max_slope"] == 4.0
+    assert manifest["refine_policy"] == {"anchor_exposure": True, "gain_off": 1.2, "gain_full": 1.5}
+    bundle = load_bundle(out)
+    assert bundle.quantile_model.config.harmless == 2 and bundle.refine_policy.gain_full == 1.5
+    image = Enhancer(bundle, device="cpu").enhance(lows[0]).image
+    assert image.shape == lows[0].shape and image.mean() > lows[0].mean()
