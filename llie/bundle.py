@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .mapping import MappingConfig
-from .policy import RefinePolicy
+from .policy import EnhancePolicy
 from .quantiles import QuantileModel
 
 if TYPE_CHECKING:  # torch is imported where a refiner is saved or loaded: stages 1-3 alone never need it
@@ -41,7 +41,7 @@ class Bundle:
     mapping: MappingConfig
     refiner: Refiner | None
     manifest: dict = field(default_factory=dict)
-    refine_policy: RefinePolicy = field(default_factory=RefinePolicy)
+    policy: EnhancePolicy = field(default_factory=EnhancePolicy)
 
     @property
     def model_version(self) -> str:
@@ -89,7 +89,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "model_version": _version(hashes),
         "files": hashes,
         "mapping": asdict(bundle.mapping),
-        "refine_policy": asdict(bundle.refine_policy),
+        "policy": asdict(bundle.policy),
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {
@@ -241,5 +241,5 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
                 raise BundleError(f"bundle file {REFINER_FILE} does not load as the refiner: {exc}") from None
             refiner.eval()
     # bundles from before the policy name none: their refiner always applies, unanchored
-    policy = RefinePolicy(**manifest.get("refine_policy", {}))
+    policy = EnhancePolicy(**manifest.get("policy", {}))
     return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest, policy)

@@ -280,16 +280,22 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
 @click.option("--bag", type=click.IntRange(min=1), default=DEFAULT_BAG, show_default=True,
               help="Stage-2 models averaged, each on its own histogram rows and trees. In cross-validation 4 scored "
                    "20.33 against 20.22 dB for 1 at stage 3; stage 2 takes about 1.4x as long to train as with 1.")
-@click.option("--harmless-rows", type=click.IntRange(min=0), default=6, show_default=True,
-              help="Stage-2 rows per pair that teach it to leave a well-exposed photo as it is: the target as its own "
-                   "input, and the target darkened. 0 for none.")
-@click.option("--colour", type=click.Choice(["hue", "channels"]), default="hue", show_default=True,
-              help="Stage 3: 'hue' keeps each pixel's hue and takes its brightness and the colour balance from the "
-                   "per-channel maps; 'channels' maps each channel on its own.")
-@click.option("--max-slope", type=click.FloatRange(min=0.0), default=4.0, show_default=True,
+@click.option("--harmless-rows", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Stage-2 rows per pair that teach it to leave a well-exposed photo as it is: the target (whole, "
+                   "then crops) as its own input. 0 for none.")
+@click.option("--colour", type=click.Choice(["bounded", "channels", "hue"]), default="bounded", show_default=True,
+              help="Stage 3: 'channels' maps each channel on its own; 'hue' keeps each pixel's hue, with brightness and "
+                   "colour balance from the per-channel maps; 'bounded' keeps the per-channel result unless it turns a "
+                   "pixel's hue by more than --max-hue-turn degrees.")
+@click.option("--max-hue-turn", type=click.FloatRange(min=0.0, max=180.0), default=30.0, show_default=True,
+              help="With --colour bounded: the hue turn, in degrees, past which a pixel keeps its hue.")
+@click.option("--exposure-gate", type=(float, float), default=(0.28, 0.40), show_default=True,
+              help="FULL OFF: stage 3 changes photos whose mean luma (0-1) is at most FULL in full, leaves those from "
+                   "OFF as they are, and blends in between.")
+@click.option("--max-slope", type=click.FloatRange(min=0.0), default=16.0, show_default=True,
               help="Stage 3: no step of a channel's map may exceed this many times its mean step over the photo's "
                    "levels (banding); 0 for no bound.")
-@click.option("--min-slope", type=click.FloatRange(min=0.0), default=0.1, show_default=True,
+@click.option("--min-slope", type=click.FloatRange(min=0.0), default=0.05, show_default=True,
               help="Stage 3: nor fall below this many times it (posterising); 0 for no bound.")
 @click.option("--anchor-exposure/--no-anchor-exposure", default=True, show_default=True,
               help="The refiner's output keeps stage 3's channel means: exposure comes from stages 2-3.")
@@ -301,10 +307,11 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
                    "detail head, which is then added) instead of from scratch.")
 def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, dim, depth, heads, global_context,
           detail_channels, ema, freeze_transformer, pad_augment, exposure_jitter, lr, crop, eval_every, error_weighting, histogram_rows,
-          bag, harmless_rows, colour, max_slope, min_slope, anchor_exposure, refiner_gain, init_refiner) -> None:
+          bag, harmless_rows, colour, max_hue_turn, exposure_gate, max_slope, min_slope, anchor_exposure, refiner_gain,
+          init_refiner) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
     from .mapping import MappingConfig
-    from .policy import RefinePolicy
+    from .policy import EnhancePolicy
     from .quantiles import QuantileModelConfig
     from .refiner import RefinerConfig
     from .train import RefinerTrainConfig, TrainConfig, TrainingSetupError
@@ -325,8 +332,9 @@ def train(data, output, steps, batch, seed, device, threads, resume, max_pairs, 
     if steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
     try:
-        mapping = MappingConfig(colour=colour, max_slope=max_slope, min_slope=min_slope)
-        policy = RefinePolicy(anchor_exposure=anchor_exposure, gain_off=refiner_gain[0], gain_full=refiner_gain[1])
+        mapping = MappingConfig(colour=colour, max_hue_turn=max_hue_turn, max_slope=max_slope, min_slope=min_slope)
+        policy = EnhancePolicy(exposure_full=exposure_gate[0], exposure_off=exposure_gate[1],
+                               anchor_exposure=anchor_exposure, gain_off=refiner_gain[0], gain_full=refiner_gain[1])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     cfg = TrainConfig(data=tuple(str(d) for d in data), output=str(output), mapping=mapping, policy=policy, seed=seed, device=device, threads=threads,

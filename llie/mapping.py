@@ -21,6 +21,11 @@ Two guards keep the map honest on photos unlike the training pairs:
   channel means: the colour balance the model predicts, without per-pixel hue changes. ``hue_mix`` blends
   the two (1: hue kept, 0: channels alone). A channel pushed past white is moved toward grey at the same
   luma rather than clipped, which would turn the hue again.
+  Keeping every hue costs 0.5-2.3 dB (LOL's targets differ from its dark shots in colour balance, shadow
+  to highlight, which three gains cannot follow), so ``colour="bounded"`` keeps the per-channel result
+  wherever it turns a pixel's hue by less than ``max_hue_turn`` degrees and moves to the hue-kept one as
+  the turn grows past it. Only pixels whose colour the input shows (chroma, max minus min channel, above
+  a few levels) count: a dark shot's noise has no hue to keep.
 """
 
 from __future__ import annotations
@@ -43,14 +48,15 @@ class MappingConfig:
     # bounds on a table's steps relative to its mean step over the source's middle 98 % (0: unbounded)
     max_slope: float = 0.0
     min_slope: float = 0.0
-    colour: str = "channels"  # "channels" (each on its own) or "hue" (see the module docstring)
+    colour: str = "channels"  # "channels" (each on its own), "hue" or "bounded" (see the module docstring)
     hue_mix: float = 1.0  # with colour="hue": weight of the hue-keeping result against the per-channel one
+    max_hue_turn: float = 30.0  # with colour="bounded": degrees a pixel's hue may turn before it is kept
 
     def __post_init__(self) -> None:
         if self.method not in ("kde", "interp"):
             raise ValueError(f"unknown mapping method {self.method!r}: use 'kde' or 'interp'")
-        if self.colour not in ("channels", "hue"):
-            raise ValueError(f"unknown colour handling {self.colour!r}: use 'channels' or 'hue'")
+        if self.colour not in ("channels", "hue", "bounded"):
+            raise ValueError(f"unknown colour handling {self.colour!r}: use 'channels', 'hue' or 'bounded'")
         if not 0.0 <= self.hue_mix <= 1.0 or self.max_slope < 0 or self.min_slope < 0:
             raise ValueError(f"hue_mix must lie in [0, 1] and slope bounds be >= 0: {self}")
         if self.max_slope and self.min_slope > self.max_slope:
@@ -59,6 +65,8 @@ class MappingConfig:
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec.601, as llie.metrics
 BAND_PIXELS = 1 << 20  # rows of about 1 MP at a time: bounded temporaries on large photos
+CHROMA_FLOOR = 4.0 / 255  # input chroma at which a pixel's hue starts to count, in full from twice it
+HUE_RAMP = 15.0  # degrees over which "bounded" moves from the per-channel to the hue-kept result
 
 
 def inverse_cdf(quantiles: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -148,8 +156,8 @@ def match_to_quantiles(rgb: np.ndarray, quantiles: np.ndarray, config: MappingCo
     for c in range(3):
         hist = np.bincount((codes[..., c] if mask is None else codes[..., c][mask]).ravel(), minlength=levels)
         luts.append(channel_lut(hist, quantiles[c], config))
-    if config.colour == "hue" and config.hue_mix > 0:
-        return _keep_hue(codes, luts, levels, config.hue_mix, mask)
+    if config.colour == "bounded" or (config.colour == "hue" and config.hue_mix > 0):
+        return _keep_hue(codes, luts, levels, config, mask)
     out = np.empty(rgb.shape, np.float32)
     for c in range(3):
         out[..., c] = luts[c][codes[..., c]]
@@ -173,8 +181,32 @@ def _per_channel_and_hue_kept(codes: np.ndarray, luts: list[np.ndarray], levels:
     return per_channel, kept
 
 
-def _keep_hue(codes: np.ndarray, luts: list[np.ndarray], levels: int, mix: float, mask: np.ndarray | None) -> np.ndarray:
-    """The colour="hue" result, band by band: a first pass sums both results' channels for the gains."""
+def hue_angle(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees (-180, 180] of HxWx3 values, from the opponent axes (the hexagon's, smoothly)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.degrees(np.arctan2(np.float32(np.sqrt(3)) * (g - b), 2 * r - g - b))
+
+
+def hue_turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Degrees (0-180) by which each pixel's hue differs between two HxWx3 images."""
+    turn = np.abs(hue_angle(a) - hue_angle(b)) % 360
+    return np.minimum(turn, 360 - turn)
+
+
+def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConfig) -> np.ndarray:
+    """HxWx1 weight of the hue-kept result: the global mix, or for "bounded" the per-pixel turn past the bound."""
+    if config.colour == "hue":
+        return np.full(source.shape[:2] + (1,), config.hue_mix, np.float32)
+    chroma = source.max(axis=-1) - source.min(axis=-1)
+    shown = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
+    past = np.clip((hue_turn(source, per_channel) - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0)
+    return (shown * past)[..., None].astype(np.float32)
+
+
+def _keep_hue(codes: np.ndarray, luts: list[np.ndarray], levels: int, config: MappingConfig,
+              mask: np.ndarray | None) -> np.ndarray:
+    """The colour="hue" or "bounded" result, band by band: a first pass sums both results' channels for
+    the gains."""
     sums = np.zeros((2, 3))
     for band in _bands(codes):
         per_channel, kept = _per_channel_and_hue_kept(codes[band], luts, levels)
@@ -192,7 +224,8 @@ def _keep_hue(codes: np.ndarray, luts: list[np.ndarray], levels: int, mix: float
         if over.any():
             shrink = np.clip((1.0 - luma[over]) / np.maximum(peak[over] - luma[over], 1e-6), 0.0, 1.0)
             kept[over] = luma[over, None] + (kept[over] - luma[over, None]) * shrink[:, None]
-        out[band] = per_channel + np.float32(mix) * (np.clip(kept, 0.0, 1.0) - per_channel)
+        source = codes[band].astype(np.float32) / np.float32(levels - 1)
+        out[band] = per_channel + _hue_weight(source, per_channel, config) * (np.clip(kept, 0.0, 1.0) - per_channel)
     return out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .features import extract_features
 from .mapping import infer_levels, match_to_quantiles
-from .policy import apply_policy, brightening, channel_means, refiner_weight
+from .policy import apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
 from .refine import TilingConfig, refine, resolve_device
 from .working_size import WorkingSize, enhance_at_working_size
 
@@ -90,12 +90,14 @@ class Enhancer:
 
         t = time.perf_counter()
         mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb), mask)
+        source_means = channel_means(rgb, mask)
+        mapped = blend(rgb, mapped, stage3_weight(source_means, self.bundle.policy))
         seconds["mapping"] = time.perf_counter() - t
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            policy = self.bundle.refine_policy
-            weight = refiner_weight(brightening(channel_means(rgb, mask), channel_means(mapped, mask)), policy)
+            policy = self.bundle.policy
+            weight = refiner_weight(brightening(source_means, channel_means(mapped, mask)), policy)
             if weight > 0:
                 refined = refine(self.bundle.refiner, mapped, self.device, self.tiling)
                 mapped = apply_policy(mapped, refined, weight, policy, mask)

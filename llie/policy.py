@@ -1,4 +1,11 @@
-"""When and how strongly the refiner may change stage 3's result: the "do no harm" rule of a bundle.
+"""How far stages 3 and 4 may change a photo: the "do no harm" rules of a bundle.
+
+Stage 3 is trained on dark shots, and stage 2 to return a well-exposed photo's own histogram
+(``llie.quantiles.harmless_rows``), but a learned identity is only close. A photo brighter than any dark
+shot the model was trained on is not one it knows how to improve: stage 3's change is kept in full up to
+a mean luma of ``exposure_full``, not at all from ``exposure_off``, and in proportion between (the
+brightest dark training shots have a mean luma of 0.27; the dimmest well-exposed targets 0.21, which is
+what the learned identity is for).
 
 The refiner exists to remove what brightening amplifies: noise, and the casts of a dark sensor. A photo
 that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
@@ -23,7 +30,9 @@ LUMA = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass(frozen=True)
-class RefinePolicy:
+class EnhancePolicy:
+    exposure_full: float = 1.0  # input mean luma up to which stage 3's change is kept in full
+    exposure_off: float = 1.0  # ... from which the photo is left as it is
     anchor_exposure: bool = False
     gain_off: float = 0.0  # stage-3 brightening at or below which the refiner is left out
     gain_full: float = 0.0  # ... at or above which it applies in full
@@ -31,6 +40,8 @@ class RefinePolicy:
     def __post_init__(self) -> None:
         if self.gain_full < self.gain_off:
             raise ValueError(f"gain_full {self.gain_full} is below gain_off {self.gain_off}")
+        if self.exposure_off < self.exposure_full:
+            raise ValueError(f"exposure_off {self.exposure_off} is below exposure_full {self.exposure_full}")
 
 
 def channel_means(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -45,7 +56,30 @@ def brightening(source_means: np.ndarray, mapped_means: np.ndarray) -> float:
     return after / before if before > 1e-6 else np.inf
 
 
-def refiner_weight(gain: float, policy: RefinePolicy) -> float:
+def mean_luma(means: np.ndarray) -> float:
+    return float(means @ LUMA)
+
+
+def stage3_weight(source_means: np.ndarray, policy: EnhancePolicy) -> float:
+    """Share of stage 3's change kept, from the input's exposure (its mean luma)."""
+    luma = mean_luma(source_means)
+    if luma <= policy.exposure_full:
+        return 1.0
+    if luma >= policy.exposure_off:
+        return 0.0
+    return (policy.exposure_off - luma) / (policy.exposure_off - policy.exposure_full)
+
+
+def blend(source: np.ndarray, changed: np.ndarray, weight: float) -> np.ndarray:
+    """``source + weight * (changed - source)``, in place in ``changed``."""
+    if weight < 1.0:
+        changed -= source
+        changed *= np.float32(weight)
+        changed += source
+    return changed
+
+
+def refiner_weight(gain: float, policy: EnhancePolicy) -> float:
     """Share of the refiner's change kept, from stage 3's brightening ``gain``."""
     if policy.gain_full <= 0:
         return 1.0
@@ -56,14 +90,10 @@ def refiner_weight(gain: float, policy: RefinePolicy) -> float:
     return (gain - policy.gain_off) / (policy.gain_full - policy.gain_off)
 
 
-def apply_policy(mapped: np.ndarray, refined: np.ndarray, weight: float, policy: RefinePolicy,
+def apply_policy(mapped: np.ndarray, refined: np.ndarray, weight: float, policy: EnhancePolicy,
                  mask: np.ndarray | None = None) -> np.ndarray:
     """Stage 3's ``mapped`` plus ``weight`` of the refiner's change, anchored to stage 3's means if asked;
     ``refined`` is modified in place and returned."""
     if policy.anchor_exposure:
         refined += (channel_means(mapped, mask) - channel_means(refined, mask)).astype(np.float32)
-    if weight < 1.0:
-        refined -= mapped
-        refined *= np.float32(weight)
-        refined += mapped
-    return refined
+    return blend(mapped, refined, weight)

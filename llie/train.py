@@ -31,7 +31,7 @@ from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by
 from .features import extract_features
 from .mapping import MappingConfig, match_to_quantiles
 from .metrics import psnr, quantize8, ssim
-from .policy import RefinePolicy, apply_policy
+from .policy import EnhancePolicy, apply_policy
 from .quantiles import QuantileModel, QuantileModelConfig, augmented_rows, harmless_rows, target_quantiles
 from .refine import refine, resolve_device
 from .refiner import Refiner, RefinerConfig
@@ -82,7 +82,7 @@ class TrainConfig:
     bandwidths: tuple[float, ...] = BANDWIDTHS
     # stage 3's colour handling and slope bounds; the KDE bandwidth is chosen on validation
     mapping: MappingConfig = field(default_factory=MappingConfig)
-    policy: RefinePolicy = field(default_factory=RefinePolicy)
+    policy: EnhancePolicy = field(default_factory=EnhancePolicy)
     refit_all: bool = True  # final stage 2 sees every pair once settings are chosen
     max_pairs: int | None = None  # for quick runs and tests
     init_refiner: str | None = None  # bundle whose refiner weights start stage 4 (fine-tuning)
@@ -250,7 +250,7 @@ def pad_at_random(x: torch.Tensor, y: torch.Tensor, multiple: int, patch: int, r
     return torch.stack(xs), torch.stack(ys), torch.stack(masks)
 
 
-def anchored(pred: torch.Tensor, x: torch.Tensor, policy: RefinePolicy) -> torch.Tensor:
+def anchored(pred: torch.Tensor, x: torch.Tensor, policy: EnhancePolicy) -> torch.Tensor:
     """(B, 3, H, W) refiner output shifted to its input's channel means when the policy anchors exposure:
     the loss then trains what inference keeps (llie.policy)."""
     if not policy.anchor_exposure:
@@ -258,7 +258,7 @@ def anchored(pred: torch.Tensor, x: torch.Tensor, policy: RefinePolicy) -> torch
     return pred - pred.mean(dim=(2, 3), keepdim=True) + x.mean(dim=(2, 3), keepdim=True)
 
 
-def evaluate_refiner(model: Refiner, inputs, highs, device, policy: RefinePolicy = RefinePolicy()) -> tuple[float, float]:
+def evaluate_refiner(model: Refiner, inputs, highs, device, policy: EnhancePolicy = EnhancePolicy()) -> tuple[float, float]:
     """Validation PSNR and SSIM of the refiner on stage-3 ``inputs`` (which all count as brightened: they
     are dark shots), anchored as the policy says."""
     model.eval()
@@ -536,7 +536,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             # the validation pairs' errors come from the train-split model, which never saw them
             all_weights = np.concatenate([weights, inverse_errors(val_lows, val_highs, val_q)])
         model = fit_quantiles(row_sets, cfg.quantile, all_weights, cfg.threads)
-    bundle = Bundle(model, mapping, refiner, refine_policy=cfg.policy)
+    bundle = Bundle(model, mapping, refiner, policy=cfg.policy)
     extra = {
         "training": {
             "data": [Path(d).name for d in ([cfg.data] if isinstance(cfg.data, str) else cfg.data)],

@@ -219,3 +219,19 @@ def test_mapping_settings_are_checked():
         MappingConfig(colour="lab")
     with pytest.raises(ValueError, match="hue_mix"):
         MappingConfig(hue_mix=1.5)
+
+
+def test_bounded_colour_keeps_small_turns_per_channel_and_bounds_large_ones():
+    dim = _sunset()
+    grey = np.tile(np.linspace(0.05, 0.9, 21), (3, 1))
+    channels = match_to_quantiles(dim, grey, MappingConfig())
+    bounded = match_to_quantiles(dim, grey, MappingConfig(colour="bounded", max_hue_turn=30))
+    saturated = (dim.max(-1) - dim.min(-1)) / dim.max(-1) > 0.5
+    assert np.mean(_hue_turn(dim, bounded)[saturated] > 45) == 0.0
+    # a noise-level chroma (a dark, almost grey shot) has no hue to keep: the per-channel result stands
+    rng = np.random.default_rng(5)
+    grey_shot = (0.05 + rng.normal(0, 0.002, (30, 40, 1)) + rng.normal(0, 0.002, (30, 40, 3))).astype(np.float32)
+    np.testing.assert_allclose(match_to_quantiles(grey_shot, grey, MappingConfig(colour="bounded")),
+                               match_to_quantiles(grey_shot, grey, MappingConfig()), atol=1e-6)
+    untouched = _hue_turn(dim, channels) < 30 - 15
+    np.testing.assert_allclose(bounded[untouched], channels[untouched], atol=1e-6)
