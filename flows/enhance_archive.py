@@ -19,6 +19,7 @@ from llie.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 from flows import credentials
 from flows.artifacts import publish_run_report, summary_text
+from flows.worker_deaths import outcome_of, redo_one_by_one, worker_died
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
 
 
@@ -258,26 +259,26 @@ def enhance_archive(
                 "start a Prefect server they can reach and set PREFECT_API_URL for llie and the workers", api_url)
         with (local_cluster_settings(), tasks_report_to(api_url),
               make_task_runner(dask_address, workers, api_url) as runner):
-            futures = runner.map(
-                task,
-                {
-                    "shard": shards,
-                    "input_url": unmapped(input_url),
-                    "output_url": unmapped(output_url),
-                    "bundle_path": unmapped(model),
-                    "reference_url": unmapped(reference_url),
-                    "run_id": unmapped(run_id),
-                    "max_pixels": unmapped(max_pixels),
-                    "threads": unmapped(torch_threads),
-                    "device": unmapped(device),
-                    "retry_failed": unmapped(retry_failed),
-                    "storage_options": unmapped(opts),
-                    "png_compression": unmapped(png_compression),
-                    "jpeg_quality": unmapped(jpeg_quality),
-                },
-            )
+            parameters = {
+                "input_url": input_url,
+                "output_url": output_url,
+                "bundle_path": model,
+                "reference_url": reference_url,
+                "run_id": run_id,
+                "max_pixels": max_pixels,
+                "threads": torch_threads,
+                "device": device,
+                "retry_failed": retry_failed,
+                "storage_options": opts,
+                "png_compression": png_compression,
+                "jpeg_quality": jpeg_quality,
+            }
+            futures = runner.map(task, {"shard": shards, **{k: unmapped(v) for k, v in parameters.items()}})
             # One failed shard must not hide the others' results: collect, then decide.
-            results = [f.result(raise_on_failure=False) for f in futures]
+            results = [outcome_of(f) for f in futures]
+            for i, shard in enumerate(shards):
+                if worker_died(results[i]):
+                    results[i] = redo_one_by_one(runner, task, shard, parameters, opts, logger)
 
     # No task of this run writes any more: remove the temporary files of writers that were killed
     # half way (a lost Dask worker, an earlier run killed with -9) so that no partial file remains.

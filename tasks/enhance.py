@@ -78,6 +78,26 @@ def _inject_fault(run_id: str, shard: archive.Shard) -> None:
         raise RuntimeError(f"injected failure for {shard.shard_id} (first attempt)")
 
 
+def worker_memory_budget(worker: Any = None) -> int | None:
+    """Bytes this Dask worker may still grow by before its nanny kills it (None: no limit, or no Dask).
+
+    The limit times the ``terminate`` fraction, less what the process holds now (the model included).
+    ``worker``: the Dask worker, when not called from a task (which finds its own).
+    """
+    try:
+        import dask
+        import psutil
+        from distributed import get_worker
+
+        limit = (worker or get_worker()).memory_manager.memory_limit
+        fraction = dask.config.get("distributed.worker.memory.terminate")
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if not limit or not fraction:
+        return None
+    return int(limit * fraction) - psutil.Process().memory_info().rss
+
+
 @task(
     name="enhance-shard",
     task_run_name="enhance-{shard.shard_id}",
@@ -100,18 +120,22 @@ def enhance_shard(
     storage_options: storage.StorageOptions = None,
     png_compression: int | None = None,
     jpeg_quality: int | None = None,
-) -> dict[str, Any]:
+    rows_only: bool = False,
+) -> dict[str, Any] | list[dict[str, Any]]:
     """Enhance one shard and write its Parquet; skip it when an earlier run already did.
 
     Idempotent: outputs and the Parquet file are replaced atomically, so a retry, a resumed
     run, or Dask re-running the task after losing a worker all end with one row per image.
     With ``retry_failed`` a finished shard is redone for its non-ok images only; its ok rows
     are kept and the file rewritten, never appended to.
+
+    ``rows_only``: enhance every image and return the rows, without reading or writing the shard's
+    Parquet (the flow assembles a shard it had to redo image by image, see flows.worker_deaths).
     """
     logger = get_run_logger()
     started = time.perf_counter()
     url = archive.shard_parquet_url(output_url, run_id, shard.shard_id)
-    previous_table = _existing_rows(url, shard, storage_options)
+    previous_table = None if rows_only else _existing_rows(url, shard, storage_options)
     previous = None if previous_table is None else previous_table.to_pylist()
     todo = list(shard.paths)
     if previous is not None:
@@ -137,9 +161,11 @@ def enhance_shard(
     rows = archive.process_shard(
         subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits,
         storage_options=storage_options,
-        encoding=encoding,
+        encoding=encoding, memory_budget=worker_memory_budget(),
     )
     _inject_fault(run_id, shard)
+    if rows_only:
+        return rows
 
     if previous is not None:
         redone = {r["rel_path"]: r for r in rows}

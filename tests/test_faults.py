@@ -633,3 +633,98 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
     assert "ok 6" in output
     assert not left.exists()
     assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- a photo that kills its worker
+
+
+def _kill_always_plugin(target: str):
+    """Like ``_kill_plugin``, but strikes every time that output is written: a photo that always runs its
+    worker out of memory (the kernel's OOM killer, or the nanny's memory limit, also use SIGKILL)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillOnEveryWrite(WorkerPlugin):
+        def __init__(self, target: str):
+            self.target = target
+
+        def setup(self, worker):
+            import os as _os
+            import signal as _signal
+
+            original = self.original = _os.replace
+            target = self.target
+
+            def replace(src, dst, *args, **kwargs):
+                if _os.fspath(dst) == target:
+                    _os.kill(_os.getpid(), _signal.SIGKILL)
+                return original(src, dst, *args, **kwargs)
+
+            _os.replace = replace
+
+        def teardown(self, worker):
+            import os as _os
+
+            _os.replace = self.original
+
+    return KillOnEveryWrite(target)
+
+
+def test_a_photo_that_kills_its_worker_costs_only_its_own_row(dask_address, tmp_path, make_images, bundle_path):
+    """KilledWorker no longer sinks the shard or escapes the flow: the shard is redone one image per task,
+    the culprit gets an error row naming the likely cause, the others are enhanced, the run ends with a
+    summary."""
+    from distributed import Client
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    images = [f"p{i}.png" for i in range(5)]
+    make_images(inp, images, width=32, height=24)
+    client = Client(dask_address, timeout=30)
+    allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+    # Give up on a task after its first death (Dask's default tries 3 more workers): a shorter test.
+    client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
+    client.register_plugin(_kill_always_plugin(str(out / "p1.png")), name="llie-test-oom")
+    try:
+        summary = enhance_archive(str(inp), str(out), shard_size=4, dask_address=dask_address, run_id="oom",
+                                  model=bundle_path, retries=0)
+    finally:
+        client.unregister_worker_plugin("llie-test-oom")
+        client.run_on_scheduler(lambda dask_scheduler, n=allowed: setattr(dask_scheduler, "allowed_failures", n))
+        client.wait_for_workers(2, timeout=120)
+        client.close()
+
+    assert (summary["images"], summary["ok"], summary["errors"], summary["failed_shards"]) == (5, 4, 1, [])
+    rows = _one_row_per_image(str(out), "oom", images)
+    assert (rows["p1.png"]["status"], rows["p1.png"]["error"]) == ("error", "worker died: out of memory?")
+    assert all(rows[n]["status"] == "ok" for n in images if n != "p1.png")
+    assert sorted(archive.shard_files(str(out), "oom")) == ["shard-00000", "shard-00001"]
+    files = _without_report(_files(out))
+    assert "p1.png" not in files and not [n for n in files if n.endswith(".tmp")]
+    for name in images:
+        if name != "p1.png":
+            decode_image((out / name).read_bytes())
+
+
+def test_a_photo_too_big_for_the_worker_memory_is_skipped_before_the_work(dask_address, tmp_path, make_images,
+                                                                         enhancer):
+    """Each photo's peak memory is estimated from its header and checked against what the worker may still
+    use (its Dask memory limit times the terminate fraction, less what it holds): one that does not fit is
+    ``skipped`` with the reason, before a pixel is decoded; the others are enhanced."""
+    from distributed import Client
+
+    from tasks.enhance import worker_memory_budget
+
+    make_images(tmp_path / "in", ["big.png"], width=400, height=300)
+    make_images(tmp_path / "in", ["small.png"], width=40, height=30)
+    shard = archive.plan_shards(["big.png", "small.png"], 2)[0]
+    budget = archive.memory_needed(40 * 30 * 10)
+    rows = {r["rel_path"]: r for r in archive.process_shard(shard, str(tmp_path / "in"), str(tmp_path / "out"),
+                                                            enhancer, memory_budget=budget)}
+    assert rows["small.png"]["status"] == "ok"
+    assert rows["big.png"]["status"] == "skipped"
+    assert rows["big.png"]["error"].startswith("not enough worker memory: 400x300 needs about ")
+    assert rows["big.png"]["sec_decode"] is None or rows["big.png"]["width"] is None  # never decoded
+    assert not (tmp_path / "out" / "big.png").exists()
+
+    with Client(dask_address, timeout=30) as client:  # what a real worker reports
+        budgets = list(client.run(lambda dask_worker: worker_memory_budget(dask_worker)).values())
+    assert budgets and all(isinstance(b, int) and 0 < b < 2**50 for b in budgets), budgets
