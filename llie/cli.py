@@ -289,7 +289,7 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
                    "pixel's hue by more than --max-hue-turn degrees.")
 @click.option("--max-hue-turn", type=click.FloatRange(min=0.0, max=180.0), default=30.0, show_default=True,
               help="With --colour bounded: the hue turn, in degrees, past which a pixel keeps its hue.")
-@click.option("--exposure-gate", type=(float, float), default=(0.28, 0.40), show_default=True,
+@click.option("--exposure-gate", type=(float, float), default=(0.24, 0.32), show_default=True,
               help="FULL OFF: stage 3 changes photos whose mean luma (0-1) is at most FULL in full, leaves those from "
                    "OFF as they are, and blends in between.")
 @click.option("--max-slope", type=click.FloatRange(min=0.0), default=16.0, show_default=True,

@@ -3,9 +3,9 @@
 Stage 3 is trained on dark shots, and stage 2 to return a well-exposed photo's own histogram
 (``llie.quantiles.harmless_rows``), but a learned identity is only close. A photo brighter than any dark
 shot the model was trained on is not one it knows how to improve: stage 3's change is kept in full up to
-a mean luma of ``exposure_full``, not at all from ``exposure_off``, and in proportion between (the
-brightest dark training shots have a mean luma of 0.27; the dimmest well-exposed targets 0.21, which is
-what the learned identity is for).
+a mean luma of ``exposure_full``, not at all from ``exposure_off``, and in proportion between. The two
+overlap: 2 of the 658 dark training shots have a mean luma above 0.24 (the brightest 0.27), while LOL's
+dimmest well-exposed targets sit at 0.21; below the gate, the learned identity is what protects them.
 
 The refiner exists to remove what brightening amplifies: noise, and the casts of a dark sensor. A photo
 that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
