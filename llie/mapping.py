@@ -198,9 +198,11 @@ def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConf
     if config.colour == "hue":
         return np.full(source.shape[:2] + (1,), config.hue_mix, np.float32)
     chroma = source.max(axis=-1) - source.min(axis=-1)
-    shown = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
-    past = np.clip((hue_turn(source, per_channel) - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0)
-    return (shown * past)[..., None].astype(np.float32)
+    weight = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
+    shown = weight > 0  # hue angles only where a hue shows: a dark shot has few such pixels
+    turn = hue_turn(source[shown], per_channel[shown])
+    weight[shown] *= np.clip((turn - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0)
+    return weight[..., None].astype(np.float32)
 
 
 def _keep_hue(codes: np.ndarray, luts: list[np.ndarray], levels: int, config: MappingConfig,

@@ -89,9 +89,13 @@ class Enhancer:
         seconds["quantiles"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb), mask)
         source_means = channel_means(rgb, mask)
-        mapped = blend(rgb, mapped, stage3_weight(source_means, self.bundle.policy))
+        weight = stage3_weight(source_means, self.bundle.policy)
+        if weight > 0:
+            mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb), mask)
+            mapped = blend(rgb, mapped, weight)
+        else:  # a photo brighter than any dark shot the model knows: left as it is
+            mapped = rgb.astype(np.float32)
         seconds["mapping"] = time.perf_counter() - t
 
         t = time.perf_counter()
