@@ -11,6 +11,7 @@ from llie.bundle import Bundle
 from llie.features import extract_features
 from llie.mapping import match_to_quantiles
 from llie.pipeline import STAGES, Enhancer
+from llie.policy import apply_policy, brightening, channel_means, refiner_weight
 from llie.refine import refine
 
 
@@ -65,8 +66,12 @@ def test_hist_is_stages_1_to_3_and_full_adds_the_refiner(default_enhancer):
     np.testing.assert_array_equal(hist.quantiles, q)
     np.testing.assert_array_equal(full.quantiles, q)
     np.testing.assert_allclose(hist.image, np.clip(match_to_quantiles(low, q, bundle.mapping, 256), 0, 1), atol=1e-7)
-    expected_full = refine(bundle.refiner, hist.image, default_enhancer.device, default_enhancer.tiling)
+    refined = refine(bundle.refiner, hist.image, default_enhancer.device, default_enhancer.tiling)
+    weight = refiner_weight(brightening(channel_means(low), channel_means(hist.image)), bundle.policy)
+    assert weight == 1.0  # a dark shot: the refiner applies in full, anchored to stage 3's means
+    expected_full = np.clip(apply_policy(hist.image, refined, weight, bundle.policy), 0, 1)
     np.testing.assert_allclose(full.image, expected_full, atol=1e-6)
+    np.testing.assert_allclose(full.image.mean((0, 1)), hist.image.mean((0, 1)), atol=0.01)
 
 
 def test_full_equals_hist_without_a_refiner(default_enhancer):
@@ -127,3 +132,46 @@ def test_an_empty_or_full_mask_counts_every_pixel(default_enhancer):
         np.testing.assert_array_equal(default_enhancer.enhance(rgb, stages="hist", mask=mask).image, plain)
     with pytest.raises(ValueError, match="mask of shape"):
         default_enhancer.enhance(rgb, mask=np.ones((24, 16), bool))
+
+
+def _sample_highs():
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(__file__).resolve().parents[1] / "llie" / "assets" / "samples" / "high"
+    for path in sorted(folder.iterdir()):
+        with Image.open(path) as im:
+            yield path.name, np.asarray(im.convert("RGB"), np.float32) / 255.0
+
+
+def test_well_exposed_photos_pass_nearly_unchanged(default_enhancer):
+    """Do no harm: the shipped sample photos as they were taken (well exposed) come back within 28 dB, and a
+    mid-dark photo (luma in the gate's ramp) is changed less than a dark one."""
+    from llie.metrics import psnr, quantize8
+
+    for name, photo in _sample_highs():
+        if name == "rocket.jpg":  # a night launch: as dark as a dark shot (model card, failure modes)
+            continue
+        out = default_enhancer.enhance(photo).image
+        assert psnr(quantize8(out) / 255.0, quantize8(photo) / 255.0) >= 28.0, name
+    _, photo = next(_sample_highs())
+    change = lambda x: np.abs(default_enhancer.enhance(x, stages="hist").image - x).mean()
+    assert change(photo * 0.15) > change(photo * 0.6) > change(photo)
+
+
+def test_a_saturated_dark_scene_keeps_its_hues(default_enhancer):
+    """A dim orange-and-blue scene is brightened without its hues turning (the sunset that came out cyan)."""
+    from llie.mapping import hue_turn
+
+    h, w = 96, 128
+    t = np.linspace(0, 1, h)[:, None]
+    sky = np.stack([np.full((h, w), 0.95), 0.3 + 0.4 * (1 - t) * np.ones((h, w)), np.full((h, w), 0.06)], -1)
+    sky[int(0.7 * h):] = [0.08, 0.12, 0.45]
+    rng = np.random.default_rng(0)
+    dim = np.clip(np.rint((sky * 0.18 + rng.normal(0, 0.004, sky.shape)) * 255) / 255, 0, 1).astype(np.float32)
+    shown = (dim.max(-1) - dim.min(-1)) > 8 / 255
+    for stages in STAGES:
+        out = default_enhancer.enhance(dim, stages=stages).image
+        assert out.mean() > 2 * dim.mean(), stages
+        assert np.mean(hue_turn(dim, out)[shown] > 45) < 0.01, stages  # per-channel stage 3 alone turned 4 %
