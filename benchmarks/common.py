@@ -97,7 +97,9 @@ def to_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_images(root: Path, count: int, width: int, height: int, seed: int = 0, with_reference: bool = False) -> list[str]:
+def write_images(
+    root: Path, count: int, width: int, height: int, seed: int = 0, with_reference: bool = False
+) -> list[str]:
     """``count`` darkened PNGs ``img-0000.png``... under ``root/in`` (and their clean versions under ``root/ref``)."""
     names = []
     for i in range(count):
@@ -230,8 +232,18 @@ def machine_info() -> dict:
         "versions": {
             name: _version(name)
             for name in (
-                "llie", "numpy", "scipy", "torch", "xgboost-cpu", "pillow", "scikit-image",
-                "opencv-python-headless", "prefect", "prefect-dask", "dask", "distributed",
+                "llie",
+                "numpy",
+                "scipy",
+                "torch",
+                "xgboost-cpu",
+                "pillow",
+                "scikit-image",
+                "opencv-python-headless",
+                "prefect",
+                "prefect-dask",
+                "dask",
+                "distributed",
             )
         },
     }

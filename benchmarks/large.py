@@ -65,14 +65,17 @@ def per_photo(enhancer, width: int, height: int, repeats: int, cores: int) -> di
 
             def photo():
                 img = decode_image(png)
-                result = enhancer.enhance(img.rgb, stages=stages, mask=img.opaque)
+                result = enhancer.enhance(img.rgb, stages=stages, mask=img.opaque)  # noqa: B023 (run in this iteration)
                 encode_image(result.image, img)
-                seconds.update(result.seconds)
+                seconds.update(result.seconds)  # noqa: B023
 
             photo()  # first-call costs (allocator, torch kernels) out of the timing
             median, times = _median_seconds(photo, repeats)
-            out[f"{stages}_threads_{threads}"] = {"seconds": median, "spread_s": [min(times), max(times)],
-                                                  "enhance_parts_s": dict(seconds)}
+            out[f"{stages}_threads_{threads}"] = {
+                "seconds": median,
+                "spread_s": [min(times), max(times)],
+                "enhance_parts_s": dict(seconds),
+            }
     set_torch_threads(cores)
     out["photos_per_hour_per_core"] = 3600.0 / out["full_threads_1"]["seconds"]
     return out
@@ -85,12 +88,16 @@ def scale_consistency(enhancer, width: int, height: int, plain_baseline: bool) -
 
     big = synthetic_pair(width, height, seed=4100)[0]
     small = _shrunk(big)
-    out = {"size": f"{width}x{height}", "shrunk_to": f"{small.shape[1]}x{small.shape[0]}",
-           "working_long_side": enhancer.working.long_side}
+    out = {
+        "size": f"{width}x{height}",
+        "shrunk_to": f"{small.shape[1]}x{small.shape[0]}",
+        "working_long_side": enhancer.working.long_side,
+    }
     paths = {"working_size": enhancer}
     if plain_baseline:
-        paths["plain"] = Enhancer(enhancer.bundle, device=str(enhancer.device), tiling=enhancer.tiling,
-                                  working=WorkingSize(long_side=10**9))
+        paths["plain"] = Enhancer(
+            enhancer.bundle, device=str(enhancer.device), tiling=enhancer.tiling, working=WorkingSize(long_side=10**9)
+        )
     for name, e in paths.items():
         for stages in ("hist", "full"):
             t = time.perf_counter()
@@ -110,8 +117,18 @@ def startup(repeats: int = 3) -> dict:
         (root / "in").mkdir()
         Image.fromarray(np.full((48, 64, 3), 30, np.uint8)).save(root / "in" / "a.png")
         commands = {
-            "enhance_hist": [sys.executable, "-m", "flows.cli", "enhance", "--input", str(root / "in"),
-                             "--output", str(root / "out"), "--stages", "hist"],
+            "enhance_hist": [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "enhance",
+                "--input",
+                str(root / "in"),
+                "--output",
+                str(root / "out"),
+                "--stages",
+                "hist",
+            ],
             "python_numpy": [sys.executable, "-c", "import numpy"],
         }
         out = {}
@@ -128,8 +145,10 @@ def startup(repeats: int = 3) -> dict:
 
 
 def _imports_torch() -> bool:
-    probe = ("import sys\nfrom flows.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print('torch' in sys.modules)")
+    probe = (
+        "import sys\nfrom flows.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     return done.stdout.strip().splitlines()[-1] == "True"
 
@@ -138,13 +157,20 @@ def gpu() -> dict:
     import torch
 
     if not torch.cuda.is_available():
-        return {"measured": False, "note": "no CUDA device on this machine: the GPU path (batched tiles, fp16 "
-                "autocast) was not timed"}
+        return {
+            "measured": False,
+            "note": "no CUDA device on this machine: the GPU path (batched tiles, fp16 autocast) was not timed",
+        }
     return {"measured": False, "note": "a CUDA device is present; time it with --model and device cuda by hand"}
 
 
-def large_photos(enhancer, sizes: tuple[tuple[str, int, int, int], ...], consistency: tuple[int, int],
-                 cores: int, startup_repeats: int = 3) -> dict:
+def large_photos(
+    enhancer,
+    sizes: tuple[tuple[str, int, int, int], ...],
+    consistency: tuple[int, int],
+    cores: int,
+    startup_repeats: int = 3,
+) -> dict:
     return {
         "sizes": {name: per_photo(enhancer, w, h, repeats, cores) for name, w, h, repeats in sizes},
         "scale_consistency": scale_consistency(enhancer, *consistency, plain_baseline=True),

@@ -67,7 +67,10 @@ def child_main(argv: list[str] | None = None) -> None:
     else:
         shard = archive.plan_shards([image.name], 1)[0]
         rows = archive.process_shard(
-            shard, str(image.parent), a.output, enhancer,
+            shard,
+            str(image.parent),
+            a.output,
+            enhancer,
             reference_url=str(Path(a.reference).parent) if a.reference else None,
         )
         if rows[0]["status"] != "ok":
@@ -76,18 +79,22 @@ def child_main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - t
     peak = _maxrss_bytes()
     hwm = _status_bytes("VmHWM")
-    print(json.dumps({
-        "mode": a.mode,
-        "size": size,
-        "baseline_rss_bytes": baseline,
-        "baseline_current_rss_bytes": baseline_current,
-        "peak_rss_bytes": peak,
-        "increase_bytes": peak - baseline,
-        "vm_hwm_bytes": hwm,
-        "seconds": seconds,
-        "torch_threads": a.threads,
-        "reference": bool(a.reference),
-    }))
+    print(
+        json.dumps(
+            {
+                "mode": a.mode,
+                "size": size,
+                "baseline_rss_bytes": baseline,
+                "baseline_current_rss_bytes": baseline_current,
+                "peak_rss_bytes": peak,
+                "increase_bytes": peak - baseline,
+                "vm_hwm_bytes": hwm,
+                "seconds": seconds,
+                "torch_threads": a.threads,
+                "reference": bool(a.reference),
+            }
+        )
+    )
 
 
 def peak_rss(workdir: Path, width: int, height: int, model: str | None = None, archive_path: bool = True) -> dict:
@@ -103,14 +110,24 @@ def peak_rss(workdir: Path, width: int, height: int, model: str | None = None, a
     out = {"size": f"{width}x{height}", "megapixels": width * height / 1e6, "png_bytes": image.stat().st_size}
     out["pipeline"] = run_json_subprocess(
         ["benchmarks.memory", "--mode", "pipeline", "--output", str(workdir / "out-pipeline"), *common],
-        env_extra=LLIE_WORKER_ENV, via_shell=True,
+        env_extra=LLIE_WORKER_ENV,
+        via_shell=True,
     )
     if not archive_path:
         return out
     out["archive_with_reference"] = run_json_subprocess(
-        ["benchmarks.memory", "--mode", "archive", "--output", str(workdir / "out-archive"),
-         "--reference", str(reference), *common],
-        env_extra=LLIE_WORKER_ENV, via_shell=True,
+        [
+            "benchmarks.memory",
+            "--mode",
+            "archive",
+            "--output",
+            str(workdir / "out-archive"),
+            "--reference",
+            str(reference),
+            *common,
+        ],
+        env_extra=LLIE_WORKER_ENV,
+        via_shell=True,
     )
     return out
 

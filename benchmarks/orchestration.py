@@ -81,8 +81,14 @@ def _stage_seconds(rows) -> dict[str, float]:
 
 
 def time_loop(
-    input_dir: str, output: str, warm_input: str, shard_size: int, threads: int = 1,
-    model: str | None = None, reference: str | None = None, limit: int | None = None,
+    input_dir: str,
+    output: str,
+    warm_input: str,
+    shard_size: int,
+    threads: int = 1,
+    model: str | None = None,
+    reference: str | None = None,
+    limit: int | None = None,
 ) -> dict:
     """Time process_shard over shards of ``shard_size`` (what the loop subprocess runs)."""
     from llie import archive
@@ -120,9 +126,9 @@ def loop_main(argv: list[str] | None = None) -> None:
     p.add_argument("--model")
     p.add_argument("--limit", type=int, help="only the first LIMIT images")
     a = p.parse_args(argv)
-    print(json.dumps(time_loop(
-        a.input, a.output, a.warm_input, a.shard_size, a.threads, a.model, a.reference, a.limit
-    )))
+    print(
+        json.dumps(time_loop(a.input, a.output, a.warm_input, a.shard_size, a.threads, a.model, a.reference, a.limit))
+    )
 
 
 # --------------------------------------------------------------------------- orchestration overhead
@@ -170,9 +176,20 @@ def flow_overhead(
     def run_loop(env: dict[str, str], output: str, limit: int | None = None, shard: int = n_images) -> dict:
         return run_json_subprocess(
             [
-                "benchmarks.orchestration", "loop", "--input", str(big / "in"), "--output", str(workdir / output),
-                "--warm-input", str(warm / "in"), "--shard-size", str(shard), "--threads", "1",
-                *(["--reference", ref] if ref else []), *(["--model", model] if model else []),
+                "benchmarks.orchestration",
+                "loop",
+                "--input",
+                str(big / "in"),
+                "--output",
+                str(workdir / output),
+                "--warm-input",
+                str(warm / "in"),
+                "--shard-size",
+                str(shard),
+                "--threads",
+                "1",
+                *(["--reference", ref] if ref else []),
+                *(["--model", model] if model else []),
                 *(["--limit", str(limit)] if limit else []),
             ],
             env_extra=env,
@@ -214,9 +231,15 @@ def flow_overhead(
     def run_flow(input_dir: Path, tag: str) -> dict:
         kwargs = _flow_kwargs(
             fn,
-            input_url=str(input_dir), output_url=str(workdir / f"flow-{tag}"), model=model,
-            shard_size=shard_size, reference_url=ref, n_workers=1, run_id=f"bench-{tag}",
-            retries=0, torch_threads=1,
+            input_url=str(input_dir),
+            output_url=str(workdir / f"flow-{tag}"),
+            model=model,
+            shard_size=shard_size,
+            reference_url=ref,
+            n_workers=1,
+            run_id=f"bench-{tag}",
+            retries=0,
+            torch_threads=1,
         )
         t = time.perf_counter()
         summary = enhance_archive(**kwargs)
@@ -344,25 +367,38 @@ def scaling(
                 targets[k] = (client, None)
         threads = {}
         for k, (client, pin) in targets.items():
-            setup = client.run(worker_setup, model, 1, str(warm / "in"), str(workdir / f"scaling-warm-{k}"), workers=pin)
+            setup = client.run(
+                worker_setup, model, 1, str(warm / "in"), str(workdir / f"scaling-warm-{k}"), workers=pin
+            )
             threads[k] = sorted({v["torch_threads"] for v in setup.values()})
 
         runs: dict[int, list[dict]] = {k: [] for k in workers}
-        for r in range(rounds):
+        for _round in range(rounds):
             for k in workers:
                 client, pin = targets[k]
                 t = time.perf_counter()
                 futures = client.map(
-                    run_shard, shards, input_url=str(data / "in"), output_url=str(workdir / f"scaling-out-{k}"),
-                    reference_url=ref, pure=False, workers=pin, allow_other_workers=False,
+                    run_shard,
+                    shards,
+                    input_url=str(data / "in"),
+                    output_url=str(workdir / f"scaling-out-{k}"),
+                    reference_url=ref,
+                    pure=False,
+                    workers=pin,
+                    allow_other_workers=False,
                 )
                 done = client.gather(futures)
                 wall = time.perf_counter() - t
                 busy: dict[int, float] = {}
                 for d in done:
                     busy[d["pid"]] = busy.get(d["pid"], 0.0) + d["seconds"]
-                runs[k].append({"wall_s": wall, "busy_s_per_worker": sorted(busy.values()),
-                                "shards_per_worker": sorted(sum(1 for d in done if d["pid"] == p) for p in busy)})
+                runs[k].append(
+                    {
+                        "wall_s": wall,
+                        "busy_s_per_worker": sorted(busy.values()),
+                        "shards_per_worker": sorted(sum(1 for d in done if d["pid"] == p) for p in busy),
+                    }
+                )
 
     results = {}
     for k in workers:
@@ -386,7 +422,8 @@ def scaling(
         "size": f"{width}x{height}",
         "with_reference": with_reference,
         "rounds": rounds,
-        "clusters": "one LocalCluster, tasks pinned to k of its workers" if one_cluster
+        "clusters": "one LocalCluster, tasks pinned to k of its workers"
+        if one_cluster
         else "a LocalCluster(n_workers=k, threads_per_worker=1) per k, all up for the whole section",
         "workers": results,
     }

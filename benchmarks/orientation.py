@@ -23,11 +23,21 @@ from tqdm.auto import tqdm
 from .common import REPO
 
 EVAL15 = REPO.parent / "shared" / "datasets" / "LOL-v1" / "eval15"
-ORIENTATIONS = ("as stored", "rotated 90", "rotated 180", "rotated 270",
-                "mirrored", "rotated 90, mirrored", "rotated 180, mirrored", "rotated 270, mirrored")
+ORIENTATIONS = (
+    "as stored",
+    "rotated 90",
+    "rotated 180",
+    "rotated 270",
+    "mirrored",
+    "rotated 90, mirrored",
+    "rotated 180, mirrored",
+    "rotated 270, mirrored",
+)
 
 
-def orientation_report(data: Path, model: str | None = None, max_pairs: int | None = None, progress: bool = True) -> dict:
+def orientation_report(
+    data: Path, model: str | None = None, max_pairs: int | None = None, progress: bool = True
+) -> dict:
     from llie.data import find_pairs, load_rgb
     from llie.evaluate import score
     from llie.pipeline import Enhancer
@@ -59,32 +69,47 @@ def orientation_report(data: Path, model: str | None = None, max_pairs: int | No
         "data": str(data),
         "pairs": len(pairs),
         "model_version": enhancer.model_version,
-        "orientations": [{"orientation": ORIENTATIONS[k], "psnr": float(psnr[:, k].mean()),
-                          "ssim": float(ssim[:, k].mean())} for k in range(8)],
+        "orientations": [
+            {"orientation": ORIENTATIONS[k], "psnr": float(psnr[:, k].mean()), "ssim": float(ssim[:, k].mean())}
+            for k in range(8)
+        ],
         "spread_psnr": float(psnr.mean(axis=0).max() - psnr.mean(axis=0).min()),
         "largest_swing": {"image": pairs[int(swing.argmax())].name, "psnr": float(swing.max())} if pairs else None,
         "mean_swing_psnr": float(swing.mean()) if pairs else 0.0,
-        "ensembles": [{"copies": n, "psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"]))}
-                      for n, v in ensembles.items()],
+        "ensembles": [
+            {"copies": n, "psnr": float(np.mean(v["psnr"])), "ssim": float(np.mean(v["ssim"]))}
+            for n, v in ensembles.items()
+        ],
         "per_image_psnr": {pair.name: [float(p) for p in row] for pair, row in zip(pairs, psnr)},
     }
 
 
 def table(report: dict) -> str:
-    lines = [f"model {report['model_version']}, {report['pairs']} pairs of {report['data']}; stage-4 PSNR/SSIM",
-             "", "| refiner input | PSNR dB | SSIM |", "|---|---|---|"]
+    lines = [
+        f"model {report['model_version']}, {report['pairs']} pairs of {report['data']}; stage-4 PSNR/SSIM",
+        "",
+        "| refiner input | PSNR dB | SSIM |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['orientation']} | {r['psnr']:.2f} | {r['ssim']:.3f} |" for r in report["orientations"]]
-    lines += [f"| average of {r['copies']} orientations | {r['psnr']:.2f} | {r['ssim']:.3f} |" for r in report["ensembles"]]
+    lines += [
+        f"| average of {r['copies']} orientations | {r['psnr']:.2f} | {r['ssim']:.3f} |" for r in report["ensembles"]
+    ]
     if report["largest_swing"]:
-        lines += ["", f"Spread of the orientations' means: {report['spread_psnr']:.2f} dB. One image's best and worst "
-                      f"orientation differ by {report['mean_swing_psnr']:.2f} dB on average, by "
-                      f"{report['largest_swing']['psnr']:.2f} dB at most ({report['largest_swing']['image']})."]
+        lines += [
+            "",
+            f"Spread of the orientations' means: {report['spread_psnr']:.2f} dB. One image's best and worst "
+            f"orientation differ by {report['mean_swing_psnr']:.2f} dB on average, by "
+            f"{report['largest_swing']['psnr']:.2f} dB at most ({report['largest_swing']['image']}).",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=EVAL15, help="paired set: DATA/low and DATA/high (default: eval15)")
+    parser.add_argument(
+        "--data", type=Path, default=EVAL15, help="paired set: DATA/low and DATA/high (default: eval15)"
+    )
     parser.add_argument("--model", default=None, help="bundle directory (default: the shipped model)")
     parser.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")

@@ -27,7 +27,7 @@ class TemporaryPrefectAPI:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def start(self, background: bool = False, timeout: int = 120) -> "TemporaryPrefectAPI":
+    def start(self, background: bool = False, timeout: int = 120) -> TemporaryPrefectAPI:
         from prefect.server.api.server import SubprocessASGIServer
 
         self.server = SubprocessASGIServer(port=_free_port())

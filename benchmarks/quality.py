@@ -34,11 +34,16 @@ def quality(model: str | None = None, data: Path = EVAL15, max_pairs: int | None
     if "stage4_psnr" in mean:
         methods["llie full (stage 4)"] = ("stage4_psnr", "stage4_ssim")
     # 95% bootstrap interval of each mean PSNR: on 15 images it is about +-2 dB, which the table should show
-    rows = {name: {"psnr": mean[p], "ssim": mean[s], "psnr_interval": report["interval"].get(p)}
-            for name, (p, s) in methods.items()}
+    rows = {
+        name: {"psnr": mean[p], "ssim": mean[s], "psnr_interval": report["interval"].get(p)}
+        for name, (p, s) in methods.items()
+    }
     for name, vals in sums.items():
-        rows[name] = {"psnr": float(np.mean(vals["psnr"])), "ssim": float(np.mean(vals["ssim"])),
-                      "psnr_interval": list(bootstrap_interval(vals["psnr"]))}
+        rows[name] = {
+            "psnr": float(np.mean(vals["psnr"])),
+            "ssim": float(np.mean(vals["ssim"])),
+            "psnr_interval": list(bootstrap_interval(vals["psnr"])),
+        }
     return {
         "skipped": False,
         "data": str(data.relative_to(REPO.parent)) if data.is_relative_to(REPO.parent) else str(data),

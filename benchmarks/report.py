@@ -20,55 +20,106 @@ def evaluate_targets(results: dict) -> list[dict]:
     rows = []
 
     def add(name, target, value, unit, passed, where, note=""):
-        rows.append({
-            "target": name,
-            "threshold": target,
-            "measured": value,
-            "unit": unit,
-            "passed": passed if value is not None else None,
-            "source": where,
-            "note": ("quick run: sizes differ from the target's; " + note) if quick else note,
-        })
+        rows.append(
+            {
+                "target": name,
+                "threshold": target,
+                "measured": value,
+                "unit": unit,
+                "passed": passed if value is not None else None,
+                "source": where,
+                "note": ("quick run: sizes differ from the target's; " + note) if quick else note,
+            }
+        )
 
     frac = _get(results, "pipeline", "variants", "stages_1_3", "fraction_of_io_floor")
-    add("stages 1-3 throughput >= 50% of the I/O floor", ">= 0.50", frac, "x I/O floor",
-        frac is not None and frac >= 0.5, "pipeline.variants.stages_1_3.fraction_of_io_floor",
-        "decode+stages 1-3+encode images/s over decode+encode images/s")
+    add(
+        "stages 1-3 throughput >= 50% of the I/O floor",
+        ">= 0.50",
+        frac,
+        "x I/O floor",
+        frac is not None and frac >= 0.5,
+        "pipeline.variants.stages_1_3.fraction_of_io_floor",
+        "decode+stages 1-3+encode images/s over decode+encode images/s",
+    )
     ips = _get(results, "pipeline", "variants", "full_pipeline", "images_per_s")
-    add("full pipeline >= 6 images/s on 600x400 (CPU)", ">= 6.0", ips, "images/s",
-        ips is not None and ips >= 6.0, "pipeline.variants.full_pipeline.images_per_s",
-        f"one process, {_get(results, 'pipeline', 'torch_threads')} torch threads")
+    add(
+        "full pipeline >= 6 images/s on 600x400 (CPU)",
+        ">= 6.0",
+        ips,
+        "images/s",
+        ips is not None and ips >= 6.0,
+        "pipeline.variants.full_pipeline.images_per_s",
+        f"one process, {_get(results, 'pipeline', 'torch_threads')} torch threads",
+    )
     sizes = _get(results, "large", "sizes") or {}
     first = next(iter(sizes), None)
-    big = _get(sizes, first, "full_threads_" + str(_get(results, "large", "torch_threads")), "seconds") if first else None
-    add(f"{first or '12MP'} full pipeline <= 2 s per photo (all cores)", "<= 2.0 s", big, "s",
-        big is not None and big <= 2.0, f"large.sizes.{first}.full_threads_N.seconds",
-        "decode + all stages + PNG encode (default compression) of one photo")
+    big = (
+        _get(sizes, first, "full_threads_" + str(_get(results, "large", "torch_threads")), "seconds") if first else None
+    )
+    add(
+        f"{first or '12MP'} full pipeline <= 2 s per photo (all cores)",
+        "<= 2.0 s",
+        big,
+        "s",
+        big is not None and big <= 2.0,
+        f"large.sizes.{first}.full_threads_N.seconds",
+        "decode + all stages + PNG encode (default compression) of one photo",
+    )
     psnr = _get(results, "large", "scale_consistency", "working_size_full", "psnr_db")
-    add("scale consistency: enhanced then shrunk vs shrunk then enhanced >= 30 dB", ">= 30 dB", psnr, "dB",
-        psnr is not None and psnr >= 30.0, "large.scale_consistency.working_size_full.psnr_db",
-        f"{_get(results, 'large', 'scale_consistency', 'size')} shrunk to 600 px on the long side")
+    add(
+        "scale consistency: enhanced then shrunk vs shrunk then enhanced >= 30 dB",
+        ">= 30 dB",
+        psnr,
+        "dB",
+        psnr is not None and psnr >= 30.0,
+        "large.scale_consistency.working_size_full.psnr_db",
+        f"{_get(results, 'large', 'scale_consistency', 'size')} shrunk to 600 px on the long side",
+    )
     start = _get(results, "large", "startup", "enhance_hist_s")
-    add("start-up of llie enhance --stages hist < 1.5 s", "< 1.5 s", start, "s",
-        start is not None and start < 1.5, "large.startup.enhance_hist_s", "fresh process, one small photo")
+    add(
+        "start-up of llie enhance --stages hist < 1.5 s",
+        "< 1.5 s",
+        start,
+        "s",
+        start is not None and start < 1.5,
+        "large.startup.enhance_hist_s",
+        "fresh process, one small photo",
+    )
     # Per shard: what each further shard of 64 costs in the flow against the loop. The fixed start-up
     # per flow run is reported beside it, not folded in: it is paid once per run, whatever its size.
     steady = _get(results, "orchestration", "steady_state_overhead_pct")
     key = "steady_state_overhead_pct" if steady is not None else "overhead_pct"
     ovh = steady if steady is not None else _get(results, "orchestration", "overhead_pct")
     fixed = _get(results, "orchestration", "fixed_startup_s")
-    add(f"orchestration overhead <= 10% at {_get(results, 'orchestration', 'shard_size') or 64} images per shard",
-        "<= 10 %", ovh, "%", ovh is not None and ovh <= 10.0, f"orchestration.{key}",
-        ("per shard, start-up cancelled" + (f"; plus {fixed:.1f} s fixed start-up per flow run" if fixed is not None else ""))
-        if steady is not None else "whole flow wall time vs plain process_shard loop (quick run: start-up included)")
+    add(
+        f"orchestration overhead <= 10% at {_get(results, 'orchestration', 'shard_size') or 64} images per shard",
+        "<= 10 %",
+        ovh,
+        "%",
+        ovh is not None and ovh <= 10.0,
+        f"orchestration.{key}",
+        (
+            "per shard, start-up cancelled"
+            + (f"; plus {fixed:.1f} s fixed start-up per flow run" if fixed is not None else "")
+        )
+        if steady is not None
+        else "whole flow wall time vs plain process_shard loop (quick run: start-up included)",
+    )
     sp = _get(results, "scaling", "speedup")
     add("2 workers >= 1.7x one", ">= 1.7", sp, "x", sp is not None and sp >= 1.7, "scaling.speedup")
     # the worst of the two worker paths: enhancing alone, and the archive's (metrics against a reference)
     rss_paths = [_get(results, "memory", path, "peak_rss_bytes") for path in ("pipeline", "archive_with_reference")]
     rss = max((r for r in rss_paths if r is not None), default=None)
-    add(f"peak RSS < 2 GiB enhancing {_get(results, 'memory', 'size')}", "< 2.00 GiB",
-        rss / GIB if rss is not None else None, "GiB", rss is not None and rss < 2 * GIB,
-        "memory.*.peak_rss_bytes", "worst of decode+enhance+encode and the archive path, fresh worker process")
+    add(
+        f"peak RSS < 2 GiB enhancing {_get(results, 'memory', 'size')}",
+        "< 2.00 GiB",
+        rss / GIB if rss is not None else None,
+        "GiB",
+        rss is not None and rss < 2 * GIB,
+        "memory.*.peak_rss_bytes",
+        "worst of decode+enhance+encode and the archive path, fresh worker process",
+    )
     return rows
 
 
@@ -80,12 +131,16 @@ def _malloc_line(m: dict | None) -> str:
     """The plain loop against the same loop under Dask's and under the flow's worker environment."""
     if not m:
         return "- malloc environment effect: not measured"
-    line = (f"- the same loop on {m['images']} images: {_fmt(m['plain_s'])} s plain; "
-            f"{_fmt(m['dask_worker_env_s'])} s (**{_fmt(m['slowdown_pct'], 1)} %**) with Dask's worker environment "
-            f"({_env_text(m['dask_env'])})")
+    line = (
+        f"- the same loop on {m['images']} images: {_fmt(m['plain_s'])} s plain; "
+        f"{_fmt(m['dask_worker_env_s'])} s (**{_fmt(m['slowdown_pct'], 1)} %**) with Dask's worker environment "
+        f"({_env_text(m['dask_env'])})"
+    )
     if "llie_worker_env_s" in m:
-        line += (f"; {_fmt(m['llie_worker_env_s'])} s (**{_fmt(m['llie_slowdown_pct'], 1)} %**) with the flow's "
-                 f"({_env_text(m['llie_env'])})")
+        line += (
+            f"; {_fmt(m['llie_worker_env_s'])} s (**{_fmt(m['llie_slowdown_pct'], 1)} %**) with the flow's "
+            f"({_env_text(m['llie_env'])})"
+        )
     return line
 
 
@@ -107,30 +162,65 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def _large_lines(large: dict) -> list[str]:
     threads = large["torch_threads"]
-    lines = ["", f"## Large photos (decode -> enhance -> PNG encode of one synthetic photo, median of passes; "
-             f"torch on {threads} threads and on 1)", ""]
+    lines = [
+        "",
+        f"## Large photos (decode -> enhance -> PNG encode of one synthetic photo, median of passes; "
+        f"torch on {threads} threads and on 1)",
+        "",
+    ]
     rows = []
     for name, r in large["sizes"].items():
         for t in sorted({threads, 1}, reverse=True):
-            rows.append([f"{name} ({r['size']}), {t} thread(s)", r["io_floor_s"], r[f"hist_threads_{t}"]["seconds"],
-                         r[f"full_threads_{t}"]["seconds"], r[f"full_threads_{t}"]["seconds"] / r["io_floor_s"]])
+            rows.append(
+                [
+                    f"{name} ({r['size']}), {t} thread(s)",
+                    r["io_floor_s"],
+                    r[f"hist_threads_{t}"]["seconds"],
+                    r[f"full_threads_{t}"]["seconds"],
+                    r[f"full_threads_{t}"]["seconds"] / r["io_floor_s"],
+                ]
+            )
     lines += _table(["photo", "decode+encode s", "stages 1-3 s", "full s", "full x I/O floor"], rows)
     lines.append("")
-    lines.append("Archive estimate (one-thread full pipeline, a Dask worker per core): " + "; ".join(
-        f"{name}: **{r['photos_per_hour_per_core']:,.0f} photos per hour per core**" for name, r in large["sizes"].items()) + ".")
+    lines.append(
+        "Archive estimate (one-thread full pipeline, a Dask worker per core): "
+        + "; ".join(
+            f"{name}: **{r['photos_per_hour_per_core']:,.0f} photos per hour per core**"
+            for name, r in large["sizes"].items()
+        )
+        + "."
+    )
     parts = {name: r[f"full_threads_{threads}"]["enhance_parts_s"] for name, r in large["sizes"].items()}
-    lines.append("Inside enhance (all threads, last pass): " + "; ".join(
-        f"{name}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in p.items()) for name, p in parts.items()) + ".")
+    lines.append(
+        "Inside enhance (all threads, last pass): "
+        + "; ".join(f"{name}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in p.items()) for name, p in parts.items())
+        + "."
+    )
     sc = large["scale_consistency"]
-    lines += ["", f"**Scale consistency** ({sc['size']} enhanced then shrunk to {sc['shrunk_to']}, against the shrunk "
-              f"photo enhanced; working size {sc['working_long_side']} px):", ""]
-    rows = [[path.replace("_", " "), sc[f"{path}_hist"]["psnr_db"], sc[f"{path}_full"]["psnr_db"],
-             sc[f"{path}_full"]["enhance_s"]] for path in ("working_size", "plain") if f"{path}_full" in sc]
+    lines += [
+        "",
+        f"**Scale consistency** ({sc['size']} enhanced then shrunk to {sc['shrunk_to']}, against the shrunk "
+        f"photo enhanced; working size {sc['working_long_side']} px):",
+        "",
+    ]
+    rows = [
+        [
+            path.replace("_", " "),
+            sc[f"{path}_hist"]["psnr_db"],
+            sc[f"{path}_full"]["psnr_db"],
+            sc[f"{path}_full"]["enhance_s"],
+        ]
+        for path in ("working_size", "plain")
+        if f"{path}_full" in sc
+    ]
     lines += _table(["path", "stages 1-3 PSNR dB", "full PSNR dB", "full enhance s"], rows)
     st = large["startup"]
-    lines += ["", f"Start-up: `llie enhance --stages hist` on one small photo {st['enhance_hist_s']:.2f} s, "
-              f"`python -c 'import numpy'` {st['python_numpy_s']:.2f} s; `llie --help` imports torch: "
-              f"{st['imports_torch']}. GPU: {large['gpu']['note']}."]
+    lines += [
+        "",
+        f"Start-up: `llie enhance --stages hist` on one small photo {st['enhance_hist_s']:.2f} s, "
+        f"`python -c 'import numpy'` {st['python_numpy_s']:.2f} s; `llie --help` imports torch: "
+        f"{st['imports_torch']}. GPU: {large['gpu']['note']}.",
+    ]
     return lines
 
 
@@ -151,7 +241,9 @@ def render_markdown(results: dict) -> str:
     ]
     busy = m.get("concurrent_training_processes") or m.get("concurrent_training_processes_at_end")
     if busy:
-        lines.append(f"**Warning:** a training process was running during this run ({len(busy)}): numbers are pessimistic.")
+        lines.append(
+            f"**Warning:** a training process was running during this run ({len(busy)}): numbers are pessimistic."
+        )
     lines += ["", "## Targets", ""]
     rows = []
     for t in results.get("targets", []):
@@ -164,7 +256,12 @@ def render_markdown(results: dict) -> str:
         sizes = stages["sizes"]
         names = list(sizes)
         lines += ["", f"## Per stage (one process, {stages['torch_threads']} torch threads; median of repeats)", ""]
-        header = ["stage"] + [f"{n}: MP/s" for n in names] + [f"{n}: ms/image" for n in names] + [f"{n}: share" for n in names]
+        header = (
+            ["stage"]
+            + [f"{n}: MP/s" for n in names]
+            + [f"{n}: ms/image" for n in names]
+            + [f"{n}: share" for n in names]
+        )
         rows = []
         for stage in sizes[names[0]]["stages"]:
             r = [stage]
@@ -172,23 +269,42 @@ def render_markdown(results: dict) -> str:
             r += [sizes[n]["stages"][stage]["ms_per_image"] for n in names]
             r += [f"{sizes[n]['stages'][stage]['share_of_total'] * 100:.0f}%" for n in names]
             rows.append(r)
-        rows.append(["**sum**"] + [sizes[n]["megapixels"] / sizes[n]["sum_ms_per_image"] * 1e3 for n in names]
-                    + [sizes[n]["sum_ms_per_image"] for n in names] + ["100%" for _ in names])
+        rows.append(
+            ["**sum**"]
+            + [sizes[n]["megapixels"] / sizes[n]["sum_ms_per_image"] * 1e3 for n in names]
+            + [sizes[n]["sum_ms_per_image"] for n in names]
+            + ["100%" for _ in names]
+        )
         lines += _table(header, rows)
         lines.append("")
-        lines.append("Sizes: " + "; ".join(
-            f"{n} = {sizes[n]['size']} ({sizes[n]['megapixels']:.2f} MP, {sizes[n]['images']} image(s), "
-            f"{sizes[n]['stages']['decode']['repeats']} repeats, PNG {sizes[n]['png_bytes_per_image'] / 1e6:.2f} MB)"
-            for n in names) + ". `metrics` = no-reference stats of input and output + PSNR + SSIM against the clean image.")
+        lines.append(
+            "Sizes: "
+            + "; ".join(
+                f"{n} = {sizes[n]['size']} ({sizes[n]['megapixels']:.2f} MP, {sizes[n]['images']} image(s), "
+                f"{sizes[n]['stages']['decode']['repeats']} repeats, PNG {sizes[n]['png_bytes_per_image'] / 1e6:.2f} MB)"
+                for n in names
+            )
+            + ". `metrics` = no-reference stats of input and output + PSNR + SSIM against the clean image."
+        )
 
     pipe = results.get("pipeline")
     if pipe:
-        lines += ["", f"## Pipeline on {pipe['size']} (decode -> X -> PNG encode; {pipe['images']} images, "
-                  f"median of {pipe['passes']} interleaved passes, {pipe['torch_threads']} torch threads)", ""]
-        labels = {"io_floor": "I/O floor (decode+encode)", "opencv_clahe": "OpenCV CLAHE on L (clip 2, 8x8)",
-                  "stages_1_3": "llie stages 1-3 (stages=\"hist\")", "full_pipeline": "llie full pipeline"}
-        rows = [[labels.get(k, k), v["images_per_s"], v["ms_per_image"], v["fraction_of_io_floor"]]
-                for k, v in pipe["variants"].items()]
+        lines += [
+            "",
+            f"## Pipeline on {pipe['size']} (decode -> X -> PNG encode; {pipe['images']} images, "
+            f"median of {pipe['passes']} interleaved passes, {pipe['torch_threads']} torch threads)",
+            "",
+        ]
+        labels = {
+            "io_floor": "I/O floor (decode+encode)",
+            "opencv_clahe": "OpenCV CLAHE on L (clip 2, 8x8)",
+            "stages_1_3": 'llie stages 1-3 (stages="hist")',
+            "full_pipeline": "llie full pipeline",
+        }
+        rows = [
+            [labels.get(k, k), v["images_per_s"], v["ms_per_image"], v["fraction_of_io_floor"]]
+            for k, v in pipe["variants"].items()
+        ]
         lines += _table(["variant", "images/s", "ms/image", "x I/O floor"], rows)
 
     large = results.get("large")
@@ -198,17 +314,32 @@ def render_markdown(results: dict) -> str:
     orch = results.get("orchestration")
     if orch:
         loop, flow = orch["loop"], orch["flow"]
-        lines += ["", f"## Orchestration overhead ({orch['images']} images of {orch['size']}, shard size "
-                  f"{orch['shard_size']}, with reference PSNR/SSIM: {orch['with_reference']})", ""]
+        lines += [
+            "",
+            f"## Orchestration overhead ({orch['images']} images of {orch['size']}, shard size "
+            f"{orch['shard_size']}, with reference PSNR/SSIM: {orch['with_reference']})",
+            "",
+        ]
         k = orch.get("multiple", 2)
         k_n, first = flow["k_n"], flow["first_run_1_image"]
         rows = [
             ["plain loop over process_shard (1 thread)", loop["n_s"], loop["k_n_s"], "-"],
-            ["enhance_archive flow (Prefect + LocalCluster 1x1)", flow["n"]["wall_s"],
-             k_n["wall_s"] if k_n else "not run", first["wall_s"] if first else "not run"],
+            [
+                "enhance_archive flow (Prefect + LocalCluster 1x1)",
+                flow["n"]["wall_s"],
+                k_n["wall_s"] if k_n else "not run",
+                first["wall_s"] if first else "not run",
+            ],
         ]
-        lines += _table(["", f"N={orch['images']} images, 1 shard (s)", f"{k}N={k * orch['images']} images, {k} shards (s)",
-                         "first flow run, 1 image (s)"], rows)
+        lines += _table(
+            [
+                "",
+                f"N={orch['images']} images, 1 shard (s)",
+                f"{k}N={k * orch['images']} images, {k} shards (s)",
+                "first flow run, 1 image (s)",
+            ],
+            rows,
+        )
         lines += [
             "",
             f"- **per shard (steady state: {k}N minus N, start-up cancelled): "
@@ -227,24 +358,51 @@ def render_markdown(results: dict) -> str:
 
     sc = results.get("scaling")
     if sc:
-        lines += ["", f"## Scaling ({sc['images']} images of {sc['size']} in {sc['shards']} shards via client.map, "
-                  f"single-threaded workers, model loaded once per worker; best of {sc.get('rounds', 1)} interleaved rounds)", ""]
-        rows = [[k, v["images_per_s"], v.get("images_per_s_median"), ", ".join(f"{w:.1f}" for w in v.get("wall_s_rounds", [v["wall_s"]])),
-                 ", ".join(f"{b:.1f}" for b in v["busy_s_per_worker"])]
-                for k, v in sc["workers"].items()]
-        lines += _table(["workers", "images/s (best round)", "images/s (median)", "wall per round (s)", "busy s per worker (best)"], rows)
+        lines += [
+            "",
+            f"## Scaling ({sc['images']} images of {sc['size']} in {sc['shards']} shards via client.map, "
+            f"single-threaded workers, model loaded once per worker; best of {sc.get('rounds', 1)} interleaved rounds)",
+            "",
+        ]
+        rows = [
+            [
+                k,
+                v["images_per_s"],
+                v.get("images_per_s_median"),
+                ", ".join(f"{w:.1f}" for w in v.get("wall_s_rounds", [v["wall_s"]])),
+                ", ".join(f"{b:.1f}" for b in v["busy_s_per_worker"]),
+            ]
+            for k, v in sc["workers"].items()
+        ]
+        lines += _table(
+            ["workers", "images/s (best round)", "images/s (median)", "wall per round (s)", "busy s per worker (best)"],
+            rows,
+        )
         if "speedup" in sc:
-            lines += ["", f"Speed-up: **{_fmt(sc['speedup'])}x** (best rounds); {_fmt(sc.get('speedup_median'))}x (medians)"]
+            lines += [
+                "",
+                f"Speed-up: **{_fmt(sc['speedup'])}x** (best rounds); {_fmt(sc.get('speedup_median'))}x (medians)",
+            ]
 
     mem = results.get("memory")
     if mem:
         lines += ["", f"## Peak RSS, one fresh worker process, {mem['size']} ({mem['megapixels']:.0f} MP)", ""]
         rows = []
-        for key, label in (("pipeline", "decode+enhance+encode"), ("archive_with_reference", "archive worker path (process_shard, with reference PSNR/SSIM)")):
+        for key, label in (
+            ("pipeline", "decode+enhance+encode"),
+            ("archive_with_reference", "archive worker path (process_shard, with reference PSNR/SSIM)"),
+        ):
             r = mem.get(key)
             if r:
-                rows.append([label, r["baseline_rss_bytes"] / GIB, r["peak_rss_bytes"] / GIB,
-                             r["increase_bytes"] / GIB, r["seconds"]])
+                rows.append(
+                    [
+                        label,
+                        r["baseline_rss_bytes"] / GIB,
+                        r["peak_rss_bytes"] / GIB,
+                        r["increase_bytes"] / GIB,
+                        r["seconds"],
+                    ]
+                )
         lines += _table(["path", "baseline after imports+model (GiB)", "peak (GiB)", "increase (GiB)", "seconds"], rows)
 
     q = results.get("quality")
@@ -255,7 +413,9 @@ def render_markdown(results: dict) -> str:
         else:
             lines += ["", f"{q['data']}, {q['pairs']} pairs, {q['protocol']}; model `{q['model_version']}`.", ""]
             interval = lambda v: f"{v[0]:.2f} to {v[1]:.2f}" if v else "n/a"
-            rows = [[k, v["psnr"], interval(v.get("psnr_interval")), f"{v['ssim']:.3f}"] for k, v in q["methods"].items()]
+            rows = [
+                [k, v["psnr"], interval(v.get("psnr_interval")), f"{v['ssim']:.3f}"] for k, v in q["methods"].items()
+            ]
             lines += _table(["method", "PSNR (dB)", "PSNR 95% interval (bootstrap over images)", "SSIM"], rows)
 
     secs = results.get("section_seconds")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .common import REPO, cpu_count, machine_info, other_llie_processes, set_torch_threads
@@ -116,7 +116,7 @@ def run(plan: Plan, out: Path, quick: bool, model: str | None, sections: tuple[s
     results: dict = {
         "schema": 1,
         "quick": quick,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *sys.argv[1:]]),
         "machine": machine_info(),
     }
@@ -174,13 +174,19 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
         from .stages import Size, pipeline_throughput
 
         w, h, n, passes = plan.pipeline
-        return {"torch_threads": set_torch_threads(cpu_count()), **pipeline_throughput(enhancer, Size("p", w, h), n, passes)}
+        return {
+            "torch_threads": set_torch_threads(cpu_count()),
+            **pipeline_throughput(enhancer, Size("p", w, h), n, passes),
+        }
     if section == "large":
         from .large import large_photos
 
-        return {"torch_threads": set_torch_threads(cpu_count()),
-                **large_photos(enhancer, plan.large_sizes, plan.consistency, cores=cpu_count(),
-                               startup_repeats=plan.startup_repeats)}
+        return {
+            "torch_threads": set_torch_threads(cpu_count()),
+            **large_photos(
+                enhancer, plan.large_sizes, plan.consistency, cores=cpu_count(), startup_repeats=plan.startup_repeats
+            ),
+        }
     if section == "quality":
         from .quality import quality
 
@@ -205,8 +211,16 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
         try:
             with api.settings():
                 result = flow_overhead(
-                    work, n, shard, w, h, model=model, warmup_run=plan.flow_warmup_run, multiple=plan.flow_multiple,
-                    malloc_images=plan.malloc_images, loop_in_process=plan.loop_in_process,
+                    work,
+                    n,
+                    shard,
+                    w,
+                    h,
+                    model=model,
+                    warmup_run=plan.flow_warmup_run,
+                    multiple=plan.flow_multiple,
+                    malloc_images=plan.malloc_images,
+                    loop_in_process=plan.loop_in_process,
                 )
         finally:
             if not background:
@@ -223,8 +237,10 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
 def write_results(results: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "results.json", out / "results.md"
-    for path, text in ((json_path, json.dumps(results, indent=2, sort_keys=False, default=str) + "\n"),
-                       (md_path, render_markdown(results))):
+    for path, text in (
+        (json_path, json.dumps(results, indent=2, sort_keys=False, default=str) + "\n"),
+        (md_path, render_markdown(results)),
+    ):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)

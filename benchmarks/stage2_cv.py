@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,15 @@ def _stage4_psnr(bundle, lows, highs, quantiles) -> np.ndarray:
     return np.array(out)
 
 
-def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag: int = 1, stage4: bool = False,
-                   refiner_bundle: Path | None = None) -> dict:
+def cross_validate(
+    data: Path,
+    seeds: int,
+    folds: int,
+    threads: int | None,
+    bag: int = 1,
+    stage4: bool = False,
+    refiner_bundle: Path | None = None,
+) -> dict:
     """Out-of-fold stage-3 PSNR of each variant; with ``stage4`` also stage 4 through the refiner of
     ``refiner_bundle`` (default: the shipped model), split into the pairs its training held out for
     validation and those it trained on."""
@@ -64,13 +70,21 @@ def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag:
     results = {"unweighted": [], "weighted": [], **({bagged: []} if bag > 1 else {})}
     per_pair: dict[tuple[str, int], list[np.ndarray]] = {}
     for seed in tqdm(range(seeds), desc="seeds"):
-        cfg = TrainConfig(data=str(data), output="", seed=seed, oof_folds=folds, threads=threads,
-                          quantile=QuantileModelConfig(seed=seed, bag=bag))
+        cfg = TrainConfig(
+            data=str(data),
+            output="",
+            seed=seed,
+            oof_folds=folds,
+            threads=threads,
+            quantile=QuantileModelConfig(seed=seed, bag=bag),
+        )
         row_sets = bag_rows(pairs, lows, highs, cfg.quantile, seed, progress=False)
         plain = out_of_fold_quantiles(pairs, row_sets[:1], cfg, None, progress=False)
         weights = inverse_errors(lows, highs, plain)  # 1 / MSE of the unweighted fit
-        predictions = {"unweighted": plain,
-                       "weighted": out_of_fold_quantiles(pairs, row_sets[:1], cfg, weights, progress=False)}
+        predictions = {
+            "unweighted": plain,
+            "weighted": out_of_fold_quantiles(pairs, row_sets[:1], cfg, weights, progress=False),
+        }
         if bag > 1:
             predictions[bagged] = out_of_fold_quantiles(pairs, row_sets, cfg, weights, progress=False)
         for name, quantiles in predictions.items():
@@ -81,46 +95,65 @@ def cross_validate(data: Path, seeds: int, folds: int, threads: int | None, bag:
                 p4 = _stage4_psnr(bundle, lows, highs, quantiles)
                 results[name][-1]["stage4_mean"] = float(p4.mean())
                 per_pair.setdefault((name, 4), []).append(p4)
-    report = {"data": str(data), "pairs": len(pairs), "scenes": len({p.group for p in pairs}), "folds": folds,
-              "results": results}
+    report = {
+        "data": str(data),
+        "pairs": len(pairs),
+        "scenes": len({p.group for p in pairs}),
+        "folds": folds,
+        "results": results,
+    }
     if bag > 1:  # per pair, averaged over seeds: the seeds share the pairs, not the folds
         gain = lambda stage: np.mean(per_pair[(bagged, stage)], axis=0) - np.mean(per_pair[("weighted", stage)], axis=0)
         report["bag_gain"] = [{"stage": 3, "subset": "all pairs", **_paired(gain(3))}]
         if (bagged, 4) in per_pair:
             training = bundle.manifest.get("training", {}).get("config", {})
             defaults = TrainConfig(data="", output="")
-            _, held_out = split_by_group(pairs, training.get("val_fraction", defaults.val_fraction),
-                                         training.get("seed", defaults.seed))
+            _, held_out = split_by_group(
+                pairs, training.get("val_fraction", defaults.val_fraction), training.get("seed", defaults.seed)
+            )
             held_names = {h.name for h in held_out}
             held = np.array([p.name in held_names for p in pairs])
             for stage in (3, 4):
                 d = gain(stage)
                 report["bag_gain"] += [
                     {"stage": stage, "subset": "the refiner's validation pairs", **_paired(d[held])},
-                    {"stage": stage, "subset": "the refiner's training pairs", **_paired(d[~held])}]
+                    {"stage": stage, "subset": "the refiner's training pairs", **_paired(d[~held])},
+                ]
     return report
 
 
 def table(report: dict) -> str:
     stage4 = any("stage4_mean" in r for runs in report["results"].values() for r in runs)
-    lines = [f"{report['pairs']} pairs, {report['scenes']} scenes, {report['folds']} scene-grouped folds; "
-             "out-of-fold PSNR (dB)", "",
-             "| stage 2 | seed | stage 3 mean | stage 3 median |" + (" stage 4 mean |" if stage4 else ""),
-             "|---|---|---|---|" + ("---|" if stage4 else "")]
+    lines = [
+        f"{report['pairs']} pairs, {report['scenes']} scenes, {report['folds']} scene-grouped folds; "
+        "out-of-fold PSNR (dB)",
+        "",
+        "| stage 2 | seed | stage 3 mean | stage 3 median |" + (" stage 4 mean |" if stage4 else ""),
+        "|---|---|---|---|" + ("---|" if stage4 else ""),
+    ]
     for name, runs in report["results"].items():
         for r in runs:
             extra = (f" {r['stage4_mean']:.2f} |" if "stage4_mean" in r else " |") if stage4 else ""
             lines.append(f"| {name} | {r['seed']} | {r['mean']:.2f} | {r['median']:.2f} |{extra}")
         s4 = [r["stage4_mean"] for r in runs if "stage4_mean" in r]
         extra = (f" **{np.mean(s4):.2f}** |" if s4 else " |") if stage4 else ""
-        lines.append(f"| **{name}, mean over seeds** | | **{np.mean([r['mean'] for r in runs]):.2f}** | "
-                     f"**{np.mean([r['median'] for r in runs]):.2f}** |{extra}")
+        lines.append(
+            f"| **{name}, mean over seeds** | | **{np.mean([r['mean'] for r in runs]):.2f}** | "
+            f"**{np.mean([r['median'] for r in runs]):.2f}** |{extra}"
+        )
     if "bag_gain" in report:
-        lines += ["", "bag minus one model, per pair averaged over the seeds:", "",
-                  "| stage | pairs | mean difference dB | 95% interval | better / worse |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "bag minus one model, per pair averaged over the seeds:",
+            "",
+            "| stage | pairs | mean difference dB | 95% interval | better / worse |",
+            "|---|---|---|---|---|",
+        ]
         for g in report["bag_gain"]:
-            lines.append(f"| {g['stage']} | {g['subset']} ({g['pairs']}) | {g['difference']:+.3f} | "
-                         f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f} | {g['better']} / {g['worse']} |")
+            lines.append(
+                f"| {g['stage']} | {g['subset']} ({g['pairs']}) | {g['difference']:+.3f} | "
+                f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f} | {g['better']} / {g['worse']} |"
+            )
     return "\n".join(lines)
 
 
@@ -131,8 +164,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bag", type=int, default=1, help="Also score a bag of this many members (default: off).")
-    parser.add_argument("--stage4", nargs="?", const="default", default=None, metavar="BUNDLE",
-                        help="Also score stage 4 through this bundle's refiner (default: the shipped model).")
+    parser.add_argument(
+        "--stage4",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="BUNDLE",
+        help="Also score stage 4 through this bundle's refiner (default: the shipped model).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
     bundle = None if args.stage4 in (None, "default") else Path(args.stage4)

@@ -72,7 +72,7 @@ def stage_throughput(enhancer, size: Size, repeats: int, n_images: int = 1) -> d
     out = {}
     for stage in STAGE_NAMES:
         fn = work[stage]
-        timing = median_time(lambda: [fn(i) for i in range(n_images)], repeats=repeats, warmup=1)
+        timing = median_time(lambda: [fn(i) for i in range(n_images)], repeats=repeats, warmup=1)  # noqa: B023
         per_image = timing["median_s"] / n_images
         out[stage] = {
             "megapixels_per_s": size.megapixels / per_image,

@@ -15,8 +15,11 @@ def require_archive_urls(input_url: str | None = None, output_url: str | None = 
     prefect.yaml fills the arguments from ``{{ $LLIE_INPUT_URL }}`` / ``{{ $LLIE_OUTPUT_URL }}``; an
     unset variable reaches here as a missing argument (or an empty string).
     """
-    missing = [name for name, value in (("LLIE_INPUT_URL", input_url), ("LLIE_OUTPUT_URL", output_url))
-               if not str(value or "").strip()]
+    missing = [
+        name
+        for name, value in (("LLIE_INPUT_URL", input_url), ("LLIE_OUTPUT_URL", output_url))
+        if not str(value or "").strip()
+    ]
     if missing:
         raise ValueError(
             f"{' and '.join(missing)} not set: a deployment needs the archive's input and output, e.g. "

@@ -55,16 +55,44 @@ def build_deployment(cfg: ArchiveDeployment) -> RunnerDeployment:
 @click.option("--model", envvar="LLIE_MODEL", default=None, help="Bundle path (default: shipped bundle).")
 @click.option("--shard-size", envvar="LLIE_SHARD_SIZE", type=click.IntRange(min=1), default=64)
 @click.option("--dask-address", envvar="LLIE_DASK_ADDRESS", default=None, help="Existing Dask scheduler.")
-@click.option("--workers", envvar="LLIE_WORKERS", type=click.IntRange(min=1), default=None,
-              help="Local cluster workers (default: one per CPU).")
-@click.option("--run-id", envvar="LLIE_RUN_ID", default=None,
-              help="Fixed run id: every scheduled run resumes it (default: a new run each time).")
+@click.option(
+    "--workers",
+    envvar="LLIE_WORKERS",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local cluster workers (default: one per CPU).",
+)
+@click.option(
+    "--run-id",
+    envvar="LLIE_RUN_ID",
+    default=None,
+    help="Fixed run id: every scheduled run resumes it (default: a new run each time).",
+)
 @click.option("--retries", envvar="LLIE_RETRIES", type=click.IntRange(min=0), default=2)
 @click.option("--max-pixels", envvar="LLIE_MAX_PIXELS", type=click.IntRange(min=1), default=None)
-@click.option("--limit", envvar="LLIE_CONCURRENT_RUNS", type=click.IntRange(min=1), default=1,
-              help="Flow runs at once; more than one would compete for the same cores.")
-def main(name, cron, timezone, input_url, output_url, reference_url, model, shard_size, dask_address,
-         workers, run_id, retries, max_pixels, limit) -> None:
+@click.option(
+    "--limit",
+    envvar="LLIE_CONCURRENT_RUNS",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Flow runs at once; more than one would compete for the same cores.",
+)
+def main(
+    name,
+    cron,
+    timezone,
+    input_url,
+    output_url,
+    reference_url,
+    model,
+    shard_size,
+    dask_address,
+    workers,
+    run_id,
+    retries,
+    max_pixels,
+    limit,
+) -> None:
     """Register the archive deployment with its schedule and run its flow runs here until stopped."""
     parameters = {
         "input_url": input_url,
@@ -78,8 +106,9 @@ def main(name, cron, timezone, input_url, output_url, reference_url, model, shar
         "retries": retries,
         "max_pixels": max_pixels,
     }
-    cfg = ArchiveDeployment(name=name, cron=cron, timezone=timezone,
-                            parameters={k: v for k, v in parameters.items() if v is not None})
+    cfg = ArchiveDeployment(
+        name=name, cron=cron, timezone=timezone, parameters={k: v for k, v in parameters.items() if v is not None}
+    )
     try:
         deployment = build_deployment(cfg)
     except ValueError as exc:

@@ -40,8 +40,10 @@ def _num(value: Any, digits: int = 2, suffix: str = "") -> str:
 def _stats(stats: dict | None, digits: int, suffix: str = "") -> str:
     if not stats:
         return "no references"
-    return (f"mean {_num(stats['mean'], digits, suffix)}, median {_num(stats['median'], digits)}, "
-            f"p5 {_num(stats['p5'], digits)}, p95 {_num(stats['p95'], digits)} (n={stats['n']})")
+    return (
+        f"mean {_num(stats['mean'], digits, suffix)}, median {_num(stats['median'], digits)}, "
+        f"p5 {_num(stats['p5'], digits)}, p95 {_num(stats['p95'], digits)} (n={stats['n']})"
+    )
 
 
 def _link(url: str) -> str:
@@ -84,7 +86,12 @@ def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
     rows.append(("ok / error / skipped", f"{get('ok', 0)} / {errors} / {get('skipped', 0)}"))
     problems = summary.get("problems") or []
     if problems:
-        rows.append(("most common problems", "; ".join(f"{_cell(reason)} ×{count}" for _, reason, count in problems[:_MAX_LISTED])))
+        rows.append(
+            (
+                "most common problems",
+                "; ".join(f"{_cell(reason)} ×{count}" for _, reason, count in problems[:_MAX_LISTED]),
+            )
+        )
     if "psnr" in summary or "ssim" in summary:
         rows.append(("PSNR (dB)", _stats(summary.get("psnr"), 2)))
         rows.append(("SSIM", _stats(summary.get("ssim"), 4)))
@@ -95,9 +102,13 @@ def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
         if before and after:
             rows.append((f"{name} before → after", f"{_num(before['mean'], 4)} → {_num(after['mean'], 4)}"))
     if flow.get("images_per_second") is not None:
-        rows.append(("throughput (this flow run)",
-                     f"{_num(flow['images_per_second'])} images/s, {flow.get('processed', '–')} processed in "
-                     f"{_num(flow.get('seconds'), 1)} s"))
+        rows.append(
+            (
+                "throughput (this flow run)",
+                f"{_num(flow['images_per_second'])} images/s, {flow.get('processed', '–')} processed in "
+                f"{_num(flow.get('seconds'), 1)} s",
+            )
+        )
     if summary.get("images_per_second") is not None:
         rows.append(("throughput (from the rows)", f"{_num(summary['images_per_second'])} images/s"))
     share = summary.get("stage_share") or {}
@@ -115,13 +126,22 @@ def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
         items = summary.get(key) or []
         if items:
             metric = summary.get("rank_by", "psnr")
-            rows.append((f"{title} by {metric}", ", ".join(
-                f"`{_cell(i['rel_path'])}` {_num(i['value'], 2 if metric == 'psnr' else 4)}" for i in items[:_MAX_LISTED])))
+            rows.append(
+                (
+                    f"{title} by {metric}",
+                    ", ".join(
+                        f"`{_cell(i['rel_path'])}` {_num(i['value'], 2 if metric == 'psnr' else 4)}"
+                        for i in items[:_MAX_LISTED]
+                    ),
+                )
+            )
     if summary.get("model_versions"):
         rows.append(("model", _cell(", ".join(summary["model_versions"]))))
     metrics_url = get("metrics_url") or (
         storage.redact_url(archive.metrics_url(summary["output_url"], summary["run_id"]))
-        if summary.get("output_url") and summary.get("run_id") else None)
+        if summary.get("output_url") and summary.get("run_id")
+        else None
+    )
     if metrics_url:
         rows.append(("metrics", f"`{_cell(metrics_url)}`"))
     rows.append(("report", _link(report_url) if report_url else "not written"))
@@ -175,7 +195,8 @@ def publish_run_report(
     Any failure is logged as a warning and the rest still happens (no rows yet: the artifact
     carries the flow's summary alone; no API: the report is still written).
     """
-    from llie import audit, report as report_mod
+    from llie import audit
+    from llie import report as report_mod
 
     if report is None:
         report = os.environ.get("LLIE_RUN_REPORT", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -19,12 +19,12 @@ import click
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from llie import archive, storage, storage_options
-from llie.cli import cli, encoding_options
-from llie.cli_options import storage_option_flag
 from flows import credentials
 from flows.artifacts import summary_text
 from flows.console import quiet_prefect_console
+from llie import archive, storage, storage_options
+from llie.cli import cli, encoding_options
+from llie.cli_options import storage_option_flag
 
 DEFAULT_SHARD_SIZE = 64
 
@@ -51,8 +51,14 @@ class ImageProgress:
     records of this process print above the bar instead of on its row (logging_redirect_tqdm).
     """
 
-    def __init__(self, output_url: str, run_id: str, interval: float = 1.0, enabled: bool = True,
-                 storage_options: storage.StorageOptions = None):
+    def __init__(
+        self,
+        output_url: str,
+        run_id: str,
+        interval: float = 1.0,
+        enabled: bool = True,
+        storage_options: storage.StorageOptions = None,
+    ):
         self.output_url, self.run_id, self.interval = output_url, run_id, interval
         self.storage_options = storage_options
         self.enabled = enabled
@@ -98,8 +104,9 @@ class ImageProgress:
             if manifest and manifest["images"] != self._bar.total:
                 self._bar.total = manifest["images"]
                 self._bar.refresh()
-            done = sum(self._shard_rows(s) for s in archive.shard_files(self.output_url, self.run_id,
-                                                                         self.storage_options))
+            done = sum(
+                self._shard_rows(s) for s in archive.shard_files(self.output_url, self.run_id, self.storage_options)
+            )
         except Exception:  # a progress bar must never break or slow down the run
             return
         done = done if self._bar.total is None else min(done, self._bar.total)
@@ -124,7 +131,8 @@ def check_reachable(url: str, options: storage.StorageOptions = None) -> None:
         if storage.is_unreachable(exc):
             secrets = storage.url_secrets(url) + storage_options.credential_values(options)
             raise click.ClickException(
-                f"cannot reach {storage.redact_url(url)}: {storage.describe_error(exc, secrets)}") from None
+                f"cannot reach {storage.redact_url(url)}: {storage.describe_error(exc, secrets)}"
+            ) from None
         return  # anything else (permissions, odd stores) is the flow's to report
 
 
@@ -146,8 +154,15 @@ def _exit_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_command(input_url: str, output_url: str, run_id: str, model: str | None, shard_size: int,
-                   reference_url: str | None, options: dict[str, Any] | None = None) -> str:
+def resume_command(
+    input_url: str,
+    output_url: str,
+    run_id: str,
+    model: str | None,
+    shard_size: int,
+    reference_url: str | None,
+    options: dict[str, Any] | None = None,
+) -> str:
     """The command that resumes a run: with every setting a resume must repeat (a different shard size
     or model is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
     args = ["llie", "run", storage.redact_url(input_url), storage.redact_url(output_url), "--run-id", run_id]
@@ -168,31 +183,83 @@ def print_summary(summary: dict[str, Any]) -> None:
 @cli.command("run")
 @click.argument("input_url")
 @click.argument("output_url")
-@click.option("--model", default=None, metavar="BUNDLE",
-              help="Model bundle directory, reachable from every worker (default: the bundle shipped with llie).")
-@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
-              help="Images per task: the unit of parallelism, retry and resume.")
-@click.option("--reference", "reference_url", default=None, metavar="URL",
-              help="Well-lit references with the same relative paths, for PSNR/SSIM.")
-@click.option("--dask-address", default=None, metavar="ADDR",
-              help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")
-@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local cluster (default: one per CPU).")
-@click.option("--run-id", default=None, metavar="ID",
-              help="Resume this run: finished shards are skipped (default: a new UTC-timestamped id).")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Extra attempts for a shard that fails, with exponential backoff.")
-@click.option("--retry-failed", is_flag=True,
-              help="With --run-id: also redo images that ended with an error or skipped row.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-              help="Skip images larger than this many pixels (decompression-bomb guard).")
+@click.option(
+    "--model",
+    default=None,
+    metavar="BUNDLE",
+    help="Model bundle directory, reachable from every worker (default: the bundle shipped with llie).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SHARD_SIZE,
+    show_default=True,
+    help="Images per task: the unit of parallelism, retry and resume.",
+)
+@click.option(
+    "--reference",
+    "reference_url",
+    default=None,
+    metavar="URL",
+    help="Well-lit references with the same relative paths, for PSNR/SSIM.",
+)
+@click.option(
+    "--dask-address",
+    default=None,
+    metavar="ADDR",
+    help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster).",
+)
+@click.option(
+    "--workers",
+    "n_workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of the local cluster (default: one per CPU).",
+)
+@click.option(
+    "--run-id",
+    default=None,
+    metavar="ID",
+    help="Resume this run: finished shards are skipped (default: a new UTC-timestamped id).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Extra attempts for a shard that fails, with exponential backoff.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="With --run-id: also redo images that ended with an error or skipped row."
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Skip images larger than this many pixels (decompression-bomb guard).",
+)
 @click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
 @storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
 @encoding_options
-def run_command(input_url, output_url, model, shard_size, reference_url, dask_address, n_workers, run_id,
-                retries, retry_failed, max_pixels, device, storage_option, no_progress, png_compression,
-                jpeg_quality) -> None:
+def run_command(
+    input_url,
+    output_url,
+    model,
+    shard_size,
+    reference_url,
+    dask_address,
+    n_workers,
+    run_id,
+    retries,
+    retry_failed,
+    max_pixels,
+    device,
+    storage_option,
+    no_progress,
+    png_compression,
+    jpeg_quality,
+) -> None:
     """Enhance a whole archive with Prefect + Dask.
 
     \b
@@ -230,8 +297,11 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
     from flows import prefect_server
 
     prefect_server.start_if_needed()  # a temporary API, if one is needed, that dies with this process
-    with (_exit_on_sigterm(), credentials.storage_credentials(secret),
-          ImageProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None)):
+    with (
+        _exit_on_sigterm(),
+        credentials.storage_credentials(secret),
+        ImageProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None),
+    ):
         state = enhance_archive(
             input_url=input_url,
             output_url=output_url,
@@ -252,12 +322,17 @@ def run_command(input_url, output_url, model, shard_size, reference_url, dask_ad
         )
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
-        reason = storage.scrub(state.message or state.name, storage.url_secrets(input_url, output_url, reference_url)
-                               + storage_options.credential_values(storage_option))
+        reason = storage.scrub(
+            state.message or state.name,
+            storage.url_secrets(input_url, output_url, reference_url)
+            + storage_options.credential_values(storage_option),
+        )
         click.echo(f"\nrun {run_id} did not complete: {reason}", err=True)
-        click.echo("resume it with: "
-                   + resume_command(input_url, output_url, run_id, model, shard_size, reference_url, storage_option),
-                   err=True)
+        click.echo(
+            "resume it with: "
+            + resume_command(input_url, output_url, run_id, model, shard_size, reference_url, storage_option),
+            err=True,
+        )
         sys.exit(1)
     print_summary(state.result())
 

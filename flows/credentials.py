@@ -10,8 +10,9 @@ credentials come from the environment (AWS_* variables, a profile, an instance r
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any
 
 _CREDENTIALS: ContextVar[dict[str, Any] | None] = ContextVar("llie_storage_credentials", default=None)
 

@@ -18,8 +18,13 @@ SAMPLES = Path(llie.__file__).resolve().parent / "assets" / "samples"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--output", default="demo-output", show_default=True, type=click.Path(file_okay=False),
-              help="Where enhanced images and metrics go.")
+@click.option(
+    "--output",
+    default="demo-output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where enhanced images and metrics go.",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Dask workers (default: one per CPU).")
 def main(output: str, workers: int | None) -> None:
     """Enhance the bundled sample photos through the archive flow and show where everything went."""
@@ -41,8 +46,10 @@ def main(output: str, workers: int | None) -> None:
     click.echo("")
     click.echo(f"enhanced photos:  {out}/  (same names as {low}/)")
     click.echo(f"per-image rows:   {summary['metrics_url']}/shard-*.parquet")
-    click.echo("query with DuckDB: SELECT run_id, input_path, status, psnr, ssim, sec_refiner "
-               f"FROM read_parquet('{out}/_metrics/*/*.parquet', hive_partitioning=true)")
+    click.echo(
+        "query with DuckDB: SELECT run_id, input_path, status, psnr, ssim, sec_refiner "
+        f"FROM read_parquet('{out}/_metrics/*/*.parquet', hive_partitioning=true)"
+    )
 
 
 if __name__ == "__main__":

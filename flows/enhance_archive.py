@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -13,15 +13,14 @@ from prefect.client.orchestration import get_client
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
-from llie import archive, storage
-from llie import storage_options as storage_options_mod
-from llie.bundle import verify_bundle
-from tasks.enhance import enhance_shard
 from flows import credentials
 from flows.artifacts import publish_run_report, summary_text
 from flows.worker_deaths import outcome_of, redo_one_by_one, worker_died
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
-
+from llie import archive, storage
+from llie import storage_options as storage_options_mod
+from llie.bundle import verify_bundle
+from tasks.enhance import enhance_shard
 
 REPORT_DIR = "_report"  # where publish_run_report writes (llie.report.report_url), inside the run's metrics
 
@@ -82,8 +81,14 @@ def _comparable(value: Any) -> Any:
     return value.rstrip("/") or value if isinstance(value, str) else value
 
 
-def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: list[archive.Shard], logger,
-                  opts: storage.StorageOptions = None) -> None:
+def _check_resume(
+    output_url: str,
+    run_id: str,
+    plan: dict[str, Any],
+    shards: list[archive.Shard],
+    logger,
+    opts: storage.StorageOptions = None,
+) -> None:
     """Refuse to mix a resumed run's finished shards with work done under other settings."""
     manifest = archive.read_run_manifest(output_url, run_id, opts) or {}
     for key in ("shard_size", "input_url", "model"):
@@ -101,7 +106,11 @@ def _check_resume(output_url: str, run_id: str, plan: dict[str, Any], shards: li
 
 
 def _summarise(
-    output_url: str, run_id: str, shards: list[archive.Shard], results: list[Any], elapsed: float,
+    output_url: str,
+    run_id: str,
+    shards: list[archive.Shard],
+    results: list[Any],
+    elapsed: float,
     opts: storage.StorageOptions = None,
 ) -> dict[str, Any]:
     failed = [s.shard_id for s, r in zip(shards, results) if isinstance(r, BaseException)]
@@ -191,7 +200,8 @@ def enhance_archive(
     if given_credentials:
         raise ValueError(
             f"storage_options: {storage_options_mod.describe(given_credentials)} is a credential, and Prefect stores "
-            "and shows parameters: give it through the environment (AWS_* variables, a profile) or llie run")
+            "and shows parameters: give it through the environment (AWS_* variables, a profile) or llie run"
+        )
     for url in (input_url, output_url, reference_url):
         storage.check_no_credentials(url)
     opts = storage_options_mod.merge(storage_options, credentials.current()) or None
@@ -206,7 +216,9 @@ def enhance_archive(
     paths = sorted(versions)
     reserved = [p for p in paths if p.split("/", 1)[0] == archive.METRICS_DIR]
     if reserved:
-        logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR)
+        logger.warning(
+            "ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), archive.METRICS_DIR
+        )
         paths = [p for p in paths if p.split("/", 1)[0] != archive.METRICS_DIR]
     previous = archive.read_run_manifest(output_url, run_id, opts) or {}
     if not paths and previous.get("images"):
@@ -233,11 +245,16 @@ def enhance_archive(
     _check_resume(output_url, run_id, plan, shards, logger, opts)
     # A resume that changes nothing leaves the manifest (and its started_at) alone.
     if any(previous.get(k) != v for k, v in plan.items()):
-        archive.write_run_manifest(output_url, run_id, {**plan, "started_at": datetime.now(timezone.utc).isoformat()},
-                                   opts)
+        archive.write_run_manifest(
+            output_url, run_id, {**plan, "started_at": datetime.now(UTC).isoformat()}, opts
+        )
     logger.info(
         "run %s: %d images in %d shards from %s -> %s",
-        run_id, len(paths), len(shards), storage.redact_url(input_url), storage.redact_url(output_url),
+        run_id,
+        len(paths),
+        len(shards),
+        storage.redact_url(input_url),
+        storage.redact_url(output_url),
     )
 
     started = time.perf_counter()
@@ -256,9 +273,14 @@ def enhance_archive(
         if api_unreachable_from(dask_address, api_url):
             logger.warning(
                 "this run's Prefect API is %s, which Dask workers on other machines cannot reach: "
-                "start a Prefect server they can reach and set PREFECT_API_URL for llie and the workers", api_url)
-        with (local_cluster_settings(), tasks_report_to(api_url),
-              make_task_runner(dask_address, workers, api_url) as runner):
+                "start a Prefect server they can reach and set PREFECT_API_URL for llie and the workers",
+                api_url,
+            )
+        with (
+            local_cluster_settings(),
+            tasks_report_to(api_url),
+            make_task_runner(dask_address, workers, api_url) as runner,
+        ):
             parameters = {
                 "input_url": input_url,
                 "output_url": output_url,

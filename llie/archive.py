@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -81,9 +81,7 @@ def _fields() -> list[pa.Field]:
     return fields
 
 
-METRICS_SCHEMA: pa.Schema = pa.schema(
-    _fields(), metadata={b"llie.schema_version": str(SCHEMA_VERSION).encode()}
-)
+METRICS_SCHEMA: pa.Schema = pa.schema(_fields(), metadata={b"llie.schema_version": str(SCHEMA_VERSION).encode()})
 
 
 @dataclass(frozen=True)
@@ -169,8 +167,9 @@ def source_versions_metadata(shard: Shard) -> dict[str, str]:
     """What a shard file records of the images it was made from (image -> version), as file metadata."""
     if not shard.versions:
         return {}
-    return {"source_versions": json.dumps({printable(p): v for p, v in zip(shard.paths, shard.versions)},
-                                          sort_keys=True)}
+    return {
+        "source_versions": json.dumps({printable(p): v for p, v in zip(shard.paths, shard.versions)}, sort_keys=True)
+    }
 
 
 def changed_sources(shard: Shard, metadata: dict[str, str]) -> set[str]:
@@ -190,7 +189,7 @@ def new_run_id() -> str:
 
     Always contains letters, so hive partition readers keep it a string.
     """
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def validate_run_id(run_id: str) -> str:
@@ -224,15 +223,17 @@ def run_manifest_url(output_url: str, run_id: str) -> str:
     return storage.join(metrics_url(output_url, run_id), RUN_MANIFEST)
 
 
-def write_run_manifest(output_url: str, run_id: str, manifest: dict[str, Any],
-                       storage_options: storage.StorageOptions = None) -> None:
+def write_run_manifest(
+    output_url: str, run_id: str, manifest: dict[str, Any], storage_options: storage.StorageOptions = None
+) -> None:
     """What a run was asked to do: lets a resume check its plan and a progress bar its total."""
     data = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True, default=str)
     storage.write_bytes_atomic(run_manifest_url(output_url, run_id), data.encode(), storage_options)
 
 
-def read_run_manifest(output_url: str, run_id: str,
-                      storage_options: storage.StorageOptions = None) -> dict[str, Any] | None:
+def read_run_manifest(
+    output_url: str, run_id: str, storage_options: storage.StorageOptions = None
+) -> dict[str, Any] | None:
     url = run_manifest_url(output_url, run_id)
     if not storage.exists(url, storage_options):
         return None
@@ -251,8 +252,9 @@ def shard_files(output_url: str, run_id: str, storage_options: storage.StorageOp
     return [n[: -len(".parquet")] for n in names if _SHARD_FILE.match(n)]
 
 
-def shard_membership(output_url: str, run_id: str,
-                     storage_options: storage.StorageOptions = None) -> dict[str, list[str]]:
+def shard_membership(
+    output_url: str, run_id: str, storage_options: storage.StorageOptions = None
+) -> dict[str, list[str]]:
     """shard id -> the images its Parquet file holds, for every shard file of the run."""
     table = metrics_dataset(output_url, run_id, storage_options).to_table(columns=["shard_id", "rel_path"])
     membership: dict[str, list[str]] = {}
@@ -297,7 +299,6 @@ def _base_row(shard: Shard, rel: str, input_url: str, output_url: str, run_id: s
     return row
 
 
-
 # Peak memory of enhancing one image, beyond what the process holds already: measured on CPU at 3 and
 # 12 MP (205 and 485 MiB above the loaded model; decode, four stages, encode, metrics), rounded up.
 MEMORY_FIXED_BYTES = 100 * 2**20
@@ -328,19 +329,24 @@ def memory_shortfall(data: bytes, budget: int | None) -> str | None:
     if needed <= budget:
         return None
     gib = 2**30
-    return (f"not enough worker memory: {width}x{height} needs about {needed / gib:.1f} GiB, the worker has "
-            f"{max(budget, 0) / gib:.1f} GiB left (give workers more memory, or lower --max-pixels)")
+    return (
+        f"not enough worker memory: {width}x{height} needs about {needed / gib:.1f} GiB, the worker has "
+        f"{max(budget, 0) / gib:.1f} GiB left (give workers more memory, or lower --max-pixels)"
+    )
 
 
 def error_row(shard: Shard, rel: str, input_url: str, run_id: str, error: str) -> dict[str, Any]:
     """The row of an image that could not be processed at all (its worker died), made outside a worker."""
     row = _base_row(shard, rel, input_url, "", run_id)
-    row.update(error=storage.one_line(error), worker="", finished_at=datetime.now(timezone.utc))
+    row.update(error=storage.one_line(error), worker="", finished_at=datetime.now(UTC))
     return row
 
 
 def _reference_scores(
-    enhanced: np.ndarray, ref_url: str, limits: DecodeLimits, storage_options: storage.StorageOptions,
+    enhanced: np.ndarray,
+    ref_url: str,
+    limits: DecodeLimits,
+    storage_options: storage.StorageOptions,
     prefetched: Future | None = None,
 ) -> tuple[float | None, float | None, str | None]:
     """(psnr, ssim, warning). A missing or mismatched reference never fails the image."""
@@ -352,9 +358,7 @@ def _reference_scores(
     except ImageDecodeError as exc:
         return None, None, f"reference unreadable: {exc}"
     if ref.rgb.shape != enhanced.shape:
-        return None, None, (
-            f"reference is {ref.width}x{ref.height}, output is {enhanced.shape[1]}x{enhanced.shape[0]}"
-        )
+        return None, None, (f"reference is {ref.width}x{ref.height}, output is {enhanced.shape[1]}x{enhanced.shape[0]}")
     return float(psnr(enhanced, ref.rgb)), float(ssim(enhanced, ref.rgb)), None
 
 
@@ -434,7 +438,10 @@ def process_image(
         if reference_url is not None:
             step = "reference"
             row["psnr"], row["ssim"], row["warning"] = _reference_scores(
-                result.image, storage.join(reference_url, rel), limits, storage_options,
+                result.image,
+                storage.join(reference_url, rel),
+                limits,
+                storage_options,
                 prefetched[1] if prefetched is not None else None,
             )
         timer.add("metrics", t)
@@ -462,7 +469,7 @@ def process_image(
     for stage in STAGES:
         row[f"sec_{stage}"] = timer.seconds.get(stage)
     row["worker"] = worker_name()
-    row["finished_at"] = datetime.now(timezone.utc)
+    row["finished_at"] = datetime.now(UTC)
     return row
 
 
@@ -497,9 +504,18 @@ def process_shard(
 
         paths = tqdm(paths, desc=shard.shard_id, unit="img")
     process = functools.partial(
-        process_image, shard, input_url=input_url, output_url=output_url, enhancer=enhancer,
-        reference_url=reference_url, run_id=run_id, limits=limits, stages=stages, storage_options=storage_options,
-        encoding=encoding, memory_budget=memory_budget,
+        process_image,
+        shard,
+        input_url=input_url,
+        output_url=output_url,
+        enhancer=enhancer,
+        reference_url=reference_url,
+        run_id=run_id,
+        limits=limits,
+        stages=stages,
+        storage_options=storage_options,
+        encoding=encoding,
+        memory_budget=memory_budget,
     )
     if read_ahead < 1:
         return [process(rel) for rel in paths]
@@ -581,7 +597,7 @@ def run_ids(output_url: str, storage_options: storage.StorageOptions = None) -> 
     except FileNotFoundError:
         return []
     names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
-    return sorted(n[len("run_id="):] for n in names if n.startswith("run_id=") and _RUN_ID.match(n[len("run_id="):]))
+    return sorted(n[len("run_id=") :] for n in names if n.startswith("run_id=") and _RUN_ID.match(n[len("run_id=") :]))
 
 
 def _check_shard_file(fragment: Any, url: str) -> None:
@@ -599,12 +615,12 @@ def _check_shard_file(fragment: Any, url: str) -> None:
             problems.append(f"{expected.name} is {physical.field(index).type}, not {expected.type}")
     if problems:
         shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-        raise MetricsFileError(f"unreadable metrics file {storage.redact_url(url)}: not a shard file of this schema: {shown}")
+        raise MetricsFileError(
+            f"unreadable metrics file {storage.redact_url(url)}: not a shard file of this schema: {shown}"
+        )
 
 
-def metrics_dataset(
-    output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
-) -> Any:
+def metrics_dataset(output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None) -> Any:
     """The shard files of one run (or of every run) as a pyarrow dataset with a ``run_id`` column.
 
     Only the files the flow writes are read, by name (``run_id=<id>/shard-NNNNN.parquet``): a note,
@@ -619,11 +635,16 @@ def metrics_dataset(
     names = [f"run_id={r}/{s}.parquet" for r in runs for s in shard_files(output_url, r, storage_options)]
     base = root.rstrip("/")
     partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
-    dataset = ds.dataset([f"{base}/{n}" for n in names], filesystem=fs, format="parquet",
-                         schema=METRICS_SCHEMA.append(pa.field("run_id", pa.string())),
-                         partitioning=partitioning, partition_base_dir=base)
+    dataset = ds.dataset(
+        [f"{base}/{n}" for n in names],
+        filesystem=fs,
+        format="parquet",
+        schema=METRICS_SCHEMA.append(pa.field("run_id", pa.string())),
+        partitioning=partitioning,
+        partition_base_dir=base,
+    )
     fragments = list(dataset.get_fragments())
-    urls = [f"{root_url}/{f.path[len(base) + 1:]}" for f in fragments]
+    urls = [f"{root_url}/{f.path[len(base) + 1 :]}" for f in fragments]
     with ThreadPoolExecutor(max_workers=8) as pool:  # one footer read each: overlap the round trips
         list(pool.map(_check_shard_file, fragments, urls))
     return dataset

@@ -22,7 +22,6 @@ Conventions, so that the numbers can be reproduced with any Parquet reader:
 from __future__ import annotations
 
 import math
-import posixpath
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -117,8 +116,9 @@ def _unreadable(url: str, exc: Exception, storage_options: storage.StorageOption
             fragment.to_table(schema=archive.METRICS_SCHEMA)
         except pa.ArrowException as file_exc:
             file_url = str(url).rstrip("/") + "/" + fragment.path[len(root.rstrip("/")) :].lstrip("/")
-            return AuditError(f"unreadable metrics file {storage.redact_url(file_url)}: "
-                              f"{storage.redact_url(str(file_exc))}")
+            return AuditError(
+                f"unreadable metrics file {storage.redact_url(file_url)}: {storage.redact_url(str(file_exc))}"
+            )
     return AuditError(f"unreadable metrics under {storage.redact_url(url)}: {storage.redact_url(str(exc))}")
 
 
@@ -140,20 +140,36 @@ def list_runs(output_url: str, storage_options: storage.StorageOptions = None) -
     for row in table.group_by(["run_id", "status"]).aggregate([("status", "count")]).to_pylist():
         counts.setdefault(row["run_id"], Counter())[row["status"]] = row["status_count"]
     finite_ok = pc.and_(pc.equal(table.column("status"), "ok"), pc.is_finite(table.column("psnr")))
-    means = {r["run_id"]: r["psnr_mean"] for r in
-             table.filter(pc.fill_null(finite_ok, False)).group_by("run_id").aggregate([("psnr", "mean")]).to_pylist()}
-    spans = {r["run_id"]: r for r in table.group_by("run_id").aggregate(
-        [("finished_at", "min"), ("finished_at", "max"), ("model_version", "distinct")]).to_pylist()}
+    means = {
+        r["run_id"]: r["psnr_mean"]
+        for r in table.filter(pc.fill_null(finite_ok, False))
+        .group_by("run_id")
+        .aggregate([("psnr", "mean")])
+        .to_pylist()
+    }
+    spans = {
+        r["run_id"]: r
+        for r in table.group_by("run_id")
+        .aggregate([("finished_at", "min"), ("finished_at", "max"), ("model_version", "distinct")])
+        .to_pylist()
+    }
     runs = []
     for run_id in sorted(counts):
         statuses, span = counts[run_id], spans.get(run_id, {})
         first, last = span.get("finished_at_min"), span.get("finished_at_max")
-        runs.append(RunInfo(
-            run_id=run_id, images=sum(statuses.values()), ok=statuses.get("ok", 0), error=statuses.get("error", 0),
-            skipped=statuses.get("skipped", 0), mean_psnr=means.get(run_id),
-            first_finished=first.isoformat() if first else None, last_finished=last.isoformat() if last else None,
-            model_versions=sorted(v for v in span.get("model_version_distinct") or [] if v),
-        ))
+        runs.append(
+            RunInfo(
+                run_id=run_id,
+                images=sum(statuses.values()),
+                ok=statuses.get("ok", 0),
+                error=statuses.get("error", 0),
+                skipped=statuses.get("skipped", 0),
+                mean_psnr=means.get(run_id),
+                first_finished=first.isoformat() if first else None,
+                last_finished=last.isoformat() if last else None,
+                model_versions=sorted(v for v in span.get("model_version_distinct") or [] if v),
+            )
+        )
     # Unfinished runs (a folder, no rows yet) sort first; default run ids sort by time anyway.
     return sorted(runs, key=lambda r: (r.last_finished or "", r.run_id))
 
@@ -165,9 +181,7 @@ def latest_run(output_url: str, storage_options: storage.StorageOptions = None) 
     return runs[-1].run_id
 
 
-def load_run(
-    output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None
-) -> RunData:
+def load_run(output_url: str, run_id: str | None = None, storage_options: storage.StorageOptions = None) -> RunData:
     """One run's rows (the latest run when ``run_id`` is None), one row per image.
 
     Should an image have two rows (it cannot happen through the flow, whose shard files are
@@ -246,8 +260,14 @@ class Stats:
             return None
         p5, median, p95 = np.percentile(values, [5, 50, 95])
         return cls(
-            n=int(values.size), mean=float(values.mean()), median=float(median), p5=float(p5),
-            p95=float(p95), min=float(values.min()), max=float(values.max()), infinite=infinite,
+            n=int(values.size),
+            mean=float(values.mean()),
+            median=float(median),
+            p5=float(p5),
+            p95=float(p95),
+            min=float(values.min()),
+            max=float(values.max()),
+            infinite=infinite,
         )
 
 
@@ -358,9 +378,14 @@ def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScor
     def scores(indices: np.ndarray) -> list[ImageScore]:
         return [
             ImageScore(
-                rel_path=r["rel_path"], input_path=r["input_path"], output_path=r["output_path"],
-                value=float(r[metric]), psnr=r["psnr"], ssim=r["ssim"],
-                before_brightness=r["before_brightness"], after_brightness=r["after_brightness"],
+                rel_path=r["rel_path"],
+                input_path=r["input_path"],
+                output_path=r["output_path"],
+                value=float(r[metric]),
+                psnr=r["psnr"],
+                ssim=r["ssim"],
+                before_brightness=r["before_brightness"],
+                after_brightness=r["after_brightness"],
                 bytes_out=r["bytes_out"],
             )
             for r in _rows(table, indices)
@@ -409,8 +434,10 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         duplicates=run.duplicates,
         first_finished=first.isoformat() if first else None,
         last_finished=last.isoformat() if last else None,
-        problems=[(status, reason, count) for (status, reason), count in
-                  sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))],
+        problems=[
+            (status, reason, count)
+            for (status, reason), count in sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
         warnings=sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0])),
         references=int((~np.isnan(psnr)).sum()),
         psnr=Stats.of(psnr),
@@ -529,11 +556,19 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
         regressed = b["status"] == "ok" and a["status"] != "ok"
         fixed = b["status"] != "ok" and a["status"] == "ok"
         if regressed or (d is not None and d < -tol):
-            worse.append(ImageDelta(
-                rel_path=rel, base_status=b["status"], status=a["status"], base_value=number(b, metric),
-                value=number(a, metric), delta=d, input_path=a["input_path"], output_path=a["output_path"],
-                base_output_path=b["output_path"],
-            ))
+            worse.append(
+                ImageDelta(
+                    rel_path=rel,
+                    base_status=b["status"],
+                    status=a["status"],
+                    base_value=number(b, metric),
+                    value=number(a, metric),
+                    delta=d,
+                    input_path=a["input_path"],
+                    output_path=a["output_path"],
+                    base_output_path=b["output_path"],
+                )
+            )
         elif fixed or (d is not None and d > tol):
             improved += 1
         elif d is None:  # no score to compare: "unchanged" would be a guess
@@ -584,7 +619,9 @@ def _table(header: list[str], rows: list[list[str]], right: set[int] | None = No
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
@@ -604,16 +641,23 @@ def _bytes(n: int) -> str:
 def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     out = [f"run {s.run_id}  ({s.output_url})"]
     models = ", ".join(s.model_versions) or "-"
-    out.append(f"  model {models}; {s.shards} shard(s), {s.workers} worker(s); "
-               f"finished {s.first_finished or '-'} .. {s.last_finished or '-'}")
+    out.append(
+        f"  model {models}; {s.shards} shard(s), {s.workers} worker(s); "
+        f"finished {s.first_finished or '-'} .. {s.last_finished or '-'}"
+    )
     if s.duplicates:
         out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
     out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
     if s.problems:
         out += ["", "most common problems:"]
-        out += ["  " + line for line in _table(
-            ["status", "count", "reason"],
-            [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]], right={1})]
+        out += [
+            "  " + line
+            for line in _table(
+                ["status", "count", "reason"],
+                [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]],
+                right={1},
+            )
+        ]
         if len(s.problems) > max_reasons:
             out.append(f"  ... and {len(s.problems) - max_reasons} other reason(s)")
     if s.warnings:
@@ -623,8 +667,10 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     rows = []
     for name, st in (("PSNR (dB)", s.psnr), ("SSIM", s.ssim)):
         d = 2 if name.startswith("PSNR") else 4
-        rows.append([name, str(st.n) if st else "0"] + [_f(getattr(st, k) if st else None, d)
-                                                           for k in ("mean", "median", "p5", "p95")])
+        rows.append(
+            [name, str(st.n) if st else "0"]
+            + [_f(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95")]
+        )
     out += ["  " + line for line in _table(["metric", "n", "mean", "median", "p5", "p95"], rows)]
     if s.psnr and s.psnr.infinite:
         out.append(f"  ({s.psnr.infinite} image(s) identical to their reference: PSNR inf, not in the stats)")
@@ -633,26 +679,51 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     rows = []
     for name in NR_SHOWN:
         b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
-        rows.append([name, _f(b.mean if b else None, 4), _f(a.mean if a else None, 4),
-                     _signed(a.mean - b.mean if a and b else None, 4),
-                     _f(b.median if b else None, 4), _f(a.median if a else None, 4)])
-    out += ["  " + line for line in _table(["stat", "before", "after", "change", "median before", "median after"], rows)]
+        rows.append(
+            [
+                name,
+                _f(b.mean if b else None, 4),
+                _f(a.mean if a else None, 4),
+                _signed(a.mean - b.mean if a and b else None, 4),
+                _f(b.median if b else None, 4),
+                _f(a.median if a else None, 4),
+            ]
+        )
+    out += [
+        "  " + line for line in _table(["stat", "before", "after", "change", "median before", "median after"], rows)
+    ]
 
     out += ["", "throughput:"]
-    out.append(f"  {_f(s.images_per_second, 2)} images/s over {_f(s.wall_seconds, 1)} s wall clock "
-               f"(first image start to last finish); {_f(s.images_per_busy_second, 2)} images/s per busy worker")
+    out.append(
+        f"  {_f(s.images_per_second, 2)} images/s over {_f(s.wall_seconds, 1)} s wall clock "
+        f"(first image start to last finish); {_f(s.images_per_busy_second, 2)} images/s per busy worker"
+    )
     out.append(f"  {_bytes(s.bytes_in)} read, {_bytes(s.bytes_out)} written; {_f(s.busy_seconds, 1)} s busy in total")
-    out += ["  " + line for line in _table(
-        ["stage", "seconds", "share"],
-        [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES])]
+    out += [
+        "  " + line
+        for line in _table(
+            ["stage", "seconds", "share"],
+            [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES],
+        )
+    ]
 
     if s.worst or s.best:
         d, unit = DIGITS[s.rank_by], UNITS[s.rank_by]
-        for title, items in ((f"worst {len(s.worst)} by {s.rank_by}", s.worst), (f"best {len(s.best)} by {s.rank_by}", s.best)):
+        for title, items in (
+            (f"worst {len(s.worst)} by {s.rank_by}", s.worst),
+            (f"best {len(s.best)} by {s.rank_by}", s.best),
+        ):
             out += ["", title + ":"]
-            out += ["  " + line for line in _table(
-                ["image", s.rank_by + unit, "brightness before", "after"],
-                [[i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)] for i in items])]
+            out += [
+                "  " + line
+                for line in _table(
+                    ["image", s.rank_by + unit, "brightness before", "after"],
+                    [
+                        [i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)]
+                        for i in items
+                    ],
+                )
+            ]
     else:
         out += ["", f"no images ranked: no ok image has a {s.rank_by} (no references?)"]
     return "\n".join(out)
@@ -662,11 +733,15 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
     d = DIGITS[c.metric]
     out = [f"compare run {c.run_id} with baseline {c.base_run_id} (deltas are run - baseline)"]
     out.append(f"  models: {', '.join(c.base_model_versions) or '-'} -> {', '.join(c.model_versions) or '-'}")
-    out.append(f"  {c.common} image(s) in both; {len(c.only_in_run)} only in {c.run_id}; "
-               f"{len(c.only_in_base)} only in {c.base_run_id}")
+    out.append(
+        f"  {c.common} image(s) in both; {len(c.only_in_run)} only in {c.run_id}; "
+        f"{len(c.only_in_base)} only in {c.base_run_id}"
+    )
     unscored = f"; {c.unscored} without a score in both runs" if c.unscored else ""
-    out.append(f"  by {c.metric} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} unchanged, "
-               f"{c.worse_count} worse{unscored}")
+    out.append(
+        f"  by {c.metric} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} unchanged, "
+        f"{c.worse_count} worse{unscored}"
+    )
     nothing = c.nothing_compared()
     if nothing:
         out.append(f"  nothing compared by {c.metric}: {nothing}")
@@ -674,26 +749,49 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
     for m in DELTA_METRICS:
         st, ci = c.deltas[m], c.delta_intervals[m]
         dd = DIGITS.get(m, 4)
-        rows.append([m, str(st.n) if st else "0", _signed(st.mean if st else None, dd),
-                     f"{_signed(ci[0], dd)} to {_signed(ci[1], dd)}" if ci else "-",
-                     _signed(st.median if st else None, dd), _signed(st.p5 if st else None, dd),
-                     _signed(st.p95 if st else None, dd)])
+        rows.append(
+            [
+                m,
+                str(st.n) if st else "0",
+                _signed(st.mean if st else None, dd),
+                f"{_signed(ci[0], dd)} to {_signed(ci[1], dd)}" if ci else "-",
+                _signed(st.median if st else None, dd),
+                _signed(st.p5 if st else None, dd),
+                _signed(st.p95 if st else None, dd),
+            ]
+        )
     out += ["", "per-image deltas (an interval that holds 0: these images do not show a change of the mean):"]
     out += ["  " + line for line in _table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], rows)]
     if c.status_changes:
         out += ["", "status changes:"]
-        out += ["  " + line for line in _table(
-            ["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set())]
+        out += [
+            "  " + line
+            for line in _table(
+                ["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set()
+            )
+        ]
         if len(c.status_changes) > limit:
             out.append(f"  ... and {len(c.status_changes) - limit} more")
     if not c.worse:  # "no image got worse" only where images were compared
         out += ["", f"nothing compared by {c.metric}: {nothing}" if nothing else "no image got worse"]
     else:
         out += ["", f"images that got worse ({c.worse_count}):"]
-        out += ["  " + line for line in _table(
-            ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
-            [[w.rel_path, _f(w.base_value, d), _f(w.value, d), _signed(w.delta, d),
-              w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}"] for w in c.worse[:limit]])]
+        out += [
+            "  " + line
+            for line in _table(
+                ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+                [
+                    [
+                        w.rel_path,
+                        _f(w.base_value, d),
+                        _f(w.value, d),
+                        _signed(w.delta, d),
+                        w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}",
+                    ]
+                    for w in c.worse[:limit]
+                ],
+            )
+        ]
         if c.worse_count > limit:
             out.append(f"  ... and {c.worse_count - limit} more (--json has every image)")
     return "\n".join(out)
@@ -702,9 +800,22 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
 def format_runs(runs: list[RunInfo]) -> str:
     if not runs:
         return "no runs"
-    return "\n".join(_table(
-        ["run", "images", "ok", "error", "skipped", "mean PSNR", "last finished", "model"],
-        [[r.run_id, str(r.images), str(r.ok), str(r.error), str(r.skipped), _f(r.mean_psnr, 2),
-          r.last_finished or "-", ", ".join(r.model_versions) or "-"] for r in runs],
-        right={1, 2, 3, 4, 5},
-    ))
+    return "\n".join(
+        _table(
+            ["run", "images", "ok", "error", "skipped", "mean PSNR", "last finished", "model"],
+            [
+                [
+                    r.run_id,
+                    str(r.images),
+                    str(r.ok),
+                    str(r.error),
+                    str(r.skipped),
+                    _f(r.mean_psnr, 2),
+                    r.last_finished or "-",
+                    ", ".join(r.model_versions) or "-",
+                ]
+                for r in runs
+            ],
+            right={1, 2, 3, 4, 5},
+        )
+    )

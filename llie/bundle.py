@@ -15,7 +15,7 @@ import platform
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,7 +80,9 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         save_file(state, directory / REFINER_FILE)
         files.append(directory / REFINER_FILE)
     hashes = {p.name: _sha256(p) for p in files}
-    import numpy, scipy, xgboost
+    import numpy
+    import scipy
+    import xgboost
 
     manifest = {
         **bundle.manifest,
@@ -91,7 +93,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "mapping": asdict(bundle.mapping),
         "policy": asdict(bundle.policy),
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -107,8 +109,13 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
 
 def _plain_name(name: object) -> bool:
     """A file name directly inside the bundle: no folder part, no way out of it."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\0" not in name)
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 def _read_regular(directory: Path, name: str) -> bytes:
@@ -177,7 +184,9 @@ def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
         raise BundleError(f"bundle file {MANIFEST} lists no model files: refusing to load")
     for name in hashes:  # all names first: nothing is read for a manifest that names a path out
         if not _plain_name(name) or name == MANIFEST:
-            raise BundleError(f"bundle file {MANIFEST} names {name!r}, which is not a file of the bundle: refusing to load")
+            raise BundleError(
+                f"bundle file {MANIFEST} names {name!r}, which is not a file of the bundle: refusing to load"
+            )
     contents: dict[str, bytes] = {}
     for name, expected in hashes.items():
         data = _read_regular(directory, name)
@@ -187,7 +196,9 @@ def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
     if _version(hashes) != manifest.get("model_version"):
         raise BundleError(f"bundle file {MANIFEST}: model_version does not match its file hashes: refusing to load")
     if "quantiles.json" not in contents:
-        raise BundleError(f"bundle file quantiles.json is needed by the model but not listed in {MANIFEST}: refusing to load")
+        raise BundleError(
+            f"bundle file quantiles.json is needed by the model but not listed in {MANIFEST}: refusing to load"
+        )
     try:
         quantiles_config = json.loads(contents["quantiles.json"])
     except ValueError as exc:
@@ -233,8 +244,9 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
             # manifests from before the whole-image context or the detail head name no such field: those
             # refiners have neither
             try:
-                refiner = Refiner(RefinerConfig(**{"global_context": False, "detail_channels": 0,
-                                                   **manifest["refiner"]}))
+                refiner = Refiner(
+                    RefinerConfig(**{"global_context": False, "detail_channels": 0, **manifest["refiner"]})
+                )
                 state = load_file(folder / REFINER_FILE)
                 refiner.load_state_dict({k: v.float() for k, v in state.items()})
             except Exception as exc:

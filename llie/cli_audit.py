@@ -20,28 +20,72 @@ RANK_METRICS = ("psnr", "ssim")
 @click.command("audit")
 @click.argument("output_url")
 @click.option("--run", "run_id", default=None, metavar="RUN_ID", help="Run to audit (default: the latest one).")
-@click.option("--compare", "compare_id", default=None, metavar="RUN_ID",
-              help="Baseline run over the same inputs: per-image deltas (run - baseline) and the images that got worse.")
-@click.option("--compare-output", default=None, metavar="URL",
-              help="OUTPUT_URL of the baseline run when it wrote elsewhere (default: OUTPUT_URL).")
-@click.option("--report", "report_path", default=None, metavar="PATH",
-              help="Write the report as one self-contained HTML file (PATH.html, or PATH/report.html for a folder).")
+@click.option(
+    "--compare",
+    "compare_id",
+    default=None,
+    metavar="RUN_ID",
+    help="Baseline run over the same inputs: per-image deltas (run - baseline) and the images that got worse.",
+)
+@click.option(
+    "--compare-output",
+    default=None,
+    metavar="URL",
+    help="OUTPUT_URL of the baseline run when it wrote elsewhere (default: OUTPUT_URL).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    default=None,
+    metavar="PATH",
+    help="Write the report as one self-contained HTML file (PATH.html, or PATH/report.html for a folder).",
+)
 # min 1: the ranking's "no images ranked" line (and the report's) would blame missing references.
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
-              help="How many worst and best images to list.")
-@click.option("--rank-by", type=click.Choice(RANK_METRICS), default="psnr", show_default=True,
-              help="Metric that ranks images (worst/best, and 'got worse' in --compare).")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
-              help="With --compare: changes smaller than this count as unchanged (default 0.01 dB PSNR, 0.0005 SSIM).")
-@click.option("--json", "json_path", default=None, metavar="FILE",
-              help="Also write everything (every image's deltas with --compare) as JSON; '-' for stdout.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many worst and best images to list."
+)
+@click.option(
+    "--rank-by",
+    type=click.Choice(RANK_METRICS),
+    default="psnr",
+    show_default=True,
+    help="Metric that ranks images (worst/best, and 'got worse' in --compare).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --compare: changes smaller than this count as unchanged (default 0.01 dB PSNR, 0.0005 SSIM).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    metavar="FILE",
+    help="Also write everything (every image's deltas with --compare) as JSON; '-' for stdout.",
+)
 @click.option("--runs", "list_runs", is_flag=True, help="List the runs under OUTPUT_URL and exit.")
 @storage_option_flag
-@click.option("--fail-on-worse", is_flag=True,
-              help="With --compare: exit with status 3 if any image got worse, and with an error (status 1) "
-                   "if no image could be compared (none in both runs, or none with a score in both).")
-def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank_by, tolerance, json_path,
-          list_runs, storage_option, fail_on_worse) -> None:
+@click.option(
+    "--fail-on-worse",
+    is_flag=True,
+    help="With --compare: exit with status 3 if any image got worse, and with an error (status 1) "
+    "if no image could be compared (none in both runs, or none with a score in both).",
+)
+def audit(
+    output_url,
+    run_id,
+    compare_id,
+    compare_output,
+    report_path,
+    top,
+    rank_by,
+    tolerance,
+    json_path,
+    list_runs,
+    storage_option,
+    fail_on_worse,
+) -> None:
     """Audit the image quality of an archive run from the Parquet that `llie run` writes.
 
     \b
@@ -67,8 +111,9 @@ def audit(output_url, run_id, compare_id, compare_output, report_path, top, rank
             click.echo(au.format_runs(au.list_runs(output_url, opts)))
             return
         if not compare_id:
-            _refuse_without_compare(compare_output=bool(compare_output), fail_on_worse=fail_on_worse,
-                                    tolerance=tolerance is not None)
+            _refuse_without_compare(
+                compare_output=bool(compare_output), fail_on_worse=fail_on_worse, tolerance=tolerance is not None
+            )
         run = au.load_run(output_url, run_id, opts)
         summary = au.summarise(run, top=top, rank_by=rank_by)
         base = base_summary = comparison = None

@@ -15,8 +15,12 @@ def _parse_storage_options(ctx, param, values):
 
 
 storage_option_flag = click.option(
-    "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", callback=_parse_storage_options,
+    "--storage-option",
+    "storage_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_storage_options,
     help="fsspec storage option for every URL, repeatable, e.g. endpoint_url=http://minio:9000, "
-         "client_kwargs.region_name=eu-west-1, anon=true, profile=NAME. Values of credential keys "
-         "(key, secret, token, ...) are never printed, logged or stored.",
+    "client_kwargs.region_name=eu-west-1, anon=true, profile=NAME. Values of credential keys "
+    "(key, secret, token, ...) are never printed, logged or stored.",
 )

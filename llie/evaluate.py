@@ -28,8 +28,10 @@ def evaluate_pairs(bundle: str | Path | None, pairs: list[Pair], device: str = "
     for pair in tqdm(pairs, desc="evaluate", disable=not progress):
         low, high = load_rgb(pair.low), load_rgb(pair.high)
         if low.shape != high.shape:
-            raise ValueError(f"pair {pair.name}: the low image is {low.shape[1]}x{low.shape[0]}, "
-                             f"the high one {high.shape[1]}x{high.shape[0]}")
+            raise ValueError(
+                f"pair {pair.name}: the low image is {low.shape[1]}x{low.shape[0]}, "
+                f"the high one {high.shape[1]}x{high.shape[0]}"
+            )
         hist = enhancer.enhance(low, stages="hist").image
         row = {"name": pair.name}
         for stage, image in (("input", low), ("stage3", hist)):
@@ -40,8 +42,13 @@ def evaluate_pairs(bundle: str | Path | None, pairs: list[Pair], device: str = "
         rows.append(row)
     keys = [k for k in rows[0] if k != "name"] if rows else []
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return {"rows": rows, "mean": mean, "interval": _intervals(rows, keys), "confidence": CONFIDENCE,
-            "model_version": enhancer.model_version}
+    return {
+        "rows": rows,
+        "mean": mean,
+        "interval": _intervals(rows, keys),
+        "confidence": CONFIDENCE,
+        "model_version": enhancer.model_version,
+    }
 
 
 def _intervals(rows: list[dict], keys: list[str]) -> dict[str, list[float]]:
@@ -67,8 +74,12 @@ def compare_reports(report: dict, baseline: dict) -> dict:
         if not np.all(np.isfinite(diffs)):  # an image identical to its reference in either report
             continue
         out[k] = paired_difference(diffs, CONFIDENCE)
-    return {"model_version": report["model_version"], "baseline_version": baseline["model_version"],
-            "confidence": CONFIDENCE, "metrics": out}
+    return {
+        "model_version": report["model_version"],
+        "baseline_version": baseline["model_version"],
+        "confidence": CONFIDENCE,
+        "metrics": out,
+    }
 
 
 def format_table(report: dict) -> str:
@@ -82,20 +93,30 @@ def format_table(report: dict) -> str:
     intervals = report.get("interval", {})
     if intervals:
         label = f"{round(100 * report.get('confidence', CONFIDENCE))}% interval of the mean"
-        lines.append(f"| {label} | " + " | ".join(
-            f"{fmt(k, intervals[k][0])} to {fmt(k, intervals[k][1])}" if k in intervals else "n/a" for k in keys) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(
+                f"{fmt(k, intervals[k][0])} to {fmt(k, intervals[k][1])}" if k in intervals else "n/a" for k in keys
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def format_comparison(comparison: dict) -> str:
     """Markdown table of ``compare_reports``: difference, interval, and images better / worse."""
     pct = round(100 * comparison["confidence"])
-    lines = [f"{comparison['model_version']} minus {comparison['baseline_version']}, same pairs", "",
-             f"| metric | mean difference | {pct}% interval (paired) | images better / worse | shown by this set |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{comparison['model_version']} minus {comparison['baseline_version']}, same pairs",
+        "",
+        f"| metric | mean difference | {pct}% interval (paired) | images better / worse | shown by this set |",
+        "|---|---|---|---|---|",
+    ]
     for k, c in comparison["metrics"].items():
         low, high = c["interval"]
         fmt = (lambda v: f"{v:+.4f}") if "ssim" in k else (lambda v: f"{v:+.2f}")
         verdict = "better" if low > 0 else "worse" if high < 0 else "no"
-        lines.append(f"| {k} | {fmt(c['difference'])} | {fmt(low)} to {fmt(high)} | {c['better']} / {c['worse']} | {verdict} |")
+        lines.append(
+            f"| {k} | {fmt(c['difference'])} | {fmt(low)} to {fmt(high)} | {c['better']} / {c['worse']} | {verdict} |"
+        )
     return "\n".join(lines)

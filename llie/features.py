@@ -111,12 +111,14 @@ def noise_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarra
             gradient += float(np.abs(np.diff(grey, axis=0)).mean())
         if grey.shape[1] >= 2:
             gradient += float(np.abs(np.diff(grey, axis=1)).mean())
-    return np.concatenate([
-        sigma,
-        np.log(sigma + 1e-4),
-        np.log((sigma + 1e-4) / means),
-        [np.log(gradient + 1e-4), np.log((gradient + 1e-4) / means.mean())],
-    ]).astype(np.float32)
+    return np.concatenate(
+        [
+            sigma,
+            np.log(sigma + 1e-4),
+            np.log((sigma + 1e-4) / means),
+            [np.log(gradient + 1e-4), np.log((gradient + 1e-4) / means.mean())],
+        ]
+    ).astype(np.float32)
 
 
 def _masked_noise(levels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -141,7 +143,7 @@ def _masked_noise(levels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     for axis in (0, 1):
         if grey.shape[axis] >= 2:
             both = np.diff(sub.astype(np.int8), axis=axis) == 0
-            both &= (sub[1:] if axis == 0 else sub[:, 1:])
+            both &= sub[1:] if axis == 0 else sub[:, 1:]
             if both.any():
                 gradient += float(np.abs(np.diff(grey, axis=axis))[both].mean())
     return sigma, means, gradient

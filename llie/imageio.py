@@ -34,9 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 
 # Formats Pillow may use to open a file. An allow-list, not Pillow's full registry: some plugins
 # (EPS runs Ghostscript, for one) are not something to point at untrusted archive bytes. MPO
@@ -360,8 +358,9 @@ def _too_large_reason(pil_message: str, limits: DecodeLimits) -> str:
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_image(rgb: np.ndarray, like: DecodedImage, fmt: str | None = None,
-                 options: EncodeOptions = EncodeOptions()) -> bytes:
+def encode_image(
+    rgb: np.ndarray, like: DecodedImage, fmt: str | None = None, options: EncodeOptions = EncodeOptions()
+) -> bytes:
     """Encode enhanced float RGB (HxWx3 in [0,1]) the way ``like`` was stored; see module doc."""
     fmt = _writable_format(fmt or like.format)
     rgb = np.asarray(rgb)
@@ -372,8 +371,10 @@ def encode_image(rgb: np.ndarray, like: DecodedImage, fmt: str | None = None,
     gray = like.mode in _GRAY_MODES or like.mode.startswith("I;16")
     sixteen = gray and like.bit_depth == 16
     alpha = like.alpha if like.alpha is not None and not sixteen else None
-    wanted = ("I;16" if sixteen else "LA" if alpha is not None else "L") if gray else (
-        "RGBA" if alpha is not None else "RGB"
+    wanted = (
+        ("I;16" if sixteen else "LA" if alpha is not None else "L")
+        if gray
+        else ("RGBA" if alpha is not None else "RGB")
     )
     mode = _fit_mode(wanted, fmt)
 

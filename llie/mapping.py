@@ -144,8 +144,13 @@ def to_levels(rgb: np.ndarray, levels: int) -> np.ndarray:
     return np.clip(np.rint(rgb * (levels - 1)), 0, levels - 1).astype(dtype)
 
 
-def match_to_quantiles(rgb: np.ndarray, quantiles: np.ndarray, config: MappingConfig = MappingConfig(), levels: int = 256,
-                       mask: np.ndarray | None = None) -> np.ndarray:
+def match_to_quantiles(
+    rgb: np.ndarray,
+    quantiles: np.ndarray,
+    config: MappingConfig = MappingConfig(),
+    levels: int = 256,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
     """Map an HxWx3 float image so that each channel follows the histogram implied by ``quantiles`` (3, 21).
 
     With an HxW boolean ``mask`` the source histogram counts only those pixels (a photo's opaque ones, so
@@ -205,8 +210,9 @@ def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConf
     return weight[..., None].astype(np.float32)
 
 
-def _keep_hue(codes: np.ndarray, luts: list[np.ndarray], levels: int, config: MappingConfig,
-              mask: np.ndarray | None) -> np.ndarray:
+def _keep_hue(
+    codes: np.ndarray, luts: list[np.ndarray], levels: int, config: MappingConfig, mask: np.ndarray | None
+) -> np.ndarray:
     """The colour="hue" or "bounded" result, band by band: a first pass sums both results' channels for
     the gains."""
     sums = np.zeros((2, 3))

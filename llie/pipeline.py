@@ -33,8 +33,13 @@ def set_threads(n: int) -> None:
 
 
 class Enhancer:
-    def __init__(self, bundle: Bundle, device: str = "auto", tiling: TilingConfig = TilingConfig(),
-                 working: WorkingSize = WorkingSize()):
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        tiling: TilingConfig = TilingConfig(),
+        working: WorkingSize = WorkingSize(),
+    ):
         self.bundle = bundle
         # without a refiner there is nothing for torch to run: stages 1-3 alone never import it
         self.device = resolve_device(device) if bundle.refiner is not None else None
@@ -44,8 +49,9 @@ class Enhancer:
             bundle.refiner.to(self.device).eval()
 
     @classmethod
-    def load(cls, bundle: str | Path | None = None, device: str = "auto", threads: int | None = None,
-             refiner: bool = True) -> "Enhancer":
+    def load(
+        cls, bundle: str | Path | None = None, device: str = "auto", threads: int | None = None, refiner: bool = True
+    ) -> Enhancer:
         """Load a bundle directory (None: the default model shipped in the package); ``refiner=False``
         leaves stage 4 out (every file is still checked), for stages 1-3 without torch."""
         if threads is not None and refiner:
@@ -56,8 +62,9 @@ class Enhancer:
     def model_version(self) -> str:
         return self.bundle.model_version
 
-    def enhance(self, rgb: np.ndarray, stages: str = "full", levels: int | None = None,
-                mask: np.ndarray | None = None) -> EnhanceResult:
+    def enhance(
+        self, rgb: np.ndarray, stages: str = "full", levels: int | None = None, mask: np.ndarray | None = None
+    ) -> EnhanceResult:
         """Enhance an HxWx3 float image in [0, 1].
 
         ``stages="hist"`` stops after histogram mapping (stages 1-3); ``"full"`` adds the refiner.

@@ -90,8 +90,9 @@ def refiner_weight(gain: float, policy: EnhancePolicy) -> float:
     return (gain - policy.gain_off) / (policy.gain_full - policy.gain_off)
 
 
-def apply_policy(mapped: np.ndarray, refined: np.ndarray, weight: float, policy: EnhancePolicy,
-                 mask: np.ndarray | None = None) -> np.ndarray:
+def apply_policy(
+    mapped: np.ndarray, refined: np.ndarray, weight: float, policy: EnhancePolicy, mask: np.ndarray | None = None
+) -> np.ndarray:
     """Stage 3's ``mapped`` plus ``weight`` of the refiner's change, anchored to stage 3's means if asked;
     ``refined`` is modified in place and returned."""
     if policy.anchor_exposure:

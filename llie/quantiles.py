@@ -62,7 +62,7 @@ class QuantileModelConfig:
     # 0 in models from before them
     harmless: int = 0
 
-    def member(self, k: int) -> "QuantileModelConfig":
+    def member(self, k: int) -> QuantileModelConfig:
         """Settings of the k-th member of a bag: its own seed, for its rows and its trees."""
         return replace(self, seed=self.seed + 1000 * k)
 
@@ -175,7 +175,7 @@ class QuantileModel:
         eval_set: tuple[np.ndarray, np.ndarray] | None = None,
         n_threads: int | None = None,
         sample_weight: np.ndarray | None = None,
-    ) -> "QuantileModel":
+    ) -> QuantileModel:
         """One member fit on (N, F) features and (N, 63) targets; ``sample_weight`` (N,) weighs rows in
         the loss. ``combine`` joins such fits into a bag."""
         mean = targets.mean(axis=0)
@@ -202,7 +202,7 @@ class QuantileModel:
         return cls([Member(booster, mean.astype(np.float32), components.astype(np.float32), n_threads or 0)], config)
 
     @classmethod
-    def combine(cls, models: list["QuantileModel"], config: QuantileModelConfig) -> "QuantileModel":
+    def combine(cls, models: list[QuantileModel], config: QuantileModelConfig) -> QuantileModel:
         """One model averaging the members of ``models``."""
         return cls([m for model in models for m in model.members], config)
 
@@ -229,7 +229,7 @@ class QuantileModel:
         return paths
 
     @classmethod
-    def load(cls, directory: str | Path, n_threads: int | None = None) -> "QuantileModel":
+    def load(cls, directory: str | Path, n_threads: int | None = None) -> QuantileModel:
         directory = Path(directory)
         saved = json.loads((directory / "quantiles.json").read_text())
         saved.setdefault("error_weighting", False)  # models from before the option were fit unweighted

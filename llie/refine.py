@@ -57,7 +57,9 @@ def _inference(device: torch.device):
         yield
 
 
-def _forward(model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None) -> np.ndarray:
+def _forward(
+    model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None
+) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
@@ -74,10 +76,14 @@ def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.devic
     factor = -(-max(padded.shape[:2]) // max_side)
     h, w = padded.shape[0] // factor * factor, padded.shape[1] // factor * factor
     band = factor * 64  # averaged band by band: a reshape of a cropped view copies, and a 24 MP copy is 288 MB
-    small = np.concatenate([
-        padded[y : min(y + band, h), :w].reshape(-1, factor, w // factor, factor, 3).mean(axis=(1, 3), dtype=np.float32)
-        for y in range(0, h, band)
-    ])
+    small = np.concatenate(
+        [
+            padded[y : min(y + band, h), :w]
+            .reshape(-1, factor, w // factor, factor, 3)
+            .mean(axis=(1, 3), dtype=np.float32)
+            for y in range(0, h, band)
+        ]
+    )
     small = _pad_to_multiple(small, model.cfg.multiple)
     x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)[None])).to(device)
     with _inference(device):
@@ -116,8 +122,9 @@ def undo_dihedral(a: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(a, -(k % 4))
 
 
-def refine(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: TilingConfig = TilingConfig(),
-           ensemble: int = 1) -> np.ndarray:
+def refine(
+    model: Refiner, rgb: np.ndarray, device: torch.device, tiling: TilingConfig = TilingConfig(), ensemble: int = 1
+) -> np.ndarray:
     """Refine an HxWx3 float image in [0, 1]; returns float32 of the same size.
 
     ``ensemble`` (1, 2, 4 or 8): number of flipped/rotated copies whose refinements are averaged."""

@@ -24,13 +24,13 @@ import io
 import math
 import posixpath
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from llie import archive, storage
-from llie.audit import DELTA_METRICS, _ok_mask, DIGITS, NR_SHOWN, Comparison, ImageScore, RunData, RunSummary, Stats
+from llie.audit import DELTA_METRICS, DIGITS, NR_SHOWN, Comparison, ImageScore, RunData, RunSummary, Stats, _ok_mask
 
 THUMB = 192  # longest side of a contact-sheet thumbnail, pixels
 DPI = 100
@@ -97,10 +97,19 @@ def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunDa
     ax = fig.add_subplot()
     bins = _bins(values, base_values)
     if base_values.size:
-        ax.hist(base_values, bins=bins, color=BASE_COLOR, alpha=0.6, label=f"baseline {base.run_id} (n={base_values.size})")
+        ax.hist(
+            base_values, bins=bins, color=BASE_COLOR, alpha=0.6, label=f"baseline {base.run_id} (n={base_values.size})"
+        )
     # A step outline over the filled baseline: both stay visible where they coincide.
-    ax.hist(values, bins=bins, color=RUN_COLOR, alpha=0.75, label=f"run {run.run_id} (n={values.size})",
-            histtype="step" if base_values.size else "bar", linewidth=2)
+    ax.hist(
+        values,
+        bins=bins,
+        color=RUN_COLOR,
+        alpha=0.75,
+        label=f"run {run.run_id} (n={values.size})",
+        histtype="step" if base_values.size else "bar",
+        linewidth=2,
+    )
     ax.yaxis.get_major_locator().set_params(integer=True)
     if stats is not None:
         for x, style, name in ((stats.mean, "-", "mean"), (stats.p5, ":", "p5"), (stats.p95, ":", "p95")):
@@ -109,9 +118,13 @@ def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunDa
     ax.set_xlabel(label)
     ax.set_ylabel("images")
     ax.legend(fontsize=8, loc="best")
-    caption = "" if stats is None else (
-        f"mean {stats.mean:.{DIGITS[metric]}f}, median {stats.median:.{DIGITS[metric]}f}, "
-        f"p5 {stats.p5:.{DIGITS[metric]}f}, p95 {stats.p95:.{DIGITS[metric]}f} over {stats.n} images"
+    caption = (
+        ""
+        if stats is None
+        else (
+            f"mean {stats.mean:.{DIGITS[metric]}f}, median {stats.median:.{DIGITS[metric]}f}, "
+            f"p5 {stats.p5:.{DIGITS[metric]}f}, p95 {stats.p95:.{DIGITS[metric]}f} over {stats.n} images"
+        )
     )
     return Plot(f"{metric}_hist", f"{label} histogram", _png(fig), caption)
 
@@ -131,8 +144,12 @@ def before_after_plot(run: RunData) -> Plot | None:
         ax.set_ylabel("images")
         ax.yaxis.get_major_locator().set_params(integer=True)
     axes[0].legend(fontsize=8)
-    return Plot("before_after", "Brightness, contrast and noise before / after", _png(fig),
-                "no-reference statistics of the input and of the enhanced output, ok images")
+    return Plot(
+        "before_after",
+        "Brightness, contrast and noise before / after",
+        _png(fig),
+        "no-reference statistics of the input and of the enhanced output, ok images",
+    )
 
 
 def stage_plot(summary: RunSummary, base_summary: RunSummary | None = None) -> Plot:
@@ -145,19 +162,29 @@ def stage_plot(summary: RunSummary, base_summary: RunSummary | None = None) -> P
     if base_summary:
         base = [base_summary.stage_seconds[s] / max(base_summary.images, 1) for s in stages]
         ax.barh(y + height / 2, base, height=height, color=BASE_COLOR, label=f"baseline {base_summary.run_id}")
-    bars = ax.barh(y - (height / 2 if base_summary else 0), per_image, height=height, color=RUN_COLOR,
-                   label=f"run {summary.run_id}")
+    bars = ax.barh(
+        y - (height / 2 if base_summary else 0),
+        per_image,
+        height=height,
+        color=RUN_COLOR,
+        label=f"run {summary.run_id}",
+    )
     for bar, stage in zip(bars, stages):
-        ax.annotate(f" {100 * summary.stage_share[stage]:.1f}%", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                    va="center", fontsize=8)
+        ax.annotate(
+            f" {100 * summary.stage_share[stage]:.1f}%",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(y, stages)
     ax.invert_yaxis()
     ax.set_xlabel("seconds per image (mean); label: share of the run's busy time")
     ax.margins(x=0.15)
     if base_summary:
         ax.legend(fontsize=8, loc="lower right")
-    return Plot("stage_times", "Time per stage", _png(fig),
-                f"{summary.busy_seconds:.1f} s busy over {summary.images} images")
+    return Plot(
+        "stage_times", "Time per stage", _png(fig), f"{summary.busy_seconds:.1f} s busy over {summary.images} images"
+    )
 
 
 def comparison_plot(comparison: Comparison, run: RunData, base: RunData) -> Plot | None:
@@ -183,8 +210,12 @@ def comparison_plot(comparison: Comparison, run: RunData, base: RunData) -> Plot
     ax.set_xlabel(f"baseline {comparison.base_run_id}: {metric}{unit}")
     ax.set_ylabel(f"run {comparison.run_id}: {metric}{unit}")
     ax.legend(fontsize=8)
-    return Plot(f"compare_{metric}", f"{metric.upper()} per image: run against baseline", _png(fig),
-                "above the diagonal: better in the audited run")
+    return Plot(
+        f"compare_{metric}",
+        f"{metric.upper()} per image: run against baseline",
+        _png(fig),
+        "above the diagonal: better in the audited run",
+    )
 
 
 # --------------------------------------------------------------------------- contact sheets
@@ -220,11 +251,15 @@ def _thumbnail(url: str | None, storage_options: storage.StorageOptions = None) 
 
 
 def _short(text: str, width: int = 34) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def contact_sheet(
-    images: list[ImageScore], title: str, name: str, rank_by: str, reference_url: str | None = None,
+    images: list[ImageScore],
+    title: str,
+    name: str,
+    rank_by: str,
+    reference_url: str | None = None,
     storage_options: storage.StorageOptions = None,
 ) -> Plot | None:
     """One row per image: before (input), after (output) and, if known, the reference."""
@@ -243,8 +278,9 @@ def contact_sheet(
             ax.set_xticks([])
             ax.set_yticks([])
             if thumb is None:
-                ax.text(0.5, 0.5, "unavailable", ha="center", va="center", fontsize=9, color="gray",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5, 0.5, "unavailable", ha="center", va="center", fontsize=9, color="gray", transform=ax.transAxes
+                )
             else:
                 ax.imshow(thumb, interpolation="antialiased")
             if col == "before":
@@ -303,23 +339,38 @@ def _figure_html(plot: Plot) -> str:
     # Contact sheets keep their pixel size (thumbnails blown up would only blur), and so does the square
     # scatter of a comparison; the other plots fill the width.
     css = ' class="natural"' if plot.name.startswith(("contact_", "compare_")) else ""
-    return (f'<figure id="{_e(plot.name)}"{css}><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f'<figure id="{_e(plot.name)}"{css}><img src="data:image/png;base64,{data}" alt="{_e(plot.title)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def _summary_html(s: RunSummary) -> str:
-    parts = [_html_table(
-        ["images", "ok", "error", "skipped", "with reference", "shards", "workers", "model"],
-        [[str(s.images), str(s.ok), str(s.error), str(s.skipped), str(s.references), str(s.shards),
-          str(s.workers), ", ".join(s.model_versions) or "–"]],
-        left={7},
-    )]
+    parts = [
+        _html_table(
+            ["images", "ok", "error", "skipped", "with reference", "shards", "workers", "model"],
+            [
+                [
+                    str(s.images),
+                    str(s.ok),
+                    str(s.error),
+                    str(s.skipped),
+                    str(s.references),
+                    str(s.shards),
+                    str(s.workers),
+                    ", ".join(s.model_versions) or "–",
+                ]
+            ],
+            left={7},
+        )
+    ]
     if s.duplicates:
         parts.append(f'<p class="bad">{s.duplicates} duplicate row(s) ignored (latest row per image kept).</p>')
     if s.problems:
         parts.append("<h3>Most common problems</h3>")
-        parts.append(_html_table(["status", "count", "reason"], [[st, str(c), r] for st, r, c in s.problems[:10]],
-                                 left={0, 2}))
+        parts.append(
+            _html_table(["status", "count", "reason"], [[st, str(c), r] for st, r, c in s.problems[:10]], left={0, 2})
+        )
     if s.warnings:
         parts.append("<h3>Warnings on ok images</h3>")
         parts.append(_html_table(["warning", "count"], [[w, str(c)] for w, c in s.warnings[:10]]))
@@ -329,8 +380,10 @@ def _summary_html(s: RunSummary) -> str:
 def _quality_html(s: RunSummary) -> str:
     rows = []
     for label, st, d in (("PSNR (dB)", s.psnr, 2), ("SSIM", s.ssim, 4)):
-        rows.append([label, str(st.n if st else 0)] + [_num(getattr(st, k) if st else None, d)
-                                                        for k in ("mean", "median", "p5", "p95", "min", "max")])
+        rows.append(
+            [label, str(st.n if st else 0)]
+            + [_num(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95", "min", "max")]
+        )
     out = _html_table(["metric", "n", "mean", "median", "p5", "p95", "min", "max"], rows)
     if s.psnr and s.psnr.infinite:
         out += f'<p class="muted">{s.psnr.infinite} image(s) identical to their reference (PSNR ∞) are left out.</p>'
@@ -343,18 +396,34 @@ def _nr_html(s: RunSummary) -> str:
     rows = []
     for name in NR_SHOWN:
         b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
-        rows.append([name, _num(b.mean if b else None, 4), _num(a.mean if a else None, 4),
-                     _num(a.mean - b.mean if a and b else None, 4, signed=True),
-                     _num(b.median if b else None, 4), _num(a.median if a else None, 4)])
+        rows.append(
+            [
+                name,
+                _num(b.mean if b else None, 4),
+                _num(a.mean if a else None, 4),
+                _num(a.mean - b.mean if a and b else None, 4, signed=True),
+                _num(b.median if b else None, 4),
+                _num(a.median if a else None, 4),
+            ]
+        )
     return _html_table(["statistic", "mean before", "mean after", "change", "median before", "median after"], rows)
 
 
 def _speed_html(s: RunSummary) -> str:
-    info = (f"<p>{_num(s.images_per_second)} images/s over {_num(s.wall_seconds, 1)} s of wall clock (first image "
-            f"start to last finish), {_num(s.images_per_busy_second)} images/s per busy worker; "
-            f"{s.bytes_in:,} bytes read, {s.bytes_out:,} bytes written.</p>")
-    rows = [[st, _num(s.stage_seconds[st], 3), _num(s.stage_seconds[st] / max(s.images, 1), 4),
-             f"{100 * s.stage_share[st]:.1f}%"] for st in archive.STAGES]
+    info = (
+        f"<p>{_num(s.images_per_second)} images/s over {_num(s.wall_seconds, 1)} s of wall clock (first image "
+        f"start to last finish), {_num(s.images_per_busy_second)} images/s per busy worker; "
+        f"{s.bytes_in:,} bytes read, {s.bytes_out:,} bytes written.</p>"
+    )
+    rows = [
+        [
+            st,
+            _num(s.stage_seconds[st], 3),
+            _num(s.stage_seconds[st] / max(s.images, 1), 4),
+            f"{100 * s.stage_share[st]:.1f}%",
+        ]
+        for st in archive.STAGES
+    ]
     return info + _html_table(["stage", "seconds", "per image", "share"], rows)
 
 
@@ -362,8 +431,10 @@ def _ranked_html(s: RunSummary, items: list[ImageScore]) -> str:
     # The ranking metric is one of these columns already (its name is in the section title).
     return _html_table(
         ["image", "psnr", "ssim", "brightness before", "brightness after"],
-        [[i.rel_path, _num(i.psnr, 2), _num(i.ssim, 4), _num(i.before_brightness, 3),
-          _num(i.after_brightness, 3)] for i in items],
+        [
+            [i.rel_path, _num(i.psnr, 2), _num(i.ssim, 4), _num(i.before_brightness, 3), _num(i.after_brightness, 3)]
+            for i in items
+        ],
     )
 
 
@@ -381,9 +452,10 @@ def _comparison_html(c: Comparison, limit: int = 100) -> str:
         f"{_e(', '.join(c.base_model_versions) or '–')} → {_e(', '.join(c.model_versions) or '–')}. "
         f"{c.common} image(s) in both runs, {len(c.only_in_run)} only in the run, {len(c.only_in_base)} only in "
         f"the baseline. By {_e(c.metric)} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} "
-        f"unchanged, <span class=\"bad\">{c.worse_count} worse</span>"
+        f'unchanged, <span class="bad">{c.worse_count} worse</span>'
         + (f", {c.unscored} without a score in both runs" if c.unscored else "")
-        + (f". Nothing compared: {_e(c.nothing_compared())}" if c.nothing_compared() else "") + ".</p>",
+        + (f". Nothing compared: {_e(c.nothing_compared())}" if c.nothing_compared() else "")
+        + ".</p>",
         _html_table(
             ["metric", "n", "mean delta", "mean 95% interval", "median", "p5", "p95"],
             [_delta_row(c, m) for m in DELTA_METRICS],
@@ -392,29 +464,57 @@ def _comparison_html(c: Comparison, limit: int = 100) -> str:
     ]
     if c.worse:
         parts.append(f"<h3>Images that got worse ({c.worse_count})</h3>")
-        parts.append(_html_table(
-            ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
-            [[w.rel_path, _num(w.base_value, d), _num(w.value, d), _num(w.delta, d, signed=True),
-              w.status if w.status == w.base_status else f"{w.base_status} → {w.status}"] for w in c.worse[:limit]],
-        ))
+        parts.append(
+            _html_table(
+                ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+                [
+                    [
+                        w.rel_path,
+                        _num(w.base_value, d),
+                        _num(w.value, d),
+                        _num(w.delta, d, signed=True),
+                        w.status if w.status == w.base_status else f"{w.base_status} → {w.status}",
+                    ]
+                    for w in c.worse[:limit]
+                ],
+            )
+        )
         if c.worse_count > limit:
-            parts.append(f'<p class="muted">… and {c.worse_count - limit} more (llie audit --json has every image).</p>')
+            parts.append(
+                f'<p class="muted">… and {c.worse_count - limit} more (llie audit --json has every image).</p>'
+            )
     return "".join(parts)
 
 
 def build_plots(
-    run: RunData, summary: RunSummary, comparison: Comparison | None = None, base: RunData | None = None,
-    base_summary: RunSummary | None = None, storage_options: storage.StorageOptions = None,
+    run: RunData,
+    summary: RunSummary,
+    comparison: Comparison | None = None,
+    base: RunData | None = None,
+    base_summary: RunSummary | None = None,
+    storage_options: storage.StorageOptions = None,
 ) -> list[Plot]:
     plots = [
         metric_histogram(run, "psnr", summary.psnr, base),
         metric_histogram(run, "ssim", summary.ssim, base),
         before_after_plot(run),
         stage_plot(summary, base_summary),
-        contact_sheet(summary.worst, f"Worst {len(summary.worst)} by {summary.rank_by}", "contact_worst",
-                      summary.rank_by, run.reference_url, storage_options),
-        contact_sheet(summary.best, f"Best {len(summary.best)} by {summary.rank_by}", "contact_best",
-                      summary.rank_by, run.reference_url, storage_options),
+        contact_sheet(
+            summary.worst,
+            f"Worst {len(summary.worst)} by {summary.rank_by}",
+            "contact_worst",
+            summary.rank_by,
+            run.reference_url,
+            storage_options,
+        ),
+        contact_sheet(
+            summary.best,
+            f"Best {len(summary.best)} by {summary.rank_by}",
+            "contact_best",
+            summary.rank_by,
+            run.reference_url,
+            storage_options,
+        ),
     ]
     if comparison is not None and base is not None:
         plots.append(comparison_plot(comparison, run, base))
@@ -428,30 +528,48 @@ def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison |
         return _figure_html(by_name[name]) if name in by_name else ""
 
     s = summary
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>llie audit: run {_e(s.run_id)}</h1>",
         f'<p class="muted">{_e(s.output_url)} · images finished {_e(s.first_finished)} … {_e(s.last_finished)} · '
         f"report generated {generated}</p>",
     ]
     if comparison is not None:  # what a comparison is made for comes first
-        body += [f"<h2>Compared with run {_e(comparison.base_run_id)}</h2>", _comparison_html(comparison),
-                 fig(f"compare_{comparison.metric}")]
+        body += [
+            f"<h2>Compared with run {_e(comparison.base_run_id)}</h2>",
+            _comparison_html(comparison),
+            fig(f"compare_{comparison.metric}"),
+        ]
     body += [
-        "<h2>Images</h2>", _summary_html(s),
-        "<h2>Quality against references</h2>", _quality_html(s), fig("psnr_hist"), fig("ssim_hist"),
-        "<h2>No-reference statistics</h2>", _nr_html(s), fig("before_after"),
-        "<h2>Throughput and time per stage</h2>", _speed_html(s), fig("stage_times"),
+        "<h2>Images</h2>",
+        _summary_html(s),
+        "<h2>Quality against references</h2>",
+        _quality_html(s),
+        fig("psnr_hist"),
+        fig("ssim_hist"),
+        "<h2>No-reference statistics</h2>",
+        _nr_html(s),
+        fig("before_after"),
+        "<h2>Throughput and time per stage</h2>",
+        _speed_html(s),
+        fig("stage_times"),
     ]
     if s.worst or s.best:
-        body += [f"<h2>Worst {len(s.worst)} by {_e(s.rank_by)}</h2>", _ranked_html(s, s.worst), fig("contact_worst"),
-                 f"<h2>Best {len(s.best)} by {_e(s.rank_by)}</h2>", _ranked_html(s, s.best), fig("contact_best")]
+        body += [
+            f"<h2>Worst {len(s.worst)} by {_e(s.rank_by)}</h2>",
+            _ranked_html(s, s.worst),
+            fig("contact_worst"),
+            f"<h2>Best {len(s.best)} by {_e(s.rank_by)}</h2>",
+            _ranked_html(s, s.best),
+            fig("contact_best"),
+        ]
     else:
         body.append(f'<p class="muted">No image ranked: no ok image has a {_e(s.rank_by)} value.</p>')
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>llie audit {_e(s.run_id)}</title><style>{_CSS}</style></head><body>"
-        + "\n".join(b for b in body if b) + "</body></html>\n"
+        + "\n".join(b for b in body if b)
+        + "</body></html>\n"
     )
 
 

@@ -29,11 +29,17 @@ def make_samples(dest: Path = samples_dir(), seed: int = 7) -> list[Path]:
     written = []
     for i, (name, source) in enumerate(sorted(SOURCES.items())):
         high = getattr(skimage.data, source)()
-        low = darken(high.astype(np.float32) / 255.0, np.random.default_rng(seed + i), SynthConfig(exposure=(0.02, 0.04), shot_noise=(0.0003, 0.001), read_noise=(0.001, 0.003)))
+        low = darken(
+            high.astype(np.float32) / 255.0,
+            np.random.default_rng(seed + i),
+            SynthConfig(exposure=(0.02, 0.04), shot_noise=(0.0003, 0.001), read_noise=(0.001, 0.003)),
+        )
         for kind, pixels in (("high", high), ("low", np.clip(np.rint(low * 255), 0, 255).astype(np.uint8))):
             path = dest / kind / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path, quality=92) if name.endswith(".jpg") else Image.fromarray(pixels).save(path)
+            Image.fromarray(pixels).save(path, quality=92) if name.endswith(".jpg") else Image.fromarray(pixels).save(
+                path
+            )
             written.append(path)
     return written
 

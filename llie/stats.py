@@ -17,8 +17,7 @@ import numpy as np
 BOOTSTRAP_MAX_VALUES = 2000
 
 
-def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of ``values`` (resampled with replacement).
 
     For a paired comparison pass the per-item differences. Fixed ``seed``: the same values always give
@@ -54,8 +53,12 @@ def paired_difference(differences, confidence: float = 0.95) -> dict:
     and how many items got better and worse: an interval that holds 0 does not show a difference."""
     differences = _checked(differences, confidence)
     low, high = bootstrap_interval(differences, confidence)
-    return {"difference": float(differences.mean()), "interval": [low, high],
-            "better": int(np.sum(differences > 0)), "worse": int(np.sum(differences < 0))}
+    return {
+        "difference": float(differences.mean()),
+        "interval": [low, high],
+        "better": int(np.sum(differences > 0)),
+        "worse": int(np.sum(differences < 0)),
+    }
 
 
 def _checked(values, confidence: float) -> np.ndarray:

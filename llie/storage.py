@@ -280,8 +280,9 @@ def _list_local(root: str, follow_symlinks: bool = False) -> dict[str, str]:
     return found
 
 
-def list_image_versions(url: str, storage_options: StorageOptions = None,
-                        follow_symlinks: bool = False) -> dict[str, str]:
+def list_image_versions(
+    url: str, storage_options: StorageOptions = None, follow_symlinks: bool = False
+) -> dict[str, str]:
     """:func:`list_images` with a version of each image: ``size:mtime_ns`` locally, ``size:ETag`` on an
     object store (``size:last-modified`` where it has no ETag). Any change of content changes it, so a
     resumed run can tell an image replaced under the same name from one it has already done."""
@@ -432,7 +433,7 @@ def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageO
             continue
         prefixes = {_temp_prefix(name, os.path.join(root, folder) if folder else root) for name in names}
         for entry in entries:
-            prefix, tail = entry[: -len("xxxxxxxx.tmp")], entry[-len("xxxxxxxx.tmp"):]
+            prefix, tail = entry[: -len("xxxxxxxx.tmp")], entry[-len("xxxxxxxx.tmp") :]
             if prefix in prefixes and _TEMP_TAIL.match(tail):
                 rel = f"{folder}/{entry}" if folder else entry
                 try:
@@ -455,7 +456,7 @@ def remove_stale_temps_in(url: str, storage_options: StorageOptions = None) -> l
         return []
     removed = []
     for entry in entries:
-        if entry.startswith(".") and _TEMP_TAIL.match(entry[-len("xxxxxxxx.tmp"):]) and len(entry) > 13:
+        if entry.startswith(".") and _TEMP_TAIL.match(entry[-len("xxxxxxxx.tmp") :]) and len(entry) > 13:
             try:
                 os.unlink(os.path.join(root, entry))
             except FileNotFoundError:
@@ -508,9 +509,7 @@ def _overlap(a_url: str, b_url: str, storage_options: StorageOptions) -> bool:
     return _within(a_path, b_path) or _within(b_path, a_path)
 
 
-def check_output_not_inside_input(
-    input_url: str, output_url: str, storage_options: StorageOptions = None
-) -> None:
+def check_output_not_inside_input(input_url: str, output_url: str, storage_options: StorageOptions = None) -> None:
     """Refuse an output that equals, contains or sits inside the input, also through an alias.
 
     Outputs mirror input paths, so an overlap would make a rerun enhance its own outputs

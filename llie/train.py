@@ -93,7 +93,9 @@ def pair_rows(pairs: list[Pair], lows, highs, cfg: QuantileModelConfig, seed: in
     final model, refit) reuses them. Each pair draws from its own stream, keyed by its name, so its rows do
     not depend on which other pairs share the set."""
     rows = []
-    for pair, low, high in tqdm(list(zip(pairs, lows, highs)), desc="histogram rows", disable=not progress, leave=False):
+    for pair, low, high in tqdm(
+        list(zip(pairs, lows, highs)), desc="histogram rows", disable=not progress, leave=False
+    ):
         rng = np.random.default_rng([seed, zlib.crc32(pair.name.encode())])
         feats, targets = augmented_rows(low, high, rng, cfg.augmentations)
         if cfg.harmless:
@@ -130,7 +132,10 @@ def full_image_features(rows) -> np.ndarray:
 def inverse_errors(lows, highs, quantiles, mapping: MappingConfig = MappingConfig()) -> np.ndarray:
     """1 / MSE of each pair's stage-3 output: the weight that makes a squared-error fit take one
     Gauss-Newton step on the sum of log errors, i.e. on the mean PSNR."""
-    mse = [np.mean((quantize8(match_to_quantiles(l, q, mapping)) / 255.0 - h) ** 2) for l, h, q in zip(lows, highs, quantiles)]
+    mse = [
+        np.mean((quantize8(match_to_quantiles(l, q, mapping)) / 255.0 - h) ** 2)
+        for l, h, q in zip(lows, highs, quantiles)
+    ]
     return 1.0 / np.maximum(np.array(mse), 1e-6)
 
 
@@ -138,8 +143,9 @@ def mean_psnr(outputs, highs) -> float:
     return float(np.mean([psnr(quantize8(o) / 255.0, h) for o, h in zip(outputs, highs)]))
 
 
-def tune_mapping(lows, highs, quantiles, bandwidths,
-                 base: MappingConfig = MappingConfig()) -> tuple[MappingConfig, dict[str, float]]:
+def tune_mapping(
+    lows, highs, quantiles, bandwidths, base: MappingConfig = MappingConfig()
+) -> tuple[MappingConfig, dict[str, float]]:
     """Best KDE bandwidth on validation, other settings as in ``base``; the scores of every candidate and
     of plain interpolation."""
     interp = replace(base, method="interp")
@@ -151,8 +157,9 @@ def tune_mapping(lows, highs, quantiles, bandwidths,
     return replace(base, method="kde", bandwidth=best), scores
 
 
-def out_of_fold_quantiles(pairs: list[Pair], row_sets, cfg: TrainConfig, weights: np.ndarray | None,
-                          progress: bool) -> np.ndarray:
+def out_of_fold_quantiles(
+    pairs: list[Pair], row_sets, cfg: TrainConfig, weights: np.ndarray | None, progress: bool
+) -> np.ndarray:
     """Each pair's stage-2 prediction from a model (a bag of ``len(row_sets)``) fit without its scene."""
     folds = group_folds(pairs, cfg.oof_folds, cfg.seed)
     out = np.zeros((len(pairs), 3, 21))
@@ -181,8 +188,9 @@ def fit_stage2(pairs: list[Pair], lows, highs, row_sets, cfg: TrainConfig, progr
     return fit_quantiles(row_sets, cfg.quantile, weights, cfg.threads), oof, weights, metrics
 
 
-def refiner_loss(pred: torch.Tensor, target: torch.Tensor, l1_weight: float,
-                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def refiner_loss(
+    pred: torch.Tensor, target: torch.Tensor, l1_weight: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-PSNR (per image, dB) + l1_weight * L1; returns (loss, mean PSNR). ``mask`` (B, 1, H, W) of
     zeros and ones limits both to the pixels it marks (the photo's own, in a padded crop)."""
     err = pred - target
@@ -258,7 +266,9 @@ def anchored(pred: torch.Tensor, x: torch.Tensor, policy: EnhancePolicy) -> torc
     return pred - pred.mean(dim=(2, 3), keepdim=True) + x.mean(dim=(2, 3), keepdim=True)
 
 
-def evaluate_refiner(model: Refiner, inputs, highs, device, policy: EnhancePolicy = EnhancePolicy()) -> tuple[float, float]:
+def evaluate_refiner(
+    model: Refiner, inputs, highs, device, policy: EnhancePolicy = EnhancePolicy()
+) -> tuple[float, float]:
     """Validation PSNR and SSIM of the refiner on stage-3 ``inputs`` (which all count as brightened: they
     are dark shots), anchored as the policy says."""
     model.eval()
@@ -279,17 +289,21 @@ def check_cached_split(saved, train_pairs: list[Pair], val_pairs: list[Pair], ru
     order, or every refiner input would be matched with another photo's prediction."""
     if "train_names" not in saved.files:  # run directories from before the names were kept
         return
-    same = (list(saved["train_names"]) == [p.name for p in train_pairs]
-            and list(saved["val_names"]) == [p.name for p in val_pairs])
+    same = list(saved["train_names"]) == [p.name for p in train_pairs] and list(saved["val_names"]) == [
+        p.name for p in val_pairs
+    ]
     if not same:
-        raise TrainingSetupError(f"{run_dir} holds stage 2 of another training split (different --data, --seed or "
-                                 "--max-pairs): resume with the settings it was started with, or use a new --output")
+        raise TrainingSetupError(
+            f"{run_dir} holds stage 2 of another training split (different --data, --seed or "
+            "--max-pairs): resume with the settings it was started with, or use a new --output"
+        )
 
 
 def check_crop(cfg: TrainConfig) -> None:
     if cfg.refiner_train.crop % cfg.refiner.multiple:
-        raise TrainingSetupError(f"crop {cfg.refiner_train.crop} must be a multiple of the refiner's "
-                                 f"{cfg.refiner.multiple} pixels")
+        raise TrainingSetupError(
+            f"crop {cfg.refiner_train.crop} must be a multiple of the refiner's {cfg.refiner.multiple} pixels"
+        )
 
 
 def check_setup(cfg: TrainConfig, train_pairs: list[Pair], train_lows) -> None:
@@ -298,13 +312,17 @@ def check_setup(cfg: TrainConfig, train_pairs: list[Pair], train_lows) -> None:
     check_crop(cfg)
     scenes = len({p.group for p in train_pairs})
     if scenes < cfg.oof_folds:
-        raise TrainingSetupError(f"the training split holds {scenes} scene(s); out-of-fold stage 2 needs at least "
-                                 f"{cfg.oof_folds} (pairs whose targets match or look alike count as one scene)")
+        raise TrainingSetupError(
+            f"the training split holds {scenes} scene(s); out-of-fold stage 2 needs at least "
+            f"{cfg.oof_folds} (pairs whose targets match or look alike count as one scene)"
+        )
     if rt.steps > 0 and train_lows:
         side = min(min(low.shape[:2]) for low in train_lows)
         if side < rt.crop:
-            raise TrainingSetupError(f"refiner crops of {rt.crop} px do not fit the smallest training image ({side} px "
-                                     f"on its short side): choose a smaller crop, a multiple of {cfg.refiner.multiple}")
+            raise TrainingSetupError(
+                f"refiner crops of {rt.crop} px do not fit the smallest training image ({side} px "
+                f"on its short side): choose a smaller crop, a multiple of {cfg.refiner.multiple}"
+            )
 
 
 def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, str]:
@@ -328,8 +346,10 @@ def initial_refiner(bundle_path: str, config: RefinerConfig) -> tuple[Refiner, s
 def check_freeze(cfg: TrainConfig, has_init: bool) -> None:
     """freeze_transformer needs a detail head to train and a transformer to start from."""
     if cfg.refiner_train.freeze_transformer and not (cfg.refiner.detail_channels and has_init):
-        raise TrainingSetupError("freeze_transformer trains the detail head of a transformer from init_refiner: "
-                         "give both a detail head and an initial refiner")
+        raise TrainingSetupError(
+            "freeze_transformer trains the detail head of a transformer from init_refiner: "
+            "give both a detail head and an initial refiner"
+        )
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -357,7 +377,14 @@ def update_ema(ema: Refiner, model: Refiner, decay: float, step: int) -> None:
 
 
 def train_refiner(
-    train_inputs, train_highs, val_inputs, val_highs, cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool,
+    train_inputs,
+    train_highs,
+    val_inputs,
+    val_highs,
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
     init: Refiner | None = None,
 ) -> tuple[Refiner, dict]:
     rt = cfg.refiner_train
@@ -383,8 +410,10 @@ def train_refiner(
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError:  # missing, unexpected or differently sized weights
-            raise TrainingSetupError(f"{ckpt_path} holds a refiner of another architecture than {cfg.refiner}: "
-                                     "resume with the settings it was started with, or use a new --output") from None
+            raise TrainingSetupError(
+                f"{ckpt_path} holds a refiner of another architecture than {cfg.refiner}: "
+                "resume with the settings it was started with, or use a new --output"
+            ) from None
         if ema is not None:
             ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
         opt.load_state_dict(ckpt["optimizer"])
@@ -443,8 +472,12 @@ def train_refiner(
         if state["step"] % rt.checkpoint_every == 0 or last:
             state["seconds"] += time.time() - started  # training time summed over resumed sessions
             started = time.time()
-            saved = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "state": json.dumps(state)}
+            saved = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "state": json.dumps(state),
+            }
             if ema is not None:
                 saved["ema"] = ema.state_dict()
             _save_atomic(saved, ckpt_path)
@@ -499,15 +532,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if val_pairs:
             mapping, scores = tune_mapping(val_lows, val_highs, val_q, cfg.bandwidths, cfg.mapping)
             oracle = [match_to_quantiles(l, target_quantiles(h), mapping) for l, h in zip(val_lows, val_highs)]
-            metrics.update({"val_stage3_psnr_by_mapping": scores, "val_oracle_quantiles_psnr": mean_psnr(oracle, val_highs)})
+            metrics.update(
+                {"val_stage3_psnr_by_mapping": scores, "val_oracle_quantiles_psnr": mean_psnr(oracle, val_highs)}
+            )
         else:
             mapping = cfg.mapping
         metrics["mapping"] = asdict(mapping)
         model.save(stage2_dir)
-        names = {"train_names": np.array([p.name for p in train_pairs]),
-                 "val_names": np.array([p.name for p in val_pairs])}
-        _write_atomic(cache, lambda f: np.savez(f, oof=oof, val=val_q, **names,
-                                                **({} if weights is None else {"weights": weights})))
+        names = {
+            "train_names": np.array([p.name for p in train_pairs]),
+            "val_names": np.array([p.name for p in val_pairs]),
+        }
+        _write_atomic(
+            cache,
+            lambda f: np.savez(f, oof=oof, val=val_q, **names, **({} if weights is None else {"weights": weights})),
+        )
         _write_atomic(done, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
 
     train_inputs = [match_to_quantiles(l, q, mapping) for l, q in zip(lows, oof)]
@@ -549,8 +588,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             "device": str(resolve_device(cfg.device)),
             "refiner_trained_on": state["devices"],  # every device a resumed run trained on
             # refiner (and so total) count its training time over every resumed session, not only this one
-            "seconds": {"stage2": round(stage2_seconds, 1), "refiner": round(state["seconds"], 1),
-                        "total": round(time.time() - started - refiner_wall + state["seconds"], 1)},
+            "seconds": {
+                "stage2": round(stage2_seconds, 1),
+                "refiner": round(state["seconds"], 1),
+                "total": round(time.time() - started - refiner_wall + state["seconds"], 1),
+            },
             "config": json.loads(json.dumps(asdict(cfg), default=str)),
         },
         "metrics": metrics,

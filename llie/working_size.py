@@ -26,7 +26,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 
 if TYPE_CHECKING:
-    from .pipeline import EnhanceResult, Enhancer
+    from .pipeline import Enhancer, EnhanceResult
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,15 @@ def _resize_width(planes: np.ndarray, width: int) -> np.ndarray:
     from PIL import Image
 
     height = planes.shape[0]
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., c])).resize(
-        (width, height), Image.Resampling.BILINEAR)) for c in range(planes.shape[2])], axis=-1)
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(planes[..., c])).resize((width, height), Image.Resampling.BILINEAR)
+            )
+            for c in range(planes.shape[2])
+        ],
+        axis=-1,
+    )
 
 
 def apply_upsampled(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
@@ -119,8 +126,9 @@ def apply_upsampled(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     return out
 
 
-def enhance_at_working_size(enhancer: "Enhancer", rgb: np.ndarray, stages: str, levels: int,
-                            mask: np.ndarray | None, working: WorkingSize) -> "EnhanceResult":
+def enhance_at_working_size(
+    enhancer: Enhancer, rgb: np.ndarray, stages: str, levels: int, mask: np.ndarray | None, working: WorkingSize
+) -> EnhanceResult:
     """Enhance a photo larger than the working size: all stages on its working copy (stored at the
     photo's own levels, as that photo saved at the working size would be), then the result's local
     affine fit against the copy carried to the full-size photo (module docstring)."""

@@ -145,8 +145,9 @@ def enhance_shard(
         if not todo:
             logger.info("%s already done (%d rows), skipping", shard.shard_id, len(previous))
             return _summarise(shard, previous, resumed=True, seconds=0.0)
-        logger.info("%s: redoing %d image(s): %d changed since, %d failed", shard.shard_id, len(todo),
-                    len(changed), len(failed))
+        logger.info(
+            "%s: redoing %d image(s): %d changed since, %d failed", shard.shard_id, len(todo), len(changed), len(failed)
+        )
 
     if threads:
         # Every task, not only the loading one: tasks of another run may have asked for a
@@ -155,13 +156,22 @@ def enhance_shard(
     enhancer = get_enhancer(bundle_path, device, threads)
     limits = DecodeLimits() if max_pixels is None else DecodeLimits(max_pixels=max_pixels)
     defaults = EncodeOptions()
-    encoding = EncodeOptions(defaults.png_compression if png_compression is None else png_compression,
-                             defaults.jpeg_quality if jpeg_quality is None else jpeg_quality)
+    encoding = EncodeOptions(
+        defaults.png_compression if png_compression is None else png_compression,
+        defaults.jpeg_quality if jpeg_quality is None else jpeg_quality,
+    )
     subset = archive.Shard(shard.shard_id, tuple(todo), shard.fingerprint)
     rows = archive.process_shard(
-        subset, input_url, output_url, enhancer, reference_url=reference_url, run_id=run_id, limits=limits,
+        subset,
+        input_url,
+        output_url,
+        enhancer,
+        reference_url=reference_url,
+        run_id=run_id,
+        limits=limits,
         storage_options=storage_options,
-        encoding=encoding, memory_budget=worker_memory_budget(),
+        encoding=encoding,
+        memory_budget=worker_memory_budget(),
     )
     _inject_fault(run_id, shard)
     if rows_only:
@@ -173,8 +183,12 @@ def enhance_shard(
     archive.write_shard_parquet(
         rows,
         url,
-        metadata={"run_id": run_id, "shard_fingerprint": shard.fingerprint, "model_version": enhancer.model_version,
-                  **archive.source_versions_metadata(shard)},
+        metadata={
+            "run_id": run_id,
+            "shard_fingerprint": shard.fingerprint,
+            "model_version": enhancer.model_version,
+            **archive.source_versions_metadata(shard),
+        },
         storage_options=storage_options,
     )
     summary = _summarise(shard, rows, resumed=False, seconds=time.perf_counter() - started)
@@ -187,6 +201,10 @@ def enhance_shard(
         logger.warning("... and %d more; see the Parquet file", len(problems) - _MAX_LOGGED_PROBLEMS)
     logger.info(
         "%s: %d ok, %d errors, %d skipped in %.1fs",
-        shard.shard_id, summary["ok"], summary["errors"], summary["skipped"], summary["seconds"],
+        shard.shard_id,
+        summary["ok"],
+        summary["errors"],
+        summary["skipped"],
+        summary["seconds"],
     )
     return summary

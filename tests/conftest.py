@@ -213,17 +213,51 @@ def dask_address(prefect_harness, tmp_path_factory):
     procs = []
     try:
         with open(logs / "scheduler.log", "wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
-                 "--port", address.rsplit(":", 1)[1], "--dashboard-address", ":0"],
-                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dask",
+                        "scheduler",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        address.rsplit(":", 1)[1],
+                        "--dashboard-address",
+                        ":0",
+                    ],
+                    env=env,
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         with open(logs / "worker.log", "wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "dask", "worker", address, "--nworkers", "2", "--nthreads", "1",
-                 "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"],
-                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dask",
+                        "worker",
+                        address,
+                        "--nworkers",
+                        "2",
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                        "--death-timeout",
+                        "60",
+                    ],
+                    env=env,
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -232,8 +266,9 @@ def dask_address(prefect_harness, tmp_path_factory):
                 break
             except (OSError, TimeoutError):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError(
-                        "dask cluster did not start:\n" + (logs / "scheduler.log").read_text()[-2000:]
+                    raise RuntimeError(  # noqa: B904 (the logs say why)
+                        "dask cluster did not start:\n"
+                        + (logs / "scheduler.log").read_text()[-2000:]
                         + (logs / "worker.log").read_text()[-2000:]
                     )
         yield address

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -83,7 +83,7 @@ def test_new_run_id_is_unique_and_valid():
     assert len(ids) == 20
     for run_id in ids:
         archive.validate_run_id(run_id)
-        assert run_id.startswith(datetime.now(timezone.utc).strftime("%Y%m%d"))
+        assert run_id.startswith(datetime.now(UTC).strftime("%Y%m%d"))
 
 
 @pytest.fixture
@@ -188,10 +188,11 @@ def test_shard_rerun_is_idempotent(archive_dirs, enhancer):
     inp, ref, out, names = archive_dirs
     [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
     url = archive.shard_parquet_url(str(out), "r1", shard.shard_id)
+    first: dict[str, bytes] = {}
     for _ in range(2):
         rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id="r1")
         archive.write_shard_parquet(rows, url, {"run_id": "r1", "shard_fingerprint": shard.fingerprint})
-        first = {n: (out / n).read_bytes() for n in names} if _ == 0 else first
+        first = first or {n: (out / n).read_bytes() for n in names}
     assert {n: (out / n).read_bytes() for n in names} == first
     table = archive.read_metrics(str(out))
     assert table.num_rows == len(names)
@@ -308,11 +309,14 @@ class _NeverEnhances:
         raise AssertionError("the read should have failed")
 
 
-@pytest.mark.parametrize("userinfo", [
-    "AKIALLIELEAKKEY00042:wJalrXUtnFEMIleak0123",
-    # "/" and "+" as in real AWS secret keys: fsspec then takes "KEY:first-part" for the bucket.
-    "AKIALLIELEAKKEY00042:wJalr/XUtn+FEMIleak0123",
-])
+@pytest.mark.parametrize(
+    "userinfo",
+    [
+        "AKIALLIELEAKKEY00042:wJalrXUtnFEMIleak0123",
+        # "/" and "+" as in real AWS secret keys: fsspec then takes "KEY:first-part" for the bucket.
+        "AKIALLIELEAKKEY00042:wJalr/XUtn+FEMIleak0123",
+    ],
+)
 def test_credentials_in_urls_never_reach_the_parquet(s3, tmp_path, make_images, userinfo):
     from tests.conftest import FAKE_SECRET
 
@@ -323,7 +327,11 @@ def test_credentials_in_urls_never_reach_the_parquet(s3, tmp_path, make_images, 
     input_url = f"s3://{userinfo}@{s3.bucket}/in"
     [shard] = archive.plan_shards(["a.png", "sub/b.png"], 10)
     rows = archive.process_shard(
-        shard, input_url, str(tmp_path / "out"), _NeverEnhances(), reference_url=f"s3://{userinfo}@{s3.bucket}/ref",
+        shard,
+        input_url,
+        str(tmp_path / "out"),
+        _NeverEnhances(),
+        reference_url=f"s3://{userinfo}@{s3.bucket}/ref",
         run_id="r",
     )
     assert [r["status"] for r in rows] == ["error", "error"]

@@ -61,8 +61,14 @@ def runs(prefect_harness, dask_address, tmp_path_factory, bundle_path) -> Runs:
     for name in BROKEN:
         (inp / name).parent.mkdir(parents=True, exist_ok=True)
         (inp / name).write_bytes(b"")
-    common = dict(shard_size=SHARD_SIZE, dask_address=dask_address, reference_url=str(ref), max_pixels=64 * 48,
-                  model=bundle_path, retry_delay_seconds=0.2)
+    common = dict(
+        shard_size=SHARD_SIZE,
+        dask_address=dask_address,
+        reference_url=str(ref),
+        max_pixels=64 * 48,
+        model=bundle_path,
+        retry_delay_seconds=0.2,
+    )
     summary_a = enhance_archive(str(inp), str(out), run_id=RUN_A, **common)
     # Between the runs one image breaks and another changes: a status regression and a PSNR change.
     (inp / "g01.png").write_bytes((inp / "g01.png").read_bytes()[:60])
@@ -90,7 +96,12 @@ def one(sql: str) -> tuple:
 
 
 def test_flow_runs_are_what_the_tests_assume(runs):
-    assert (runs.summary_a["images"], runs.summary_a["ok"], runs.summary_a["errors"], runs.summary_a["skipped"]) == (13, 10, 2, 1)
+    assert (runs.summary_a["images"], runs.summary_a["ok"], runs.summary_a["errors"], runs.summary_a["skipped"]) == (
+        13,
+        10,
+        2,
+        1,
+    )
     assert runs.summary_a["shards"] == 2 and runs.summary_b["shards"] == 2
     assert (runs.summary_b["ok"], runs.summary_b["errors"]) == (9, 3)
 
@@ -119,7 +130,9 @@ def test_quality_percentiles_against_duckdb_and_numpy(runs):
         )
         assert n == stats.n == 9
         assert (stats.mean, stats.median, stats.p5, stats.p95) == pytest.approx((mean, median, p5, p95), rel=1e-12)
-        values = np.array([r[metric] for r in rows_of(runs.out, RUN_A) if r["status"] == "ok" and r[metric] is not None])
+        values = np.array(
+            [r[metric] for r in rows_of(runs.out, RUN_A) if r["status"] == "ok" and r[metric] is not None]
+        )
         assert stats.mean == pytest.approx(values.mean(), rel=1e-12)
         assert [stats.p5, stats.median, stats.p95] == pytest.approx(np.percentile(values, [5, 50, 95]), rel=1e-12)
     assert s.psnr.p5 < s.psnr.median < s.psnr.p95  # the references do spread the scores
@@ -128,7 +141,9 @@ def test_quality_percentiles_against_duckdb_and_numpy(runs):
 def test_no_reference_stats_against_duckdb(runs):
     s = audit.summarise(audit.load_run(str(runs.out), RUN_A))
     for name in audit.NR_SHOWN:
-        before, after = one(f"SELECT avg(before_{name}), avg(after_{name}) FROM {files_of(runs.out, RUN_A)} WHERE status = 'ok'")
+        before, after = one(
+            f"SELECT avg(before_{name}), avg(after_{name}) FROM {files_of(runs.out, RUN_A)} WHERE status = 'ok'"
+        )
         assert s.no_reference[name]["before"].mean == pytest.approx(before, rel=1e-12)
         assert s.no_reference[name]["after"].mean == pytest.approx(after, rel=1e-12)
         assert s.no_reference[name]["after"].n == 10
@@ -145,8 +160,10 @@ def test_throughput_and_stage_shares_against_duckdb(runs):
         assert s.stage_share[stage] == pytest.approx((seconds or 0.0) / total, rel=1e-9, abs=1e-12)
     assert sum(s.stage_share.values()) == pytest.approx(1.0)
     assert s.stage_share["refiner"] > 0
-    (wall,) = one(f"SELECT max(epoch_us(finished_at)) / 1e6 - min(epoch_us(finished_at) / 1e6 - ({busy})) "
-                  f"FROM {files_of(runs.out, RUN_A)}")
+    (wall,) = one(
+        f"SELECT max(epoch_us(finished_at)) / 1e6 - min(epoch_us(finished_at) / 1e6 - ({busy})) "
+        f"FROM {files_of(runs.out, RUN_A)}"
+    )
     assert s.wall_seconds == pytest.approx(wall, rel=1e-9)
     assert s.images_per_second == pytest.approx(13 / wall, rel=1e-9)
     assert s.busy_seconds == pytest.approx(total, rel=1e-9)
@@ -158,10 +175,12 @@ def test_throughput_and_stage_shares_against_duckdb(runs):
 def test_worst_and_best_against_duckdb(runs, metric):
     s = audit.summarise(audit.load_run(str(runs.out), RUN_A), top=4, rank_by=metric)
     where = f"WHERE status = 'ok' AND isfinite({metric})"
-    worst = duckdb.sql(f"SELECT rel_path, {metric} FROM {files_of(runs.out, RUN_A)} {where} "
-                       f"ORDER BY {metric}, rel_path LIMIT 4").fetchall()
-    best = duckdb.sql(f"SELECT rel_path, {metric} FROM {files_of(runs.out, RUN_A)} {where} "
-                      f"ORDER BY {metric} DESC, rel_path LIMIT 4").fetchall()
+    worst = duckdb.sql(
+        f"SELECT rel_path, {metric} FROM {files_of(runs.out, RUN_A)} {where} ORDER BY {metric}, rel_path LIMIT 4"
+    ).fetchall()
+    best = duckdb.sql(
+        f"SELECT rel_path, {metric} FROM {files_of(runs.out, RUN_A)} {where} ORDER BY {metric} DESC, rel_path LIMIT 4"
+    ).fetchall()
     assert [(i.rel_path, i.value) for i in s.worst] == worst
     assert [(i.rel_path, i.value) for i in s.best] == best
     assert NO_REF not in {i.rel_path for i in s.worst + s.best}
@@ -212,7 +231,8 @@ def test_compare_against_duckdb_join(runs):
     assert cmp.deltas["psnr"].n == psnr_deltas.size == 8
     assert cmp.deltas["psnr"].mean == pytest.approx(psnr_deltas.mean(), rel=1e-9, abs=1e-12)
     assert [cmp.deltas["psnr"].p5, cmp.deltas["psnr"].p95] == pytest.approx(
-        np.percentile(psnr_deltas, [5, 95]), rel=1e-9, abs=1e-12)
+        np.percentile(psnr_deltas, [5, 95]), rel=1e-9, abs=1e-12
+    )
     low, high = cmp.delta_intervals["psnr"]
     assert (low, high) == pytest.approx(bootstrap_interval(psnr_deltas))
     assert low <= psnr_deltas.mean() <= high and psnr_deltas.min() <= low and high <= psnr_deltas.max()
@@ -271,8 +291,9 @@ def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_pa
     assert "nothing compared by psnr: no image is in both runs" in audit.format_comparison(cmp)
 
     def gate(base: str, *args: str):
-        return CliRunner().invoke(cli, ["audit", str(runs.out), "--run", RUN_A, "--compare", base,
-                                        "--compare-output", str(tmp_path), *args])
+        return CliRunner().invoke(
+            cli, ["audit", str(runs.out), "--run", RUN_A, "--compare", base, "--compare-output", str(tmp_path), *args]
+        )
 
     for base, reason in (("no-ref", "no image has a psnr in both runs"), ("disjoint", "no image is in both runs")):
         result = gate(base, "--fail-on-worse")
@@ -287,7 +308,12 @@ def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_pa
 def test_cli_refuses_options_that_would_do_nothing(runs):
     from flows.cli import cli
 
-    for args in (["--fail-on-worse"], ["--tolerance", "5"], ["--tolerance", "0"], ["--fail-on-worse", "--tolerance", "5"]):
+    for args in (
+        ["--fail-on-worse"],
+        ["--tolerance", "5"],
+        ["--tolerance", "0"],
+        ["--fail-on-worse", "--tolerance", "5"],
+    ):
         result = CliRunner().invoke(cli, ["audit", str(runs.out), "--run", RUN_A, *args])
         assert result.exit_code == 2, (args, result.output)
         assert f"Error: {args[0]} needs --compare RUN_ID" in result.output
@@ -409,7 +435,10 @@ def test_cli_audit(runs, tmp_path):
     assert json.loads(invoke("--run", RUN_A, "--json", "-").output)["summary"]["skipped"] == 1
     elsewhere = invoke("--run", RUN_B, "--compare", RUN_A, "--compare-output", str(runs.out))
     assert elsewhere.exit_code == 0 and f"compare run {RUN_B} with baseline {RUN_A}" in elsewhere.output
-    assert "--compare-output needs --compare" in CliRunner().invoke(cli, ["audit", str(runs.out), "--compare-output", "x"]).output
+    assert (
+        "--compare-output needs --compare"
+        in CliRunner().invoke(cli, ["audit", str(runs.out), "--compare-output", "x"]).output
+    )
 
     missing = CliRunner().invoke(cli, ["audit", str(runs.out), "--run", "nope"])
     assert missing.exit_code == 1 and "no run 'nope'" in missing.output
@@ -431,8 +460,9 @@ def test_audit_reads_s3(runs, s3, tmp_path):
     assert [r.run_id for r in audit.list_runs(s3.url("out"))] == [RUN_A]
     from flows.cli import cli
 
-    result = CliRunner().invoke(cli, ["audit", s3.url("out"), "--top", "2", "--report", s3.url("reports/a.html")],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["audit", s3.url("out"), "--top", "2", "--report", s3.url("reports/a.html")], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert f"run {RUN_A}" in result.output and "images  13" in result.output
     assert f"report  {s3.url('reports/a.html')}  (6 plots inside)" in result.output
@@ -450,8 +480,12 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _localise(code: str, out: Path) -> str:
-    return (code.replace("'enhanced/", f"'{out}/").replace('"enhanced/', f'"{out}/')
-            .replace("'new-model'", f"'{RUN_B}'").replace("'old-model'", f"'{RUN_A}'"))
+    return (
+        code.replace("'enhanced/", f"'{out}/")
+        .replace('"enhanced/', f'"{out}/')
+        .replace("'new-model'", f"'{RUN_B}'")
+        .replace("'old-model'", f"'{RUN_A}'")
+    )
 
 
 def test_documented_pyarrow_query(runs, capsys):
@@ -487,6 +521,7 @@ def test_documented_duckdb_queries(runs):
 
 def test_documented_polars_query(runs):
     import polars as pl
+
     (code,) = [b for b in _blocks("python") if "import polars" in b]
     ns: dict = {}
     exec(compile(_localise(code, runs.out), "<docs/parquet_schema.md>", "exec"), ns)
@@ -513,7 +548,9 @@ def test_flow_writes_the_report_and_publishes_the_artifact(runs):
     # The fixture's real flow run of RUN_A published these itself: nothing here has called the hook yet.
     url = report.report_url(str(runs.out), RUN_A)
     assert url == f"{runs.out}/_metrics/run_id={RUN_A}/_report/report.html"
-    assert [p.name for p in Path(url).parent.iterdir()] == ["report.html"] and 'id="contact_worst"' in Path(url).read_text()
+    assert [p.name for p in Path(url).parent.iterdir()] == ["report.html"] and 'id="contact_worst"' in Path(
+        url
+    ).read_text()
 
     (artifact,) = _artifacts(artifact_key(RUN_A))
     assert artifact.type == "markdown" and artifact.flow_run_id is not None
@@ -545,13 +582,22 @@ def test_publish_run_artifact_from_the_flow_summary_alone(runs, tmp_path):
 
     from flows.artifacts import publish_run_artifact, publish_run_report
 
-    failed = {"run_id": "empty-run", "images": 4, "ok": 0, "errors": 0, "skipped": 0, "processed": 0,
-              "failed_shards": ["shard-00000"]}
+    failed = {
+        "run_id": "empty-run",
+        "images": 4,
+        "ok": 0,
+        "errors": 0,
+        "skipped": 0,
+        "processed": 0,
+        "failed_shards": ["shard-00000"],
+    }
 
     @flow(name="audit-artifact-test-2")
     def publish():
         # No metrics at all (every shard failed): no report; the artifact still says what is known.
-        return publish_run_artifact(runs.summary_b, None), publish_run_report(str(tmp_path / "nothing"), "empty-run", failed)
+        return publish_run_artifact(runs.summary_b, None), publish_run_report(
+            str(tmp_path / "nothing"), "empty-run", failed
+        )
 
     artifact_id, url = publish()
     assert url is None

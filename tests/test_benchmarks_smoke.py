@@ -31,7 +31,11 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -40,8 +44,16 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert results["quick"] is True
     for section in SECTIONS:
         assert section in results, section
-    for heading in ("## Targets", "## Per stage", "## Pipeline", "## Large photos", "## Orchestration", "## Scaling",
-                    "## Peak RSS", "## Quality"):
+    for heading in (
+        "## Targets",
+        "## Per stage",
+        "## Pipeline",
+        "## Large photos",
+        "## Orchestration",
+        "## Scaling",
+        "## Peak RSS",
+        "## Quality",
+    ):
         assert heading in markdown, heading
 
     machine = results["machine"]
@@ -54,7 +66,13 @@ def test_quick_benchmark_writes_every_section(tmp_path):
             _positive(row["megapixels_per_s"], f"stages.{name}.{stage}")
             _positive(row["ms_per_image"], f"stages.{name}.{stage} ms")
     assert set(results["stages"]["sizes"][next(iter(results["stages"]["sizes"]))]["stages"]) == {
-        "decode", "features", "quantiles", "mapping", "refiner", "metrics", "encode"
+        "decode",
+        "features",
+        "quantiles",
+        "mapping",
+        "refiner",
+        "metrics",
+        "encode",
     }
 
     variants = results["pipeline"]["variants"]
@@ -111,8 +129,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
 def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
     """benchmarks/stage2_cv.py on a small synthetic set: one row per variant and seed, finite PSNRs, and the
     bag's paired gain over one model at stage 3 and, through the shipped refiner, at stage 4."""
-    from benchmarks.stage2_cv import cross_validate, table
     from helpers_synthetic import write_lol
+
+    from benchmarks.stage2_cv import cross_validate, table
 
     data = write_lol(tmp_path / "lol", 8, 64, 80, seed=3)
     report = cross_validate(data, seeds=2, folds=2, threads=1, bag=2, stage4=True)
@@ -149,8 +168,9 @@ def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
 def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path):
     """benchmarks/orientation.py on a small synthetic set with the shipped model: the upright orientation
     is exactly what the pipeline gives, and the ensembles are averages of the eight passes, not new ones."""
-    from benchmarks.orientation import orientation_report, table
     from helpers_synthetic import write_lol
+
+    from benchmarks.orientation import orientation_report, table
     from llie.data import find_pairs
     from llie.evaluate import evaluate_pairs
 
@@ -170,9 +190,10 @@ def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path
 
 
 def test_quality_section_reports_an_interval_around_every_mean(tmp_path):
+    from helpers_synthetic import write_lol
+
     from benchmarks.quality import quality
     from benchmarks.report import render_markdown
-    from helpers_synthetic import write_lol
 
     data = write_lol(tmp_path / "lol", 4, 48, 56, seed=11)
     q = quality(None, data=data)

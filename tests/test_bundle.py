@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_synthetic import pairs
 
 import llie
-from helpers_synthetic import pairs
 from llie.bundle import MANIFEST, REFINER_FILE, Bundle, BundleError, load_bundle, save_bundle, verify_bundle
 from llie.features import extract_features
 from llie.mapping import MappingConfig
@@ -198,8 +198,14 @@ def _unsafe_loads(text: str) -> tuple[int, list[str]]:
 
 def test_unsafe_load_check_catches_unsafe_code():
     assert _unsafe_loads("import torch\nx = torch.load(p, weights_only=True)\n") == (1, [])
-    for bad in ("torch.load(p)", "torch.load(p, weights_only=False)", "torch.load(p, weights_only=flag)",
-                "import pickle", "from torch import load", "np.load(p, allow_pickle=True)"):
+    for bad in (
+        "torch.load(p)",
+        "torch.load(p, weights_only=False)",
+        "torch.load(p, weights_only=flag)",
+        "import pickle",
+        "from torch import load",
+        "np.load(p, allow_pickle=True)",
+    ):
         assert _unsafe_loads("import torch\n" + bad + "\n")[1], bad
 
 

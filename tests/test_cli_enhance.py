@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_synthetic import pair, scene, to_uint8, write_lol
 from PIL import Image
 
-from helpers_synthetic import pair, scene, to_uint8, write_lol
 from llie.bundle import load_bundle
 from llie.cli import cli
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -113,8 +112,9 @@ def test_reference_prints_psnr_table_with_mean(tmp_path):
         _save(src / name, Image.fromarray(to_uint8(low)), "PNG")
         _save(ref / name, Image.fromarray(to_uint8(high)), "PNG")
     _save(src / "no_reference.png", Image.fromarray(_dark(24, 24, 9)), "PNG")
-    result = _run("enhance", "--input", str(src), "--output", str(tmp_path / "out"), "--reference", str(ref),
-                  "--stages", "hist")
+    result = _run(
+        "enhance", "--input", str(src), "--output", str(tmp_path / "out"), "--reference", str(ref), "--stages", "hist"
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if "PSNR" in line and "SSIM" in line)
@@ -157,14 +157,19 @@ def test_a_bad_reference_is_reported_not_counted_as_a_failure(tmp_path):
     assert len(_files(out)) == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "{tmp}"], "manifest.json missing"),
-    (["--device", "gpu"], "use auto, cpu, cuda or cuda:N"),
-    (["--max-pixels", "0"], "--max-pixels"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{tmp}"], "manifest.json missing"),
+        (["--device", "gpu"], "use auto, cpu, cuda or cuda:N"),
+        (["--max-pixels", "0"], "--max-pixels"),
+    ],
+)
 def test_enhance_usage_errors_are_clear(photos, tmp_path, args, message):
-    result = CliRunner().invoke(cli, ["enhance", "--input", str(photos), "--output", str(tmp_path / "out"),
-                                      *[a.format(tmp=tmp_path) for a in args]])
+    result = CliRunner().invoke(
+        cli,
+        ["enhance", "--input", str(photos), "--output", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]],
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
@@ -172,8 +177,9 @@ def test_enhance_usage_errors_are_clear(photos, tmp_path, args, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_enhance_on_cuda_without_a_gpu_is_a_usage_error(photos, tmp_path):
-    result = CliRunner().invoke(cli, ["enhance", "--input", str(photos), "--output", str(tmp_path / "o"),
-                                      "--device", "cuda"])
+    result = CliRunner().invoke(
+        cli, ["enhance", "--input", str(photos), "--output", str(tmp_path / "o"), "--device", "cuda"]
+    )
     assert result.exit_code == 2 and "no CUDA GPU is available" in result.output
 
 
@@ -189,8 +195,21 @@ def test_empty_input_folder_is_a_usage_error(tmp_path):
         (None, ["enhance", "evaluate", "train", "synth"]),
         ("enhance", ["--input", "--output", "--model", "--stages", "--reference", "--device", "--max-pixels"]),
         ("evaluate", ["--data", "--model", "--device", "--json", "--baseline", "interval"]),
-        ("train", ["--data", "--output", "--steps", "--batch", "--seed", "--threads", "--resume", "--max-pairs",
-                   "--pad-augment", "--histogram-rows"]),
+        (
+            "train",
+            [
+                "--data",
+                "--output",
+                "--steps",
+                "--batch",
+                "--seed",
+                "--threads",
+                "--resume",
+                "--max-pairs",
+                "--pad-augment",
+                "--histogram-rows",
+            ],
+        ),
         ("synth", ["--input", "--output", "--seed", "--exposure"]),
     ],
 )
@@ -232,19 +251,23 @@ def test_synth_refuses_an_output_around_its_input(tmp_path):
 @pytest.mark.parametrize("exposure", [("3", "5"), ("-0.1", "0.2"), ("0.3", "0.1"), ("0", "0.2")])
 def test_synth_exposure_must_darken(tmp_path, exposure):
     (tmp_path / "in").mkdir()
-    result = CliRunner().invoke(cli, ["synth", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"),
-                                      "--exposure", *exposure])
+    result = CliRunner().invoke(
+        cli, ["synth", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--exposure", *exposure]
+    )
     assert result.exit_code == 2 and "0 < LOW <= HIGH <= 1" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dim", "30", "--heads", "4"], "must divide by its 4 attention heads"),
-    (["--lr", "0"], "--lr"),
-    (["--crop", "0"], "--crop"),
-    (["--crop", "100"], "must be a multiple of the refiner's 80 pixels"),
-    (["--crop", "160"], "do not fit the smallest training image (40 px"),
-    (["--device", "tpu"], "use auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dim", "30", "--heads", "4"], "must divide by its 4 attention heads"),
+        (["--lr", "0"], "--lr"),
+        (["--crop", "0"], "--crop"),
+        (["--crop", "100"], "must be a multiple of the refiner's 80 pixels"),
+        (["--crop", "160"], "do not fit the smallest training image (40 px"),
+        (["--device", "tpu"], "use auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_train_setup_errors_come_before_any_work(tmp_path, args, message):
     data = write_lol(tmp_path / "lol", 6, 40, 48, seed=5)
     result = CliRunner().invoke(cli, ["train", "--data", str(data), "--output", str(tmp_path / "b"), *args])
@@ -286,8 +309,17 @@ def test_evaluate_against_a_baseline_pairs_the_images(tmp_path):
 
     data = write_lol(tmp_path / "lol", 3, 40, 48, seed=6)
     report = tmp_path / "report.json"
-    result = _run("evaluate", "--data", str(data), "--device", "cpu", "--json", str(report),
-                  "--baseline", str(default_bundle_path()))
+    result = _run(
+        "evaluate",
+        "--data",
+        str(data),
+        "--device",
+        "cpu",
+        "--json",
+        str(report),
+        "--baseline",
+        str(default_bundle_path()),
+    )
     assert result.exit_code == 0, result.output
     assert "minus" in result.output and "paired" in result.output
     saved = json.loads(report.read_text())
@@ -303,9 +335,37 @@ def test_train_command_passes_its_settings_through(tmp_path):
     out = tmp_path / "bundle"
     threads = torch.get_num_threads()  # --threads sets torch's for the whole process; later tests keep theirs
     try:
-        result = _run("train", "--data", str(data), "--output", str(out), "--steps", "2", "--batch", "2",
-                      "--crop", "80", "--dim", "16", "--depth", "1", "--heads", "2", "--histogram-rows", "3",
-                      "--bag", "2", "--exposure-jitter", "0.1", "--threads", "1", "--device", "cpu", "--seed", "4")
+        result = _run(
+            "train",
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "80",
+            "--dim",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--histogram-rows",
+            "3",
+            "--bag",
+            "2",
+            "--exposure-jitter",
+            "0.1",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--seed",
+            "4",
+        )
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
@@ -345,8 +405,10 @@ def test_output_compression_settings_change_the_bytes_not_the_pixels(tmp_path):
     _save(root / "a.png", Image.fromarray(_dark(60, 80, 7)), "PNG")
     _save(root / "b.jpg", Image.fromarray(_dark(60, 80, 8)), "JPEG")
     outputs = {}
-    for name, args in {"stored": ["--png-compression", "0", "--jpeg-quality", "40"],
-                       "packed": ["--png-compression", "9", "--jpeg-quality", "98"]}.items():
+    for name, args in {
+        "stored": ["--png-compression", "0", "--jpeg-quality", "40"],
+        "packed": ["--png-compression", "9", "--jpeg-quality", "98"],
+    }.items():
         result = _run("enhance", "--input", str(root), "--output", str(tmp_path / name), "--stages", "hist", *args)
         assert result.exit_code == 0, result.output
         outputs[name] = {rel: (tmp_path / name / rel).read_bytes() for rel in ("a.png", "b.jpg")}
@@ -354,13 +416,18 @@ def test_output_compression_settings_change_the_bytes_not_the_pixels(tmp_path):
     assert len(outputs["stored"]["b.jpg"]) < len(outputs["packed"]["b.jpg"])
     pixels = [np.asarray(Image.open(tmp_path / name / "a.png")) for name in outputs]
     np.testing.assert_array_equal(pixels[0], pixels[1])
-    assert _run("enhance", "--input", str(root), "--output", str(tmp_path / "x"), "--png-compression", "10").exit_code == 2
+    assert (
+        _run("enhance", "--input", str(root), "--output", str(tmp_path / "x"), "--png-compression", "10").exit_code == 2
+    )
 
 
 def test_encoding_defaults_match_the_library():
     from llie.cli import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_COMPRESSION
     from llie.imageio import EncodeOptions
 
-    assert (DEFAULT_PNG_COMPRESSION, DEFAULT_JPEG_QUALITY) == (EncodeOptions().png_compression, EncodeOptions().jpeg_quality)
+    assert (DEFAULT_PNG_COMPRESSION, DEFAULT_JPEG_QUALITY) == (
+        EncodeOptions().png_compression,
+        EncodeOptions().jpeg_quality,
+    )
     help_text = _run("enhance", "--help").output
     assert "--png-compression" in help_text and "--jpeg-quality" in help_text

@@ -45,12 +45,46 @@ def _start_cluster(home: Path, logs: Path) -> tuple[str, list[subprocess.Popen]]
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs = [
-        subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                          "--dashboard-address", ":0"],
-                         env=env, cwd=logs, stdout=open(logs / "scheduler.log", "wb"), stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "1", "--nthreads", "1",
-                          "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"],
-                         env=env, cwd=REPO, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            env=env,
+            cwd=logs,
+            stdout=open(logs / "scheduler.log", "wb"),
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "worker",
+                address,
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--death-timeout",
+                "60",
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=open(logs / "worker.log", "wb"),
+            stderr=subprocess.STDOUT,
+        ),
     ]
     deadline = time.monotonic() + 120
     while True:
@@ -62,7 +96,7 @@ def _start_cluster(home: Path, logs: Path) -> tuple[str, list[subprocess.Popen]]
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 for proc in procs:
                     stop_process(proc)
-                raise RuntimeError("dask cluster did not start: " + (logs / "worker.log").read_text()[-2000:])
+                raise RuntimeError("dask cluster did not start: " + (logs / "worker.log").read_text()[-2000:])  # noqa: B904
 
 
 def test_external_cluster_without_api_url_reports_to_the_runs_own_server(tmp_path, bundle_path):
@@ -72,9 +106,22 @@ def test_external_cluster_without_api_url_reports_to_the_runs_own_server(tmp_pat
     worker_home, cli_home = tmp_path / "worker-home", tmp_path / "cli-home"
     address, cluster = _start_cluster(worker_home, tmp_path)
     try:
-        command = [sys.executable, "-m", "flows.cli", "run", str(inp), str(out), "--shard-size", "2",
-                   "--dask-address", address, "--run-id", "ext", "--no-progress",
-                   *(["--model", bundle_path] if bundle_path else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            str(inp),
+            str(out),
+            "--shard-size",
+            "2",
+            "--dask-address",
+            address,
+            "--run-id",
+            "ext",
+            "--no-progress",
+            *(["--model", bundle_path] if bundle_path else []),
+        ]
         done = subprocess.run(command, env=_env(cli_home), cwd=REPO, capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert sorted(archive.read_metrics(str(out), "ext").column("rel_path").to_pylist()) == names

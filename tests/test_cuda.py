@@ -27,8 +27,9 @@ def _refiner(global_context: bool) -> Refiner:
 
 
 @pytest.mark.parametrize("global_context", [False, True])
-@pytest.mark.parametrize("tiling", [TilingConfig(), TilingConfig(tile=160, overlap=80, max_side=160, batch=8)],
-                         ids=["whole", "tiles"])
+@pytest.mark.parametrize(
+    "tiling", [TilingConfig(), TilingConfig(tile=160, overlap=80, max_side=160, batch=8)], ids=["whole", "tiles"]
+)
 def test_cuda_matches_cpu_within_an_8_bit_step(global_context, tiling):
     model = _refiner(global_context)
     rgb = np.random.default_rng(0).random((401, 333, 3), dtype=np.float32)

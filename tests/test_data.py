@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from helpers_synthetic import scene, to_uint8
 from PIL import Image
 
-from helpers_synthetic import scene, to_uint8
 from llie.data import find_pairs, group_folds, split_by_group
 
 
@@ -66,8 +66,17 @@ def test_named_scenes_group_jpeg_pairs_and_thumbnails_only_join(tmp_path):
     _write_named(tmp_path, "s1_a.jpg", views[0], "JPEG")
     _write_named(tmp_path, "s1_b.jpg", views[1], "JPEG")  # another view, same named scene
     _write_named(tmp_path, "s2_a.jpg", views[2], "JPEG")
-    (tmp_path / "pairs.json").write_text(json.dumps({"pairs": [
-        {"name": "s1_a.jpg", "scene": 1}, {"name": "s1_b.jpg", "scene": 1}, {"name": "s2_a.jpg", "scene": 2}]}))
+    (tmp_path / "pairs.json").write_text(
+        json.dumps(
+            {
+                "pairs": [
+                    {"name": "s1_a.jpg", "scene": 1},
+                    {"name": "s1_b.jpg", "scene": 1},
+                    {"name": "s2_a.jpg", "scene": 2},
+                ]
+            }
+        )
+    )
     group = {p.name: p.group for p in find_pairs(tmp_path)}
     assert group["s1_a.jpg"] == group["s1_b.jpg"] != group["s2_a.jpg"]
 

@@ -37,12 +37,21 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = subprocess_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                         PREFECT_SERVER_UI_ENABLED="false", PREFECT_UI_ENABLED="false")
+    env = subprocess_env(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+    )
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=home,
+    )
 
     def healthy():
         try:
@@ -65,11 +74,15 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def client_env(prefect_server, tmp_path):
     """Environment for CLI/serve/worker subprocesses that talk to the test server."""
-    return subprocess_env(PREFECT_API_URL=prefect_server["api_url"], PREFECT_HOME=str(tmp_path / "client-home"),
-                          PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                          # Pick a new run up within a second instead of the default 10-15 s polls.
-                          PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_WORKER_QUERY_SECONDS="1",
-                          PREFECT_LOGGING_LEVEL="INFO")
+    return subprocess_env(
+        PREFECT_API_URL=prefect_server["api_url"],
+        PREFECT_HOME=str(tmp_path / "client-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Pick a new run up within a second instead of the default 10-15 s polls.
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_LOGGING_LEVEL="INFO",
+    )
 
 
 def _client(api_url: str):
@@ -117,9 +130,25 @@ def test_serve_registers_schedule_and_runs(prefect_server, client_env, tmp_path,
     inp, out = tmp_path / "in", tmp_path / "out"
     names = ["a.png", "b.jpg", "sub/c.png"]
     make_images(inp, names)
-    args = [sys.executable, "-m", "deployments.serve", "--name", "served", "--cron", "30 3 * * 1",
-            "--timezone", "Europe/Paris", "--input-url", str(inp), "--output-url", str(out),
-            "--shard-size", "2", "--workers", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "deployments.serve",
+        "--name",
+        "served",
+        "--cron",
+        "30 3 * * 1",
+        "--timezone",
+        "Europe/Paris",
+        "--input-url",
+        str(inp),
+        "--output-url",
+        str(out),
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    ]
     if bundle_path:
         args += ["--model", bundle_path]
     log = open(tmp_path / "serve.log", "wb")
@@ -143,8 +172,9 @@ def test_serve_registers_schedule_and_runs(prefect_server, client_env, tmp_path,
         log.close()
 
 
-def test_prefect_yaml_deploys_and_runs_on_a_process_worker(prefect_server, client_env, tmp_path, make_images,
-                                                          bundle_path):
+def test_prefect_yaml_deploys_and_runs_on_a_process_worker(
+    prefect_server, client_env, tmp_path, make_images, bundle_path
+):
     api = prefect_server["api_url"]
     inp, out = tmp_path / "in", tmp_path / "out"
     names = ["x.png", "y.png"]
@@ -159,8 +189,9 @@ def test_prefect_yaml_deploys_and_runs_on_a_process_worker(prefect_server, clien
     env = dict(client_env, LLIE_INPUT_URL=str(inp), LLIE_OUTPUT_URL=str(out), PWD=str(project))
 
     def prefect(*args: str, timeout: float = 120) -> str:
-        done = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=project, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            [PREFECT, "--no-prompt", *args], env=env, cwd=project, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 
@@ -182,8 +213,13 @@ def test_prefect_yaml_deploys_and_runs_on_a_process_worker(prefect_server, clien
             overrides["model"] = bundle_path
         run_id = client.create_flow_run_from_deployment(deployment.id, parameters=overrides).id
     log = open(tmp_path / "worker.log", "wb")
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "llie-process", "--run-once"],
-                              env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "llie-process", "--run-once"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         run = _final_flow_run(api, run_id, 300)
         assert run.state.is_completed(), run.state
@@ -210,16 +246,23 @@ def test_prefect_deploy_refuses_a_deployment_without_input_and_output(prefect_se
     env["PWD"] = str(project)
 
     def prefect(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([PREFECT, "--no-prompt", *args], env=dict(env, **extra), cwd=project,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [PREFECT, "--no-prompt", *args],
+            env=dict(env, **extra),
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     assert prefect("work-pool", "create", "llie-process", "--type", "process", "--overwrite").returncode == 0
     # (another test of this module may have made it, properly, before)
     existing = _deployment(api, "nightly-archive")
-    for extra, reason in (({}, "LLIE_INPUT_URL and LLIE_OUTPUT_URL not set"),
-                          ({"LLIE_INPUT_URL": "s3://archive/raw"}, "LLIE_OUTPUT_URL not set"),
-                          ({"LLIE_INPUT_URL": str(tmp_path / "in"), "LLIE_OUTPUT_URL": str(tmp_path / "in/out")},
-                           "overlaps input")):
+    for extra, reason in (
+        ({}, "LLIE_INPUT_URL and LLIE_OUTPUT_URL not set"),
+        ({"LLIE_INPUT_URL": "s3://archive/raw"}, "LLIE_OUTPUT_URL not set"),
+        ({"LLIE_INPUT_URL": str(tmp_path / "in"), "LLIE_OUTPUT_URL": str(tmp_path / "in/out")}, "overlaps input"),
+    ):
         done = prefect("deploy", "--all", **extra)
         assert done.returncode != 0 and reason in done.stdout + done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
         after = _deployment(api, "nightly-archive")
@@ -227,9 +270,9 @@ def test_prefect_deploy_refuses_a_deployment_without_input_and_output(prefect_se
 
 
 def test_serve_refuses_an_empty_input(tmp_path):
-    from deployments.serve import main
-
     from click.testing import CliRunner
+
+    from deployments.serve import main
 
     result = CliRunner().invoke(main, ["--input-url", "", "--output-url", str(tmp_path / "out")])
     assert result.exit_code == 2 and "LLIE_INPUT_URL not set" in result.output

@@ -58,9 +58,10 @@ def test_each_summary_lists_exactly_the_options_of_help(name):
     written = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", summary))
     assert written == _help_options(command), (
         f"README's `llie {name}` summary: missing {sorted(_help_options(command) - written)}, "
-        f"not in --help {sorted(written - _help_options(command))}")
+        f"not in --help {sorted(written - _help_options(command))}"
+    )
     arguments = [p.human_readable_name.upper() for p in command.params if isinstance(p, click.Argument)]
-    assert summary.split()[2:2 + len(arguments)] == arguments
+    assert summary.split()[2 : 2 + len(arguments)] == arguments
 
 
 def test_the_readme_is_a_guide_and_its_links_resolve():

@@ -24,8 +24,17 @@ import pytest
 from flows.enhance_archive import enhance_archive
 from llie import archive, storage
 from llie.imageio import decode_image
-from tests.conftest import (FAKE_KEY_ID, FAKE_SECRET, REPO, encode, free_port, gradient, mounted, subprocess_env,
-                            write_images)
+from tests.conftest import (
+    FAKE_KEY_ID,
+    FAKE_SECRET,
+    REPO,
+    encode,
+    free_port,
+    gradient,
+    mounted,
+    subprocess_env,
+    write_images,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -102,8 +111,7 @@ def _kill_plugin(target: str, marker: str):
     return KillWhileWriting(target, marker)
 
 
-def test_worker_killed_mid_shard_run_completes_with_one_row_per_image(dask_address, tmp_path, make_images,
-                                                                      bundle_path):
+def test_worker_killed_mid_shard_run_completes_with_one_row_per_image(dask_address, tmp_path, make_images, bundle_path):
     from distributed import Client
 
     inp, out, marker = tmp_path / "in", tmp_path / "out", tmp_path / "killed"
@@ -116,8 +124,9 @@ def test_worker_killed_mid_shard_run_completes_with_one_row_per_image(dask_addre
     client.register_plugin(_kill_plugin(str(target), str(marker)), name="llie-test-kill")
     try:
         # retries=0: the run can only complete because Dask re-runs the lost task, not by a Prefect retry.
-        summary = enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="killed",
-                                  model=bundle_path, retries=0)
+        summary = enhance_archive(
+            str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="killed", model=bundle_path, retries=0
+        )
     finally:
         client.unregister_worker_plugin("llie-test-kill")
         client.wait_for_workers(2, timeout=120)  # the nanny's replacement, for the tests that follow
@@ -192,15 +201,18 @@ def restartable_s3(monkeypatch):
         s3fs.S3FileSystem.clear_instance_cache()
 
 
-def test_unreachable_storage_fails_the_shard_instead_of_recording_broken_images(restartable_s3, enhancer,
-                                                                                tmp_path, make_images):
+def test_unreachable_storage_fails_the_shard_instead_of_recording_broken_images(
+    restartable_s3, enhancer, tmp_path, make_images
+):
     """The deterministic half of the outage test: a store that cannot be reached is not a broken image."""
     s3, bucket = restartable_s3, restartable_s3.bucket
     make_images(tmp_path / "in", ["a.png"], width=32, height=24)
     storage.write_bytes_atomic(f"s3://{bucket}/in/a.png", (tmp_path / "in" / "a.png").read_bytes())
     [shard] = archive.plan_shards(["a.png"], 1)
-    cases = {"read": (f"s3://{bucket}/in", str(tmp_path / "out")),
-             "write": (str(tmp_path / "in"), f"s3://{bucket}/out")}
+    cases = {
+        "read": (f"s3://{bucket}/in", str(tmp_path / "out")),
+        "write": (str(tmp_path / "in"), f"s3://{bucket}/out"),
+    }
     s3.stop()
     for step, (input_url, output_url) in cases.items():
         with pytest.raises(Exception) as info:  # noqa: B017 - whatever the client raises, it must propagate
@@ -244,8 +256,15 @@ def test_s3_stopped_and_started_again_loses_nothing(restartable_s3, bundle_path)
     controller.start()
     try:
         state = enhance_archive(
-            f"s3://{bucket}/in", f"s3://{bucket}/out", shard_size=1, n_workers=1, run_id="outage",
-            model=bundle_path, retries=4, retry_delay_seconds=1.0, return_state=True,
+            f"s3://{bucket}/in",
+            f"s3://{bucket}/out",
+            shard_size=1,
+            n_workers=1,
+            run_id="outage",
+            model=bundle_path,
+            retries=4,
+            retry_delay_seconds=1.0,
+            return_state=True,
         )
     finally:
         finished.set()
@@ -262,7 +281,7 @@ def test_s3_stopped_and_started_again_loses_nothing(restartable_s3, bundle_path)
     assert len(run_counts) == 6 and run_counts[-1] >= 2, run_counts
 
     listed = boto3.client("s3", endpoint_url=s3.endpoint).list_objects_v2(Bucket=bucket, Prefix="out/")
-    keys = _without_report(o["Key"][len("out/"):] for o in listed["Contents"])
+    keys = _without_report(o["Key"][len("out/") :] for o in listed["Contents"])
     assert keys == _expected_files(images, "outage", 1)  # nothing partial, nothing temporary
     for name in images:
         decode_image(storage.read_bytes(f"s3://{bucket}/out/{name}"))
@@ -321,8 +340,9 @@ def _cli(args: list[str], bundle_path) -> str:
 def _start_run(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """``llie run`` as a subprocess in its own session, so that everything it starts can be found and killed."""
     with open(log_path, "wb") as log:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _wait_for_a_shard(proc: subprocess.Popen, metrics: Path, log_path: Path, timeout: float = 180) -> None:
@@ -342,8 +362,18 @@ def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
     inp, out = base / "in", base / "out"
     images = [f"p{i:02d}.png" for i in range(16)]
     write_images(inp, images, width=32, height=24)
-    args = ["run", str(inp), str(out), "--shard-size", "2", "--dask-address", dask_address, "--run-id", "half",
-            "--no-progress"]
+    args = [
+        "run",
+        str(inp),
+        str(out),
+        "--shard-size",
+        "2",
+        "--dask-address",
+        dask_address,
+        "--run-id",
+        "half",
+        "--no-progress",
+    ]
     metrics = out / "_metrics" / "run_id=half"
     log_path = base / "killed-run.log"
     command = [sys.executable, "-m", "flows.cli", *args, *(["--model", bundle_path] if bundle_path else [])]
@@ -360,8 +390,17 @@ def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
     done = set(archive.shard_files(str(out), "half"))
     before = _files(out)
     output = _cli(args, bundle_path)
-    return dict(inp=inp, out=out, images=images, args=args, done=done, before=before, output=output,
-                after=_files(out), base=base)
+    return dict(
+        inp=inp,
+        out=out,
+        images=images,
+        args=args,
+        done=done,
+        before=before,
+        output=output,
+        after=_files(out),
+        base=base,
+    )
 
 
 def test_killed_run_resumes_only_the_remaining_shards_and_equals_an_uninterrupted_run(
@@ -382,8 +421,7 @@ def test_killed_run_resumes_only_the_remaining_shards_and_equals_an_uninterrupte
 
     # The same archive in one uninterrupted run: the same dataset, row for row, value for value.
     whole = resumed_run["base"] / "whole"
-    enhance_archive(str(inp), str(whole), shard_size=2, dask_address=dask_address, run_id="whole",
-                    model=bundle_path)
+    enhance_archive(str(inp), str(whole), shard_size=2, dask_address=dask_address, run_id="whole", model=bundle_path)
     assert _comparable(str(out), "half") == _comparable(str(whole), "whole")
     for name in images:
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
@@ -408,14 +446,30 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
     write_images(inp, [f"p{i:02d}.png" for i in range(24)], width=32, height=24)
     env = subprocess_env()
     env.pop("PREFECT_API_URL", None)  # no API configured: the CLI starts a temporary server of its own
-    command = [sys.executable, "-m", "flows.cli", "run", str(inp), str(out), "--shard-size", "1", "--dask-address",
-               dask_address, "--run-id", "term", "--no-progress", *(["--model", bundle_path] if bundle_path else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        str(inp),
+        str(out),
+        "--shard-size",
+        "1",
+        "--dask-address",
+        dask_address,
+        "--run-id",
+        "term",
+        "--no-progress",
+        *(["--model", bundle_path] if bundle_path else []),
+    ]
     metrics = out / "_metrics" / "run_id=term"
     log_path = tmp_path / "run.log"
     proc = _start_run(command, env, log_path)
     try:
         _wait_for_a_shard(proc, metrics, log_path)
-        session = subprocess.run(["ps", "-ww", "-s", str(proc.pid), "-o", "args="], capture_output=True, text=True).stdout
+        session = subprocess.run(
+            ["ps", "-ww", "-s", str(proc.pid), "-o", "args="], capture_output=True, text=True
+        ).stdout
         assert "prefect.server" in session, session  # the temporary server this is about is running
         proc.send_signal(signal.SIGTERM)  # to the CLI alone, as `timeout` does
         # 143 as a rule; 1 when the signal lands while Prefect is still handing tasks to Dask, where it
@@ -467,8 +521,18 @@ def test_a_full_output_disk_fails_the_run_and_the_printed_resume_command_complet
     images = [f"photos/p{i}.png" for i in range(4)]
     make_images(inp, images, width=32, height=24)
     extra = ["--dask-address", dask_address, "--no-progress"]
-    args = ["run", str(inp), str(out), "--shard-size", "2", "--run-id", "full", "--retries", "0",
-            *(["--model", bundle_path] if bundle_path else [])]
+    args = [
+        "run",
+        str(inp),
+        str(out),
+        "--shard-size",
+        "2",
+        "--run-id",
+        "full",
+        "--retries",
+        "0",
+        *(["--model", bundle_path] if bundle_path else []),
+    ]
     # The images' folder is a small file system of its own, full; the metrics beside it have room.
     with mounted(out / "photos", "-t", "tmpfs", "-o", "size=256k", "tmpfs") as photos:
         filler = _fill(photos)
@@ -507,8 +571,9 @@ def test_a_read_only_output_fails_the_shard_instead_of_recording_broken_photos(t
 # --------------------------------------------------------------------------- foreign files in the metrics folder
 
 
-def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named(dask_address, tmp_path,
-                                                                                 make_images, bundle_path):
+def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named(
+    dask_address, tmp_path, make_images, bundle_path
+):
     """A note, a backup copy of a shard file: neither breaks a resume or an audit, nor is counted. A file
     named like a shard but of another schema, or a truncated run manifest, stops both with its name."""
     import pyarrow as pa
@@ -551,8 +616,9 @@ def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named
 # --------------------------------------------------------------------------- a photo replaced under the same name
 
 
-def test_a_photo_changed_under_the_same_name_is_enhanced_again_on_resume(dask_address, tmp_path, make_images,
-                                                                        bundle_path):
+def test_a_photo_changed_under_the_same_name_is_enhanced_again_on_resume(
+    dask_address, tmp_path, make_images, bundle_path
+):
     """The plan records each photo's size and mtime (the ETag on S3): a resume redoes the changed photo, and
     only it; its shard's other photo and the other shard are not even rewritten."""
     from tests.conftest import encode, gradient
@@ -600,16 +666,28 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
     write_images(inp, images, width=32, height=24)
     env = subprocess_env()
     env.pop("PREFECT_API_URL", None)  # no API configured: the CLI starts a temporary server of its own
-    args = ["run", str(inp), str(out), "--shard-size", "1", "--dask-address", dask_address, "--run-id", "kill9",
-            "--no-progress", *(["--model", bundle_path] if bundle_path else [])]
+    args = [
+        "run",
+        str(inp),
+        str(out),
+        "--shard-size",
+        "1",
+        "--dask-address",
+        dask_address,
+        "--run-id",
+        "kill9",
+        "--no-progress",
+        *(["--model", bundle_path] if bundle_path else []),
+    ]
     metrics = out / "_metrics" / "run_id=kill9"
     log_path = tmp_path / "run.log"
     proc = _start_run([sys.executable, "-m", "flows.cli", *args], env, log_path)
     server = None
     try:
         _wait_for_a_shard(proc, metrics, log_path)
-        listing = subprocess.run(["ps", "-ww", "-s", str(proc.pid), "-o", "pid=,args="], capture_output=True,
-                                 text=True).stdout
+        listing = subprocess.run(
+            ["ps", "-ww", "-s", str(proc.pid), "-o", "pid=,args="], capture_output=True, text=True
+        ).stdout
         [server] = [int(line.split()[0]) for line in listing.splitlines() if "prefect.server.api.server" in line]
         os.kill(proc.pid, signal.SIGKILL)  # the CLI alone, not its process group
         proc.wait(timeout=30)
@@ -684,8 +762,9 @@ def test_a_photo_that_kills_its_worker_costs_only_its_own_row(dask_address, tmp_
     client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
     client.register_plugin(_kill_always_plugin(str(out / "p1.png")), name="llie-test-oom")
     try:
-        summary = enhance_archive(str(inp), str(out), shard_size=4, dask_address=dask_address, run_id="oom",
-                                  model=bundle_path, retries=0)
+        summary = enhance_archive(
+            str(inp), str(out), shard_size=4, dask_address=dask_address, run_id="oom", model=bundle_path, retries=0
+        )
     finally:
         client.unregister_worker_plugin("llie-test-oom")
         client.run_on_scheduler(lambda dask_scheduler, n=allowed: setattr(dask_scheduler, "allowed_failures", n))
@@ -704,8 +783,9 @@ def test_a_photo_that_kills_its_worker_costs_only_its_own_row(dask_address, tmp_
             decode_image((out / name).read_bytes())
 
 
-def test_a_photo_too_big_for_the_worker_memory_is_skipped_before_the_work(dask_address, tmp_path, make_images,
-                                                                         enhancer):
+def test_a_photo_too_big_for_the_worker_memory_is_skipped_before_the_work(
+    dask_address, tmp_path, make_images, enhancer
+):
     """Each photo's peak memory is estimated from its header and checked against what the worker may still
     use (its Dask memory limit times the terminate fraction, less what it holds): one that does not fit is
     ``skipped`` with the reason, before a pixel is decoded; the others are enhanced."""
@@ -717,8 +797,12 @@ def test_a_photo_too_big_for_the_worker_memory_is_skipped_before_the_work(dask_a
     make_images(tmp_path / "in", ["small.png"], width=40, height=30)
     shard = archive.plan_shards(["big.png", "small.png"], 2)[0]
     budget = archive.memory_needed(40 * 30 * 10)
-    rows = {r["rel_path"]: r for r in archive.process_shard(shard, str(tmp_path / "in"), str(tmp_path / "out"),
-                                                            enhancer, memory_budget=budget)}
+    rows = {
+        r["rel_path"]: r
+        for r in archive.process_shard(
+            shard, str(tmp_path / "in"), str(tmp_path / "out"), enhancer, memory_budget=budget
+        )
+    }
     assert rows["small.png"]["status"] == "ok"
     assert rows["big.png"]["status"] == "skipped"
     assert rows["big.png"]["error"].startswith("not enough worker memory: 400x300 needs about ")

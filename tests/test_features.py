@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers_synthetic import pair, scene
+
 from llie.features import (
     N_BINS,
     PERCENTILES,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -58,8 +57,15 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
 
     environ_before = dict(os.environ)
     state = enhance_archive(
-        s3.url("in"), s3.url("out"), shard_size=2, reference_url=s3.url("ref"), n_workers=2, run_id="s3run",
-        model=bundle_path, retry_delay_seconds=0.2, return_state=True,
+        s3.url("in"),
+        s3.url("out"),
+        shard_size=2,
+        reference_url=s3.url("ref"),
+        n_workers=2,
+        run_id="s3run",
+        model=bundle_path,
+        retry_delay_seconds=0.2,
+        return_state=True,
     )
     summary = state.result()
     # the nanny's pre-spawn variables (OMP_NUM_THREADS=1, MALLOC_*) do not stay in the flow process
@@ -116,7 +122,10 @@ def test_local_workers_start_with_a_fixed_mmap_threshold_and_quiet_background():
 
     environ_before = dict(os.environ)
     with local_cluster_settings():
-        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
             (worker_env,) = client.run(_initial_environ).values()
             (worker_config,) = client.run(lambda: {k: dask.config.get(k) for k in LOCAL_CLUSTER_CONFIG}).values()
     assert worker_config == LOCAL_CLUSTER_CONFIG  # reached the worker process, not only this one
@@ -142,12 +151,14 @@ def archive_with_broken_files(tmp_path, make_images):
     return inp, good, bad
 
 
-def test_external_cluster_retry_broken_files_and_resume(dask_address, archive_with_broken_files, tmp_path, bundle_path,
-                                                        inject_faults):
+def test_external_cluster_retry_broken_files_and_resume(
+    dask_address, archive_with_broken_files, tmp_path, bundle_path, inject_faults
+):
     inp, good, bad = archive_with_broken_files
     out, markers = tmp_path / "out", inject_faults("r-ext")
-    common = dict(shard_size=4, dask_address=dask_address, retries=2, retry_delay_seconds=0.2, run_id="r-ext",
-                  model=bundle_path)
+    common = dict(
+        shard_size=4, dask_address=dask_address, retries=2, retry_delay_seconds=0.2, run_id="r-ext", model=bundle_path
+    )
 
     # Every shard's first attempt raises after writing its outputs; the retry must finish it
     # without leaving a second row for any image.
@@ -213,8 +224,9 @@ def test_retry_failed_redoes_only_failed_images(
     assert all(k.startswith("_metrics/") or k == "broken/text.jpg" for k in changed), changed
 
 
-def test_exhausted_retries_fail_the_run_then_resume_finishes_it(dask_address, tmp_path, make_images, bundle_path,
-                                                                inject_faults):
+def test_exhausted_retries_fail_the_run_then_resume_finishes_it(
+    dask_address, tmp_path, make_images, bundle_path, inject_faults
+):
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, [f"i{n}.png" for n in range(4)])
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-fail", model=bundle_path)
@@ -252,8 +264,9 @@ def test_a_growing_archive_resumes_its_finished_shards(dask_address, tmp_path, m
     assert len(archive.read_metrics(str(out), "r-grow")) == 5
 
 
-def test_a_redone_shard_that_fails_leaves_no_stale_rows(dask_address, tmp_path, make_images, bundle_path,
-                                                        inject_faults):
+def test_a_redone_shard_that_fails_leaves_no_stale_rows(
+    dask_address, tmp_path, make_images, bundle_path, inject_faults
+):
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, [f"i{n}.png" for n in range(4)])
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-stale", model=bundle_path)
@@ -287,8 +300,14 @@ def test_resume_with_other_shard_size_is_refused(dask_address, tmp_path, make_im
         enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="r-size")
     make_images(tmp_path / "other", ["a.png"])
     with pytest.raises(ValueError, match="input_url="):
-        enhance_archive(str(tmp_path / "other"), str(out), shard_size=2, dask_address=dask_address, run_id="r-size",
-                        model=bundle_path)
+        enhance_archive(
+            str(tmp_path / "other"),
+            str(out),
+            shard_size=2,
+            dask_address=dask_address,
+            run_id="r-size",
+            model=bundle_path,
+        )
 
 
 def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images, bundle_path):
@@ -300,8 +319,19 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, ["a.png", "b.png", "c.jpg"])
     (inp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    args = ["run", str(inp), str(out), "--shard-size", "2", "--dask-address", dask_address, "--run-id", "cli-1",
-            "--png-compression", "0"]
+    args = [
+        "run",
+        str(inp),
+        str(out),
+        "--shard-size",
+        "2",
+        "--dask-address",
+        dask_address,
+        "--run-id",
+        "cli-1",
+        "--png-compression",
+        "0",
+    ]
     if bundle_path:
         args += ["--model", bundle_path]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -326,7 +356,10 @@ def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
     plain = resume_command("photos/", "out", "r-1", None, DEFAULT_SHARD_SIZE, None)
     assert plain == "llie run photos/ out --run-id r-1"
     full = resume_command("s3://KEY:SECRET@b/in", "s3://b/out", "r-2", "my model", 8, "s3://b/ref")
-    assert full == "llie run 's3://***@b/in' s3://b/out --run-id r-2 --model 'my model' --shard-size 8 --reference s3://b/ref"
+    assert (
+        full
+        == "llie run 's3://***@b/in' s3://b/out --run-id r-2 --model 'my model' --shard-size 8 --reference s3://b/ref"
+    )
 
 
 def test_retry_failed_without_a_run_id_is_a_usage_error(tmp_path, make_images):

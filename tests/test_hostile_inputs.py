@@ -61,7 +61,7 @@ def _rotated_jpeg() -> bytes:
 BAD_NAME = os.fsdecode(b"names/bad\xffbyte.png")  # not valid UTF-8: legal on POSIX all the same
 WINDOWS_ABSOLUTE = "C:\\evil.png"  # a legal POSIX name that looks like an absolute Windows path
 
-TOO_LARGE = "decode: image too large: {} pixels > limit %d (raise --max-pixels)" % MAX_PIXELS
+TOO_LARGE = "decode: image too large: {} pixels > limit %d (raise --max-pixels)" % MAX_PIXELS  # noqa: UP031 ({} is filled later)
 
 # rel path -> (status, exact reason or None). The names are the listing's contract.
 EXPECTED: dict[str, tuple[str, str | None]] = {
@@ -93,8 +93,18 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "link-in.png": ("ok", None),  # a symlink that stays inside the input root
 }
 # Files that are not images, or not to be touched: no row, no output.
-NOT_IMAGES = [".hidden.png", ".cache/x.png", "names/._resource.jpg", "notes.txt", "data.json", "noext",
-              "names/image.png.bak", "pipe.jpg", "link-out.png", "linkdir/x.png"]
+NOT_IMAGES = [
+    ".hidden.png",
+    ".cache/x.png",
+    "names/._resource.jpg",
+    "notes.txt",
+    "data.json",
+    "noext",
+    "names/image.png.bak",
+    "pipe.jpg",
+    "link-out.png",
+    "linkdir/x.png",
+]
 
 
 def _build_corpus(inp: Path, outside: Path) -> None:
@@ -190,15 +200,29 @@ def hostile_run(prefect_harness, dask_address, tmp_path_factory, bundle_path) ->
     before = _snapshot(snapshot_root, base)
 
     summary = enhance_archive(
-        str(inp), str(out), shard_size=8, dask_address=dask_address, run_id=RUN_ID, model=bundle_path,
-        max_pixels=MAX_PIXELS, retries=0,  # a crashing shard would fail the run instead of hiding in a retry
+        str(inp),
+        str(out),
+        shard_size=8,
+        dask_address=dask_address,
+        run_id=RUN_ID,
+        model=bundle_path,
+        max_pixels=MAX_PIXELS,
+        retries=0,  # a crashing shard would fail the run instead of hiding in a retry
     )
     after = _snapshot(snapshot_root, base)
     table = archive.read_metrics(str(out), RUN_ID)
     rel_paths = table.column("rel_path").to_pylist()
     assert len(rel_paths) == len(set(rel_paths)), "an image has more than one row"
-    return HostileRun(snapshot_root, inp, out, summary, {r["rel_path"]: r for r in table.to_pylist()}, before,
-                      after, str(out.relative_to(snapshot_root)))
+    return HostileRun(
+        snapshot_root,
+        inp,
+        out,
+        summary,
+        {r["rel_path"]: r for r in table.to_pylist()},
+        before,
+        after,
+        str(out.relative_to(snapshot_root)),
+    )
 
 
 def test_the_run_completes_with_one_row_per_image_file(hostile_run):
@@ -207,7 +231,10 @@ def test_the_run_completes_with_one_row_per_image_file(hostile_run):
     assert summary["images"] == len(EXPECTED)
     statuses = [status for status, _ in EXPECTED.values()]
     assert (summary["ok"], summary["errors"], summary["skipped"]) == (
-        statuses.count("ok"), statuses.count("error"), statuses.count("skipped"))
+        statuses.count("ok"),
+        statuses.count("error"),
+        statuses.count("skipped"),
+    )
     # Exactly the image files: hidden files, non-images, a FIFO and links out of the root have none.
     assert sorted(hostile_run.rows) == sorted(archive.printable(rel) for rel in EXPECTED)
     for rel in NOT_IMAGES:
@@ -254,21 +281,26 @@ def test_nothing_is_written_outside_the_output(hostile_run):
     before, after = hostile_run.tmp_before, hostile_run.tmp_after
     out_rel = hostile_run.out_rel
     ancestors = {str(p) for p in Path(out_rel).parents}  # folders whose times change as out/ appears
-    changed = sorted(k for k in before.keys() | after.keys()
-                     if before.get(k) != after.get(k)
-                     and not (k == out_rel or k.startswith(out_rel + os.sep))
-                     and not k.startswith("dask-logs")  # the session cluster's own log files
-                     and k not in ancestors)
+    changed = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k)
+        and not (k == out_rel or k.startswith(out_rel + os.sep))
+        and not k.startswith("dask-logs")  # the session cluster's own log files
+        and k not in ancestors
+    )
     assert changed == []
     # Inside the output: the enhanced images and the metrics, nothing else (no temp files either),
     # apart from the run's HTML report (llie.report) the flow may write next to the metrics.
-    written = sorted(k[len(out_rel) + 1:] for k, v in after.items()
-                     if k.startswith(out_rel + os.sep) and stat.S_ISREG(v[0]))
+    written = sorted(
+        k[len(out_rel) + 1 :] for k, v in after.items() if k.startswith(out_rel + os.sep) and stat.S_ISREG(v[0])
+    )
     report = f"_metrics/run_id={RUN_ID}/_report/"
     written = [k for k in written if not (k.startswith(report) and not os.path.basename(k).startswith("."))]
     shards = archive.plan_shards(list(EXPECTED), 8)
     metrics = [f"_metrics/run_id={RUN_ID}/{s.shard_id}.parquet" for s in shards] + [
-        f"_metrics/run_id={RUN_ID}/_run.json"]
+        f"_metrics/run_id={RUN_ID}/_run.json"
+    ]
     assert written == sorted([rel for rel, (status, _) in EXPECTED.items() if status == "ok"] + metrics)
 
 
@@ -286,8 +318,9 @@ def test_inputs_are_byte_identical_with_unchanged_times(hostile_run):
 # --------------------------------------------------------------------------- names that look like URL syntax
 
 
-def test_names_with_url_syntax_and_names_at_the_length_limit_are_plain_names(dask_address, tmp_path, bundle_path,
-                                                                           s3, enhancer):
+def test_names_with_url_syntax_and_names_at_the_length_limit_are_plain_names(
+    dask_address, tmp_path, bundle_path, s3, enhancer
+):
     """``a::b.png`` is not an fsspec chain, ``?`` is not a query in an object key, and a 250-byte name
     (the limit is 255) is written although its temporary name would be longer than that."""
     from tests.conftest import encode, gradient, write_images
@@ -296,8 +329,9 @@ def test_names_with_url_syntax_and_names_at_the_length_limit_are_plain_names(das
     long_name = "x" * 246 + ".png"
     write_images(inp, ["a", "a.png", long_name], width=32, height=24)  # "a": what a chain would read instead
     (inp / "a::b.png").write_bytes(encode(gradient(40, 30, seed=5)))
-    summary = enhance_archive(str(inp), str(out), dask_address=dask_address, run_id="names", model=bundle_path,
-                              retries=0)
+    summary = enhance_archive(
+        str(inp), str(out), dask_address=dask_address, run_id="names", model=bundle_path, retries=0
+    )
     rows = {r["rel_path"]: r for r in archive.read_metrics(str(out), "names").to_pylist()}
     assert sorted(rows) == sorted(["a.png", "a::b.png", long_name]) and summary["ok"] == 3, rows
     assert (rows["a::b.png"]["width"], rows["a::b.png"]["height"]) == (40, 30)  # its own pixels

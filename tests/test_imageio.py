@@ -105,7 +105,9 @@ def test_decode_error_is_a_value_error():
 
 def test_pixel_limit_is_checked_from_header_before_decoding():
     # 5000x5000 claimed by a 1x1 file: only the header can have been looked at.
-    with pytest.raises(ImageTooLargeError, match=r"image too large: 25000000 pixels > limit 1000000 \(raise --max-pixels\)"):
+    with pytest.raises(
+        ImageTooLargeError, match=r"image too large: 25000000 pixels > limit 1000000 \(raise --max-pixels\)"
+    ):
         decode_image(_png_with_header_size(5000, 5000), DecodeLimits(max_pixels=1_000_000))
 
 

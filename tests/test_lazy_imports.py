@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import subprocess_env, write_images
+
 from llie import archive
 from llie.pipeline import Enhancer
 
@@ -26,8 +26,14 @@ print("exit", code, "torch", "torch" in sys.modules, "prefect", "prefect" in sys
 
 
 def _imports(*args: str) -> tuple[int, bool]:
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     last = done.stdout.strip().splitlines()[-1].split()
     assert last[0] == "exit", done.stdout + done.stderr
     return int(last[1]), last[3] == "True"
@@ -46,7 +52,10 @@ def test_help_does_not_import_torch():
 
 
 def test_enhance_hist_does_not_import_torch_and_full_does(photos):
-    assert _imports("enhance", "--input", str(photos / "in"), "--output", str(photos / "hist"), "--stages", "hist") == (0, False)
+    assert _imports("enhance", "--input", str(photos / "in"), "--output", str(photos / "hist"), "--stages", "hist") == (
+        0,
+        False,
+    )
     assert sorted(p.name for p in (photos / "hist").iterdir()) == ["a.png", "b.png"]
     # the probe sees torch when it is loaded: the refiner's path does load it
     assert _imports("enhance", "--input", str(photos / "in"), "--output", str(photos / "full")) == (0, True)
@@ -55,8 +64,14 @@ def test_enhance_hist_does_not_import_torch_and_full_does(photos):
 def test_audit_does_not_import_torch(photos):
     out = photos / "run"
     shard = archive.plan_shards(["a.png", "b.png"], 2)[0]
-    rows = archive.process_shard(shard, str(photos / "in"), str(out), Enhancer.load(None, refiner=False),
-                                 run_id="20250101T000000Z-abcdef", stages="hist")
+    rows = archive.process_shard(
+        shard,
+        str(photos / "in"),
+        str(out),
+        Enhancer.load(None, refiner=False),
+        run_id="20250101T000000Z-abcdef",
+        stages="hist",
+    )
     archive.write_shard_parquet(rows, archive.shard_parquet_url(str(out), "20250101T000000Z-abcdef", shard.shard_id))
     code, torch_loaded = _imports("audit", str(out), "--run", "20250101T000000Z-abcdef")
     assert code == 0 and not torch_loaded

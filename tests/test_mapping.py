@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers_synthetic import pair
+
 from llie.features import PERCENTILES, channel_histograms, histogram_percentiles
 from llie.mapping import (
     MappingConfig,
@@ -55,8 +55,10 @@ def test_kde_histogram_follows_the_percentiles():
     assert hist[centres < 0.15].sum() < 0.01 and hist[centres > 0.65].sum() < 0.01
 
 
-@pytest.mark.parametrize("config", [MappingConfig("interp"), MappingConfig("kde", 0.002),
-                                    MappingConfig("kde", 0.02), MappingConfig("kde", 0.2)])
+@pytest.mark.parametrize(
+    "config",
+    [MappingConfig("interp"), MappingConfig("kde", 0.002), MappingConfig("kde", 0.02), MappingConfig("kde", 0.2)],
+)
 def test_luts_are_monotone(config):
     rng = np.random.default_rng(1)
     for q in _random_quantiles(rng, 6):
@@ -127,8 +129,10 @@ def test_small_bandwidth_approaches_interp(seed):
         hist = np.bincount(to_levels(low, 256)[..., c].ravel(), minlength=256)
         used = hist > 0  # levels no pixel has never reach an output
         interp = channel_lut(hist, q[c], MappingConfig("interp"))
-        gap = {bw: np.abs(channel_lut(hist, q[c], MappingConfig("kde", bw)) - interp)[used].max()
-               for bw in (0.1, 1e-3, 1e-4, 1e-6, 0.0)}
+        gap = {
+            bw: np.abs(channel_lut(hist, q[c], MappingConfig("kde", bw)) - interp)[used].max()
+            for bw in (0.1, 1e-3, 1e-4, 1e-6, 0.0)
+        }
         for bw in (1e-3, 1e-4, 1e-6, 0.0):
             assert gap[bw] < 0.02, (c, bw, gap)
             assert gap[bw] < gap[0.1] / 3, (c, bw, gap)
@@ -164,9 +168,10 @@ def _hue_turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _sunset(h: int = 64, w: int = 96) -> np.ndarray:
     """A saturated scene: an orange-to-red sky over a dark blue band, dimmed."""
     t = np.linspace(0, 1, h)[:, None, None]
-    sky = np.concatenate([np.full((h, w, 1), 0.95), 0.25 + 0.45 * (1 - t) * np.ones((h, w, 1)),
-                          np.full((h, w, 1), 0.05)], axis=2)
-    sky[int(0.75 * h):] = [0.05, 0.1, 0.35]
+    sky = np.concatenate(
+        [np.full((h, w, 1), 0.95), 0.25 + 0.45 * (1 - t) * np.ones((h, w, 1)), np.full((h, w, 1), 0.05)], axis=2
+    )
+    sky[int(0.75 * h) :] = [0.05, 0.1, 0.35]
     return (sky * 0.3).astype(np.float32)
 
 
@@ -231,7 +236,10 @@ def test_bounded_colour_keeps_small_turns_per_channel_and_bounds_large_ones():
     # a noise-level chroma (a dark, almost grey shot) has no hue to keep: the per-channel result stands
     rng = np.random.default_rng(5)
     grey_shot = (0.05 + rng.normal(0, 0.002, (30, 40, 1)) + rng.normal(0, 0.002, (30, 40, 3))).astype(np.float32)
-    np.testing.assert_allclose(match_to_quantiles(grey_shot, grey, MappingConfig(colour="bounded")),
-                               match_to_quantiles(grey_shot, grey, MappingConfig()), atol=1e-6)
+    np.testing.assert_allclose(
+        match_to_quantiles(grey_shot, grey, MappingConfig(colour="bounded")),
+        match_to_quantiles(grey_shot, grey, MappingConfig()),
+        atol=1e-6,
+    )
     untouched = _hue_turn(dim, channels) < 30 - 15
     np.testing.assert_allclose(bounded[untouched], channels[untouched], atol=1e-6)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
 from helpers_synthetic import pair, scene
+
 from llie.bundle import Bundle
 from llie.features import extract_features
 from llie.mapping import match_to_quantiles
 from llie.pipeline import STAGES, Enhancer
 from llie.policy import apply_policy, brightening, channel_means, refiner_weight
 from llie.refine import refine
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -121,7 +119,9 @@ def test_pixels_outside_the_mask_do_not_move_the_rest(default_enhancer):
         rgb[~mask] = fill
         outputs.append(default_enhancer.enhance(rgb, stages="hist", mask=mask).image[mask])
     np.testing.assert_array_equal(outputs[0], outputs[1])
-    unmasked = [default_enhancer.enhance(np.where(mask[..., None], photo, f), stages="hist").image[mask] for f in (0.0, 1.0)]
+    unmasked = [
+        default_enhancer.enhance(np.where(mask[..., None], photo, f), stages="hist").image[mask] for f in (0.0, 1.0)
+    ]
     assert np.abs(unmasked[0] - unmasked[1]).mean() > 0.01  # without the mask the fill does move it
 
 

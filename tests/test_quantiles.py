@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 import xgboost as xgb
+from helpers_synthetic import pairs
 from safetensors.numpy import load_file, save_file
 
-from helpers_synthetic import pairs
 from llie.features import extract_features, feature_size
 from llie.quantiles import (
     N_CHANNELS,
@@ -48,9 +48,7 @@ def fitted():
 def _pava_minmax(y: np.ndarray) -> np.ndarray:
     """Isotonic least squares by the min-max formula: f_i = max_{j<=i} min_{k>=i} mean(y[j..k])."""
     n = len(y)
-    return np.array(
-        [max(min(y[j : k + 1].mean() for k in range(i, n)) for j in range(i + 1)) for i in range(n)]
-    )
+    return np.array([max(min(y[j : k + 1].mean() for k in range(i, n)) for j in range(i + 1)) for i in range(n)])
 
 
 def _brute_force(y: np.ndarray) -> np.ndarray:
@@ -170,7 +168,9 @@ def test_saved_files_contain_no_pickle(fitted, tmp_path):
     model, _ = fitted
     paths = model.save(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(p.name for p in paths) == ["quantiles-0.ubj.gz", "quantiles.json", "quantiles_pca.safetensors"]
+    assert (
+        names == sorted(p.name for p in paths) == ["quantiles-0.ubj.gz", "quantiles.json", "quantiles_pca.safetensors"]
+    )
     for p in paths:
         head = p.read_bytes()[:4]
         assert not head.startswith(b"\x80"), f"{p.name} looks like a pickle"
@@ -237,8 +237,12 @@ def test_a_bag_round_trips_and_saves_the_same_bytes_every_time(bag, tmp_path):
     combined, _, _ = bag
     first = combined.save(tmp_path / "a")
     combined.save(tmp_path / "b")
-    assert sorted(p.name for p in first) == ["quantiles-0.ubj.gz", "quantiles-1.ubj.gz", "quantiles.json",
-                                             "quantiles_pca.safetensors"]
+    assert sorted(p.name for p in first) == [
+        "quantiles-0.ubj.gz",
+        "quantiles-1.ubj.gz",
+        "quantiles.json",
+        "quantiles_pca.safetensors",
+    ]
     for p in first:  # gzip without a timestamp: the same trees give the same model_version
         assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes(), p.name
     loaded = QuantileModel.load(tmp_path / "a", n_threads=1)
@@ -261,8 +265,9 @@ def test_row_weights_pull_the_fit_toward_the_heavier_rows():
     x = np.repeat(rng.random((1, feature_size()), dtype=np.float32), 200, axis=0)
     dark, bright = np.linspace(0.0, 0.4, 63), np.linspace(0.3, 1.0, 63)
     targets = np.concatenate([np.tile(dark, (100, 1)), np.tile(bright, (100, 1))])
-    cfg = QuantileModelConfig(n_components=4, n_estimators=60, learning_rate=0.3, subsample=1.0,
-                              colsample_bytree=1.0, min_child_weight=1.0)
+    cfg = QuantileModelConfig(
+        n_components=4, n_estimators=60, learning_rate=0.3, subsample=1.0, colsample_bytree=1.0, min_child_weight=1.0
+    )
     level = lambda w: QuantileModel.fit(x, targets, cfg, n_threads=1, sample_weight=w).predict(x[0]).mean()
     unweighted, toward_bright = level(None), level(np.r_[np.ones(100), 9 * np.ones(100)])
     expected = lambda a: np.clip(isotonic((a * dark + (1 - a) * bright).reshape(3, 21)), 0, 1).mean()

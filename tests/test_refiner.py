@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers_synthetic import pairs, scene
+
 from llie.refine import ENSEMBLE_TRANSFORMS, TilingConfig, _starts, dihedral, refine, undo_dihedral
 from llie.refiner import Refiner, RefinerConfig
 from llie.train import refiner_loss

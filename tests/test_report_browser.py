@@ -17,9 +17,19 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-         "--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1280,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+    "--window-size=1280,900",
+]
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium)")
 
 
@@ -63,8 +73,12 @@ class DevTools:
 
 
 def _start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     seen = []
     while time.monotonic() < deadline:
@@ -88,24 +102,38 @@ def open_in_chromium(page: Path, profile: Path) -> dict:
             dt.call(f"{domain}.enable", session=True)
         dt.call("Page.navigate", {"url": page.resolve().as_uri()}, session=True)
         dt.wait_for("Page.loadEventFired")
-        images = dt.call("Runtime.evaluate", {"returnByValue": True, "expression": """
+        images = dt.call(
+            "Runtime.evaluate",
+            {
+                "returnByValue": True,
+                "expression": """
             Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth,
-                                                   shown: i.getBoundingClientRect().width}))"""},
-                         session=True)["result"]["value"]
-        page_width = dt.call("Runtime.evaluate", {"returnByValue": True,
-                                                  "expression": "document.querySelector('h1').getBoundingClientRect().width"},
-                             session=True)["result"]["value"]
+                                                   shown: i.getBoundingClientRect().width}))""",
+            },
+            session=True,
+        )["result"]["value"]
+        page_width = dt.call(
+            "Runtime.evaluate",
+            {"returnByValue": True, "expression": "document.querySelector('h1').getBoundingClientRect().width"},
+            session=True,
+        )["result"]["value"]
         dt.close()
     finally:
         proc.kill()
         proc.wait(timeout=30)
     events = dt.events
     return {
-        "errors": [e["params"] for e in events if e.get("method") == "Runtime.consoleAPICalled"
-                   and e["params"].get("type") in ("error", "assert")]
+        "errors": [
+            e["params"]
+            for e in events
+            if e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") in ("error", "assert")
+        ]
         + [e["params"] for e in events if e.get("method") == "Runtime.exceptionThrown"]
-        + [e["params"]["entry"] for e in events if e.get("method") == "Log.entryAdded"
-           and e["params"]["entry"].get("level") == "error"],
+        + [
+            e["params"]["entry"]
+            for e in events
+            if e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error"
+        ],
         "failed": [e["params"] for e in events if e.get("method") == "Network.loadingFailed"],
         "requests": [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"],
         "images": images,
@@ -124,14 +152,16 @@ def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
     make_images(ref, names, peak=0.7)
     for run_id, stages in (("before", "hist"), ("after", "full")):
         shard = archive.plan_shards(names, 4)[0]
-        rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id=run_id,
-                                     stages=stages)
+        rows = archive.process_shard(
+            shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id=run_id, stages=stages
+        )
         archive.write_shard_parquet(rows, archive.shard_parquet_url(str(out), run_id, shard.shard_id))
         archive.write_run_manifest(str(out), run_id, {"run_id": run_id, "reference_url": str(ref), "images": 4})
     run, base = audit.load_run(str(out), "after"), audit.load_run(str(out), "before")
     summary, base_summary = audit.summarise(run, top=2), audit.summarise(base, top=2)
-    files = report.write_report(run, summary, str(tmp_path / "report.html"), audit.compare(run, base), base,
-                                base_summary)
+    files = report.write_report(
+        run, summary, str(tmp_path / "report.html"), audit.compare(run, base), base, base_summary
+    )
     assert len(files.plots) == 7
     return Path(files.html_url)
 
@@ -147,5 +177,8 @@ def test_report_opens_in_chromium_with_every_image_and_no_error(report_page, tmp
     # plots take the page's width; contact sheets and the comparison's square scatter keep their own size
     natural = ("Worst", "Best", "PSNR per image")
     plots = [i for i in seen["images"] if not i["alt"].startswith(natural)]
-    assert len(plots) == 4 and all(abs(i["shown"] - seen["page_width"]) <= 4 for i in plots), (plots, seen["page_width"])
+    assert len(plots) == 4 and all(abs(i["shown"] - seen["page_width"]) <= 4 for i in plots), (
+        plots,
+        seen["page_width"],
+    )
     assert all(abs(i["shown"] - i["width"]) <= 4 for i in seen["images"] if i["alt"].startswith(natural))

@@ -50,8 +50,19 @@ def test_run_with_a_tampered_bundle_is_refused_before_any_work(prefect_harness, 
     data[len(data) // 2] ^= 0x01
     (bundle / "refiner.safetensors").write_bytes(bytes(data))
     make_images(tmp_path / "in", ["a.png"])
-    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(bundle),
-                                      "--run-id", "tampered", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            "--model",
+            str(bundle),
+            "--run-id",
+            "tampered",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2
     assert "bundle file refiner.safetensors does not match the hash in its manifest: refusing to load" in result.output
     assert not (tmp_path / "out").exists()  # refused before a manifest, a shard or an image was written
@@ -65,8 +76,9 @@ def test_a_missing_model_is_refused_before_any_work(prefect_harness, tmp_path, m
 
     make_images(tmp_path / "in", ["a.png"])
     missing = str(tmp_path / "no-such-bundle")
-    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", missing,
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", missing, "--no-progress"]
+    )
     assert result.exit_code == 2 and f"model bundle '{missing}' is not a folder" in result.output, result.output
     with pytest.raises(ValueError, match="is not a folder"):
         enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), model=missing, retries=0)
@@ -83,8 +95,15 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("name,compress", [("refiner.safetensors", False), ("quantiles-0.ubj.gz", False),
-                                           ("quantiles-0.ubj.gz", True), ("quantiles_pca.safetensors", False)])
+@pytest.mark.parametrize(
+    "name,compress",
+    [
+        ("refiner.safetensors", False),
+        ("quantiles-0.ubj.gz", False),
+        ("quantiles-0.ubj.gz", True),
+        ("quantiles_pca.safetensors", False),
+    ],
+)
 def test_a_correctly_hashed_pickle_in_a_bundle_is_never_unpickled(tmp_path, name, compress):
     """Hashes only prove a file is the one the manifest names; the formats make it data, not code."""
     bundle = _copy_bundle(tmp_path / "bundle")
@@ -119,11 +138,23 @@ def test_bundle_files_are_data_formats_and_no_code_unpickles():
 # --------------------------------------------------------------------------- paths
 
 
-@pytest.mark.parametrize("rel,safe", [
-    ("a.png", True), ("a/b/c.png", True), ("x..y.png", True), ("C:\\evil.png", True),  # a POSIX name
-    ("", False), ("..", False), ("../x.png", False), ("a/../../x.png", False), ("/x.png", False),
-    ("a//x.png", False), ("./x.png", False), ("a/.", False),
-])
+@pytest.mark.parametrize(
+    "rel,safe",
+    [
+        ("a.png", True),
+        ("a/b/c.png", True),
+        ("x..y.png", True),
+        ("C:\\evil.png", True),  # a POSIX name
+        ("", False),
+        ("..", False),
+        ("../x.png", False),
+        ("a/../../x.png", False),
+        ("/x.png", False),
+        ("a//x.png", False),
+        ("./x.png", False),
+        ("a/.", False),
+    ],
+)
 def test_is_safe_rel(rel, safe):
     assert storage.is_safe_rel(rel) is safe
 
@@ -180,10 +211,14 @@ def _flow_run_logs_and_artifacts(flow_run_id) -> tuple[list[str], list[str], dic
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
         flow_run = client.read_flow_run(flow_run_id)
-    return ([log.message for log in logs], [json.dumps(a.data, default=str) + str(a.description) for a in artifacts],
-            flow_run.parameters)
+    return (
+        [log.message for log in logs],
+        [json.dumps(a.data, default=str) + str(a.description) for a in artifacts],
+        flow_run.parameters,
+    )
 
 
 def test_credentials_never_reach_output_logs_or_artifacts(prefect_harness, s3, bundle_path, capfd, caplog):
@@ -201,8 +236,16 @@ def test_credentials_never_reach_output_logs_or_artifacts(prefect_harness, s3, b
         storage.write_bytes_atomic(s3.url(key), encode(gradient(32, 24)))
     keys_before = set(_keys(s3))
 
-    state = enhance_archive(s3.url("in"), s3.url("out"), reference_url=s3.url("ref"), shard_size=2, n_workers=1,
-                            run_id="creds", model=bundle_path, return_state=True)
+    state = enhance_archive(
+        s3.url("in"),
+        s3.url("out"),
+        reference_url=s3.url("ref"),
+        shard_size=2,
+        n_workers=1,
+        run_id="creds",
+        model=bundle_path,
+        return_state=True,
+    )
     summary = state.result()
     assert (summary["images"], summary["ok"], summary["errors"], summary["failed_shards"]) == (4, 3, 1, [])
     assert all(k.startswith("out/") for k in set(_keys(s3)) - keys_before)  # nothing landed elsewhere
@@ -276,8 +319,9 @@ def _state(path: Path) -> tuple:
     return st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, path.read_bytes() if path.is_file() else None
 
 
-def test_read_only_inputs_are_enough_and_stay_unchanged(prefect_harness, dask_address, read_only_inputs, tmp_path,
-                                                        bundle_path):
+def test_read_only_inputs_are_enough_and_stay_unchanged(
+    prefect_harness, dask_address, read_only_inputs, tmp_path, bundle_path
+):
     inp, names, immutable = read_only_inputs
     before = {p: _state(p) for p in [inp, *inp.rglob("*")]}
     if os.geteuid() != 0 or immutable:
@@ -287,8 +331,9 @@ def test_read_only_inputs_are_enough_and_stay_unchanged(prefect_harness, dask_ad
             open(inp / names[0], "r+b")
         with pytest.raises(PermissionError):
             (inp / "new.png").write_bytes(b"x")
-    summary = enhance_archive(str(inp), str(tmp_path / "out"), shard_size=2, dask_address=dask_address,
-                              run_id="ro", model=bundle_path)
+    summary = enhance_archive(
+        str(inp), str(tmp_path / "out"), shard_size=2, dask_address=dask_address, run_id="ro", model=bundle_path
+    )
     assert (summary["images"], summary["ok"], summary["failed_shards"]) == (3, 3, [])
     assert {p: _state(p) for p in [inp, *inp.rglob("*")]} == before
     assert all(stat.S_IMODE(before[inp / n][0]) == 0o444 for n in names)
@@ -351,12 +396,15 @@ def test_the_bundle_check_cannot_be_switched_off_and_reads_nothing_outside_the_b
     _rewrite_manifest(tampered, lambda m: m.update(files={}))  # an empty list, a matching version
     with pytest.raises(BundleError, match=f"{MANIFEST} lists no model files"):
         load_bundle(tampered)
-    _rewrite_manifest(tampered, lambda m: m.update(files={n: h for n, h in _listed().items() if n != "refiner.safetensors"}))
+    _rewrite_manifest(
+        tampered, lambda m: m.update(files={n: h for n, h in _listed().items() if n != "refiner.safetensors"})
+    )
     with pytest.raises(BundleError, match="bundle file refiner.safetensors is needed by the model but not listed"):
         load_bundle(tampered)
     make_images(tmp_path / "in", ["a.png"])
-    result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tampered),
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tampered), "--no-progress"]
+    )
     assert result.exit_code == 2 and "refiner.safetensors is needed by the model" in result.output, result.output
     assert not (tmp_path / "out").exists()
 
@@ -395,13 +443,20 @@ def test_credentials_in_a_url_are_refused_before_anything_sees_them(prefect_harn
 
     from flows.cli import cli
 
-    secret_urls = [f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@bucket/in", f"s3://{FAKE_KEY_ID}:abc/{FAKE_SECRET}@bucket/in",
-                   f"https://{FAKE_KEY_ID}@host.example/in"]
+    secret_urls = [
+        f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@bucket/in",
+        f"s3://{FAKE_KEY_ID}:abc/{FAKE_SECRET}@bucket/in",
+        f"https://{FAKE_KEY_ID}@host.example/in",
+    ]
     with get_client(sync_client=True) as client:
         runs_before = len(client.read_flow_runs())
     for url in secret_urls:
-        for args in (["run", url, str(tmp_path / "out")], ["run", str(tmp_path), url + "-out"],
-                     ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--reference", url], ["audit", url]):
+        for args in (
+            ["run", url, str(tmp_path / "out")],
+            ["run", str(tmp_path), url + "-out"],
+            ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--reference", url],
+            ["audit", url],
+        ):
             result = CliRunner().invoke(cli, [*args, "--no-progress"] if args[0] == "run" else args)
             assert result.exit_code == 2, result.output
             assert "credentials in a URL are refused" in result.output
@@ -427,8 +482,15 @@ def test_a_file_name_cannot_forge_a_log_line(prefect_harness, dask_address, tmp_
     forged = "shard-00000: 2 ok, 0 errors, 0 skipped in 0.1s"
     name = f"bad\n{forged}\n.png"
     (inp / name).write_bytes(b"not an image")
-    state = enhance_archive(str(inp), str(tmp_path / "out"), dask_address=dask_address, run_id="forge",
-                            model=bundle_path, retries=0, return_state=True)
+    state = enhance_archive(
+        str(inp),
+        str(tmp_path / "out"),
+        dask_address=dask_address,
+        run_id="forge",
+        model=bundle_path,
+        retries=0,
+        return_state=True,
+    )
     assert state.result()["errors"] == 1
     deadline = time.monotonic() + 30
     while True:  # the workers ship their task logs to the API in the background

@@ -47,13 +47,16 @@ def test_coverage_of_the_true_mean_is_near_the_confidence():
     assert 0.88 <= hits / 200 <= 0.99  # percentile bootstrap runs a little narrow at n=30
 
 
-@pytest.mark.parametrize("values, confidence, message", [
-    ([], 0.95, "at least one"),
-    ([1.0, 2.0], 1.0, "confidence"),
-    ([1.0, 2.0], 0.0, "confidence"),
-    ([1.0, np.inf], 0.95, "finite"),
-    ([1.0, np.nan], 0.95, "finite"),
-])
+@pytest.mark.parametrize(
+    "values, confidence, message",
+    [
+        ([], 0.95, "at least one"),
+        ([1.0, 2.0], 1.0, "confidence"),
+        ([1.0, 2.0], 0.0, "confidence"),
+        ([1.0, np.inf], 0.95, "finite"),
+        ([1.0, np.nan], 0.95, "finite"),
+    ],
+)
 def test_bad_input_is_refused(values, confidence, message):
     with pytest.raises(ValueError, match=message):
         bootstrap_interval(values, confidence=confidence)
@@ -66,8 +69,11 @@ def test_zero_resamples_is_refused():
 
 def _report(version, psnrs, ssims):
     rows = [{"name": f"{i}.png", "stage3_psnr": p, "stage3_ssim": s} for i, (p, s) in enumerate(zip(psnrs, ssims))]
-    return {"rows": rows, "mean": {"stage3_psnr": float(np.mean(psnrs)), "stage3_ssim": float(np.mean(ssims))},
-            "model_version": version}
+    return {
+        "rows": rows,
+        "mean": {"stage3_psnr": float(np.mean(psnrs)), "stage3_ssim": float(np.mean(ssims))},
+        "model_version": version,
+    }
 
 
 def test_pairing_resolves_a_small_uniform_gain_that_the_spread_hides():
@@ -128,10 +134,13 @@ def test_mean_interval_of_an_archive_is_quick_and_narrow():
     assert low < 0.3 < high and high - low < 0.02
 
 
-@pytest.mark.parametrize("values, confidence, message", [
-    (np.r_[np.zeros(BOOTSTRAP_MAX_VALUES), np.inf], 0.95, "finite"),
-    (np.zeros(BOOTSTRAP_MAX_VALUES + 1), 1.5, "confidence"),
-])
+@pytest.mark.parametrize(
+    "values, confidence, message",
+    [
+        (np.r_[np.zeros(BOOTSTRAP_MAX_VALUES), np.inf], 0.95, "finite"),
+        (np.zeros(BOOTSTRAP_MAX_VALUES + 1), 1.5, "confidence"),
+    ],
+)
 def test_mean_interval_refuses_bad_input_for_many_values(values, confidence, message):
     with pytest.raises(ValueError, match=message):
         mean_interval(values, confidence=confidence)

@@ -16,8 +16,18 @@ def _touch(path, data=b"x"):
 
 def test_list_images_local_filters_sorts_and_recurses(tmp_path):
     root = tmp_path / "in"
-    for rel in ["b.JPG", "a/c.png", "a/b/d.jpeg", "z.Tif", "notes.txt", "noext", ".hidden.jpg",
-                ".cache/e.jpg", "a/.f.png", "a/readme.md"]:
+    for rel in [
+        "b.JPG",
+        "a/c.png",
+        "a/b/d.jpeg",
+        "z.Tif",
+        "notes.txt",
+        "noext",
+        ".hidden.jpg",
+        ".cache/e.jpg",
+        "a/.f.png",
+        "a/readme.md",
+    ]:
         _touch(root / rel)
     assert storage.list_images(str(root)) == ["a/b/d.jpeg", "a/c.png", "b.JPG", "z.Tif"]
     # Same answer through a file:// URL and with a trailing slash.

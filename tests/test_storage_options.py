@@ -18,11 +18,26 @@ KEY, SECRET = "AKIAOPTIONSKEY000001", "options-secret-never-shown-9876543210"
 
 
 def test_parse_nests_dotted_keys_reads_json_and_keeps_credentials_strings():
-    opts = so.parse(["endpoint_url=http://127.0.0.1:9000", "client_kwargs.region_name=eu-west-1", "anon=false",
-                     "config_kwargs.max_pool_connections=50", "key=123456", "secret=true", "profile=a=b"])
-    assert opts == {"endpoint_url": "http://127.0.0.1:9000", "client_kwargs": {"region_name": "eu-west-1"},
-                    "anon": False, "config_kwargs": {"max_pool_connections": 50}, "key": "123456", "secret": "true",
-                    "profile": "a=b"}
+    opts = so.parse(
+        [
+            "endpoint_url=http://127.0.0.1:9000",
+            "client_kwargs.region_name=eu-west-1",
+            "anon=false",
+            "config_kwargs.max_pool_connections=50",
+            "key=123456",
+            "secret=true",
+            "profile=a=b",
+        ]
+    )
+    assert opts == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "client_kwargs": {"region_name": "eu-west-1"},
+        "anon": False,
+        "config_kwargs": {"max_pool_connections": 50},
+        "key": "123456",
+        "secret": "true",
+        "profile": "a=b",
+    }
     settings, credentials = so.split_credentials(opts)
     assert credentials == {"key": "123456", "secret": "true"} and "secret" not in settings
     assert so.merge(settings, credentials) == opts
@@ -35,8 +50,9 @@ def test_parse_nests_dotted_keys_reads_json_and_keeps_credentials_strings():
 def test_resume_command_repeats_the_options_without_their_credentials():
     from flows.cli import resume_command
 
-    cmd = resume_command("s3://b/in", "s3://b/out", "r1", None, 64, None,
-                         so.parse(["endpoint_url=http://h:9000", f"secret={SECRET}"]))
+    cmd = resume_command(
+        "s3://b/in", "s3://b/out", "r1", None, 64, None, so.parse(["endpoint_url=http://h:9000", f"secret={SECRET}"])
+    )
     assert "--storage-option endpoint_url=http://h:9000 --storage-option 'secret=***'" in cmd
     assert SECRET not in cmd
 
@@ -54,15 +70,25 @@ def options_only_s3(moto_endpoint, monkeypatch, tmp_path):
     import boto3
     import s3fs
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     s3fs.S3FileSystem.clear_instance_cache()
     bucket = f"llie-opt-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id=KEY,
-                 aws_secret_access_key=SECRET).create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id=KEY, aws_secret_access_key=SECRET
+    ).create_bucket(Bucket=bucket)
     args = [f"endpoint_url={moto_endpoint}", "client_kwargs.region_name=us-east-1", f"key={KEY}", f"secret={SECRET}"]
     yield bucket, args, so.parse(args)
     s3fs.S3FileSystem.clear_instance_cache()
@@ -85,11 +111,25 @@ def test_run_and_audit_reach_s3_through_options_alone(prefect_harness, options_o
         storage.write_bytes_atomic(f"s3://{bucket}/in/{name}", encode(gradient(32, 24, seed=i)), opts)
     flags = [x for a in args for x in ("--storage-option", a)]
     run_id = "opts-" + uuid.uuid4().hex[:6]
-    command = ["run", f"s3://{bucket}/in", f"s3://{bucket}/out", "--workers", "1", "--shard-size", "2",
-               "--run-id", run_id, "--no-progress", *flags, *(["--model", bundle_path] if bundle_path else [])]
+    command = [
+        "run",
+        f"s3://{bucket}/in",
+        f"s3://{bucket}/out",
+        "--workers",
+        "1",
+        "--shard-size",
+        "2",
+        "--run-id",
+        run_id,
+        "--no-progress",
+        *flags,
+        *(["--model", bundle_path] if bundle_path else []),
+    ]
     result = CliRunner().invoke(cli, command, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert sorted(archive.read_metrics(f"s3://{bucket}/out", run_id, opts).column("rel_path").to_pylist()) == sorted(names)
+    assert sorted(archive.read_metrics(f"s3://{bucket}/out", run_id, opts).column("rel_path").to_pylist()) == sorted(
+        names
+    )
 
     audit = CliRunner().invoke(cli, ["audit", f"s3://{bucket}/out", "--run", run_id, *flags])
     assert audit.exit_code == 0, audit.output
@@ -99,8 +139,10 @@ def test_run_and_audit_reach_s3_through_options_alone(prefect_harness, options_o
     with get_client(sync_client=True) as client:
         [flow_run] = [r for r in client.read_flow_runs() if (r.parameters or {}).get("run_id") == run_id]
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-    assert flow_run.parameters["storage_options"] == {"endpoint_url": opts["endpoint_url"],
-                                                      "client_kwargs": {"region_name": "us-east-1"}}
+    assert flow_run.parameters["storage_options"] == {
+        "endpoint_url": opts["endpoint_url"],
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
     for text in (result.output, audit.output, json.dumps(flow_run.parameters), *(log.message for log in logs)):
         assert SECRET not in text and KEY not in text
     objects = _objects(bucket, opts)

@@ -77,8 +77,12 @@ def test_darken_without_quantization_is_continuous():
 
 def test_darken_adds_noise_that_grows_with_the_range():
     flat = np.full((64, 64, 3), 0.6, dtype=np.float32)
-    quiet = SynthConfig(exposure=(0.2, 0.2), shot_noise=(1e-6, 1e-6), read_noise=(1e-4, 1e-4), quantize=False, color_shift=0)
-    loud = SynthConfig(exposure=(0.2, 0.2), shot_noise=(0.02, 0.02), read_noise=(0.02, 0.02), quantize=False, color_shift=0)
+    quiet = SynthConfig(
+        exposure=(0.2, 0.2), shot_noise=(1e-6, 1e-6), read_noise=(1e-4, 1e-4), quantize=False, color_shift=0
+    )
+    loud = SynthConfig(
+        exposure=(0.2, 0.2), shot_noise=(0.02, 0.02), read_noise=(0.02, 0.02), quantize=False, color_shift=0
+    )
     assert darken(flat, np.random.default_rng(0), loud).std() > 10 * darken(flat, np.random.default_rng(0), quiet).std()
 
 
@@ -126,7 +130,7 @@ def test_make_pairs_is_deterministic_and_stable_per_file(photos, tmp_path):
     assert set(first) < set(second)
     for name in first:
         assert (tmp_path / "one" / "low" / name).read_bytes() == (tmp_path / "two" / "low" / name).read_bytes()
-    third = make_pairs(photos, tmp_path / "three", seed=12, progress=False)
+    make_pairs(photos, tmp_path / "three", seed=12, progress=False)
     differs = [
         (tmp_path / "one" / "low" / n).read_bytes() != (tmp_path / "three" / "low" / n).read_bytes() for n in first
     ]

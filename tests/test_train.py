@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers_synthetic import pairs, write_lol
+
 from llie.bundle import MANIFEST, load_bundle, verify_bundle
+from llie.data import resolve_training_sets, split_by_group
 from llie.features import extract_features
 from llie.pipeline import Enhancer
 from llie.quantiles import QuantileModelConfig
 from llie.refiner import RefinerConfig
-from llie.data import resolve_training_sets, split_by_group
 from llie.train import RefinerTrainConfig, TrainConfig, TrainingSetupError, train
 
 N_PAIRS = 12
@@ -88,8 +88,13 @@ def test_manifest_has_version_metrics_and_training_summary(runs):
     assert set(training["seconds"]) == {"stage2", "refiner", "total"}
     assert training["refiner_trained_on"] == ["cpu"] and training["seconds"]["refiner"] > 0
     run_dir = runs["a"] / "_training"
-    for name in ("refiner_checkpoint.pt", "refiner_best.pt", "stage2/quantiles.json", "stage3_inputs.npz",
-                 "stage2_metrics.json"):
+    for name in (
+        "refiner_checkpoint.pt",
+        "refiner_best.pt",
+        "stage2/quantiles.json",
+        "stage3_inputs.npz",
+        "stage2_metrics.json",
+    ):
         assert (run_dir / name).is_file(), name
 
 
@@ -115,8 +120,10 @@ def test_resume_refuses_the_stage2_of_another_split(runs, tmp_path, change):
     cfg = replace(_config(runs["data"], out), **change)
     pairs, _ = resolve_training_sets(runs["data"])
     pairs = pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
-    assert split_by_group(pairs, cfg.val_fraction, cfg.seed)[0] != split_by_group(
-        resolve_training_sets(runs["data"])[0], cfg.val_fraction, 0)[0]  # the change does change the split
+    assert (
+        split_by_group(pairs, cfg.val_fraction, cfg.seed)[0]
+        != split_by_group(resolve_training_sets(runs["data"])[0], cfg.val_fraction, 0)[0]
+    )  # the change does change the split
     with pytest.raises(TrainingSetupError, match="another training split"):
         train(cfg, resume=True, progress=False)
 
@@ -212,7 +219,8 @@ def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
         torch.testing.assert_close(p[:, top : top + h, left : left + w], a[:, :h, :w])  # the crop's own pixels
         # the rest is mirror padding, edge row included: numpy's "symmetric", as llie.refine pads photos
         np.testing.assert_array_equal(
-            p.numpy(), np.pad(a[:, :h, :w].numpy(), ((0, 0), (top, 160 - h - top), (left, 160 - w - left)), "symmetric"))
+            p.numpy(), np.pad(a[:, :h, :w].numpy(), ((0, 0), (top, 160 - h - top), (left, 160 - w - left)), "symmetric")
+        )
     assert len(cuts) > 4  # the strips vary
     # a crop of one window: the strip stays within half of it, so the mirror always has enough to copy
     small = torch.rand(32, 3, 80, 80)
@@ -240,8 +248,12 @@ def test_training_with_padded_crops_learns(tmp_path):
     from llie.train import train_refiner
 
     inputs, highs = _noisy_copies(side=160)
-    cfg = replace(_config(Path("unused"), tmp_path), refiner_train=RefinerTrainConfig(
-        steps=6, batch=2, crop=160, lr=3e-3, eval_every=6, checkpoint_every=6, pad_augment=True))
+    cfg = replace(
+        _config(Path("unused"), tmp_path),
+        refiner_train=RefinerTrainConfig(
+            steps=6, batch=2, crop=160, lr=3e-3, eval_every=6, checkpoint_every=6, pad_augment=True
+        ),
+    )
     torch.manual_seed(0)
     start = Refiner(cfg.refiner)
     model, state = train_refiner(inputs, highs, inputs, highs, cfg, tmp_path, resume=False, progress=False, init=start)
@@ -249,17 +261,23 @@ def test_training_with_padded_crops_learns(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")  # the skipped first step
+@pytest.mark.filterwarnings(
+    "ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning"
+)  # the skipped first step
 def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
-    from llie.refiner import Refiner
     from llie.train import train_refiner
 
     rng = np.random.default_rng(0)
     good = rng.random((80, 80, 3), dtype=np.float32)
     broken = good.copy()
     broken[10, 10, 0] = np.nan
-    cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
-                      refiner_train=RefinerTrainConfig(steps=8, batch=1, crop=80, warmup=1))
+    cfg = TrainConfig(
+        data="unused",
+        output=str(tmp_path),
+        device="cpu",
+        refiner=RefinerConfig(dim=16, depth=1, heads=2),
+        refiner_train=RefinerTrainConfig(steps=8, batch=1, crop=80, warmup=1),
+    )
     model, state = train_refiner([good, broken], [good, good], [], [], cfg, tmp_path, resume=False, progress=False)
     assert state["step"] == 8
     assert 1 <= state["skipped_steps"] < 8
@@ -323,8 +341,13 @@ def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
             torch.testing.assert_close(v, 0.9 * expected[k] + 0.1 * b.state_dict()[k])
 
     inputs, highs = _noisy_copies()
-    cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
-                      refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, ema_decay=0.5))
+    cfg = TrainConfig(
+        data="unused",
+        output=str(tmp_path),
+        device="cpu",
+        refiner=RefinerConfig(dim=16, depth=1, heads=2),
+        refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, ema_decay=0.5),
+    )
     model, _ = train_refiner(inputs, highs, [], [], cfg, tmp_path, resume=False, progress=False)
     ckpt = torch.load(tmp_path / "refiner_checkpoint.pt", weights_only=True)
     returned = model.state_dict()
@@ -418,8 +441,12 @@ def test_zero_steps_keep_the_initial_refiner_and_retrain_stage2(runs, tmp_path):
     """--steps 0 --init-refiner: the refiner is the given one, scored once on validation; here also
     without error weighting, which then leaves no weights behind."""
     cfg = _config(runs["data"], tmp_path / "restage", seed=1)
-    cfg = replace(cfg, init_refiner=str(runs["a"]), refiner_train=replace(cfg.refiner_train, steps=0),
-                  quantile=replace(cfg.quantile, error_weighting=False))
+    cfg = replace(
+        cfg,
+        init_refiner=str(runs["a"]),
+        refiner_train=replace(cfg.refiner_train, steps=0),
+        quantile=replace(cfg.quantile, error_weighting=False),
+    )
     manifest = train(cfg, progress=False)
     source, kept = load_bundle(runs["a"]).refiner.state_dict(), load_bundle(tmp_path / "restage").refiner.state_dict()
     assert all(torch.equal(source[k], kept[k]) for k in source)
@@ -439,10 +466,16 @@ def test_a_fine_tune_that_only_gets_worse_returns_its_starting_point(tmp_path):
     torch.manual_seed(0)
     init = Refiner(RefinerConfig(dim=16, depth=1, heads=2))
     inputs, highs = _noisy_copies()
-    cfg = TrainConfig(data="unused", output=str(tmp_path), device="cpu", refiner=RefinerConfig(dim=16, depth=1, heads=2),
-                      refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, eval_every=3))
-    model, state = train_refiner(inputs, [1 - h for h in highs], inputs, highs, cfg, tmp_path, resume=False,
-                                 progress=False, init=init)
+    cfg = TrainConfig(
+        data="unused",
+        output=str(tmp_path),
+        device="cpu",
+        refiner=RefinerConfig(dim=16, depth=1, heads=2),
+        refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, eval_every=3),
+    )
+    model, state = train_refiner(
+        inputs, [1 - h for h in highs], inputs, highs, cfg, tmp_path, resume=False, progress=False, init=init
+    )
     steps = [h["step"] for h in state["history"]]
     scores = [h["val_psnr"] for h in state["history"]]
     assert steps == [0, 3, 6] and max(scores[1:]) < scores[0] == state["best_psnr"]
@@ -454,9 +487,9 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     """`llie train --data A --data B`: LOL-layout PNGs beside SICE-layout JPEGs with pairs.json, end to end
     through the command line, with the do-no-harm rows, the hue-keeping map and the refine policy."""
     from click.testing import CliRunner
+    from helpers_synthetic import to_uint8
     from PIL import Image
 
-    from helpers_synthetic import to_uint8
     from llie.cli import cli
 
     png = write_lol(tmp_path / "lol", 6, 96, 112, seed=11)
@@ -471,19 +504,57 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     (sice / "pairs.json").write_text(json.dumps({"pairs": entries}))
     out = tmp_path / "bundle"
     before = torch.get_num_threads()
-    result = CliRunner().invoke(cli, [
-        "train", "--data", str(png), "--data", str(sice), "--output", str(out), "--device", "cpu", "--threads", "1",
-        "--steps", "2", "--batch", "2", "--crop", "80", "--dim", "16", "--depth", "1", "--heads", "2",
-        "--histogram-rows", "2", "--bag", "1", "--harmless-rows", "2", "--refiner-gain", "1.2", "1.5"],
-        catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data",
+            str(png),
+            "--data",
+            str(sice),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "80",
+            "--dim",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--histogram-rows",
+            "2",
+            "--bag",
+            "1",
+            "--harmless-rows",
+            "2",
+            "--refiner-gain",
+            "1.2",
+            "1.5",
+        ],
+        catch_exceptions=False,
+    )
     torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["training"]["data"] == ["lol", "sice"]
     assert manifest["training"]["pairs"] == 12 and manifest["training"]["target_groups"] <= 9  # 6 + 3 named scenes
     assert manifest["mapping"]["colour"] == "bounded" and manifest["mapping"]["max_slope"] == 16.0
-    assert manifest["policy"] == {"exposure_full": 0.24, "exposure_off": 0.32, "anchor_exposure": True,
-                                  "gain_off": 1.2, "gain_full": 1.5}
+    assert manifest["policy"] == {
+        "exposure_full": 0.24,
+        "exposure_off": 0.32,
+        "anchor_exposure": True,
+        "gain_off": 1.2,
+        "gain_full": 1.5,
+    }
     bundle = load_bundle(out)
     assert bundle.quantile_model.config.harmless == 2 and bundle.policy.gain_full == 1.5
     image = Enhancer(bundle, device="cpu").enhance(lows[0]).image

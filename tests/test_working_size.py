@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers_synthetic import pair
+
 from llie.metrics import psnr
 from llie.pipeline import Enhancer
 from llie.working_size import WorkingSize, apply_upsampled, area_downscale, guided_coefficients, working_shape
@@ -66,11 +66,16 @@ def test_a_large_photo_shrunk_looks_like_the_shrunk_photo_enhanced(shipped, stag
 
 def test_apply_upsampled_is_bilinear_upsampling_of_the_coefficients():
     rng = np.random.default_rng(0)
-    for (h, w, sh, sw) in [(37, 53, 5, 7), (40, 30, 40, 30), (9, 200, 1, 3)]:
+    for h, w, sh, sw in [(37, 53, 5, 7), (40, 30, 40, 30), (9, 200, 1, 3)]:
         image = rng.random((h, w, 3), dtype=np.float32)
-        coefficients = (rng.random((sh, sw, 6), dtype=np.float32) - 0.3)
-        up = F.interpolate(torch.from_numpy(coefficients).permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
-                           align_corners=False)[0].permute(1, 2, 0).numpy()
+        coefficients = rng.random((sh, sw, 6), dtype=np.float32) - 0.3
+        up = (
+            F.interpolate(
+                torch.from_numpy(coefficients).permute(2, 0, 1)[None], size=(h, w), mode="bilinear", align_corners=False
+            )[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         expected = np.clip(up[..., :3] * image + up[..., 3:], 0, 1)
         np.testing.assert_allclose(apply_upsampled(image, coefficients), expected, atol=2e-6)
 
@@ -94,10 +99,14 @@ def test_area_downscale_averages_blocks():
     np.testing.assert_allclose(uneven[-1, -1], image[-3:, -3:].mean(axis=(0, 1)), atol=1e-6)
     mask = np.zeros((12, 18), bool)
     mask[:6] = True
-    np.testing.assert_array_equal(area_downscale(mask, (4, 6)) >= 0.5, np.repeat([[True], [True], [False], [False]], 6, 1))
+    np.testing.assert_array_equal(
+        area_downscale(mask, (4, 6)) >= 0.5, np.repeat([[True], [True], [False], [False]], 6, 1)
+    )
 
 
-@pytest.mark.parametrize("shape, expected", [((3000, 4000), (450, 600)), ((4000, 3000), (600, 450)),
-                                             ((3, 900), (2, 600)), ((1, 100000), (1, 600))])
+@pytest.mark.parametrize(
+    "shape, expected",
+    [((3000, 4000), (450, 600)), ((4000, 3000), (600, 450)), ((3, 900), (2, 600)), ((1, 100000), (1, 600))],
+)
 def test_working_shape_keeps_the_aspect_ratio(shape, expected):
     assert working_shape(*shape, 600) == expected
