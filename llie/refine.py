@@ -50,7 +50,7 @@ def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
 
 @contextmanager
 def _inference(device: torch.device):
-    """No autograd; fp16 autocast on CUDA (within an 8-bit level of CPU, see tests/test_cuda.py)."""
+    """No autograd; fp16 autocast on CUDA (within an 8-bit level of CPU, see tests/unit/test_cuda.py)."""
     import torch
 
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):

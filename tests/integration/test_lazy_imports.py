@@ -12,7 +12,7 @@ from conftest import subprocess_env, write_images
 from llie import archive
 from llie.pipeline import Enhancer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # runs the console entry point's command group in this interpreter, then reports what it imported
 PROBE = """
 import sys

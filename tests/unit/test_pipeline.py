@@ -139,7 +139,7 @@ def _sample_highs():
 
     from PIL import Image
 
-    folder = Path(__file__).resolve().parents[1] / "llie" / "assets" / "samples" / "high"
+    folder = Path(__file__).resolve().parents[2] / "llie" / "assets" / "samples" / "high"
     for path in sorted(folder.iterdir()):
         with Image.open(path) as im:
             yield path.name, np.asarray(im.convert("RGB"), np.float32) / 255.0

@@ -33,7 +33,7 @@ BIG = "big.png"  # over max_pixels: skipped
 BROKEN = ["broken/empty.jpg", "broken/empty.png"]
 SHARD_SIZE = 7  # 13 images: 2 shards
 PLOTS = {"psnr_hist", "ssim_hist", "before_after", "stage_times", "contact_worst", "contact_best"}
-DOC = Path(__file__).resolve().parents[1] / "docs" / "parquet_schema.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "parquet_schema.md"
 
 
 @dataclass(frozen=True)

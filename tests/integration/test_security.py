@@ -120,7 +120,7 @@ def test_a_correctly_hashed_pickle_in_a_bundle_is_never_unpickled(tmp_path, name
 
 
 def test_bundle_files_are_data_formats_and_no_code_unpickles():
-    from test_bundle import _unsafe_loads  # the same AST check test_bundle applies to llie/
+    from tests.unit.test_bundle import _unsafe_loads  # the same AST check test_bundle applies to llie/
 
     manifest = json.loads((default_bundle_path() / MANIFEST).read_text())
     assert {"".join(Path(name).suffixes[-2:]) for name in manifest["files"]} <= {".json", ".ubj.gz", ".safetensors"}

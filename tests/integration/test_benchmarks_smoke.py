@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("stages", "pipeline", "large", "quality", "memory", "scaling", "orchestration")
 
 
