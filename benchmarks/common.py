@@ -83,8 +83,8 @@ def clean_image(width: int, height: int, seed: int) -> np.ndarray:
 
 
 def synthetic_pair(width: int, height: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(low, clean): the clean image 8-bit quantised, and its darkened version from llie.synth.darken."""
-    from llie.synth import darken
+    """(low, clean): the clean image 8-bit quantised, and its darkened version from llie.training.synth.darken."""
+    from llie.training.synth import darken
 
     clean = np.rint(clean_image(width, height, seed) * np.float32(255.0)) / np.float32(255.0)
     low = darken(clean, np.random.default_rng([seed, 1]))

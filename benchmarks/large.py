@@ -38,7 +38,7 @@ def _median_seconds(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def _shrunk(rgb: np.ndarray) -> np.ndarray:
-    from llie.working_size import area_downscale, working_shape
+    from llie.method.working_size import area_downscale, working_shape
 
     shape = working_shape(*rgb.shape[:2], SHRUNK_LONG_SIDE)
     return (np.rint(np.clip(area_downscale(rgb, shape), 0, 1) * 255) / 255).astype(np.float32)
@@ -52,7 +52,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def per_photo(enhancer, width: int, height: int, repeats: int, cores: int) -> dict:
     """Seconds per photo of decode -> enhance -> encode, both stage sets, all cores and one thread."""
-    from llie.imageio import decode_image, encode_image
+    from llie.batch.imageio import decode_image, encode_image
 
     png = to_png(synthetic_pair(width, height, seed=4000)[0])
     decoded = decode_image(png)
@@ -83,8 +83,8 @@ def per_photo(enhancer, width: int, height: int, repeats: int, cores: int) -> di
 
 def scale_consistency(enhancer, width: int, height: int, plain_baseline: bool) -> dict:
     """PSNR of enhance-then-shrink against shrink-then-enhance, for the working-size path and the plain one."""
-    from llie.pipeline import Enhancer
-    from llie.working_size import WorkingSize
+    from llie.method.pipeline import Enhancer
+    from llie.method.working_size import WorkingSize
 
     big = synthetic_pair(width, height, seed=4100)[0]
     small = _shrunk(big)

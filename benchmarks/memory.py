@@ -5,7 +5,7 @@ ever grows, so the baseline (after imports and model load) and the peak must com
 that has done nothing else. Two paths are measured:
 
 * ``pipeline``: decode -> enhance (all stages) -> encode, the pipeline itself (the target row);
-* ``archive``: ``llie.archive.process_shard`` on that one file, as a flow worker runs it (read, decode,
+* ``archive``: ``llie.batch.archive.process_shard`` on that one file, as a flow worker runs it (read, decode,
   no-reference stats, enhance, encode, write, PSNR/SSIM against a reference when given).
 """
 
@@ -47,9 +47,9 @@ def child_main(argv: list[str] | None = None) -> None:
     p.add_argument("--model")
     a = p.parse_args(argv)
 
-    from llie import archive
-    from llie.imageio import decode_image, encode_image
-    from llie.pipeline import Enhancer, set_threads
+    from llie.batch import archive
+    from llie.batch.imageio import decode_image, encode_image
+    from llie.method.pipeline import Enhancer, set_threads
 
     set_threads(a.threads)
     enhancer = Enhancer.load(a.model, threads=a.threads)

@@ -1,7 +1,7 @@
 """What Prefect + Dask cost on top of the shard work, and what a second worker buys.
 
 * overhead: the real ``flows.enhance_archive.enhance_archive`` flow (1 worker, 1 thread) against a
-  plain loop over ``llie.archive.process_shard`` (1 thread, in a subprocess with the same thread
+  plain loop over ``llie.batch.archive.process_shard`` (1 thread, in a subprocess with the same thread
   environment a Dask worker gets), both on N and kN images (k shards of N), so fixed start-up
   (cluster, worker imports, model load, shutdown, report) and the cost per shard can be told apart;
 * scaling: the same shard work (pure llie, model loaded once per worker) through ``client.map``
@@ -30,7 +30,7 @@ _ENHANCER = None
 def _worker_enhancer(bundle: str | None = None, threads: int = 1):
     global _ENHANCER
     if _ENHANCER is None:
-        from llie.pipeline import Enhancer, set_threads
+        from llie.method.pipeline import Enhancer, set_threads
 
         set_threads(threads)
         _ENHANCER = Enhancer.load(bundle, threads=threads)
@@ -41,7 +41,7 @@ def worker_setup(bundle: str | None, threads: int, warm_input_url: str, warm_out
     """Load the model and enhance one image, so first-call costs stay out of the timed work."""
     import os
 
-    from llie import archive
+    from llie.batch import archive
 
     t = time.perf_counter()
     enhancer = _worker_enhancer(bundle, threads)
@@ -56,7 +56,7 @@ def worker_setup(bundle: str | None, threads: int, warm_input_url: str, warm_out
 def run_shard(shard, input_url: str, output_url: str, reference_url: str | None) -> dict:
     import os
 
-    from llie import archive
+    from llie.batch import archive
 
     enhancer = _worker_enhancer()
     t = time.perf_counter()
@@ -68,14 +68,14 @@ def run_shard(shard, input_url: str, output_url: str, reference_url: str | None)
 
 
 def _image_seconds(rows) -> float:
-    from llie import archive
+    from llie.batch import archive
 
     return float(sum(r.get(f"sec_{s}") or 0.0 for r in rows for s in archive.STAGES))
 
 
 def _stage_seconds(rows) -> dict[str, float]:
     """Per-stage sums of the rows' timings: where a slower worker loses its time."""
-    from llie import archive
+    from llie.batch import archive
 
     return {s: float(sum(r.get(f"sec_{s}") or 0.0 for r in rows)) for s in archive.STAGES}
 
@@ -91,7 +91,7 @@ def time_loop(
     limit: int | None = None,
 ) -> dict:
     """Time process_shard over shards of ``shard_size`` (what the loop subprocess runs)."""
-    from llie import archive
+    from llie.batch import archive
 
     setup = worker_setup(model, threads, warm_input, output + "-warm")
     names = sorted(q.name for q in Path(input_dir).iterdir())[:limit]
@@ -159,7 +159,7 @@ def flow_overhead(
     is not measured (None). The loop always runs 2N or kN images, as shards of N.
     """
     from flows.enhance_archive import enhance_archive
-    from llie import archive
+    from llie.batch import archive
 
     fn = getattr(enhance_archive, "fn", enhance_archive)
     k = max(2, multiple)
@@ -335,7 +335,7 @@ def scaling(
     from distributed import Client, LocalCluster
 
     from flows.worker_env import local_cluster_settings
-    from llie import archive
+    from llie.batch import archive
 
     data = workdir / "scaling"
     write_images(data, n_images, width, height, seed=2000, with_reference=with_reference)

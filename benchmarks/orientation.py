@@ -4,7 +4,7 @@ Archives hold photos upright, on their side and mirrored (scans, phones without 
 users expect one scene to come out the same whichever way it was stored. For each of the eight
 rotations and flips, stage 3 of the photo is turned, refined, turned back and scored against the
 reference; the report gives each orientation's mean PSNR/SSIM, the spread between them, the largest
-swing of one image, and the self-ensembles (``llie.refine.refine(..., ensemble=N)``: the average over
+swing of one image, and the self-ensembles (``llie.method.refine.refine(..., ensemble=N)``: the average over
 2, 4 or 8 orientations). Stage 3 is a function of the histogram alone and does not depend on orientation.
 About a minute for eval15 on two cores; not part of ``make bench``:
 
@@ -38,10 +38,10 @@ ORIENTATIONS = (
 def orientation_report(
     data: Path, model: str | None = None, max_pairs: int | None = None, progress: bool = True
 ) -> dict:
-    from llie.data import find_pairs, load_rgb
-    from llie.evaluate import score
-    from llie.pipeline import Enhancer
-    from llie.refine import ENSEMBLE_TRANSFORMS, dihedral, refine, undo_dihedral
+    from llie.method.pipeline import Enhancer
+    from llie.method.refine import ENSEMBLE_TRANSFORMS, dihedral, refine, undo_dihedral
+    from llie.training.data import find_pairs, load_rgb
+    from llie.training.evaluate import score
 
     enhancer = Enhancer.load(model)
     if enhancer.bundle.refiner is None:

@@ -15,9 +15,9 @@ EVAL15 = REPO.parent / "shared" / "datasets" / "LOL-v1" / "eval15"
 def quality(model: str | None = None, data: Path = EVAL15, max_pairs: int | None = None) -> dict:
     if not (data / "low").is_dir() or not (data / "high").is_dir():
         return {"skipped": True, "note": f"{data} not found: quality section skipped"}
-    from llie.data import find_pairs, load_rgb
-    from llie.evaluate import evaluate_pairs, score
     from llie.stats import bootstrap_interval
+    from llie.training.data import find_pairs, load_rgb
+    from llie.training.evaluate import evaluate_pairs, score
 
     pairs = find_pairs(data)[:max_pairs]
     report = evaluate_pairs(model, pairs, progress=False)
@@ -48,7 +48,7 @@ def quality(model: str | None = None, data: Path = EVAL15, max_pairs: int | None
         "skipped": False,
         "data": str(data.relative_to(REPO.parent)) if data.is_relative_to(REPO.parent) else str(data),
         "pairs": len(pairs),
-        "protocol": "8-bit output, plain PSNR/SSIM (no GT-mean), llie.evaluate.score",
+        "protocol": "8-bit output, plain PSNR/SSIM (no GT-mean), llie.training.evaluate.score",
         "model_version": report["model_version"],
         "methods": rows,
     }

@@ -109,7 +109,7 @@ def _model_info(enhancer) -> dict:
 def run(plan: Plan, out: Path, quick: bool, model: str | None, sections: tuple[str, ...]) -> dict:
     from tqdm.auto import tqdm
 
-    from llie.pipeline import Enhancer
+    from llie.method.pipeline import Enhancer
 
     cores = cpu_count()
     started = time.perf_counter()

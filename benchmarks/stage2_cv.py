@@ -35,9 +35,9 @@ def _stage4_psnr(bundle, lows, highs, quantiles) -> np.ndarray:
     """Per-pair PSNR after the bundle's mapping and refiner, on the given stage-2 predictions."""
     import torch
 
-    from llie.mapping import match_to_quantiles
+    from llie.method.mapping import match_to_quantiles
+    from llie.method.refine import refine
     from llie.metrics import psnr, quantize8
-    from llie.refine import refine
 
     out = []
     for low, high, q in zip(lows, highs, quantiles):
@@ -58,10 +58,10 @@ def cross_validate(
     """Out-of-fold stage-3 PSNR of each variant; with ``stage4`` also stage 4 through the refiner of
     ``refiner_bundle`` (default: the shipped model), split into the pairs its training held out for
     validation and those it trained on."""
-    from llie.bundle import load_bundle
-    from llie.data import load_pairs, resolve_training_sets, split_by_group
-    from llie.quantiles import QuantileModelConfig
-    from llie.train import TrainConfig, bag_rows, inverse_errors, out_of_fold_quantiles
+    from llie.method.bundle import load_bundle
+    from llie.method.quantiles import QuantileModelConfig
+    from llie.training.data import load_pairs, resolve_training_sets, split_by_group
+    from llie.training.train import TrainConfig, bag_rows, inverse_errors, out_of_fold_quantiles
 
     pairs, _ = resolve_training_sets(data)
     lows, highs = load_pairs(pairs)

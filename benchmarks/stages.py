@@ -39,10 +39,10 @@ def _metrics(before: np.ndarray, after: np.ndarray, reference: np.ndarray) -> No
 
 def stage_throughput(enhancer, size: Size, repeats: int, n_images: int = 1) -> dict:
     """Megapixels per second of every stage at ``size`` (median over ``repeats`` passes)."""
-    from llie.features import extract_features
-    from llie.imageio import decode_image, encode_image
-    from llie.mapping import infer_levels, match_to_quantiles
-    from llie.refine import refine
+    from llie.batch.imageio import decode_image, encode_image
+    from llie.method.features import extract_features
+    from llie.method.mapping import infer_levels, match_to_quantiles
+    from llie.method.refine import refine
 
     pairs = [synthetic_pair(size.width, size.height, seed=100 + i) for i in range(n_images)]
     pngs = [to_png(low) for low, _ in pairs]
@@ -120,7 +120,7 @@ def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int) -> dic
     The variants run interleaved, pass after pass over the same in-memory PNGs, so drifting machine
     load hits them all alike; each variant's number is the median pass.
     """
-    from llie.imageio import decode_image, encode_image
+    from llie.batch.imageio import decode_image, encode_image
 
     pngs = [to_png(synthetic_pair(size.width, size.height, seed=200 + i)[0]) for i in range(n_images)]
     variants = {

@@ -6,7 +6,7 @@ must stop it being made, not fail every night at 02:00.
 
 from __future__ import annotations
 
-from llie import storage
+from llie.batch import storage
 
 
 def require_archive_urls(input_url: str | None = None, output_url: str | None = None) -> dict:

@@ -18,7 +18,7 @@ from prefect.schedules import Cron
 
 from deployments.checks import require_archive_urls
 from flows.enhance_archive import enhance_archive
-from llie import storage
+from llie.batch import storage
 
 DEFAULT_CRON = "0 2 * * *"  # 02:00 every night, after the day's uploads
 

@@ -1,8 +1,8 @@
 """A run's summary as a Prefect markdown artifact, so that it shows in the Prefect UI.
 
 ``publish_run_report`` is the flow's hook: at the end of ``enhance_archive`` it audits the run
-from its Parquet (``llie.audit``), writes the HTML report next to the metrics
-(``_metrics/run_id=<id>/_report/report.html``, see ``llie.report.report_url``) and publishes the
+from its Parquet (``llie.audit.summary``), writes the HTML report next to the metrics
+(``_metrics/run_id=<id>/_report/report.html``, see ``llie.audit.report.report_url``) and publishes the
 summary with a link to that report. It never raises: a report must not fail a finished run.
 """
 
@@ -14,7 +14,7 @@ import re
 from typing import Any
 from uuid import UUID
 
-from llie import archive, storage
+from llie.batch import archive, storage
 
 _MAX_LISTED = 5
 
@@ -74,7 +74,7 @@ def summary_text(summary: dict[str, Any]) -> str:
 def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
     """A markdown table of a run summary.
 
-    ``summary`` is either ``llie.audit.RunSummary.to_dict()`` (optionally with the flow's own
+    ``summary`` is either ``llie.audit.summary.RunSummary.to_dict()`` (optionally with the flow's own
     summary under ``"flow"``) or the dict the flow returns; missing entries are left out.
     """
     flow = summary.get("flow") or {}
@@ -195,8 +195,8 @@ def publish_run_report(
     Any failure is logged as a warning and the rest still happens (no rows yet: the artifact
     carries the flow's summary alone; no API: the report is still written).
     """
-    from llie import audit
-    from llie import report as report_mod
+    from llie.audit import report as report_mod
+    from llie.audit import summary as audit
 
     if report is None:
         report = os.environ.get("LLIE_RUN_REPORT", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from flows import credentials
 from flows.artifacts import summary_text
 from flows.console import quiet_prefect_console
-from llie import archive, storage, storage_options
+from llie.batch import archive, storage, storage_options
 from llie.cli import cli, encoding_options
 from llie.cli_options import storage_option_flag
 

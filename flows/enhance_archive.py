@@ -17,12 +17,12 @@ from flows import credentials
 from flows.artifacts import publish_run_report, summary_text
 from flows.worker_deaths import outcome_of, redo_one_by_one, worker_died
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
-from llie import archive, storage
-from llie import storage_options as storage_options_mod
-from llie.bundle import verify_bundle
+from llie.batch import archive, storage
+from llie.batch import storage_options as storage_options_mod
+from llie.method.bundle import verify_bundle
 from tasks.enhance import enhance_shard
 
-REPORT_DIR = "_report"  # where publish_run_report writes (llie.report.report_url), inside the run's metrics
+REPORT_DIR = "_report"  # where publish_run_report writes (llie.audit.report.report_url), inside the run's metrics
 
 
 def available_cpus() -> int:
@@ -185,7 +185,7 @@ def enhance_archive(
         run_id: pass an earlier run's id to resume it; default a new timestamped id.
         retries: attempts after the first for a shard that raises.
         retry_failed: also redo images that ended with an error/skipped row in this run.
-        max_pixels: decode limit per image; default llie.imageio's.
+        max_pixels: decode limit per image; default llie.batch.imageio's.
         retry_delay_seconds: first retry delay; doubles each further retry.
         torch_threads: torch threads per task; default CPUs / workers for a LocalCluster.
         device: torch device for the refiner ("auto", "cpu", "cuda").
@@ -193,7 +193,7 @@ def enhance_archive(
             endpoint_url, anon, profile, client_kwargs.region_name). Never credentials: Prefect
             stores and shows parameters; those come from the environment, or from
             ``llie run --storage-option``, which keeps them out of the parameters.
-        png_compression, jpeg_quality: output compression; default llie.imageio.EncodeOptions'.
+        png_compression, jpeg_quality: output compression; default llie.batch.imageio.EncodeOptions'.
     """
     logger = get_run_logger()
     _, given_credentials = storage_options_mod.split_credentials(storage_options)
@@ -245,9 +245,7 @@ def enhance_archive(
     _check_resume(output_url, run_id, plan, shards, logger, opts)
     # A resume that changes nothing leaves the manifest (and its started_at) alone.
     if any(previous.get(k) != v for k, v in plan.items()):
-        archive.write_run_manifest(
-            output_url, run_id, {**plan, "started_at": datetime.now(UTC).isoformat()}, opts
-        )
+        archive.write_run_manifest(output_url, run_id, {**plan, "started_at": datetime.now(UTC).isoformat()}, opts)
     logger.info(
         "run %s: %d images in %d shards from %s -> %s",
         run_id,

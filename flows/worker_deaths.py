@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import unmapped
 
-from llie import archive
+from llie.batch import archive
 
 WORKER_DIED = "worker died: out of memory?"
 

@@ -20,7 +20,7 @@ DEFAULT_HISTOGRAM_ROWS = 24
 DEFAULT_BAG = 4
 
 STAGE_CHOICE = click.Choice(["hist", "full"])
-# llie.imageio.EncodeOptions' defaults, repeated so that --help does not import Pillow
+# llie.batch.imageio.EncodeOptions' defaults, repeated so that --help does not import Pillow
 DEFAULT_PNG_COMPRESSION = 1
 DEFAULT_JPEG_QUALITY = 95
 
@@ -79,8 +79,8 @@ def _check_device(device: str) -> None:
 
 def _load_enhancer(model, device: str, refiner: bool = True):
     """The Enhancer of ``model``; without ``refiner`` stage 4 and torch stay unloaded and ``device`` unused."""
-    from .bundle import BundleError
-    from .pipeline import Enhancer
+    from llie.method.bundle import BundleError
+    from llie.method.pipeline import Enhancer
 
     if refiner:
         _check_device(device)
@@ -93,8 +93,8 @@ def _load_enhancer(model, device: str, refiner: bool = True):
 def _reference_score(reference: Path, rel: Path, image: np.ndarray, limits) -> tuple[dict | None, str | None]:
     """(scores, None) against the reference of ``rel``, or (None, why not): a missing, unreadable or
     differently sized reference is reported, not counted as a failed enhancement."""
-    from .evaluate import score
-    from .imageio import ImageDecodeError, decode_file
+    from llie.batch.imageio import ImageDecodeError, decode_file
+    from llie.training.evaluate import score
 
     path = reference / rel
     if not path.is_file():
@@ -161,8 +161,15 @@ def enhance(
     """
     from tqdm import tqdm
 
-    from .imageio import DecodeLimits, EncodeOptions, ImageDecodeError, decode_file, encode_image, is_image_name
-    from .storage import check_output_not_inside_input, write_bytes_atomic
+    from llie.batch.imageio import (
+        DecodeLimits,
+        EncodeOptions,
+        ImageDecodeError,
+        decode_file,
+        encode_image,
+        is_image_name,
+    )
+    from llie.batch.storage import check_output_not_inside_input, write_bytes_atomic
 
     try:
         check_output_not_inside_input(str(input_dir), str(output_dir))
@@ -261,8 +268,8 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
     reaches about 2 dB either side of the mean PSNR, so compare two models with --baseline, which pairs
     them image by image.
     """
-    from .data import find_pairs
-    from .evaluate import compare_reports, format_comparison, format_table
+    from llie.training.data import find_pairs
+    from llie.training.evaluate import compare_reports, format_comparison, format_table
 
     if json_out is not None and not json_out.parent.is_dir():  # found out now, not after the evaluation
         raise click.BadParameter(f"folder {json_out.parent} does not exist", param_hint="--json")
@@ -286,8 +293,8 @@ def evaluate(data: Path, model, device, json_out, baseline) -> None:
 
 
 def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
-    from .bundle import BundleError
-    from .evaluate import evaluate_pairs
+    from llie.method.bundle import BundleError
+    from llie.training.evaluate import evaluate_pairs
 
     try:
         return evaluate_pairs(bundle, pairs, device=device)
@@ -523,12 +530,12 @@ def train(
     init_refiner,
 ) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
-    from .mapping import MappingConfig
-    from .policy import EnhancePolicy
-    from .quantiles import QuantileModelConfig
-    from .refiner import RefinerConfig
-    from .train import RefinerTrainConfig, TrainConfig, TrainingSetupError
-    from .train import train as run_training
+    from llie.method.mapping import MappingConfig
+    from llie.method.policy import EnhancePolicy
+    from llie.method.quantiles import QuantileModelConfig
+    from llie.method.refiner import RefinerConfig
+    from llie.training.train import RefinerTrainConfig, TrainConfig, TrainingSetupError
+    from llie.training.train import train as run_training
 
     _check_device(device)
     refiner = RefinerConfig()
@@ -628,7 +635,7 @@ def _check_exposure(ctx, param, value):
 )
 def synth(input_dir, output_dir, seed, exposure) -> None:
     """Make low/high training pairs from well-lit photos (exposure drop, gamma, sensor noise, colour shift)."""
-    from .synth import SynthConfig, make_pairs
+    from llie.training.synth import SynthConfig, make_pairs
 
     cfg = SynthConfig() if exposure is None else replace(SynthConfig(), exposure=exposure)
     try:

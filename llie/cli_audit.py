@@ -13,7 +13,7 @@ import click
 
 from llie.cli_options import storage_option_flag
 
-# llie.audit.RANK_METRICS, spelled out so that importing the CLI does not import pyarrow.
+# llie.audit.summary.RANK_METRICS, spelled out so that importing the CLI does not import pyarrow.
 RANK_METRICS = ("psnr", "ssim")
 
 
@@ -102,8 +102,8 @@ def audit(
       llie audit s3://archive/enhanced --run 20250101T000000Z-1a2b3c --report audit.html
       llie audit enhanced/ --run new-model --compare old-model --fail-on-worse
     """
-    from llie import audit as au
-    from llie import storage, storage_options
+    from llie.audit import summary as au
+    from llie.batch import storage, storage_options
 
     opts = storage_option or None
     try:
@@ -135,7 +135,7 @@ def audit(
             click.echo("")
             click.echo(au.format_comparison(comparison, limit=max(top, 10)))
     if report_path:
-        from llie.report import write_report
+        from llie.audit.report import write_report
 
         files = write_report(run, summary, report_path, comparison, base, base_summary, storage_options=opts)
         if not to_stdout:

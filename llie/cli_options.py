@@ -6,7 +6,7 @@ import click
 
 
 def _parse_storage_options(ctx, param, values):
-    from llie import storage_options
+    from llie.batch import storage_options
 
     try:
         return storage_options.parse(values)

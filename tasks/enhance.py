@@ -11,9 +11,9 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from llie import archive, storage
-from llie.imageio import DecodeLimits, EncodeOptions
-from llie.pipeline import Enhancer, set_threads
+from llie.batch import archive, storage
+from llie.batch.imageio import DecodeLimits, EncodeOptions
+from llie.method.pipeline import Enhancer, set_threads
 
 # One Enhancer per worker process and bundle: loading a bundle (XGBoost + ViT weights) costs far
 # more than enhancing a small shard, and Dask reuses worker processes across tasks. Only bundle

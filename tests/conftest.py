@@ -162,7 +162,7 @@ def bundle_path() -> str | None:
 @pytest.fixture(scope="session")
 def enhancer(bundle_path):
     """The bundle under test, loaded once for the session."""
-    from llie.pipeline import Enhancer
+    from llie.method.pipeline import Enhancer
 
     return Enhancer.load(bundle_path, device="cpu")
 

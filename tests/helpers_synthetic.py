@@ -1,4 +1,4 @@
-"""Synthetic data for the method tests: well-lit scenes drawn with numpy, darkened by ``llie.synth``.
+"""Synthetic data for the method tests: well-lit scenes drawn with numpy, darkened by ``llie.training.synth``.
 
 Nothing here reads files outside the test's own temporary folders, so the suite runs on a fresh clone.
 Scenes mix what real photos have and what the stages must cope with: smooth gradients (long tonal
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from llie.synth import SynthConfig, darken
+from llie.training.synth import SynthConfig, darken
 
 # A narrower exposure range than the default keeps the darkening learnable from a dozen pairs.
 TEST_SYNTH = SynthConfig(exposure=(0.08, 0.2))

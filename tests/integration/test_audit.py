@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from llie import archive, audit, report, storage
+from llie.audit import report
+from llie.audit import summary as audit
+from llie.batch import archive, storage
 from llie.stats import bootstrap_interval
 from tests.conftest import encode, gradient, write_images
 

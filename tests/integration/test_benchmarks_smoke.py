@@ -171,8 +171,8 @@ def test_orientation_report_scores_eight_orientations_and_the_ensembles(tmp_path
     from helpers_synthetic import write_lol
 
     from benchmarks.orientation import orientation_report, table
-    from llie.data import find_pairs
-    from llie.evaluate import evaluate_pairs
+    from llie.training.data import find_pairs
+    from llie.training.evaluate import evaluate_pairs
 
     data = write_lol(tmp_path / "lol", 3, 56, 72, seed=4)
     report = orientation_report(data, progress=False)

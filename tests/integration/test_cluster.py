@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from llie import archive
+from llie.batch import archive
 from tests.conftest import REPO, free_port, stop_process, subprocess_env, write_images
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llie import archive
+from llie.batch import archive
 from tests.conftest import REPO, free_port, stop_process, subprocess_env
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))

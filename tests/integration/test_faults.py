@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from flows.enhance_archive import enhance_archive
-from llie import archive, storage
-from llie.imageio import decode_image
+from llie.batch import archive, storage
+from llie.batch.imageio import decode_image
 from tests.conftest import (
     FAKE_KEY_ID,
     FAKE_SECRET,
@@ -45,7 +45,7 @@ def _files(root: Path) -> dict[str, int]:
 
 
 def _without_report(names) -> list[str]:
-    """The names minus the run's HTML report (``_metrics/run_id=<id>/_report/``, see llie.report),
+    """The names minus the run's HTML report (``_metrics/run_id=<id>/_report/``, see llie.audit.report),
     which the flow may write at its end; a hidden or temporary file there would still show."""
     return sorted(n for n in names if not ("/_report/" in n and not Path(n).name.startswith(".")))
 
@@ -579,7 +579,7 @@ def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from llie import audit
+    from llie.audit import summary as audit
 
     inp, out = tmp_path / "in", tmp_path / "out"
     images = [f"p{i}.png" for i in range(4)]

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from flows.enhance_archive import enhance_archive
-from llie import archive, storage
-from llie.imageio import DecodeLimits, decode_image
+from llie.batch import archive, storage
+from llie.batch.imageio import DecodeLimits, decode_image
 from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

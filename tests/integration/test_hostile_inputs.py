@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from flows.enhance_archive import enhance_archive
-from llie import archive, storage
-from llie.imageio import DecodeLimits, decode_image
+from llie.batch import archive, storage
+from llie.batch.imageio import DecodeLimits, decode_image
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -291,7 +291,7 @@ def test_nothing_is_written_outside_the_output(hostile_run):
     )
     assert changed == []
     # Inside the output: the enhanced images and the metrics, nothing else (no temp files either),
-    # apart from the run's HTML report (llie.report) the flow may write next to the metrics.
+    # apart from the run's HTML report (llie.audit.report) the flow may write next to the metrics.
     written = sorted(
         k[len(out_rel) + 1 :] for k, v in after.items() if k.startswith(out_rel + os.sep) and stat.S_ISREG(v[0])
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env, write_images
 
-from llie import archive
-from llie.pipeline import Enhancer
+from llie.batch import archive
+from llie.method.pipeline import Enhancer
 
 REPO = Path(__file__).resolve().parents[2]
 # runs the console entry point's command group in this interpreter, then reports what it imported

@@ -144,7 +144,9 @@ def open_in_chromium(page: Path, profile: Path) -> dict:
 @pytest.fixture
 def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
     """The report of two small real runs (rows from archive.process_shard), the second compared with the first."""
-    from llie import archive, audit, report
+    from llie.audit import report
+    from llie.audit import summary as audit
+    from llie.batch import archive
 
     inp, ref, out = tmp_path / "in", tmp_path / "ref", tmp_path / "out"
     names = ["a.png", "b.jpg", "sub/c.png", "d.png"]

@@ -26,8 +26,8 @@ import pytest
 
 import llie
 from flows.enhance_archive import enhance_archive
-from llie import archive, storage
-from llie.bundle import MANIFEST, BundleError, _sha256, _version, default_bundle_path, load_bundle
+from llie.batch import archive, storage
+from llie.method.bundle import MANIFEST, BundleError, _sha256, _version, default_bundle_path, load_bundle
 from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient, mounted
 
 SECRETS = (FAKE_KEY_ID, FAKE_SECRET)

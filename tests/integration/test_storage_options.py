@@ -10,8 +10,8 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from llie import archive, storage
-from llie import storage_options as so
+from llie.batch import archive, storage
+from llie.batch import storage_options as so
 from tests.conftest import encode, gradient
 
 KEY, SECRET = "AKIAOPTIONSKEY000001", "options-secret-never-shown-9876543210"

@@ -9,8 +9,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from llie import archive, storage
-from llie.imageio import DecodeLimits, decode_image
+from llie.batch import archive, storage
+from llie.batch.imageio import DecodeLimits, decode_image
 
 
 def test_plan_shards_is_deterministic():

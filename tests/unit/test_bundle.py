@@ -12,12 +12,12 @@ import torch
 from helpers_synthetic import pairs
 
 import llie
-from llie.bundle import MANIFEST, REFINER_FILE, Bundle, BundleError, load_bundle, save_bundle, verify_bundle
-from llie.features import extract_features
-from llie.mapping import MappingConfig
-from llie.pipeline import Enhancer
-from llie.quantiles import QuantileModel, QuantileModelConfig, augmented_rows
-from llie.refiner import Refiner, RefinerConfig
+from llie.method.bundle import MANIFEST, REFINER_FILE, Bundle, BundleError, load_bundle, save_bundle, verify_bundle
+from llie.method.features import extract_features
+from llie.method.mapping import MappingConfig
+from llie.method.pipeline import Enhancer
+from llie.method.quantiles import QuantileModel, QuantileModelConfig, augmented_rows
+from llie.method.refiner import Refiner, RefinerConfig
 
 MODEL_FILES = ["quantiles.json", "quantiles-0.ubj.gz", "quantiles_pca.safetensors", REFINER_FILE]
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from helpers_synthetic import pair, scene, to_uint8, write_lol
 from PIL import Image
 
-from llie.bundle import load_bundle
 from llie.cli import cli
+from llie.method.bundle import load_bundle
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -305,7 +305,7 @@ def test_evaluate_errors_are_clear_and_come_first(tmp_path):
 
 
 def test_evaluate_against_a_baseline_pairs_the_images(tmp_path):
-    from llie.bundle import default_bundle_path
+    from llie.method.bundle import default_bundle_path
 
     data = write_lol(tmp_path / "lol", 3, 40, 48, seed=6)
     report = tmp_path / "report.json"
@@ -379,7 +379,7 @@ def test_train_command_passes_its_settings_through(tmp_path):
 
 def test_train_defaults_for_stage2_match_the_library():
     from llie.cli import DEFAULT_BAG, DEFAULT_HISTOGRAM_ROWS
-    from llie.quantiles import QuantileModelConfig
+    from llie.method.quantiles import QuantileModelConfig
 
     assert DEFAULT_HISTOGRAM_ROWS == QuantileModelConfig().augmentations
     assert DEFAULT_BAG == QuantileModelConfig().bag
@@ -422,8 +422,8 @@ def test_output_compression_settings_change_the_bytes_not_the_pixels(tmp_path):
 
 
 def test_encoding_defaults_match_the_library():
+    from llie.batch.imageio import EncodeOptions
     from llie.cli import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_COMPRESSION
-    from llie.imageio import EncodeOptions
 
     assert (DEFAULT_PNG_COMPRESSION, DEFAULT_JPEG_QUALITY) == (
         EncodeOptions().png_compression,

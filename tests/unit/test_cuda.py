@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from llie.refine import TilingConfig, refine
-from llie.refiner import Refiner, RefinerConfig
+from llie.method.refine import TilingConfig, refine
+from llie.method.refiner import Refiner, RefinerConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

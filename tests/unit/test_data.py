@@ -6,7 +6,7 @@ import numpy as np
 from helpers_synthetic import scene, to_uint8
 from PIL import Image
 
-from llie.data import find_pairs, group_folds, split_by_group
+from llie.training.data import find_pairs, group_folds, split_by_group
 
 
 def _write(root, name: str, high: np.ndarray) -> None:
@@ -82,7 +82,7 @@ def test_named_scenes_group_jpeg_pairs_and_thumbnails_only_join(tmp_path):
 
 
 def test_several_sets_keep_names_and_scenes_apart(tmp_path):
-    from llie.data import resolve_training_sets
+    from llie.training.data import resolve_training_sets
 
     lol, sice = tmp_path / "LOL", tmp_path / "SICE"
     same = scene(64, 64, seed=400)  # byte-identical targets in both sets: still two scenes, two names

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers_synthetic import pair, scene
 
-from llie.features import (
+from llie.method.features import (
     N_BINS,
     PERCENTILES,
     channel_histograms,
@@ -100,7 +100,7 @@ def test_features_distinguish_exposures():
 
 
 def test_masked_histograms_count_only_the_masked_pixels():
-    from llie.features import channel_histograms
+    from llie.method.features import channel_histograms
 
     rng = np.random.default_rng(5)
     rgb = rng.random((37, 29, 3), dtype=np.float32)
@@ -113,7 +113,7 @@ def test_masked_histograms_count_only_the_masked_pixels():
 
 
 def test_noise_features_with_a_full_mask_match_the_plain_ones():
-    from llie.features import noise_features
+    from llie.method.features import noise_features
 
     rng = np.random.default_rng(6)
     rgb = np.clip(0.2 + 0.05 * rng.standard_normal((40, 50, 3)), 0, 1).astype(np.float32)

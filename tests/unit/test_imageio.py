@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from llie.imageio import (
+from llie.batch.imageio import (
     IMAGE_EXTENSIONS,
     DecodedImage,
     DecodeLimits,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers_synthetic import pair
 
-from llie.features import PERCENTILES, channel_histograms, histogram_percentiles
-from llie.mapping import (
+from llie.method.features import PERCENTILES, channel_histograms, histogram_percentiles
+from llie.method.mapping import (
     MappingConfig,
     channel_lut,
     infer_levels,
@@ -15,7 +15,7 @@ from llie.mapping import (
     match_to_quantiles,
     to_levels,
 )
-from llie.quantiles import target_quantiles
+from llie.method.quantiles import target_quantiles
 
 INTERIOR = slice(1, -1)  # 5th..95th percentile: the extremes of a few-level dark image are not matchable
 
@@ -143,7 +143,7 @@ def test_grid_kde_equals_scipy_gaussian_kde(bandwidth):
     """The binned KDE is scipy's gaussian_kde of the same points (with reflection), to within binning."""
     from scipy.stats import gaussian_kde
 
-    from llie.mapping import inverse_cdf
+    from llie.method.mapping import inverse_cdf
 
     q = np.sort(np.random.default_rng(3).uniform(0.05, 0.9, 21))
     points = inverse_cdf(q, (np.arange(401) + 0.5) / 401)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from helpers_synthetic import pair, scene
 
-from llie.bundle import Bundle
-from llie.features import extract_features
-from llie.mapping import match_to_quantiles
-from llie.pipeline import STAGES, Enhancer
-from llie.policy import apply_policy, brightening, channel_means, refiner_weight
-from llie.refine import refine
+from llie.method.bundle import Bundle
+from llie.method.features import extract_features
+from llie.method.mapping import match_to_quantiles
+from llie.method.pipeline import STAGES, Enhancer
+from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
+from llie.method.refine import refine
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -162,12 +162,12 @@ def test_well_exposed_photos_pass_nearly_unchanged(default_enhancer):
 
 def test_a_saturated_dark_scene_keeps_its_hues(default_enhancer):
     """A dim orange-and-blue scene is brightened without its hues turning (the sunset that came out cyan)."""
-    from llie.mapping import hue_turn
+    from llie.method.mapping import hue_turn
 
     h, w = 96, 128
     t = np.linspace(0, 1, h)[:, None]
     sky = np.stack([np.full((h, w), 0.95), 0.3 + 0.4 * (1 - t) * np.ones((h, w)), np.full((h, w), 0.06)], -1)
-    sky[int(0.7 * h):] = [0.08, 0.12, 0.45]
+    sky[int(0.7 * h) :] = [0.08, 0.12, 0.45]
     rng = np.random.default_rng(0)
     dim = np.clip(np.rint((sky * 0.18 + rng.normal(0, 0.004, sky.shape)) * 255) / 255, 0, 1).astype(np.float32)
     shown = (dim.max(-1) - dim.min(-1)) > 8 / 255

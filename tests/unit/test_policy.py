@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llie.policy import EnhancePolicy, apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
+from llie.method.policy import (
+    EnhancePolicy,
+    apply_policy,
+    blend,
+    brightening,
+    channel_means,
+    refiner_weight,
+    stage3_weight,
+)
 
 POLICY = EnhancePolicy(anchor_exposure=True, gain_off=1.2, gain_full=1.6)
 

@@ -13,8 +13,8 @@ import xgboost as xgb
 from helpers_synthetic import pairs
 from safetensors.numpy import load_file, save_file
 
-from llie.features import extract_features, feature_size
-from llie.quantiles import (
+from llie.method.features import extract_features, feature_size
+from llie.method.quantiles import (
     N_CHANNELS,
     N_QUANTILES,
     Member,

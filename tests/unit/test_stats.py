@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from llie.evaluate import compare_reports, format_comparison, format_table
 from llie.stats import BOOTSTRAP_MAX_VALUES, bootstrap_interval, mean_interval, paired_difference
+from llie.training.evaluate import compare_reports, format_comparison, format_table
 
 
 def test_interval_brackets_the_mean_inside_the_range():

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from llie import storage
+from llie.batch import storage
 from tests.conftest import FAKE_SECRET
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llie.synth import SynthConfig, darken, linear_to_srgb, make_pairs, srgb_to_linear
+from llie.training.synth import SynthConfig, darken, linear_to_srgb, make_pairs, srgb_to_linear
 
 
 def _scene(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:

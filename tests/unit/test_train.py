@@ -11,13 +11,13 @@ import pytest
 import torch
 from helpers_synthetic import pairs, write_lol
 
-from llie.bundle import MANIFEST, load_bundle, verify_bundle
-from llie.data import resolve_training_sets, split_by_group
-from llie.features import extract_features
-from llie.pipeline import Enhancer
-from llie.quantiles import QuantileModelConfig
-from llie.refiner import RefinerConfig
-from llie.train import RefinerTrainConfig, TrainConfig, TrainingSetupError, train
+from llie.method.bundle import MANIFEST, load_bundle, verify_bundle
+from llie.method.features import extract_features
+from llie.method.pipeline import Enhancer
+from llie.method.quantiles import QuantileModelConfig
+from llie.method.refiner import RefinerConfig
+from llie.training.data import resolve_training_sets, split_by_group
+from llie.training.train import RefinerTrainConfig, TrainConfig, TrainingSetupError, train
 
 N_PAIRS = 12
 
@@ -189,7 +189,7 @@ def test_init_refiner_starts_from_the_given_bundle(runs, tmp_path):
 
 
 def test_random_crops_come_from_the_right_places():
-    from llie.train import random_crops
+    from llie.training.train import random_crops
 
     images = [torch.arange(120 * 160 * 3, dtype=torch.float32).reshape(120, 160, 3) + 1e6 * i for i in range(3)]
     x, y = random_crops(images, [im + 0.5 for im in images], batch=6, crop=80, rng=np.random.default_rng(0))
@@ -202,7 +202,7 @@ def test_random_crops_come_from_the_right_places():
 
 
 def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
-    from llie.train import pad_at_random
+    from llie.training.train import pad_at_random
 
     x = torch.rand(16, 3, 160, 160)
     y = x + 1.0
@@ -217,7 +217,7 @@ def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
         assert (160 - h) % 10 == 0 and 0 <= 160 - h <= 70 and (160 - w) % 10 == 0 and 0 <= 160 - w <= 70
         cuts.add((160 - h, 160 - w))
         torch.testing.assert_close(p[:, top : top + h, left : left + w], a[:, :h, :w])  # the crop's own pixels
-        # the rest is mirror padding, edge row included: numpy's "symmetric", as llie.refine pads photos
+        # the rest is mirror padding, edge row included: numpy's "symmetric", as llie.method.refine pads photos
         np.testing.assert_array_equal(
             p.numpy(), np.pad(a[:, :h, :w].numpy(), ((0, 0), (top, 160 - h - top), (left, 160 - w - left)), "symmetric")
         )
@@ -229,7 +229,7 @@ def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
 
 
 def test_masked_loss_ignores_what_the_mask_leaves_out():
-    from llie.train import refiner_loss
+    from llie.training.train import refiner_loss
 
     target = torch.rand(2, 3, 40, 40)
     pred = target + 0.1
@@ -244,8 +244,8 @@ def test_masked_loss_ignores_what_the_mask_leaves_out():
 
 
 def test_training_with_padded_crops_learns(tmp_path):
-    from llie.refiner import Refiner
-    from llie.train import train_refiner
+    from llie.method.refiner import Refiner
+    from llie.training.train import train_refiner
 
     inputs, highs = _noisy_copies(side=160)
     cfg = replace(
@@ -265,7 +265,7 @@ def test_training_with_padded_crops_learns(tmp_path):
     "ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning"
 )  # the skipped first step
 def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
-    from llie.train import train_refiner
+    from llie.training.train import train_refiner
 
     rng = np.random.default_rng(0)
     good = rng.random((80, 80, 3), dtype=np.float32)
@@ -295,9 +295,9 @@ def _noisy_copies(n: int = 2, side: int = 80) -> tuple[list[np.ndarray], list[np
 def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp_path):
     """--init-refiner from a bundle without a detail head keeps its transformer and adds the head (as the
     identity); --freeze-transformer then trains the head and leaves every transformer weight as it was."""
-    from llie.bundle import Bundle, save_bundle
-    from llie.refiner import Refiner
-    from llie.train import initial_refiner, train_refiner
+    from llie.method.bundle import Bundle, save_bundle
+    from llie.method.refiner import Refiner
+    from llie.training.train import initial_refiner, train_refiner
 
     torch.manual_seed(0)
     headless = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
@@ -330,8 +330,8 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
 
 def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
     """With ema_decay the moving average, not the last step, is kept; the checkpoint holds both."""
-    from llie.refiner import Refiner
-    from llie.train import train_refiner, update_ema
+    from llie.method.refiner import Refiner
+    from llie.training.train import train_refiner, update_ema
 
     a, b = Refiner(RefinerConfig(dim=16, depth=1, heads=2)), Refiner(RefinerConfig(dim=16, depth=1, heads=2))
     expected = {k: v.clone() for k, v in a.state_dict().items()}
@@ -358,8 +358,8 @@ def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
 def test_stage2_weights_pairs_by_their_out_of_fold_error(runs):
     """The default run weights each training pair by 1 / its out-of-fold MSE and keeps the weights, so a
     resumed run refits stage 2 the same way."""
-    from llie.data import find_pairs, load_pairs, split_by_group
-    from llie.train import inverse_errors
+    from llie.training.data import find_pairs, load_pairs, split_by_group
+    from llie.training.train import inverse_errors
 
     metrics = runs["manifest_a"]["metrics"]
     assert np.isfinite(metrics["train_oof_stage3_psnr_unweighted"])
@@ -372,13 +372,13 @@ def test_stage2_weights_pairs_by_their_out_of_fold_error(runs):
     assert load_bundle(runs["a"]).quantile_model.config.error_weighting is True
 
     # inverse_errors is 1 / MSE of the stage-3 output: the true quantiles beat darkened ones
-    from llie.quantiles import target_quantiles
+    from llie.method.quantiles import target_quantiles
 
     lows, highs = load_pairs(train_pairs[:2])
     true = np.stack([target_quantiles(h) for h in highs])
     weights = inverse_errors(lows, highs, np.stack([true[0], true[1] * 0.5]))
     assert weights[0] > 4 * weights[1]
-    from llie.mapping import match_to_quantiles
+    from llie.method.mapping import match_to_quantiles
     from llie.metrics import quantize8
 
     out = quantize8(match_to_quantiles(lows[1], true[1] * 0.5)) / 255.0
@@ -386,8 +386,8 @@ def test_stage2_weights_pairs_by_their_out_of_fold_error(runs):
 
 
 def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
-    from llie.data import find_pairs, load_pairs
-    from llie.train import pair_rows
+    from llie.training.data import find_pairs, load_pairs
+    from llie.training.train import pair_rows
 
     found = find_pairs(runs["data"])[:3]
     lows, highs = load_pairs(found)
@@ -401,7 +401,7 @@ def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
 
 
 def test_exposure_jitter_is_a_random_gamma_per_crop_with_a_smaller_spread_between_channels():
-    from llie.train import jitter_exposure
+    from llie.training.train import jitter_exposure
 
     x = torch.full((2000, 3, 4, 4), 0.5, dtype=torch.float64)
     x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, 1.0
@@ -418,8 +418,8 @@ def test_exposure_jitter_is_a_random_gamma_per_crop_with_a_smaller_spread_betwee
 
 
 def test_each_member_of_a_bag_has_its_own_rows_and_trees(runs):
-    from llie.data import find_pairs, load_pairs
-    from llie.train import bag_rows, fit_quantiles, pair_rows
+    from llie.training.data import find_pairs, load_pairs
+    from llie.training.train import bag_rows, fit_quantiles, pair_rows
 
     found = find_pairs(runs["data"])[:6]
     lows, highs = load_pairs(found)
@@ -460,8 +460,8 @@ def test_zero_steps_keep_the_initial_refiner_and_retrain_stage2(runs, tmp_path):
 def test_a_fine_tune_that_only_gets_worse_returns_its_starting_point(tmp_path):
     """With an initial refiner, step 0 is scored and kept as a candidate: here training pulls toward
     inverted targets, validation only drops, and the initial weights come back unchanged."""
-    from llie.refiner import Refiner
-    from llie.train import train_refiner
+    from llie.method.refiner import Refiner
+    from llie.training.train import train_refiner
 
     torch.manual_seed(0)
     init = Refiner(RefinerConfig(dim=16, depth=1, heads=2))

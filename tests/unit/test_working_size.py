@@ -1,4 +1,4 @@
-"""Large photos are enhanced at the working size and carried back to full size (llie.working_size)."""
+"""Large photos are enhanced at the working size and carried back to full size (llie.method.working_size)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from helpers_synthetic import pair
 
+from llie.method.pipeline import Enhancer
+from llie.method.working_size import WorkingSize, apply_upsampled, area_downscale, guided_coefficients, working_shape
 from llie.metrics import psnr
-from llie.pipeline import Enhancer
-from llie.working_size import WorkingSize, apply_upsampled, area_downscale, guided_coefficients, working_shape
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter
 
 if TYPE_CHECKING:
-    from .pipeline import Enhancer, EnhanceResult
+    from llie.method.pipeline import Enhancer, EnhanceResult
 
 
 @dataclass(frozen=True)

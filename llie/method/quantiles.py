@@ -28,7 +28,7 @@ import numpy as np
 import xgboost as xgb
 from safetensors.numpy import load_file, save_file
 
-from .features import PERCENTILES, channel_histograms, extract_features, histogram_percentiles
+from llie.method.features import PERCENTILES, channel_histograms, extract_features, histogram_percentiles
 
 N_CHANNELS = 3
 N_QUANTILES = len(PERCENTILES)

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from llie.imageio import ImageDecodeError, decode_file, is_image_name
-from llie.storage import check_output_not_inside_input
+from llie.batch.imageio import ImageDecodeError, decode_file, is_image_name
+from llie.batch.storage import check_output_not_inside_input
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .features import extract_features
-from .mapping import infer_levels, match_to_quantiles
-from .policy import apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
-from .refine import TilingConfig, refine, resolve_device
-from .working_size import WorkingSize, enhance_at_working_size
+from llie.method.bundle import Bundle, load_bundle
+from llie.method.features import extract_features
+from llie.method.mapping import infer_levels, match_to_quantiles
+from llie.method.policy import apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
+from llie.method.refine import TilingConfig, refine, resolve_device
+from llie.method.working_size import WorkingSize, enhance_at_working_size
 
 STAGES = ("hist", "full")
 
@@ -84,7 +84,7 @@ class Enhancer:
         # NaN would be cast to level 0 and poison the features; a sum finds one without a 24 MP mask
         if not np.isfinite(np.sum(rgb, dtype=np.float64)):
             raise ValueError("the image holds NaN or infinite values")
-        if max(rgb.shape[:2]) > self.working.long_side:  # enhanced at the working size: llie.working_size
+        if max(rgb.shape[:2]) > self.working.long_side:  # enhanced at the working size: llie.method.working_size
             return enhance_at_working_size(self, rgb, stages, levels or infer_levels(rgb), mask, self.working)
         seconds = {}
         t = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import _abs_laplacian_sum
+from llie.metrics import _abs_laplacian_sum
 
 PERCENTILES = np.arange(0, 101, 5, dtype=np.float64)  # 0, 5, ..., 100: the 21 points stage 2 predicts
 N_BINS = 256

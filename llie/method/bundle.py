@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .mapping import MappingConfig
-from .policy import EnhancePolicy
-from .quantiles import QuantileModel
+from llie.method.mapping import MappingConfig
+from llie.method.policy import EnhancePolicy
+from llie.method.quantiles import QuantileModel
 
 if TYPE_CHECKING:  # torch is imported where a refiner is saved or loaded: stages 1-3 alone never need it
-    from .refiner import Refiner
+    from llie.method.refiner import Refiner
 
 MANIFEST = "manifest.json"
 REFINER_FILE = "refiner.safetensors"
@@ -50,7 +50,7 @@ class Bundle:
 
 def default_bundle_path() -> Path:
     """The bundle that ships inside the package (trained on LOL-v1 our485)."""
-    return Path(__file__).parent / "assets" / "default_model"
+    return Path(__file__).parents[1] / "assets" / "default_model"
 
 
 def _sha256(path: Path) -> str:
@@ -239,7 +239,7 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
         if wanted and manifest.get("refiner") is not None:
             from safetensors.torch import load_file
 
-            from .refiner import Refiner, RefinerConfig
+            from llie.method.refiner import Refiner, RefinerConfig
 
             # manifests from before the whole-image context or the detail head name no such field: those
             # refiners have neither

@@ -35,8 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llie import storage
-from llie.imageio import DecodeLimits, EncodeOptions, ImageDecodeError, ImageTooLargeError, decode_image, encode_image
+from llie.batch import storage
+from llie.batch.imageio import (
+    DecodeLimits,
+    EncodeOptions,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    encode_image,
+)
 from llie.metrics import no_reference_stats, psnr, ssim
 
 SCHEMA_VERSION = 1
@@ -89,7 +96,7 @@ class Shard:
     """A fixed batch of relative image paths; the unit of work, retry and resume.
 
     ``versions``, when known, says which content of each path the plan saw (see
-    :func:`llie.storage.list_image_versions`), in the order of ``paths``: a resume redoes an image
+    :func:`llie.batch.storage.list_image_versions`), in the order of ``paths``: a resume redoes an image
     whose version changed since its row was written.
     """
 

@@ -1,6 +1,6 @@
-"""The demo's sample photos: scikit-image's public-domain / CC0 sample photos, darkened with ``llie.synth``.
+"""The demo's sample photos: scikit-image's public-domain / CC0 sample photos, darkened with ``llie.training.synth``.
 
-``python -m llie.samples`` regenerates ``llie/assets/samples/{low,high}`` deterministically; the results
+``python -m llie.training.samples`` regenerates ``llie/assets/samples/{low,high}`` deterministically; the results
 are committed so the demo needs nothing but the installed package.
 
 Sources (scikit-image ``skimage.data``): astronaut (NASA, public domain), coffee (Rachel Michetti, CC0),
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .synth import SynthConfig, darken
+from llie.training.synth import SynthConfig, darken
 
 SOURCES = {"astronaut.png": "astronaut", "coffee.png": "coffee", "chelsea.png": "chelsea", "rocket.jpg": "rocket"}
 
 
 def samples_dir() -> Path:
-    return Path(__file__).parent / "assets" / "samples"
+    return Path(__file__).parents[1] / "assets" / "samples"
 
 
 def make_samples(dest: Path = samples_dir(), seed: int = 7) -> list[Path]:

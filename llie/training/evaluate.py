@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import Pair, load_rgb
-from .metrics import psnr, quantize8, ssim
-from .pipeline import Enhancer
-from .stats import bootstrap_interval, paired_difference
+from llie.method.pipeline import Enhancer
+from llie.metrics import psnr, quantize8, ssim
+from llie.stats import bootstrap_interval, paired_difference
+from llie.training.data import Pair, load_rgb
 
 CONFIDENCE = 0.95
 

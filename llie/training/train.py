@@ -1,8 +1,8 @@
 """Training both learned stages, resumable, and writing a model bundle.
 
-1. Split the pairs into train/validation by scene (llie.data.group_scenes), never one scene on both sides.
+1. Split the pairs into train/validation by scene (llie.training.data.group_scenes), never one scene on both sides.
 2. Stage 2: fit the quantile model (a bag of members, each on its own augmented histogram rows of the
-   training pairs), each pair weighted by the inverse of its out-of-fold error (llie.quantiles explains
+   training pairs), each pair weighted by the inverse of its out-of-fold error (llie.method.quantiles explains
    why); choose the KDE bandwidth on validation (and record what plain interpolation would score).
 3. Refiner inputs are stage-3 outputs made with *out-of-fold* quantile predictions, so the refiner
    learns to fix the errors stage 2 really makes on unseen images, not the smaller ones it makes on
@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bundle import Bundle, BundleError, load_bundle, save_bundle
-from .data import Pair, group_folds, load_pairs, resolve_training_sets, split_by_group
-from .features import extract_features
-from .mapping import MappingConfig, match_to_quantiles
-from .metrics import psnr, quantize8, ssim
-from .policy import EnhancePolicy, apply_policy
-from .quantiles import QuantileModel, QuantileModelConfig, augmented_rows, harmless_rows, target_quantiles
-from .refine import refine, resolve_device
-from .refiner import Refiner, RefinerConfig
+from llie.method.bundle import Bundle, BundleError, load_bundle, save_bundle
+from llie.method.features import extract_features
+from llie.method.mapping import MappingConfig, match_to_quantiles
+from llie.method.policy import EnhancePolicy, apply_policy
+from llie.method.quantiles import QuantileModel, QuantileModelConfig, augmented_rows, harmless_rows, target_quantiles
+from llie.method.refine import refine, resolve_device
+from llie.method.refiner import Refiner, RefinerConfig
+from llie.metrics import psnr, quantize8, ssim
+from llie.training.data import Pair, group_folds, load_pairs, resolve_training_sets, split_by_group
 
 BANDWIDTHS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08)
 
@@ -69,7 +69,7 @@ class RefinerTrainConfig:
 
 @dataclass
 class TrainConfig:
-    data: str | tuple[str, ...]  # one paired set or several (llie.data.resolve_training_sets)
+    data: str | tuple[str, ...]  # one paired set or several (llie.training.data.resolve_training_sets)
     output: str
     seed: int = 0
     val_fraction: float = 0.15
@@ -234,7 +234,7 @@ def jitter_exposure(x: torch.Tensor, sigma: float, rng: np.random.Generator) -> 
 
 
 def _mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """(C, H, W) padded like numpy's "symmetric" mode, as ``llie.refine`` pads photos."""
+    """(C, H, W) padded like numpy's "symmetric" mode, as ``llie.method.refine`` pads photos."""
     x = torch.cat([x[:, :top].flip(1), x, x[:, x.shape[1] - bottom :].flip(1)], 1)
     return torch.cat([x[:, :, :left].flip(2), x, x[:, :, x.shape[2] - right :].flip(2)], 2)
 
@@ -260,7 +260,7 @@ def pad_at_random(x: torch.Tensor, y: torch.Tensor, multiple: int, patch: int, r
 
 def anchored(pred: torch.Tensor, x: torch.Tensor, policy: EnhancePolicy) -> torch.Tensor:
     """(B, 3, H, W) refiner output shifted to its input's channel means when the policy anchors exposure:
-    the loss then trains what inference keeps (llie.policy)."""
+    the loss then trains what inference keeps (llie.method.policy)."""
     if not policy.anchor_exposure:
         return pred
     return pred - pred.mean(dim=(2, 3), keepdim=True) + x.mean(dim=(2, 3), keepdim=True)
@@ -599,7 +599,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     }
     manifest = save_bundle(bundle, out, extra)
     if eval_pairs:
-        from .evaluate import evaluate_pairs
+        from llie.training.evaluate import evaluate_pairs
 
         report = evaluate_pairs(out, eval_pairs, progress=progress)
         manifest = save_bundle(bundle, out, {**extra, "eval": {"set": "eval15", **report["mean"]}})

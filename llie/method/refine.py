@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a refiner runs: stages 1-3 alone never load it
     import torch
 
-    from .refiner import Refiner
+    from llie.method.refiner import Refiner
 
 
 @dataclass(frozen=True)

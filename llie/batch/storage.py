@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from llie.imageio import is_image_name
+from llie.batch.imageio import is_image_name
 
 StorageOptions = dict[str, Any] | None
 

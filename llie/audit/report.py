@@ -29,8 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from llie import archive, storage
-from llie.audit import DELTA_METRICS, DIGITS, NR_SHOWN, Comparison, ImageScore, RunData, RunSummary, Stats, _ok_mask
+from llie.audit.summary import (
+    DELTA_METRICS,
+    DIGITS,
+    NR_SHOWN,
+    Comparison,
+    ImageScore,
+    RunData,
+    RunSummary,
+    Stats,
+    _ok_mask,
+)
+from llie.batch import archive, storage
 
 THUMB = 192  # longest side of a contact-sheet thumbnail, pixels
 DPI = 100
@@ -239,7 +249,7 @@ def _thumbnail(url: str | None, storage_options: storage.StorageOptions = None) 
                 thumb.thumbnail((THUMB, THUMB))
                 return np.asarray(thumb), len(data)
         # 16-bit and other high-depth modes: llie's own decoder scales them right.
-        from llie.imageio import decode_image
+        from llie.batch.imageio import decode_image
         from llie.metrics import quantize8
 
         rgb = quantize8(decode_image(data).rgb)

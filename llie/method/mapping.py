@@ -36,7 +36,7 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter1d
 
-from .features import PERCENTILES
+from llie.method.features import PERCENTILES
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Windows of 80 pixels cannot see whether the whole picture came out too bright or
 histogram mapping that global exposure error is the largest one left. With ``global_context`` the
 tokens are averaged over the whole image half-way up the stack, and a small MLP of that average is added
 to every token, so each window knows the image it sits in. For photos refined in tiles the context comes
-from a downscaled copy of the whole photo (see ``llie.refine``), so every tile gets the same one.
+from a downscaled copy of the whole photo (see ``llie.method.refine``), so every tile gets the same one.
 
 A token's view of its patch is a linear projection of 300 pixel values to ``dim`` numbers, and its
 correction is a linear image of ``dim`` numbers, so the transformer alone cannot tell noise from detail
@@ -39,10 +39,10 @@ class RefinerConfig:
     window: int = 8  # tokens per attention-window side
     mlp_ratio: float = 2.0
     # whole-image summary added to every token (see the module docstring); bundles written before this
-    # option existed have no such weights and load with it off (llie.bundle)
+    # option existed have no such weights and load with it off (llie.method.bundle)
     global_context: bool = True
     # width of the full-resolution convolutions after the patch head (0: none); bundles written before
-    # this option existed have none and load with 0 (llie.bundle)
+    # this option existed have none and load with 0 (llie.method.bundle)
     detail_channels: int = 24
     detail_layers: int = 4
 

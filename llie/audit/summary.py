@@ -4,7 +4,7 @@ Pure functions over the dataset the archive flow writes (see ``docs/parquet_sche
 
     <output_url>/_metrics/run_id=<run_id>/<shard_id>.parquet
 
-Nothing here knows about Prefect, Dask or matplotlib; ``llie.report`` draws the pictures and
+Nothing here knows about Prefect, Dask or matplotlib; ``llie.audit.report`` draws the pictures and
 ``llie.cli_audit`` is the command line. Every URL may be local or an fsspec URL (``s3://...``);
 credentials come from ``storage_options`` or the environment, never from the URL.
 
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llie import archive, storage
+from llie.batch import archive, storage
 from llie.stats import mean_interval
 
 RANK_METRICS = ("psnr", "ssim")

@@ -1,7 +1,7 @@
 """How far stages 3 and 4 may change a photo: the "do no harm" rules of a bundle.
 
 Stage 3 is trained on dark shots, and stage 2 to return a well-exposed photo's own histogram
-(``llie.quantiles.harmless_rows``), but a learned identity is only close. A photo brighter than any dark
+(``llie.method.quantiles.harmless_rows``), but a learned identity is only close. A photo brighter than any dark
 shot the model was trained on is not one it knows how to improve: stage 3's change is kept in full up to
 a mean luma of ``exposure_full``, not at all from ``exposure_off``, and in proportion between. The two
 overlap: 2 of the 658 dark training shots have a mean luma above 0.24 (the brightest 0.27), while LOL's
@@ -11,7 +11,7 @@ The refiner exists to remove what brightening amplifies: noise, and the casts of
 that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
 weight follows the brightening stage 3 applied (mean luma after over before): none at or below
 ``gain_off``, all of it at or above ``gain_full``, linear in between. Stage 2 is trained to return a
-well-exposed photo's own histogram (``llie.quantiles.harmless_rows``), which makes that gain about 1 for
+well-exposed photo's own histogram (``llie.method.quantiles.harmless_rows``), which makes that gain about 1 for
 such photos, so they pass nearly unchanged.
 
 Global exposure is stage 2's job: it is predicted from the whole photo's histogram, and the refiner's

@@ -1,0 +1,1 @@
+"""Training and evaluation: paired data, synthetic darkening, the training run, per-stage scores."""
