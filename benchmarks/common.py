@@ -207,7 +207,7 @@ def other_llie_processes() -> list[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if "llie.cli train" in cmd:
+        if "llie train" in cmd or "llie_cli train" in cmd:
             out.append(cmd)
     return out
 

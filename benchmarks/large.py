@@ -120,7 +120,7 @@ def startup(repeats: int = 3) -> dict:
             "enhance_hist": [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "llie_cli",
                 "enhance",
                 "--input",
                 str(root / "in"),
@@ -146,7 +146,7 @@ def startup(repeats: int = 3) -> dict:
 
 def _imports_torch() -> bool:
     probe = (
-        "import sys\nfrom flows.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom llie_cli.main import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)

@@ -35,14 +35,15 @@ def main(output: str, workers: int | None) -> None:
     # A temporary Prefect server is started when no API is configured; give it time on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     quiet_prefect_console()  # the summary below says it all; Prefect's INFO lines still reach its API
-    from flows.cli import print_summary
+    from flows.artifacts import summary_text
     from flows.enhance_archive import enhance_archive
 
     # Two images per shard, so even four samples show shards running side by side.
     summary = enhance_archive(
         input_url=str(low), output_url=str(out), reference_url=str(high), shard_size=2, n_workers=workers
     )
-    print_summary(summary)
+    click.echo("")
+    click.echo(summary_text(summary))
     click.echo("")
     click.echo(f"enhanced photos:  {out}/  (same names as {low}/)")
     click.echo(f"per-image rows:   {summary['metrics_url']}/shard-*.parquet")

@@ -5,7 +5,7 @@ Pure functions over the dataset the archive flow writes (see ``docs/parquet_sche
     <output_url>/_metrics/run_id=<run_id>/<shard_id>.parquet
 
 Nothing here knows about Prefect, Dask or matplotlib; ``llie.audit.report`` draws the pictures and
-``llie.cli_audit`` is the command line. Every URL may be local or an fsspec URL (``s3://...``);
+``llie_cli.audit`` is the command line. Every URL may be local or an fsspec URL (``s3://...``);
 credentials come from ``storage_options`` or the environment, never from the URL.
 
 Conventions, so that the numbers can be reproduced with any Parquet reader:

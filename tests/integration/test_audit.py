@@ -277,7 +277,7 @@ def elsewhere(table: pa.Table) -> pa.Table:
 
 def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_path):
     """Images without a score in either run are not "unchanged"; a gate that compared nothing fails."""
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     copy_run(runs, tmp_path, "no-ref", without_scores)
     copy_run(runs, tmp_path, "disjoint", elsewhere)
@@ -308,7 +308,7 @@ def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_pa
 
 
 def test_cli_refuses_options_that_would_do_nothing(runs):
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     for args in (
         ["--fail-on-worse"],
@@ -323,7 +323,7 @@ def test_cli_refuses_options_that_would_do_nothing(runs):
 
 def test_cli_refuses_top_0(runs):
     """--top 0 would print "no images ranked: no ok image has a psnr (no references?)", which is wrong."""
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     result = CliRunner().invoke(cli, ["audit", str(runs.out), "--run", RUN_A, "--top", "0"])
     assert result.exit_code == 2 and "Invalid value for '--top'" in result.output
@@ -332,7 +332,7 @@ def test_cli_refuses_top_0(runs):
 
 def test_cli_reports_an_unreadable_shard_file_as_a_data_error(runs, tmp_path):
     """Not a usage error (exit 2 with the usage text): an error (exit 1) that names the file."""
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     copy_run(runs, tmp_path, RUN_A)
     folder = tmp_path / "_metrics" / f"run_id={RUN_A}"
@@ -408,7 +408,7 @@ def test_report_without_references_leaves_out_the_score_plots(runs, tmp_path):
 
 
 def test_cli_audit(runs, tmp_path):
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     def invoke(*args):
         return CliRunner().invoke(cli, ["audit", str(runs.out), *args], catch_exceptions=False)
@@ -460,7 +460,7 @@ def test_audit_reads_s3(runs, s3, tmp_path):
     assert remote.pop("output_url") == s3.url("out") and local.pop("output_url") == str(runs.out)
     assert remote == local
     assert [r.run_id for r in audit.list_runs(s3.url("out"))] == [RUN_A]
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     result = CliRunner().invoke(
         cli, ["audit", s3.url("out"), "--top", "2", "--report", s3.url("reports/a.html")], catch_exceptions=False

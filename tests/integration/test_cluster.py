@@ -109,7 +109,7 @@ def test_external_cluster_without_api_url_reports_to_the_runs_own_server(tmp_pat
         command = [
             sys.executable,
             "-m",
-            "flows.cli",
+            "llie_cli",
             "run",
             str(inp),
             str(out),

@@ -19,7 +19,7 @@ def _llie(args: list[str], **env: str) -> subprocess.CompletedProcess:
     for key in ("DASK_LOGGING__DISTRIBUTED", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
         child.pop(key, None)
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], env=child, cwd=REPO, capture_output=True, text=True, timeout=400
+        [sys.executable, "-m", "llie_cli", *args], env=child, cwd=REPO, capture_output=True, text=True, timeout=400
     )
 
 
@@ -100,7 +100,7 @@ def test_summary_text_is_lines_not_a_dict():
     assert "n/a (no references)" in text and "--retry-failed" in text and "{" not in text
 
 
-@pytest.mark.parametrize("entry", ["flows.cli", "deployments.serve"])  # flows.demo: as flows.cli
+@pytest.mark.parametrize("entry", ["llie_cli.main", "deployments.serve"])  # flows.demo: as llie_cli
 def test_every_entry_point_quiets_dask_through_its_config(entry):
     """Importing any entry point sets Dask's logging config, for its own loggers and its children."""
     code = (

@@ -328,7 +328,7 @@ def _wait_until_idle(dask_address: str, quiet_for: float = 1.5, timeout: float =
 def _cli(args: list[str], bundle_path) -> str:
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     if bundle_path:
         args = args + ["--model", bundle_path]
@@ -376,7 +376,7 @@ def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
     ]
     metrics = out / "_metrics" / "run_id=half"
     log_path = base / "killed-run.log"
-    command = [sys.executable, "-m", "flows.cli", *args, *(["--model", bundle_path] if bundle_path else [])]
+    command = [sys.executable, "-m", "llie_cli", *args, *(["--model", bundle_path] if bundle_path else [])]
     proc = _start_run(command, subprocess_env(), log_path)
     try:
         _wait_for_a_shard(proc, metrics, log_path)
@@ -449,7 +449,7 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
     command = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "llie_cli",
         "run",
         str(inp),
         str(out),
@@ -515,7 +515,7 @@ def test_a_full_output_disk_fails_the_run_and_the_printed_resume_command_complet
     space again, completes the run."""
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     inp, out = tmp_path / "in", tmp_path / "out"
     images = [f"photos/p{i}.png" for i in range(4)]
@@ -681,7 +681,7 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
     ]
     metrics = out / "_metrics" / "run_id=kill9"
     log_path = tmp_path / "run.log"
-    proc = _start_run([sys.executable, "-m", "flows.cli", *args], env, log_path)
+    proc = _start_run([sys.executable, "-m", "llie_cli", *args], env, log_path)
     server = None
     try:
         _wait_for_a_shard(proc, metrics, log_path)

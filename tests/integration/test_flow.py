@@ -313,7 +313,7 @@ def test_resume_with_other_shard_size_is_refused(dask_address, tmp_path, make_im
 def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images, bundle_path):
     from click.testing import CliRunner
 
-    from flows.cli import cli, main
+    from llie_cli.main import cli, main
 
     assert callable(main)
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -351,7 +351,7 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
 
 
 def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
-    from flows.cli import DEFAULT_SHARD_SIZE, resume_command
+    from llie_cli.run import DEFAULT_SHARD_SIZE, resume_command
 
     plain = resume_command("photos/", "out", "r-1", None, DEFAULT_SHARD_SIZE, None)
     assert plain == "llie run photos/ out --run-id r-1"
@@ -365,7 +365,7 @@ def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
 def test_retry_failed_without_a_run_id_is_a_usage_error(tmp_path, make_images):
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     make_images(tmp_path / "in", ["a.png"])
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--retry-failed"])

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 # runs the console entry point's command group in this interpreter, then reports what it imported
 PROBE = """
 import sys
-from flows.cli import cli
+from llie_cli.main import cli
 try:
     cli(sys.argv[1:])
 except SystemExit as exit:

@@ -43,7 +43,7 @@ def _copy_bundle(dest: Path) -> Path:
 def test_run_with_a_tampered_bundle_is_refused_before_any_work(prefect_harness, tmp_path, make_images):
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     bundle = _copy_bundle(tmp_path / "bundle")
     data = bytearray((bundle / "refiner.safetensors").read_bytes())
@@ -72,7 +72,7 @@ def test_a_missing_model_is_refused_before_any_work(prefect_harness, tmp_path, m
     """Not three shards retried with backoff until they fail: the CLI and the flow check it first."""
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     make_images(tmp_path / "in", ["a.png"])
     missing = str(tmp_path / "no-such-bundle")
@@ -128,7 +128,7 @@ def test_bundle_files_are_data_formats_and_no_code_unpickles():
         if name.endswith(".ubj.gz"):  # gzip around UBJSON: an object marker once decompressed
             assert gzip.decompress((default_bundle_path() / name).read_bytes())[:1] == b"{"
     repo = Path(llie.__file__).resolve().parents[1]
-    sources = [p for d in ("tasks", "flows", "deployments") for p in sorted((repo / d).rglob("*.py"))]
+    sources = [p for d in ("llie_cli", "tasks", "flows", "deployments") for p in sorted((repo / d).rglob("*.py"))]
     assert len(sources) >= 4
     for path in sources:
         _, problems = _unsafe_loads(path.read_text())
@@ -352,7 +352,7 @@ def test_output_overlapping_the_reference_or_the_input_through_an_alias_is_refus
     through by file identity."""
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     inp, ref = tmp_path / "in", tmp_path / "refs" / "ref"
     make_images(inp, ["a.png", "b.png"])
@@ -387,7 +387,7 @@ def test_the_bundle_check_cannot_be_switched_off_and_reads_nothing_outside_the_b
     before anything is read; every error names its file."""
     from click.testing import CliRunner
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     tampered = _copy_bundle(tmp_path / "emptied")
     data = bytearray((tampered / "refiner.safetensors").read_bytes())
@@ -441,7 +441,7 @@ def test_credentials_in_a_url_are_refused_before_anything_sees_them(prefect_harn
     from click.testing import CliRunner
     from prefect.client.orchestration import get_client
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     secret_urls = [
         f"s3://{FAKE_KEY_ID}:{FAKE_SECRET}@bucket/in",

@@ -48,7 +48,7 @@ def test_parse_nests_dotted_keys_reads_json_and_keeps_credentials_strings():
 
 
 def test_resume_command_repeats_the_options_without_their_credentials():
-    from flows.cli import resume_command
+    from llie_cli.run import resume_command
 
     cmd = resume_command(
         "s3://b/in", "s3://b/out", "r1", None, 64, None, so.parse(["endpoint_url=http://h:9000", f"secret={SECRET}"])
@@ -58,7 +58,7 @@ def test_resume_command_repeats_the_options_without_their_credentials():
 
 
 def test_bad_storage_option_is_a_usage_error():
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     result = CliRunner().invoke(cli, ["audit", "s3://b/out", "--storage-option", "endpoint_url"])
     assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
@@ -103,7 +103,7 @@ def test_run_and_audit_reach_s3_through_options_alone(prefect_harness, options_o
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     bucket, args, opts = options_only_s3
     names = ["a.png", "sub/b.png", "c.png"]

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from helpers_synthetic import pair, scene, to_uint8, write_lol
 from PIL import Image
 
-from llie.cli import cli
 from llie.method.bundle import load_bundle
+from llie_cli.main import cli
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -378,8 +378,8 @@ def test_train_command_passes_its_settings_through(tmp_path):
 
 
 def test_train_defaults_for_stage2_match_the_library():
-    from llie.cli import DEFAULT_BAG, DEFAULT_HISTOGRAM_ROWS
     from llie.method.quantiles import QuantileModelConfig
+    from llie_cli.commands import DEFAULT_BAG, DEFAULT_HISTOGRAM_ROWS
 
     assert DEFAULT_HISTOGRAM_ROWS == QuantileModelConfig().augmentations
     assert DEFAULT_BAG == QuantileModelConfig().bag
@@ -423,7 +423,7 @@ def test_output_compression_settings_change_the_bytes_not_the_pixels(tmp_path):
 
 def test_encoding_defaults_match_the_library():
     from llie.batch.imageio import EncodeOptions
-    from llie.cli import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_COMPRESSION
+    from llie_cli.commands import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_COMPRESSION
 
     assert (DEFAULT_PNG_COMPRESSION, DEFAULT_JPEG_QUALITY) == (
         EncodeOptions().png_compression,

@@ -33,7 +33,7 @@ def _summaries() -> dict[str, str]:
 
 
 def _commands() -> dict[str, click.Command]:
-    from flows.cli import cli
+    from llie_cli.main import cli
 
     ctx = click.Context(cli)
     return {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}

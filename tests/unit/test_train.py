@@ -490,7 +490,7 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     from helpers_synthetic import to_uint8
     from PIL import Image
 
-    from llie.cli import cli
+    from llie_cli.main import cli
 
     png = write_lol(tmp_path / "lol", 6, 96, 112, seed=11)
     sice = tmp_path / "sice"

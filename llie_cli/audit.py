@@ -1,6 +1,6 @@
 """``llie audit``: quality, problems and speed of archive runs, from their Parquet metrics.
 
-Registered on the ``llie`` group by ``llie.cli``. Imports stay inside the command so that
+Registered on the ``llie`` group by ``llie_cli.main``. Imports stay inside the command so that
 ``llie --help`` does not pay for pyarrow or matplotlib.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from llie.cli_options import storage_option_flag
+from llie_cli.options import storage_option_flag
 
 # llie.audit.summary.RANK_METRICS, spelled out so that importing the CLI does not import pyarrow.
 RANK_METRICS = ("psnr", "ssim")

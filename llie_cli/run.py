@@ -1,6 +1,6 @@
-"""The ``llie`` console entry point: llie's own commands plus ``llie run`` (the archive flow).
+"""``llie run``: the archive flow from the command line, with a progress bar and a resume command.
 
-``llie.cli`` stays free of Prefect; this module adds the one command that needs it.
+The one command that needs Prefect; ``llie_cli.commands`` stays free of it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from flows import credentials
 from flows.artifacts import summary_text
 from flows.console import quiet_prefect_console
 from llie.batch import archive, storage, storage_options
-from llie.cli import cli, encoding_options
-from llie.cli_options import storage_option_flag
+from llie_cli.commands import encoding_options
+from llie_cli.options import storage_option_flag
 
 DEFAULT_SHARD_SIZE = 64
 
@@ -180,7 +180,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     click.echo(summary_text(summary))
 
 
-@cli.command("run")
+@click.command("run")
 @click.argument("input_url")
 @click.argument("output_url")
 @click.option(
@@ -335,11 +335,3 @@ def run_command(
         )
         sys.exit(1)
     print_summary(state.result())
-
-
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """The ``llie`` command line: enhance a folder, evaluate on pairs, train, make synthetic pairs.
 
-The archive workflow (``llie run``) is added by ``flows.cli``, which owns the console entry point, so this
-module stays free of Prefect.
+``llie_cli.main`` adds ``llie audit`` and ``llie run`` (the archive flow, which needs Prefect) to this
+group, so this module stays free of Prefect.
 """
 
 from __future__ import annotations
@@ -643,16 +643,3 @@ def synth(input_dir, output_dir, seed, exposure) -> None:
     except ValueError as exc:  # overlapping folders, two inputs that would share an output name
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {len(names)} pairs to {output_dir}/low and {output_dir}/high")
-
-
-from llie.cli_audit import audit  # noqa: E402
-
-cli.add_command(audit)
-
-
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()
