@@ -39,6 +39,7 @@ def orientation_report(
     data: Path, model: str | None = None, max_pairs: int | None = None, progress: bool = True
 ) -> dict:
     from llie.method.pipeline import Enhancer
+    from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
     from llie.method.refine import ENSEMBLE_TRANSFORMS, dihedral, refine, undo_dihedral
     from llie.training.data import find_pairs, load_rgb
     from llie.training.evaluate import score
@@ -53,10 +54,13 @@ def orientation_report(
     for i, pair in enumerate(tqdm(pairs, desc="orientation", disable=not progress)):
         low, high = load_rgb(pair.low), load_rgb(pair.high)
         mapped = enhancer.enhance(low, stages="hist").image
+        policy = enhancer.bundle.policy  # the bundle's rules, as the pipeline applies them
+        weight = refiner_weight(brightening(channel_means(low), channel_means(mapped)), policy)
         outputs = []
         for k in range(8):
             refined = refine(enhancer.bundle.refiner, dihedral(mapped, k), enhancer.device, enhancer.tiling)
-            outputs.append(undo_dihedral(refined, k))
+            turned_back = np.ascontiguousarray(undo_dihedral(refined, k))
+            outputs.append(np.clip(apply_policy(mapped, turned_back, weight, policy), 0.0, 1.0))
             s = score(outputs[-1], high)
             psnr[i, k], ssim[i, k] = s["psnr"], s["ssim"]
         for n, ks in ENSEMBLE_TRANSFORMS.items():
