@@ -10,14 +10,13 @@ dimmest well-exposed targets sit at 0.21; below the gate, the learned identity i
 The refiner exists to remove what brightening amplifies: noise, and the casts of a dark sensor. A photo
 that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
 weight follows the brightening stage 3 applied (mean luma after over before): none at or below
-``gain_off``, all of it at or above ``gain_full``, linear in between. Stage 2 is trained to return a
-well-exposed photo's own histogram (``llie.method.quantiles.harmless_rows``), which makes that gain about 1 for
-such photos, so they pass nearly unchanged.
+``gain_off``, all of it at or above ``gain_full``, linear in between. The learned identity makes that
+gain about 1 for well-exposed photos, so they pass nearly unchanged.
 
 Global exposure is stage 2's job: it is predicted from the whole photo's histogram, and the refiner's
 view of it did not carry over to scenes it was not trained on. With ``anchor_exposure`` the refined
 photo is shifted back to stage 3's per-channel means, so the refiner changes local structure and no
-more. The defaults describe bundles from before these rules (refiner always applied, as it is).
+more. The defaults describe bundles from before these rules (stage 3 and the refiner always applied, as they are).
 """
 
 from __future__ import annotations
