@@ -141,7 +141,7 @@ def no_reference_stats(rgb: np.ndarray) -> NoReferenceStats:
         hist += np.bincount(levels.astype(np.uint8).ravel(), minlength=256)
 
         if luma.shape[0] >= 3 and width >= 3:
-            laplacian_abs += _abs_laplacian_sum(luma)
+            laplacian_abs += abs_laplacian_sum(luma)
 
     counts = np.array(band_counts, dtype=np.float64)
     means = np.array(band_means)
@@ -162,7 +162,7 @@ def no_reference_stats(rgb: np.ndarray) -> NoReferenceStats:
     )
 
 
-def _abs_laplacian_sum(luma: np.ndarray) -> float:
+def abs_laplacian_sum(luma: np.ndarray) -> float:
     """Sum of |luma * N| over valid pixels, N = [[1,-2,1],[-2,4,-2],[1,-2,1]] (Immerkaer).
 
     N is the outer product of [1,-2,1] with itself, so two 1-D second differences compute it

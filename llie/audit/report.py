@@ -38,7 +38,8 @@ from llie.audit.summary import (
     RunData,
     RunSummary,
     Stats,
-    _ok_mask,
+    finite,
+    ok_mask,
 )
 from llie.batch import archive, storage
 
@@ -80,13 +81,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    return values[np.isfinite(values)]
-
-
 def _ok_values(run: RunData, column: str) -> np.ndarray:
-    return _finite(run.column(column)[_ok_mask(run.table)])
+    return finite(run.column(column)[ok_mask(run.table)])
 
 
 def _bins(*arrays: np.ndarray, n: int = 30) -> np.ndarray:

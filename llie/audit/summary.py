@@ -230,12 +230,10 @@ def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
+def finite(values: np.ndarray) -> np.ndarray:
+    """The finite values, as float64 (a PSNR of inf is counted apart, never averaged)."""
+    values = np.asarray(values, dtype=np.float64)
     return values[np.isfinite(values)]
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclass
@@ -255,7 +253,7 @@ class Stats:
     def of(cls, values: np.ndarray) -> Stats | None:
         values = np.asarray(values, dtype=np.float64)
         infinite = int(np.isinf(values).sum())
-        values = _finite(values)
+        values = finite(values)
         if values.size == 0:
             return None
         p5, median, p95 = np.percentile(values, [5, 50, 95])
@@ -284,7 +282,8 @@ class ImageScore:
     bytes_out: int | None = None
 
 
-def _ok_mask(table: pa.Table) -> np.ndarray:
+def ok_mask(table: pa.Table) -> np.ndarray:
+    """True for the rows whose status is ``ok``: the rows quality statistics use."""
     return np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
 
 
@@ -368,7 +367,7 @@ def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScor
         raise ValueError(f"rank metric must be one of {RANK_METRICS}, got {metric!r}")
     table = run.table
     values = run.column(metric)
-    candidates = np.flatnonzero(_ok_mask(table) & np.isfinite(values))
+    candidates = np.flatnonzero(ok_mask(table) & np.isfinite(values))
     if candidates.size == 0 or n <= 0:
         return [], []
     paths = table.column("rel_path").to_numpy(zero_copy_only=False)[candidates]
@@ -397,7 +396,7 @@ def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScor
 def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     """Everything ``llie audit`` prints about one run."""
     table = run.table
-    ok = _ok_mask(table)
+    ok = ok_mask(table)
     statuses = Counter(table.column("status").to_pylist())
 
     problem_idx = np.flatnonzero(~ok)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llie.metrics import _abs_laplacian_sum
+from llie.metrics import abs_laplacian_sum
 
 PERCENTILES = np.arange(0, 101, 5, dtype=np.float64)  # 0, 5, ..., 100: the 21 points stage 2 predicts
 N_BINS = 256
@@ -104,7 +104,7 @@ def noise_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarra
         sigma = np.zeros(3)
         if ch >= 3 and cw >= 3:
             for c in range(3):
-                sigma[c] = np.sqrt(np.pi / 2) * _abs_laplacian_sum(levels[..., c]) / (6.0 * (ch - 2) * (cw - 2))
+                sigma[c] = np.sqrt(np.pi / 2) * abs_laplacian_sum(levels[..., c]) / (6.0 * (ch - 2) * (cw - 2))
         grey = levels.mean(axis=2)[::2, ::2]  # subsampled, so the gradient sees structure more than noise
         gradient = 0.0
         if grey.shape[0] >= 2:
