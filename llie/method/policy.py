@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LUMA = np.array([0.299, 0.587, 0.114])
+from llie.method.mapping import LUMA
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def channel_means(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
 
 def brightening(source_means: np.ndarray, mapped_means: np.ndarray) -> float:
     """Stage 3's gain: mean luma after over before (a black photo counts as brightened without bound)."""
-    before, after = float(source_means @ LUMA), float(mapped_means @ LUMA)
+    before, after = mean_luma(source_means), mean_luma(mapped_means)
     return after / before if before > 1e-6 else np.inf
 
 
