@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from llie.batch.png import PngMetadata, encode_png
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 
 # Formats Pillow may use to open a file. An allow-list, not Pillow's full registry: some plugins
@@ -80,7 +82,8 @@ class EncodeOptions:
     """How outputs are compressed; format, mode and metadata always follow the input."""
 
     # zlib level of PNG outputs, 0-9: 1 writes several times faster than Pillow's default 6 for
-    # slightly larger files (the README gives the figures)
+    # slightly larger files (the README gives the figures); 0 and 1 go through llie.batch.png, a
+    # faster writer than Pillow's, 2-9 through Pillow's, which picks a filter per row
     png_compression: int = 1
     jpeg_quality: int = 95  # JPEG and WebP outputs, 1-100
 
@@ -377,23 +380,15 @@ def encode_image(
         else ("RGBA" if alpha is not None else "RGB")
     )
     mode = _fit_mode(wanted, fmt)
-
-    if mode in ("RGB", "RGBA"):
-        arr = _rgb_codes(rgb)
-        if mode == "RGBA":
-            arr = np.dstack([arr, _quantize(_fit_alpha(alpha, width, height), 255, np.uint8)])
-        image = Image.fromarray(arr)
-    else:
-        rgb = _clipped(rgb)
-        # Same Rec.601 weights Pillow uses for RGB -> L.
-        planes = [rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)]
-        if mode == "LA":
-            planes.append(_fit_alpha(alpha, width, height))
-    if mode == "I;16":
-        image = Image.fromarray(_quantize(planes[0], 65535, np.uint16))
-    elif mode in ("L", "LA"):
-        arr = np.stack([_quantize(p, 255, np.uint8) for p in planes], axis=-1)
-        image = Image.fromarray(arr[..., 0] if mode == "L" else arr)
+    rows = _pixel_rows(rgb, mode, alpha)
+    if fmt == "PNG" and options.png_compression <= 1:  # the fast writer: llie.batch.png
+        meta = PngMetadata(
+            icc_profile=like.icc_profile if like.icc_profile and _icc_fits(like.icc_profile, mode) else None,
+            exif=_reset_orientation(like.exif) if like.exif else None,
+            dpi=like.dpi,
+        )
+        return encode_png(rows, (width, height), mode, options.png_compression, meta)
+    image = Image.fromarray(rows(0, height))
 
     save: dict[str, object] = {}
     if fmt in ("JPEG", "WEBP"):
@@ -429,6 +424,27 @@ def _fit_mode(mode: str, fmt: str) -> str:
         if candidate in allowed:
             return candidate
     return "RGB"
+
+
+def _pixel_rows(rgb: np.ndarray, mode: str, alpha: np.ndarray | None):
+    """``rows(top, bottom)``: those rows of the output's pixels in ``mode``, as Pillow's array for it.
+    RGB(A) rows are converted when asked for (the PNG writer asks band by band, no full-size float
+    copy); the grey modes, rare, are converted whole first."""
+    height, width = rgb.shape[:2]
+    if mode == "RGB":
+        return lambda top, bottom: _rgb_codes(rgb[top:bottom])
+    if mode == "RGBA":
+        codes = _quantize(_fit_alpha(alpha, width, height), 255, np.uint8)
+        return lambda top, bottom: np.dstack([_rgb_codes(rgb[top:bottom]), codes[top:bottom]])
+    # Same Rec.601 weights Pillow uses for RGB -> L.
+    luma = _clipped(rgb) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if mode == "I;16":
+        arr = _quantize(luma, 65535, np.uint16)
+    elif mode == "L":
+        arr = _quantize(luma, 255, np.uint8)
+    else:  # LA
+        arr = np.stack([_quantize(p, 255, np.uint8) for p in (luma, _fit_alpha(alpha, width, height))], axis=-1)
+    return lambda top, bottom: arr[top:bottom]
 
 
 def _fit_alpha(alpha: np.ndarray | None, width: int, height: int) -> np.ndarray:
