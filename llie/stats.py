@@ -61,6 +61,36 @@ def paired_difference(differences, confidence: float = 0.95) -> dict:
     }
 
 
+def clustered_difference(
+    differences, clusters, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> dict:
+    """``paired_difference`` for items that come in clusters which move together, such as the pairs of one
+    scene: the interval resamples whole clusters, so ten shots of one scene count as one piece of evidence,
+    not ten. The mean is over items, as the resampled means are (sums over drawn clusters over their counts)."""
+    differences = _checked(differences, confidence)
+    clusters = np.asarray(clusters).ravel()
+    if clusters.shape != differences.shape:
+        raise ValueError(f"{differences.size} differences but {clusters.size} cluster labels")
+    _, index = np.unique(clusters, return_inverse=True)
+    n = int(index.max()) + 1
+    sums, counts = np.bincount(index, differences, n), np.bincount(index, None, n)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, (1 << 20) // n)
+    for start in range(0, resamples, chunk):
+        pick = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        means[start : start + len(pick)] = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {
+        "difference": float(differences.mean()),
+        "interval": [float(low), float(high)],
+        "clusters": n,
+        "better": int(np.sum(differences > 0)),
+        "worse": int(np.sum(differences < 0)),
+    }
+
+
 def _checked(values, confidence: float) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:

@@ -206,3 +206,46 @@ def test_quality_section_reports_an_interval_around_every_mean(tmp_path):
     assert "PSNR 95% interval" in table
     stage3 = q["methods"]["llie stages 1-3"]["psnr_interval"]
     assert f"{stage3[0]:.2f} to {stage3[1]:.2f}" in table
+
+
+def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_variant(tmp_path):
+    """benchmarks/quality_cv.py on two tiny synthetic sets: figures per set, out of fold, and a variant that
+    turns the exposure gate off changes every well-exposed photo the model's own policy leaves alone."""
+    from helpers_synthetic import write_lol
+
+    from benchmarks.quality_cv import cross_validate, parse_variant, table
+
+    data = [write_lol(tmp_path / "indoor", 6, 48, 64, seed=5), write_lol(tmp_path / "outdoor", 6, 48, 64, seed=6)]
+    gate_off = "exposure_full=1.0,exposure_off=1.0"
+    report = cross_validate(data, [gate_off], ["harmless=0"], folds=2, threads=1, progress=False)
+    assert report["pairs"] == 12 and set(report["sets"]) == {"indoor", "outdoor"}
+    for s in report["sets"].values():
+        model, variant = s["figures"]["model"], s["figures"][gate_off]
+        assert model["pairs"] == variant["pairs"] == 6
+        assert 5 < model["dark_psnr"] < 60 and 0 < model["dark_ssim"] <= 1
+        # most well-lit synthetic targets sit above the gate: the model returns them as they were
+        assert model["exposed_changed"] < variant["exposed_changed"] == 6
+        assert variant["exposed_mean_psnr"] < model["exposed_mean_psnr"] <= 60.0
+        cost = s["differences"][gate_off]["exposed_psnr"]
+        assert cost["difference"] < 0 and cost["interval"][0] <= cost["difference"] <= cost["interval"][1]
+        assert s["differences"][gate_off]["dark_psnr"]["difference"] >= 0.0  # dark shots are enhanced in full
+        # a stage-2 variant is a refit: it moves the dark shots' figures, under the model's own policy
+        refit = s["figures"]["stage 2 harmless=0"]
+        assert refit["dark_psnr"] != model["dark_psnr"] and refit["pairs"] == 6
+    assert report["settings"]["stage 2 harmless=0"]["stage2"]["harmless"] == 0
+    assert report["settings"]["model"]["stage2"]["harmless"] == 3  # the shipped model's
+    assert "**indoor**" in table(report) and f"| {gate_off} |" in table(report)
+    base = parse_variant("", parse_variant("colour=channels", parse_variant("max_slope=4", _settings())))
+    assert base.mapping.colour == "channels" and base.mapping.max_slope == 4.0
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_variant("no_such_field=1", base)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_variant("harmless=6", base)  # a stage-2 setting is not a mapping or policy one
+
+
+def _settings():
+    from benchmarks.quality_cv import Settings
+    from llie.method.mapping import MappingConfig
+    from llie.method.policy import EnhancePolicy
+
+    return Settings(MappingConfig(), EnhancePolicy())

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from llie.stats import BOOTSTRAP_MAX_VALUES, bootstrap_interval, mean_interval, paired_difference
+from llie.stats import (
+    BOOTSTRAP_MAX_VALUES,
+    bootstrap_interval,
+    clustered_difference,
+    mean_interval,
+    paired_difference,
+)
 from llie.training.evaluate import compare_reports, format_comparison, format_table
 
 
@@ -155,3 +161,28 @@ def test_paired_difference_counts_and_brackets_the_mean_difference():
     assert low <= out["difference"] <= high and low < high
     with pytest.raises(ValueError, match="finite"):
         paired_difference([0.1, np.inf])
+
+
+def test_clustered_difference_counts_a_cluster_of_copies_as_one_piece_of_evidence():
+    """Ten copies of each of 8 scene-level differences: resampling items would see 80 values and shrink the
+    interval about three-fold; resampling scenes gives the interval of the 8 scenes themselves."""
+    rng = np.random.default_rng(3)
+    per_scene = rng.normal(0.3, 1.0, 8)
+    d, scenes = np.repeat(per_scene, 10), np.repeat(np.arange(8), 10)
+    out = clustered_difference(d, scenes)
+    assert out["difference"] == pytest.approx(per_scene.mean()) and out["clusters"] == 8
+    clustered = out["interval"][1] - out["interval"][0]
+    scene_level = np.subtract(*bootstrap_interval(per_scene)[::-1])
+    naive = np.subtract(*bootstrap_interval(d)[::-1])
+    assert clustered == pytest.approx(scene_level, rel=0.15)
+    assert clustered > 2 * naive
+    assert out["better"] == 10 * int((per_scene > 0).sum())
+
+
+def test_clustered_difference_weighs_items_not_clusters_and_checks_its_labels():
+    d, scenes = np.array([1.0, 1.0, 1.0, -1.0]), np.array(["a", "a", "a", "b"])
+    out = clustered_difference(d, scenes)
+    assert out["difference"] == pytest.approx(0.5)  # the mean of the four pairs, not of the two scenes
+    assert out["interval"][0] == pytest.approx(-1.0) and out["interval"][1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="cluster labels"):
+        clustered_difference(d, scenes[:3])

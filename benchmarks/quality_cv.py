@@ -1,0 +1,290 @@
+"""How the method's choices carry over to scenes it never saw: scene-grouped cross-validation over one or
+several paired sets, with figures per set and paired intervals that resample scenes.
+
+Stage 2 is fit once per fold of scenes, with a model bundle's stage-2 settings (the shipped model's by
+default), and each pair's dark shot and well-exposed target are predicted by the fit that never saw their
+scene. On those out-of-fold predictions, per set:
+
+* **dark shots**: stage-3 PSNR and SSIM against the target, with the bundle's mapping and do-no-harm policy;
+* **well-exposed photos**: the target itself fed in, stages 1-3 under the policy (and the refiner, where the
+  policy lets it act, with ``--refiner``): PSNR of the output against the photo, its mean and minimum, and
+  how many photos fall below 22 and 28 dB;
+* **variants**: each ``--variant key=value,...`` (fields of the mapping or of the policy) and each
+  ``--stage2-variant key=value,...`` (fields of stage 2's settings: stage 2 is refit for it) scored the same
+  way, with its paired difference to the bundle's own settings and a 95% interval resampling scenes.
+
+The refiner's figures on dark shots belong to pairs it never trained on: ``llie evaluate`` on held-out
+pairs, and the validation split in the bundle's manifest. About 15 minutes on two cores for LOL our485 and
+SICE-pairs (658 pairs) with one stage-2 model per fold; not part of ``make bench``:
+
+    python -m benchmarks.quality_cv --data ../shared/datasets/LOL-v1 --data ../shared/datasets/SICE-pairs \\
+        --variant colour=channels --variant exposure_full=0.2,exposure_off=0.26 --stage2-variant harmless=6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from llie.method.mapping import MappingConfig
+from llie.method.policy import EnhancePolicy
+
+from .common import REPO
+
+WELL_EXPOSED_FLOORS = (22.0, 28.0)  # dB: a well-exposed photo that comes back below these was changed visibly
+PSNR_CAP = 60.0  # an unchanged photo has an infinite PSNR; capped so that means stay finite
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What stages 1-3 do with a stage-2 prediction: the mapping and the policy of a bundle, or a variant."""
+
+    mapping: MappingConfig
+    policy: EnhancePolicy
+
+
+def parse_variant(text: str, base: Settings) -> Settings:
+    """``"colour=channels,exposure_full=0.2"`` applied to ``base``: each key a field of the mapping or the
+    policy, each value parsed as that field's type."""
+    mapping, policy = _assignments(text, {"mapping": base.mapping, "policy": base.policy})
+    return Settings(replace(base.mapping, **mapping), replace(base.policy, **policy))
+
+
+def parse_stage2_variant(text: str, base):
+    """``"harmless=6"`` applied to a ``QuantileModelConfig``."""
+    (changes,) = _assignments(text, {"stage 2": base})
+    return replace(base, **changes)
+
+
+def _assignments(text: str, targets: dict[str, Any]) -> list[dict]:
+    """Split ``KEY=VALUE,...`` among the dataclasses of ``targets``, each value parsed as its field's type."""
+    known = {f.name: where for where, obj in targets.items() for f in fields(obj)}
+    out: dict[str, dict] = {where: {} for where in targets}
+    for item in filter(None, text.split(",")):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in known:
+            raise ValueError(f"variant {text!r}: {item!r} is not KEY=VALUE with KEY one of {sorted(known)}")
+        out[known[key]][key] = _parse_value(value, getattr(targets[known[key]], key))
+    return list(out.values())
+
+
+def _parse_value(value: str, like):
+    if isinstance(like, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.lower() == "true"
+    return type(like)(value) if isinstance(like, (int, float)) else value
+
+
+def out_of_fold_predictions(pairs, lows, highs, quantile_cfg, folds: int, seed: int, threads, progress: bool):
+    """(dark, well-exposed) stage-2 predictions, (N, 3, 21) each, every pair from a fit without its scene."""
+    from llie.method.features import extract_features
+    from llie.training.data import group_folds
+    from llie.training.train import bag_rows, fit_quantiles, full_image_features
+
+    row_sets = bag_rows(pairs, lows, highs, quantile_cfg, seed, progress)
+    target_features = np.stack([extract_features(h) for h in highs])
+    fold = group_folds(pairs, folds, seed)
+    dark, exposed = np.zeros((len(pairs), 3, 21)), np.zeros((len(pairs), 3, 21))
+    for k in tqdm(range(folds), desc="stage 2 folds", disable=not progress):
+        fit, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        model = fit_quantiles([[rows[i] for i in fit] for rows in row_sets], quantile_cfg, None, threads)
+        dark[held] = model.predict(full_image_features([row_sets[0][i] for i in held]))
+        exposed[held] = model.predict(target_features[held])
+    return dark, exposed
+
+
+def stages_1_to_3(rgb: np.ndarray, quantiles: np.ndarray, settings: Settings) -> tuple[np.ndarray, float]:
+    """Stage 3 under the policy's exposure gate, as the pipeline runs it; returns (image, gate weight)."""
+    from llie.method.mapping import match_to_quantiles
+    from llie.method.policy import blend, channel_means, stage3_weight
+
+    weight = stage3_weight(channel_means(rgb), settings.policy)
+    if weight == 0:
+        return rgb.astype(np.float32), 0.0
+    return blend(rgb, match_to_quantiles(rgb, quantiles, settings.mapping), weight), weight
+
+
+def refined(rgb: np.ndarray, mapped: np.ndarray, refiner, settings: Settings) -> np.ndarray:
+    """The refiner's share of the policy on top of stage 3 (none where stage 3 barely brightened)."""
+    from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
+    from llie.method.refine import refine, resolve_device
+
+    weight = refiner_weight(brightening(channel_means(rgb), channel_means(mapped)), settings.policy)
+    if weight == 0 or refiner is None:
+        return mapped
+    return apply_policy(mapped, refine(refiner, mapped, resolve_device("cpu")), weight, settings.policy)
+
+
+def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress: bool) -> dict[str, np.ndarray]:
+    """Per pair: dark shot's stage-3 PSNR/SSIM, the well-exposed photo's PSNR after the pipeline;
+    ``predictions`` are the (dark, well-exposed) out-of-fold stage-2 predictions."""
+    dark_q, exposed_q = predictions
+    from llie.metrics import psnr, quantize8, ssim
+
+    out = {k: np.zeros(len(lows)) for k in ("dark_psnr", "dark_ssim", "exposed_psnr", "exposed_gate")}
+    for i in tqdm(range(len(lows)), desc="score", disable=not progress, leave=False):
+        mapped, _ = stages_1_to_3(lows[i], dark_q[i], settings)
+        out8 = quantize8(mapped) / 255.0
+        out["dark_psnr"][i], out["dark_ssim"][i] = psnr(out8, highs[i]), ssim(out8, highs[i])
+        kept, gate = stages_1_to_3(highs[i], exposed_q[i], settings)
+        kept = refined(highs[i], kept, refiner, settings)
+        out["exposed_psnr"][i] = min(psnr(quantize8(kept) / 255.0, highs[i]), PSNR_CAP)
+        out["exposed_gate"][i] = gate
+    return out
+
+
+def summary(scores: dict[str, np.ndarray]) -> dict:
+    exposed = scores["exposed_psnr"]
+    return {
+        "pairs": len(exposed),
+        "dark_psnr": float(scores["dark_psnr"].mean()),
+        "dark_ssim": float(scores["dark_ssim"].mean()),
+        "exposed_mean_psnr": float(exposed.mean()),
+        "exposed_min_psnr": float(exposed.min()),
+        **{f"exposed_below_{floor:g}": int((exposed < floor).sum()) for floor in WELL_EXPOSED_FLOORS},
+        "exposed_changed": int((scores["exposed_gate"] > 0).sum()),
+    }
+
+
+def cross_validate(
+    data: list[Path],
+    variants: list[str],
+    stage2_variants: tuple[str, ...] | list[str] = (),
+    folds: int = 5,
+    seed: int = 0,
+    model: Path | None = None,
+    refiner: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Per-set figures of the bundle's settings and of each variant, and the variants' paired differences."""
+    from llie.method.bundle import load_bundle
+    from llie.method.quantiles import QuantileModelConfig
+    from llie.stats import clustered_difference
+    from llie.training.data import load_pairs, resolve_training_sets
+
+    bundle = load_bundle(model, refiner=refiner)
+    trained = bundle.manifest.get("training", {}).get("config", {}).get("quantile", {})
+    quantile_cfg = replace(QuantileModelConfig(**trained), bag=1, error_weighting=False, seed=seed)
+    pairs, _ = resolve_training_sets(data)
+    lows, highs = load_pairs(pairs)
+    stage2 = {"model": quantile_cfg} | {v: parse_stage2_variant(v, quantile_cfg) for v in stage2_variants}
+    predictions = {
+        name: out_of_fold_predictions(pairs, lows, highs, cfg, folds, seed, threads, progress)
+        for name, cfg in stage2.items()
+    }
+    base = Settings(bundle.mapping, bundle.policy)
+    runs = {"model": (base, "model")} | {v: (parse_variant(v, base), "model") for v in variants}
+    runs |= {f"stage 2 {v}": (base, v) for v in stage2_variants}
+    scores = {
+        name: score_pairs(lows, highs, predictions[fit], s, bundle.refiner, progress) for name, (s, fit) in runs.items()
+    }
+    sets = np.array([p.group.split("/")[0] if len(data) > 1 else Path(data[0]).name for p in pairs])
+    groups = np.array([p.group for p in pairs])
+    report: dict[str, Any] = {
+        "data": [str(d) for d in data],
+        "pairs": len(pairs),
+        "scenes": len(set(groups)),
+        "folds": folds,
+        "seed": seed,
+        "stage2": asdict(quantile_cfg),
+        "refiner_on_well_exposed": refiner,
+        "settings": {
+            name: {"mapping": asdict(s.mapping), "policy": asdict(s.policy), "stage2": asdict(stage2[fit])}
+            for name, (s, fit) in runs.items()
+        },
+        "sets": {},
+    }
+    for name in sorted(set(sets)):
+        sel = sets == name
+        per_set = {v: summary({k: a[sel] for k, a in s.items()}) for v, s in scores.items()}
+        differences = {
+            v: {
+                metric: clustered_difference(scores[v][metric][sel] - scores["model"][metric][sel], groups[sel])
+                for metric in ("dark_psnr", "dark_ssim", "exposed_psnr")
+            }
+            for v in runs
+            if v != "model"
+        }
+        report["sets"][name] = {"scenes": len(set(groups[sel])), "figures": per_set, "differences": differences}
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"{report['pairs']} pairs, {report['scenes']} scenes, {report['folds']} scene-grouped folds, "
+        "out-of-fold stage 2; stages 1-3 with the policy"
+        + (", and the refiner on well-exposed photos" if report["refiner_on_well_exposed"] else ""),
+    ]
+    floors = " | ".join(f"< {f:g} dB" for f in WELL_EXPOSED_FLOORS)
+    for name, s in report["sets"].items():
+        lines += [
+            "",
+            f"**{name}** ({s['figures']['model']['pairs']} pairs, {s['scenes']} scenes)",
+            "",
+            f"| settings | dark PSNR | dark SSIM | well-exposed mean PSNR | min | {floors} | changed |",
+            "|---|---|---|---|---|" + "---|" * len(WELL_EXPOSED_FLOORS) + "---|",
+        ]
+        for v, f in s["figures"].items():
+            below = " | ".join(str(f[f"exposed_below_{x:g}"]) for x in WELL_EXPOSED_FLOORS)
+            lines.append(
+                f"| {v} | {f['dark_psnr']:.2f} | {f['dark_ssim']:.3f} | {f['exposed_mean_psnr']:.1f} | "
+                f"{f['exposed_min_psnr']:.1f} | {below} | {f['exposed_changed']} |"
+            )
+        if s["differences"]:
+            lines += [
+                "",
+                "| variant minus model | dark PSNR dB | dark SSIM | well-exposed PSNR dB |",
+                "|---|---|---|---|",
+            ]
+            for v, d in s["differences"].items():
+                cells = [
+                    _difference(d[m], 3 if m == "dark_ssim" else 2) for m in ("dark_psnr", "dark_ssim", "exposed_psnr")
+                ]
+                lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _difference(d: dict, digits: int) -> str:
+    low, high = d["interval"]
+    return f"{d['difference']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    datasets = REPO.parent / "shared" / "datasets"
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        help="a paired set, repeatable (default: LOL-v1 and SICE-pairs under ../shared/datasets)",
+    )
+    parser.add_argument("--variant", action="append", default=[], help="KEY=VALUE,... of the mapping or policy")
+    parser.add_argument(
+        "--stage2-variant", action="append", default=[], help="KEY=VALUE,... of stage 2's settings (refits it)"
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="draws the folds and stage 2's rows and trees")
+    parser.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped model)")
+    parser.add_argument("--refiner", action="store_true", help="also run the refiner on well-exposed photos")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    data = args.data or [datasets / "LOL-v1", datasets / "SICE-pairs"]
+    report = cross_validate(
+        data, args.variant, args.stage2_variant, args.folds, args.seed, args.model, args.refiner, args.threads
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()
