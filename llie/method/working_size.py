@@ -52,13 +52,44 @@ def _bounds(size: int, parts: int) -> np.ndarray:
     return (np.arange(parts) * size) // parts
 
 
+def _pairwise_rows(rows: np.ndarray) -> np.ndarray:
+    """The sum of a stack of rows as numpy's pairwise summation adds up a contiguous run of numbers
+    (eight running sums, then a tree; halves beyond 128), so the result is the bit-exact sum that
+    ``np.add.reduceat`` computes along an axis, one whole row per addition."""
+    n = len(rows)
+    if n < 8:
+        total = rows[0].copy()
+        for row in rows[1:]:
+            total += row
+        return total
+    if n <= 128:
+        partial = rows[:8].copy()
+        end = n - n % 8
+        for start in range(8, end, 8):
+            partial += rows[start : start + 8]
+        total = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + (
+            (partial[4] + partial[5]) + (partial[6] + partial[7])
+        )
+        for row in rows[end:]:
+            total += row
+        return total
+    half = n // 2 - (n // 2) % 8
+    return _pairwise_rows(rows[:half]) + _pairwise_rows(rows[half:])
+
+
 def area_downscale(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """An HxWxC (or HxW) image averaged over the block of input pixels under each output pixel (the
-    blocks split the image into near-equal runs of rows and columns), as float32. Rows are summed
-    first, which reads the full-size image once, in memory order."""
+    blocks split the image into near-equal runs of rows and columns), as float32. Each run of rows
+    is summed first, a whole row per addition: the same sums as ``np.add.reduceat`` along the rows
+    (its first row plus the pairwise sum of the others), ten times faster on a full-size photo,
+    whose columns reduceat walks one at a time; then the runs of columns."""
     height, width = image.shape[:2]
     rows, cols = _bounds(height, shape[0]), _bounds(width, shape[1])
-    sums = np.add.reduceat(image, rows, axis=0, dtype=np.float32)
+    sums = np.empty((shape[0], *image.shape[1:]), np.float32)
+    for i, (top, bottom) in enumerate(zip(rows, np.append(rows[1:], height))):
+        sums[i] = image[top]
+        if bottom - top > 1:
+            sums[i] += _pairwise_rows(image[top + 1 : bottom].astype(np.float32, copy=False))
     sums = np.add.reduceat(sums, cols, axis=1)
     counts = np.outer(np.diff(rows, append=height), np.diff(cols, append=width)).astype(np.float32)
     return sums / (counts if image.ndim == 2 else counts[..., None])

@@ -105,6 +105,24 @@ def test_area_downscale_averages_blocks():
 
 
 @pytest.mark.parametrize(
+    "size, shape",
+    [((61, 40), (7, 9)), ((700, 9), (2, 3)), ((300, 4), (1, 1)), ((45, 30), (45, 29)), ((2000, 6), (7, 2))],
+)
+def test_area_downscale_sums_rows_exactly_as_reduceat(size, shape):
+    """Row runs of 1 to 1000 rows (numpy's pairwise summation: sequential, 8-way, split in halves):
+    the bit-exact sums of np.add.reduceat, so large photos' outputs did not move with the faster sum."""
+    rng = np.random.default_rng(5)
+    image = rng.random((*size, 3), dtype=np.float32)
+    mask = rng.random(size) > 0.4
+    for x in (image, mask):
+        rows, cols = (np.arange(n) * s // n for n, s in zip(shape, size))
+        sums = np.add.reduceat(np.add.reduceat(x, rows, axis=0, dtype=np.float32), cols, axis=1)
+        counts = np.outer(np.diff(rows, append=size[0]), np.diff(cols, append=size[1])).astype(np.float32)
+        expected = sums / (counts if x.ndim == 2 else counts[..., None])
+        np.testing.assert_array_equal(area_downscale(x, shape), expected)
+
+
+@pytest.mark.parametrize(
     "shape, expected",
     [((3000, 4000), (450, 600)), ((4000, 3000), (600, 450)), ((3, 900), (2, 600)), ((1, 100000), (1, 600))],
 )
