@@ -186,6 +186,17 @@ def _per_channel_and_hue_kept(codes: np.ndarray, luts: list[np.ndarray], levels:
     return per_channel, kept
 
 
+def _channel_max(rgb: np.ndarray) -> np.ndarray:
+    """``rgb.max(axis=-1)``, the same values twenty times faster (a reduction over an axis of three
+    runs numpy's loop once per pixel)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def _channel_min(rgb: np.ndarray) -> np.ndarray:
+    """``rgb.min(axis=-1)``, as ``_channel_max``."""
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
 def hue_angle(rgb: np.ndarray) -> np.ndarray:
     """Hue in degrees (-180, 180] of HxWx3 values, from the opponent axes (the hexagon's, smoothly)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -202,7 +213,7 @@ def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConf
     """HxWx1 weight of the hue-kept result: the global mix, or for "bounded" the per-pixel turn past the bound."""
     if config.colour == "hue":
         return np.full(source.shape[:2] + (1,), config.hue_mix, np.float32)
-    chroma = source.max(axis=-1) - source.min(axis=-1)
+    chroma = _channel_max(source) - _channel_min(source)
     weight = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
     shown = weight > 0  # hue angles only where a hue shows: a dark shot has few such pixels
     turn = hue_turn(source[shown], per_channel[shown])
@@ -216,17 +227,21 @@ def _keep_hue(
     """The colour="hue" or "bounded" result, band by band: a first pass sums both results' channels for
     the gains."""
     sums = np.zeros((2, 3))
-    for band in _bands(codes):
+    bands = _bands(codes)
+    computed = []  # an image of one band (up to 1 MP) keeps its first pass for the second
+    for band in bands:
         per_channel, kept = _per_channel_and_hue_kept(codes[band], luts, levels)
+        if len(bands) == 1:
+            computed.append((per_channel, kept))
         pick = slice(None) if mask is None else mask[band]
         sums[0] += per_channel[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
         sums[1] += kept[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
     gains = (sums[0] / np.maximum(sums[1], 1e-9)).astype(np.float32)
     out = np.empty(codes.shape, np.float32)
-    for band in _bands(codes):
-        per_channel, kept = _per_channel_and_hue_kept(codes[band], luts, levels)
+    for band in bands:
+        per_channel, kept = computed.pop() if computed else _per_channel_and_hue_kept(codes[band], luts, levels)
         kept *= gains
-        luma, peak = kept @ LUMA, kept.max(axis=-1)
+        luma, peak = kept @ LUMA, _channel_max(kept)
         # past white: shrink the chroma toward grey at the same luma until the largest channel fits
         over = peak > 1.0
         if over.any():

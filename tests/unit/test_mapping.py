@@ -243,3 +243,29 @@ def test_bounded_colour_keeps_small_turns_per_channel_and_bounds_large_ones():
     )
     untouched = _hue_turn(dim, channels) < 30 - 15
     np.testing.assert_allclose(bounded[untouched], channels[untouched], atol=1e-6)
+
+
+@pytest.mark.parametrize("colour", ["bounded", "hue"])
+def test_keep_hue_shortcuts_leave_every_value_as_it_was(monkeypatch, colour):
+    """The channel max/min by np.maximum/np.minimum and the reuse of a one-band image's first pass
+    are speed-ups only: the result equals, bit for bit, the one with numpy's own reductions."""
+    from llie.method import mapping
+
+    rng = np.random.default_rng(11)
+    image = np.clip(pair(64, 96, seed=3)[0] + rng.normal(0, 0.02, (64, 96, 3)), 0, 1).astype(np.float32)
+    image[5, 5] = [1.0, 1.0, 1.0]  # a pixel pushed past white by the gains
+    quantiles = np.tile(np.linspace(0.1, 0.95, 21), (3, 1)) * np.array([[1.0], [0.8], [0.6]])
+    config = MappingConfig(colour=colour, hue_mix=0.7)
+    fast = match_to_quantiles(image, quantiles, config)
+    values = rng.random((50, 3), dtype=np.float32)
+    values[0, 1] = np.nan
+    np.testing.assert_array_equal(mapping._channel_max(values), values.max(axis=-1))
+    np.testing.assert_array_equal(mapping._channel_min(values), values.min(axis=-1))
+
+    calls = []
+    one_pass = mapping._per_channel_and_hue_kept
+    monkeypatch.setattr(mapping, "_channel_max", lambda rgb: rgb.max(axis=-1))
+    monkeypatch.setattr(mapping, "_channel_min", lambda rgb: rgb.min(axis=-1))
+    monkeypatch.setattr(mapping, "_per_channel_and_hue_kept", lambda *a: calls.append(1) or one_pass(*a))
+    np.testing.assert_array_equal(match_to_quantiles(image, quantiles, config), fast)
+    assert len(calls) == 1  # one band: the first pass is not recomputed
