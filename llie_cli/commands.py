@@ -43,7 +43,25 @@ def encoding_options(command):
     )(command)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands named in ``LAZY_COMMANDS`` are imported when first asked for: ``llie run``
+    brings Prefect, Dask, fsspec and pyarrow (half a second), which ``llie enhance`` does not need."""
+
+    LAZY_COMMANDS = {"run": ("llie_cli.run", "run_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attribute = self.LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="llie")
 def cli() -> None:
     """llie: turn dark, noisy photos into well-lit ones.

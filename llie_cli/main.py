@@ -1,13 +1,12 @@
-"""The ``llie`` console entry point: one click group holding every command."""
+"""The ``llie`` console entry point: one click group holding every command (``llie run`` loaded when
+asked for: ``llie_cli.commands.LazyGroup``)."""
 
 from __future__ import annotations
 
 from llie_cli.audit import audit
 from llie_cli.commands import cli
-from llie_cli.run import run_command
 
 cli.add_command(audit)
-cli.add_command(run_command)
 
 __all__ = ["cli", "main"]
 

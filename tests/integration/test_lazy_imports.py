@@ -22,10 +22,18 @@ try:
 except SystemExit as exit:
     code = exit.code or 0
 print("exit", code, "torch", "torch" in sys.modules, "prefect", "prefect" in sys.modules)
+heavy = ("torch", "prefect", "flows", "dask", "distributed", "pyarrow", "xgboost")
+print("loaded", ",".join(m for m in heavy if m in sys.modules) or "-")
 """
 
 
 def _imports(*args: str) -> tuple[int, bool]:
+    code, loaded = _loaded(*args)
+    return code, "torch" in loaded
+
+
+def _loaded(*args: str) -> tuple[int, set[str]]:
+    """Exit code of ``llie ARGS`` run in a fresh interpreter, and which of the heavy packages it imported."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         cwd=REPO,
@@ -34,9 +42,9 @@ def _imports(*args: str) -> tuple[int, bool]:
         text=True,
         timeout=300,
     )
-    last = done.stdout.strip().splitlines()[-1].split()
-    assert last[0] == "exit", done.stdout + done.stderr
-    return int(last[1]), last[3] == "True"
+    exit_line, loaded_line = (line.split() for line in done.stdout.strip().splitlines()[-2:])
+    assert exit_line[0] == "exit" and loaded_line[0] == "loaded", done.stdout + done.stderr
+    return int(exit_line[1]), set(loaded_line[1].split(",")) - {"-"}
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +83,11 @@ def test_audit_does_not_import_torch(photos):
     archive.write_shard_parquet(rows, archive.shard_parquet_url(str(out), "20250101T000000Z-abcdef", shard.shard_id))
     code, torch_loaded = _imports("audit", str(out), "--run", "20250101T000000Z-abcdef")
     assert code == 0 and not torch_loaded
+
+
+def test_enhance_hist_starts_without_the_archive_stack(photos):
+    """`llie run` (Prefect, Dask, pyarrow) is imported when asked for, not for `llie enhance`."""
+    args = ("enhance", "--input", str(photos / "in"), "--output", str(photos / "lean"), "--stages", "hist")
+    assert _loaded(*args) == (0, {"xgboost"})  # stage 2's booster is all stages 1-3 need beyond numpy and scipy
+    code, loaded = _loaded("run", "--help")
+    assert code == 0 and "torch" not in loaded
