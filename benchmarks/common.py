@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,25 @@ def set_torch_threads(n: int) -> int:
 
     torch.set_num_threads(max(1, int(n)))
     return torch.get_num_threads()
+
+
+@contextmanager
+def worker_threads(n: int):
+    """Torch on ``n`` threads and OMP_NUM_THREADS=n, which the PNG writer reads for its bands (as a
+    Dask worker, whose nanny sets 1, runs them); both restored afterwards."""
+    import torch
+
+    before_torch, before_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    set_torch_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        set_torch_threads(before_torch)
+        if before_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_env
 
 
 # --------------------------------------------------------------------------- subprocesses

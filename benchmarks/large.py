@@ -14,6 +14,7 @@ and the command line's start-up.
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -23,18 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPO, set_torch_threads, synthetic_pair, to_png
+from .common import REPO, synthetic_pair, to_png, worker_threads
 
 SHRUNK_LONG_SIDE = 600
 
 
-def _median_seconds(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
+def _median_seconds(fn, repeats: int) -> tuple[float, list[float], float]:
+    """Median wall seconds of ``repeats`` calls, all of them, and the median process CPU seconds
+    (less disturbed by other processes' load than wall time; above wall time when threads run)."""
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times), times
+        cpu.append(time.process_time() - c)
+    return statistics.median(times), times, statistics.median(cpu)
 
 
 def _shrunk(rgb: np.ndarray) -> np.ndarray:
@@ -57,26 +61,31 @@ def per_photo(enhancer, width: int, height: int, repeats: int, cores: int) -> di
     png = to_png(synthetic_pair(width, height, seed=4000)[0])
     decoded = decode_image(png)
     out = {"size": f"{width}x{height}", "megapixels": width * height / 1e6, "png_bytes": len(png), "repeats": repeats}
-    out["io_floor_s"], _ = _median_seconds(lambda: encode_image(decode_image(png).rgb, decoded), repeats)
+    out["io_floor_s"], _, out["io_floor_cpu_s"] = _median_seconds(
+        lambda: encode_image(decode_image(png).rgb, decoded), repeats
+    )
     for threads in sorted({cores, 1}, reverse=True):
-        set_torch_threads(threads)
         for stages in ("hist", "full"):
-            seconds = {}
+            seconds: dict[str, float] = {}
 
-            def photo():
+            def photo(stages=stages, seconds=seconds):
+                t = time.perf_counter()
                 img = decode_image(png)
-                result = enhancer.enhance(img.rgb, stages=stages, mask=img.opaque)  # noqa: B023 (run in this iteration)
+                seconds["decode"] = time.perf_counter() - t
+                result = enhancer.enhance(img.rgb, stages=stages, mask=img.opaque)
+                t = time.perf_counter()
                 encode_image(result.image, img)
-                seconds.update(result.seconds)  # noqa: B023
+                seconds.update(result.seconds, encode=time.perf_counter() - t)
 
-            photo()  # first-call costs (allocator, torch kernels) out of the timing
-            median, times = _median_seconds(photo, repeats)
+            with worker_threads(threads):
+                photo()  # first-call costs (allocator, torch kernels) out of the timing
+                median, times, cpu = _median_seconds(photo, repeats)
             out[f"{stages}_threads_{threads}"] = {
                 "seconds": median,
+                "cpu_s": cpu,
                 "spread_s": [min(times), max(times)],
-                "enhance_parts_s": dict(seconds),
+                "parts_s": dict(seconds),
             }
-    set_torch_threads(cores)
     out["photos_per_hour_per_core"] = 3600.0 / out["full_threads_1"]["seconds"]
     return out
 
@@ -144,6 +153,48 @@ def startup(repeats: int = 3) -> dict:
     return out
 
 
+# runs `llie enhance` in a fresh interpreter as the console entry point does, recording every
+# EnhanceResult.seconds it produces (stages 1-3 and the refiner, per image)
+CLI_PROBE = """
+import json, sys
+from llie.method import pipeline
+seconds = []
+enhance = pipeline.Enhancer.enhance
+def recorded(self, *args, **kwargs):
+    result = enhance(self, *args, **kwargs)
+    seconds.append(result.seconds)
+    return result
+pipeline.Enhancer.enhance = recorded
+from llie_cli.main import cli
+try:
+    cli(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(seconds))
+"""
+
+
+def cli_stage_seconds(width: int, height: int, n_images: int) -> dict:
+    """Median milliseconds per image of each stage inside `llie enhance` (a fresh process, as a user
+    runs it: default threads, torch loaded for the full pipeline), for both stage sets; the first
+    image, which pays first-call costs, is left out of the median."""
+    with tempfile.TemporaryDirectory(prefix="llie-bench-cli-") as tmp:
+        root = Path(tmp)
+        (root / "in").mkdir()
+        for i in range(n_images):
+            (root / "in" / f"p{i:03d}.png").write_bytes(to_png(synthetic_pair(width, height, seed=300 + i)[0]))
+        out = {"size": f"{width}x{height}", "images": n_images}
+        for stages in ("hist", "full"):
+            args = ["enhance", "--input", str(root / "in"), "--output", str(root / stages), "--stages", stages]
+            done = subprocess.run(
+                [sys.executable, "-c", CLI_PROBE, *args], cwd=REPO, capture_output=True, text=True, check=True
+            )
+            per_image = json.loads(done.stdout.strip().splitlines()[-1])
+            steady = per_image[1:] or per_image
+            out[stages] = {k: 1e3 * statistics.median(p[k] for p in steady) for k in steady[0]}
+    return out
+
+
 def _imports_torch() -> bool:
     probe = (
         "import sys\nfrom llie_cli.main import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -170,10 +221,12 @@ def large_photos(
     consistency: tuple[int, int],
     cores: int,
     startup_repeats: int = 3,
+    cli_images: tuple[int, int, int] = (600, 400, 12),
 ) -> dict:
     return {
         "sizes": {name: per_photo(enhancer, w, h, repeats, cores) for name, w, h, repeats in sizes},
         "scale_consistency": scale_consistency(enhancer, *consistency, plain_baseline=True),
         "startup": startup(startup_repeats),
+        "cli_stage_ms": cli_stage_seconds(*cli_images),
         "gpu": gpu(),
     }

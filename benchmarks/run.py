@@ -51,6 +51,7 @@ class Plan:
     large_sizes: tuple[tuple[str, int, int, int], ...]  # (name, width, height, repeats)
     consistency: tuple[int, int]  # width, height of the photo enhanced at full size and shrunk
     startup_repeats: int = 3
+    cli_images: tuple[int, int, int] = (600, 400, 12)  # width, height, images of the `llie enhance` stage timing
     # quick runs trade fidelity for fewer process start-ups (each imports torch: seconds)
     flow_warmup_run: bool = True
     flow_multiple: int = 4  # the flow also runs on k x N images (k shards); below 2: N only
@@ -81,6 +82,7 @@ QUICK = Plan(
     large_sizes=(("large (quick: 1200x900)", 1200, 900, 1),),
     consistency=(1200, 900),
     startup_repeats=1,
+    cli_images=(160, 120, 2),
     flow_warmup_run=False,
     flow_multiple=0,
     malloc_images=0,  # two more subprocess start-ups: skipped
@@ -176,7 +178,7 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
         w, h, n, passes = plan.pipeline
         return {
             "torch_threads": set_torch_threads(cpu_count()),
-            **pipeline_throughput(enhancer, Size("p", w, h), n, passes),
+            **pipeline_throughput(enhancer, Size("p", w, h), n, passes, cores=cpu_count()),
         }
     if section == "large":
         from .large import large_photos
@@ -184,7 +186,12 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
         return {
             "torch_threads": set_torch_threads(cpu_count()),
             **large_photos(
-                enhancer, plan.large_sizes, plan.consistency, cores=cpu_count(), startup_repeats=plan.startup_repeats
+                enhancer,
+                plan.large_sizes,
+                plan.consistency,
+                cores=cpu_count(),
+                startup_repeats=plan.startup_repeats,
+                cli_images=plan.cli_images,
             ),
         }
     if section == "quality":

@@ -114,44 +114,84 @@ def _he_v(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32) / np.float32(255.0)
 
 
-def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int) -> dict:
+def _pillow_png(rgb: np.ndarray) -> bytes:
+    """Pillow's PNG encoder at level 1 (a filter tried per row): the encode half of the issue's I/O floor."""
+    import io
+
+    from PIL import Image
+
+    from llie.batch.imageio import _rgb_codes
+
+    buf = io.BytesIO()
+    Image.fromarray(_rgb_codes(rgb)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores: int) -> dict:
     """Images per second of decode -> X -> encode for X in (nothing, CLAHE, stages 1-3, all stages).
 
     The variants run interleaved, pass after pass over the same in-memory PNGs, so drifting machine
-    load hits them all alike; each variant's number is the median pass.
+    load hits them all alike; each variant's number is the median pass. Besides llie's own I/O floor
+    (``llie.batch.imageio``, whose PNG writer is llie.batch.png) the floor the issue set its target
+    against runs too: Pillow decode + Pillow's PNG encoder at level 1. The full pipeline runs on all
+    cores in this process and on one thread (torch and the PNG writer), as one Dask worker per core
+    runs it; ``cores`` x that is the flow's throughput if workers scale perfectly (the scaling
+    section measures how near they come). Process CPU seconds per image are recorded beside wall time.
     """
     from llie.batch.imageio import decode_image, encode_image
 
+    from .common import worker_threads
+
     pngs = [to_png(synthetic_pair(size.width, size.height, seed=200 + i)[0]) for i in range(n_images)]
+    llie_encode = lambda rgb, img: encode_image(rgb, like=img)  # noqa: E731
+    pillow_encode = lambda rgb, img: _pillow_png(rgb)  # noqa: E731
+    # name -> (X, encoder, threads: None = all cores)
     variants = {
-        "io_floor": lambda rgb: rgb,
-        "opencv_clahe": _clahe_lab,
-        "stages_1_3": lambda rgb: enhancer.enhance(rgb, stages="hist").image,
-        "full_pipeline": lambda rgb: enhancer.enhance(rgb, stages="full").image,
+        "io_floor": (lambda rgb: rgb, llie_encode, None),
+        "io_floor_pillow": (lambda rgb: rgb, pillow_encode, None),
+        "opencv_clahe": (_clahe_lab, llie_encode, None),
+        "stages_1_3": (lambda rgb: enhancer.enhance(rgb, stages="hist").image, llie_encode, None),
+        "full_pipeline": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, None),
+        "full_pipeline_1_thread": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, 1),
     }
 
-    def one_pass(fn) -> float:
-        t = time.perf_counter()
-        for data in pngs:
-            img = decode_image(data)
-            encode_image(fn(img.rgb), like=img)
-        return time.perf_counter() - t
+    def one_pass(fn, encode, threads) -> tuple[float, float]:
+        with worker_threads(threads or cores):
+            t, cpu = time.perf_counter(), time.process_time()
+            for data in pngs:
+                img = decode_image(data)
+                encode(fn(img.rgb), img)
+            return time.perf_counter() - t, time.process_time() - cpu
 
-    for fn in variants.values():  # warm-up: first-call costs (allocator, torch kernels) out of the timings
-        one_pass(fn)
+    for variant in variants.values():  # warm-up: first-call costs (allocator, torch kernels) out of the timings
+        one_pass(*variant)
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(passes):
-        for name, fn in variants.items():
-            times[name].append(one_pass(fn))
+        for name, variant in variants.items():
+            wall, used = one_pass(*variant)
+            times[name].append(wall)
+            cpu[name].append(used)
     out = {}
     for name, ts in times.items():
         s = summarise_times(ts)
         out[name] = {
             "images_per_s": n_images / s["median_s"],
             "ms_per_image": s["median_s"] / n_images * 1e3,
+            "cpu_ms_per_image": float(np.median(cpu[name])) / n_images * 1e3,
             "spread_images_per_s": [n_images / s["max_s"], n_images / s["min_s"]],
+            "threads": variants[name][2] or cores,
         }
-    floor = out["io_floor"]["images_per_s"]
+    floor, pillow_floor = out["io_floor"]["images_per_s"], out["io_floor_pillow"]["images_per_s"]
     for name in out:
         out[name]["fraction_of_io_floor"] = out[name]["images_per_s"] / floor
-    return {"size": f"{size.width}x{size.height}", "images": n_images, "passes": passes, "variants": out}
+        out[name]["fraction_of_pillow_io_floor"] = out[name]["images_per_s"] / pillow_floor
+    one = out["full_pipeline_1_thread"]
+    one["images_per_s_one_worker_per_core"] = one["images_per_s"] * cores
+    return {
+        "size": f"{size.width}x{size.height}",
+        "images": n_images,
+        "passes": passes,
+        "cores": cores,
+        "variants": out,
+    }

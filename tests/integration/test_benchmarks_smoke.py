@@ -76,10 +76,20 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     }
 
     variants = results["pipeline"]["variants"]
-    assert set(variants) == {"io_floor", "opencv_clahe", "stages_1_3", "full_pipeline"}
+    assert set(variants) == {
+        "io_floor",
+        "io_floor_pillow",
+        "opencv_clahe",
+        "stages_1_3",
+        "full_pipeline",
+        "full_pipeline_1_thread",
+    }
     for name, row in variants.items():
         _positive(row["images_per_s"], f"pipeline.{name}")
         _positive(row["fraction_of_io_floor"], f"pipeline.{name} ratio")
+        _positive(row["fraction_of_pillow_io_floor"], f"pipeline.{name} ratio to Pillow's floor")
+        _positive(row["cpu_ms_per_image"], f"pipeline.{name} CPU")
+    _positive(variants["full_pipeline_1_thread"]["images_per_s_one_worker_per_core"], "pipeline one worker per core")
 
     large = results["large"]
     for name, row in large["sizes"].items():
@@ -93,6 +103,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     _positive(large["startup"]["enhance_hist_s"], "large.startup.enhance_hist_s")
     assert large["startup"]["imports_torch"] is False
     assert large["gpu"]["note"]
+    for stages in ("hist", "full"):  # each stage's time inside `llie enhance`, as a user runs it
+        _positive(large["cli_stage_ms"][stages]["quantiles"], f"large.cli_stage_ms.{stages}.quantiles")
+    _positive(large["cli_stage_ms"]["full"]["refiner"], "large.cli_stage_ms.full.refiner")
 
     orch = results["orchestration"]
     for key in ("n_s", "k_n_s", "per_image_s"):
