@@ -56,7 +56,9 @@ def evaluate_targets(results: dict) -> list[dict]:
         "pipeline.variants.full_pipeline_1_thread.images_per_s_one_worker_per_core",
         f"{cores} x the one-thread pipeline (the flow's layout: one single-threaded worker per core, "
         f"perfect scaling assumed; the scaling section measures it); one process on {cores} torch threads: "
-        f"{_fmt(in_process, 2)} images/s",
+        f"{_fmt(in_process, 2)} images/s; with the refiner in bf16 (opt-in, outputs move by a level or two): "
+        f"{_fmt(_get(results, 'pipeline', 'variants', 'full_pipeline_1_thread_bf16', 'images_per_s_one_worker_per_core'), 2)}"
+        " images/s",
     )
     sizes = _get(results, "large", "sizes") or {}
     first = next(iter(sizes), None)
@@ -325,6 +327,7 @@ def render_markdown(results: dict) -> str:
             "stages_1_3": 'llie stages 1-3 (stages="hist")',
             "full_pipeline": "llie full pipeline",
             "full_pipeline_1_thread": "llie full pipeline, 1 thread",
+            "full_pipeline_1_thread_bf16": "llie full pipeline, 1 thread, refiner in bf16 (opt-in)",
         }
         rows = [
             [
@@ -349,6 +352,13 @@ def render_markdown(results: dict) -> str:
                 f"{_fmt(one['images_per_s'], 2)} = **{_fmt(one['images_per_s_one_worker_per_core'], 2)} images/s** "
                 "if workers scale perfectly (the scaling section measures the real speed-up, with reference metrics).",
             ]
+        bf16 = pipe["variants"].get("full_pipeline_1_thread_bf16")
+        if bf16:
+            lines.append(
+                f"With the refiner in bf16 (`TilingConfig(cpu_bf16=True)`, opt-in: outputs move by a level or two, "
+                f"paired quality in `benchmarks/precision.py`): {pipe.get('cores')} x {_fmt(bf16['images_per_s'], 2)} = "
+                f"**{_fmt(bf16['images_per_s_one_worker_per_core'], 2)} images/s**."
+            )
 
     large = results.get("large")
     if large:

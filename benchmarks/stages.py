@@ -127,6 +127,20 @@ def _pillow_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _bf16_twin(enhancer):
+    """The same model with the refiner in bf16 on CPU (``TilingConfig.cpu_bf16``)."""
+    from dataclasses import replace
+
+    from llie.method.pipeline import Enhancer
+
+    return Enhancer(
+        enhancer.bundle,
+        device=str(enhancer.device),
+        tiling=replace(enhancer.tiling, cpu_bf16=True),
+        working=enhancer.working,
+    )
+
+
 def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores: int) -> dict:
     """Images per second of decode -> X -> encode for X in (nothing, CLAHE, stages 1-3, all stages).
 
@@ -143,6 +157,7 @@ def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores:
     from .common import worker_threads
 
     pngs = [to_png(synthetic_pair(size.width, size.height, seed=200 + i)[0]) for i in range(n_images)]
+    bf16 = _bf16_twin(enhancer)
     llie_encode = lambda rgb, img: encode_image(rgb, like=img)  # noqa: E731
     pillow_encode = lambda rgb, img: _pillow_png(rgb)  # noqa: E731
     # name -> (X, encoder, threads: None = all cores)
@@ -153,6 +168,8 @@ def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores:
         "stages_1_3": (lambda rgb: enhancer.enhance(rgb, stages="hist").image, llie_encode, None),
         "full_pipeline": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, None),
         "full_pipeline_1_thread": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, 1),
+        # opt-in, not the default: its output moves by a level or two (benchmarks/precision.py)
+        "full_pipeline_1_thread_bf16": (lambda rgb: bf16.enhance(rgb, stages="full").image, llie_encode, 1),
     }
 
     def one_pass(fn, encode, threads) -> tuple[float, float]:
@@ -186,8 +203,8 @@ def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores:
     for name in out:
         out[name]["fraction_of_io_floor"] = out[name]["images_per_s"] / floor
         out[name]["fraction_of_pillow_io_floor"] = out[name]["images_per_s"] / pillow_floor
-    one = out["full_pipeline_1_thread"]
-    one["images_per_s_one_worker_per_core"] = one["images_per_s"] * cores
+    for name in ("full_pipeline_1_thread", "full_pipeline_1_thread_bf16"):
+        out[name]["images_per_s_one_worker_per_core"] = out[name]["images_per_s"] * cores
     return {
         "size": f"{size.width}x{size.height}",
         "images": n_images,

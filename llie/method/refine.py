@@ -31,6 +31,10 @@ class TilingConfig:
     overlap: int = 80  # pixels shared by neighbouring tiles, blended
     max_side: int = 1280  # images whose padded sides both fit go through untiled
     batch: int = 4  # tiles per forward pass
+    # CPU inference in bfloat16 (torch.autocast; oneDNN's AVX-512 BF16/AMX kernels): the refiner runs
+    # about 1.7x faster, but its output moves by a level or two, so it is off unless asked for
+    # (speed and paired quality: benchmarks/precision.py, docs/benchmarks.md)
+    cpu_bf16: bool = False
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -49,27 +53,34 @@ def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
 
 
 @contextmanager
-def _inference(device: torch.device):
-    """No autograd; fp16 autocast on CUDA (within an 8-bit level of CPU, see tests/unit/test_cuda.py)."""
+def _inference(device: torch.device, cpu_bf16: bool = False):
+    """No autograd; fp16 autocast on CUDA (within an 8-bit level of CPU, see tests/unit/test_cuda.py),
+    bf16 autocast on CPU when asked for (``TilingConfig.cpu_bf16``)."""
     import torch
 
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+    if device.type == "cuda":
+        autocast = torch.autocast("cuda", dtype=torch.float16)
+    else:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
+    with torch.inference_mode(), autocast:
         yield
 
 
 def _forward(
-    model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None
+    model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None, bf16: bool = False
 ) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device)
     if context is not None:
         context = context.expand(len(batch), -1)
-    with _inference(device):
+    with _inference(device, bf16):
         return model(x, context).float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.device, max_side: int) -> torch.Tensor:
+def _whole_image_context(
+    model: Refiner, padded: np.ndarray, device: torch.device, max_side: int, bf16: bool = False
+) -> torch.Tensor:
     """The context of a photo too large for one pass, from a copy box-averaged to at most ``max_side``."""
     import torch
 
@@ -86,7 +97,7 @@ def _whole_image_context(model: Refiner, padded: np.ndarray, device: torch.devic
     )
     small = _pad_to_multiple(small, model.cfg.multiple)
     x = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)[None])).to(device)
-    with _inference(device):
+    with _inference(device, bf16):
         return model.image_context(x).float()
 
 
@@ -144,12 +155,16 @@ def _refine_once(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: 
     padded = _pad_to_multiple(rgb.astype(np.float32, copy=False), model.cfg.multiple)
     ph, pw = padded.shape[:2]
     if ph <= tiling.max_side and pw <= tiling.max_side:
-        return _forward(model, padded[None], device)[0, :h, :w]
+        return _forward(model, padded[None], device, bf16=tiling.cpu_bf16)[0, :h, :w]
 
     tile, step = tiling.tile, tiling.tile - tiling.overlap
     padded = _pad_to_multiple(padded, tile) if min(ph, pw) < tile else padded
     ph, pw = padded.shape[:2]
-    context = _whole_image_context(model, padded, device, tiling.max_side) if model.cfg.global_context else None
+    context = (
+        _whole_image_context(model, padded, device, tiling.max_side, tiling.cpu_bf16)
+        if model.cfg.global_context
+        else None
+    )
     out = np.zeros((ph, pw, 3), np.float32)
     weight = np.zeros((ph, pw, 1), np.float32)
     ramp = _ramp(tile, tiling.overlap)
@@ -157,7 +172,8 @@ def _refine_once(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: 
     corners = [(y, x) for y in _starts(ph, tile, step) for x in _starts(pw, tile, step)]
     for i in range(0, len(corners), tiling.batch):
         group = corners[i : i + tiling.batch]
-        refined = _forward(model, np.stack([padded[y : y + tile, x : x + tile] for y, x in group]), device, context)
+        tiles = np.stack([padded[y : y + tile, x : x + tile] for y, x in group])
+        refined = _forward(model, tiles, device, context, tiling.cpu_bf16)
         for (y, x), patch in zip(group, refined):
             out[y : y + tile, x : x + tile] += patch * window
             weight[y : y + tile, x : x + tile] += window

@@ -83,6 +83,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
         "stages_1_3",
         "full_pipeline",
         "full_pipeline_1_thread",
+        "full_pipeline_1_thread_bf16",
     }
     for name, row in variants.items():
         _positive(row["images_per_s"], f"pipeline.{name}")
