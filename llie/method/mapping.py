@@ -216,8 +216,12 @@ def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConf
     chroma = _channel_max(source) - _channel_min(source)
     weight = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
     shown = weight > 0  # hue angles only where a hue shows: a dark shot has few such pixels
-    turn = hue_turn(source[shown], per_channel[shown])
-    weight[shown] *= np.clip((turn - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0)
+    if np.count_nonzero(shown) > shown.size // 2:  # most do: angles of all, cheaper than gathering them
+        turn = hue_turn(source, per_channel)
+        weight *= np.where(shown, np.clip((turn - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0), 1.0)
+    else:
+        turn = hue_turn(source[shown], per_channel[shown])
+        weight[shown] *= np.clip((turn - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0)
     return weight[..., None].astype(np.float32)
 
 
@@ -244,7 +248,10 @@ def _keep_hue(
         luma, peak = kept @ LUMA, _channel_max(kept)
         # past white: shrink the chroma toward grey at the same luma until the largest channel fits
         over = peak > 1.0
-        if over.any():
+        if np.count_nonzero(over) > over.size // 8:  # many: the same arithmetic on all, kept where over
+            shrink = np.clip((1.0 - luma) / np.maximum(peak - luma, 1e-6), 0.0, 1.0)
+            kept = np.where(over[..., None], luma[..., None] + (kept - luma[..., None]) * shrink[..., None], kept)
+        elif over.any():
             shrink = np.clip((1.0 - luma[over]) / np.maximum(peak[over] - luma[over], 1e-6), 0.0, 1.0)
             kept[over] = luma[over, None] + (kept[over] - luma[over, None]) * shrink[:, None]
         source = codes[band].astype(np.float32) / np.float32(levels - 1)

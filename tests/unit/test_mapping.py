@@ -245,27 +245,61 @@ def test_bounded_colour_keeps_small_turns_per_channel_and_bounds_large_ones():
     np.testing.assert_allclose(bounded[untouched], channels[untouched], atol=1e-6)
 
 
+def _keep_hue_reference(codes, luts, levels, config):
+    """stage 3's hue-keeping result as first written (numpy's reductions, gathers of the pixels that
+    show a hue or pass white, both passes computed): what the faster code must equal bit for bit."""
+    from llie.method.mapping import CHROMA_FLOOR, HUE_RAMP, LUMA, _per_channel_and_hue_kept, hue_turn
+
+    per_channel, kept = _per_channel_and_hue_kept(codes, luts, levels)
+    sums = [per_channel.reshape(-1, 3).sum(axis=0, dtype=np.float64), kept.reshape(-1, 3).sum(axis=0, dtype=np.float64)]
+    gains = (sums[0] / np.maximum(sums[1], 1e-9)).astype(np.float32)
+    per_channel, kept = _per_channel_and_hue_kept(codes, luts, levels)
+    kept *= gains
+    luma, peak = kept @ LUMA, kept.max(axis=-1)
+    over = peak > 1.0
+    if over.any():
+        shrink = np.clip((1.0 - luma[over]) / np.maximum(peak[over] - luma[over], 1e-6), 0.0, 1.0)
+        kept[over] = luma[over, None] + (kept[over] - luma[over, None]) * shrink[:, None]
+    source = codes.astype(np.float32) / np.float32(levels - 1)
+    if config.colour == "hue":
+        weight = np.full(source.shape[:2] + (1,), config.hue_mix, np.float32)
+    else:
+        chroma = source.max(axis=-1) - source.min(axis=-1)
+        weight = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
+        shown = weight > 0
+        turn = hue_turn(source[shown], per_channel[shown])
+        weight[shown] *= np.clip((turn - config.max_hue_turn) / HUE_RAMP + 1.0, 0.0, 1.0)
+        weight = weight[..., None].astype(np.float32)
+    return per_channel + weight * (np.clip(kept, 0.0, 1.0) - per_channel)
+
+
 @pytest.mark.parametrize("colour", ["bounded", "hue"])
-def test_keep_hue_shortcuts_leave_every_value_as_it_was(monkeypatch, colour):
-    """The channel max/min by np.maximum/np.minimum and the reuse of a one-band image's first pass
-    are speed-ups only: the result equals, bit for bit, the one with numpy's own reductions."""
+@pytest.mark.parametrize("scene", ["saturated and bright", "dark and almost grey"])
+def test_keep_hue_shortcuts_leave_every_value_as_it_was(colour, scene):
+    """(The bright scene: 99.8 % of pixels show a hue, 25 % pass white; the dark one: 0.02 % and 0.07 %.)
+    The channel max/min by np.maximum/np.minimum, hue angles of all pixels when most show a hue,
+    the past-white arithmetic on all pixels when many pass it, and the reuse of a one-band image's
+    first pass are speed-ups only: the result equals the plain computation bit for bit, on a scene
+    that takes the whole-image branches and on one that takes the gathering ones."""
     from llie.method import mapping
 
     rng = np.random.default_rng(11)
-    image = np.clip(pair(64, 96, seed=3)[0] + rng.normal(0, 0.02, (64, 96, 3)), 0, 1).astype(np.float32)
-    image[5, 5] = [1.0, 1.0, 1.0]  # a pixel pushed past white by the gains
-    quantiles = np.tile(np.linspace(0.1, 0.95, 21), (3, 1)) * np.array([[1.0], [0.8], [0.6]])
+    if scene == "saturated and bright":
+        image = np.clip(pair(64, 96, seed=3)[0] * 2.5 + rng.normal(0, 0.02, (64, 96, 3)), 0, 1)
+        quantiles = np.tile(np.linspace(0.3, 1.0, 21), (3, 1)) * np.array([[1.0], [0.8], [0.6]])
+    else:
+        image = 0.03 + rng.normal(0, 0.004, (64, 96, 1)) + rng.normal(0, 0.003, (64, 96, 3))
+        quantiles = np.tile(np.linspace(0.05, 0.9, 21), (3, 1))
+    image = np.clip(image, 0, 1).astype(np.float32)
     config = MappingConfig(colour=colour, hue_mix=0.7)
-    fast = match_to_quantiles(image, quantiles, config)
+    codes = to_levels(image, 256)
+    luts = [
+        mapping.channel_lut(np.bincount(codes[..., c].ravel(), minlength=256), quantiles[c], config) for c in range(3)
+    ]
+    np.testing.assert_array_equal(
+        match_to_quantiles(image, quantiles, config), _keep_hue_reference(codes, luts, 256, config)
+    )
     values = rng.random((50, 3), dtype=np.float32)
     values[0, 1] = np.nan
     np.testing.assert_array_equal(mapping._channel_max(values), values.max(axis=-1))
     np.testing.assert_array_equal(mapping._channel_min(values), values.min(axis=-1))
-
-    calls = []
-    one_pass = mapping._per_channel_and_hue_kept
-    monkeypatch.setattr(mapping, "_channel_max", lambda rgb: rgb.max(axis=-1))
-    monkeypatch.setattr(mapping, "_channel_min", lambda rgb: rgb.min(axis=-1))
-    monkeypatch.setattr(mapping, "_per_channel_and_hue_kept", lambda *a: calls.append(1) or one_pass(*a))
-    np.testing.assert_array_equal(match_to_quantiles(image, quantiles, config), fast)
-    assert len(calls) == 1  # one band: the first pass is not recomputed
