@@ -282,9 +282,8 @@ def enhance(
 def evaluate(data: Path, model, device, json_out, baseline) -> None:
     """Per-stage PSNR/SSIM table on a paired set (plain protocol: 8-bit output, no GT-mean rescaling).
 
-    The last row is a 95% bootstrap interval of each mean: over the 15 images of LOL-v1 eval15 it
-    reaches about 2 dB either side of the mean PSNR, so compare two models with --baseline, which pairs
-    them image by image.
+    The last row is a 95% bootstrap interval of each mean, which is wide on a set of a few images:
+    compare two models with --baseline, which pairs them image by image.
     """
     from llie.training.data import find_pairs
     from llie.training.evaluate import compare_reports, format_comparison, format_table
@@ -433,16 +432,14 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
     type=click.IntRange(min=1),
     default=DEFAULT_HISTOGRAM_ROWS,
     show_default=True,
-    help="Stage-2 training rows drawn per pair: the whole image plus random crops with exposure jitter. "
-    "96 scored the same as 24 in cross-validation (20.24 against 20.22 dB at stage 3).",
+    help="Stage-2 training rows drawn per pair: the whole image plus random crops with exposure jitter.",
 )
 @click.option(
     "--bag",
     type=click.IntRange(min=1),
     default=DEFAULT_BAG,
     show_default=True,
-    help="Stage-2 models averaged, each on its own histogram rows and trees. In cross-validation 4 scored "
-    "20.33 against 20.22 dB for 1 at stage 3; stage 2 takes about 1.4x as long to train as with 1.",
+    help="Stage-2 models averaged, each on its own histogram rows and trees; more take longer to train.",
 )
 @click.option(
     "--harmless-rows",
