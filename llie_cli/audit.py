@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import click
 
@@ -72,20 +75,7 @@ RANK_METRICS = ("psnr", "ssim")
     help="With --compare: exit with status 3 if any image got worse, and with an error (status 1) "
     "if no image could be compared (none in both runs, or none with a score in both).",
 )
-def audit(
-    output_url,
-    run_id,
-    compare_id,
-    compare_output,
-    report_path,
-    top,
-    rank_by,
-    tolerance,
-    json_path,
-    list_runs,
-    storage_option,
-    fail_on_worse,
-) -> None:
+def audit(output_url: str, **options: Any) -> None:
     """Audit the image quality of an archive run from the Parquet that `llie run` writes.
 
     \b
@@ -105,54 +95,88 @@ def audit(
     from llie.audit import summary as au
     from llie.batch import storage, storage_options
 
-    opts = storage_option or None
+    o = SimpleNamespace(**options)  # the options by name, as click gives them
+    opts = o.storage_option or None
     try:
-        if list_runs:
+        if o.list_runs:
             click.echo(au.format_runs(au.list_runs(output_url, opts)))
             return
-        if not compare_id:
-            _refuse_without_compare(
-                compare_output=bool(compare_output), fail_on_worse=fail_on_worse, tolerance=tolerance is not None
-            )
-        run = au.load_run(output_url, run_id, opts)
-        summary = au.summarise(run, top=top, rank_by=rank_by)
-        base = base_summary = comparison = None
-        if compare_id:
-            base = au.load_run(compare_output or output_url, compare_id, opts)
-            base_summary = au.summarise(base, top=top, rank_by=rank_by)
-            comparison = au.compare(run, base, metric=rank_by, tolerance=tolerance)
+        found = _load(output_url, o, opts)
     except au.AuditError as exc:
         raise click.ClickException(storage.scrub(str(exc), storage_options.credential_values(opts))) from None
     except ValueError as exc:  # an invalid run id (unreadable Parquet is an AuditError)
         raise click.UsageError(str(exc)) from None
     except FileNotFoundError as exc:
         raise click.ClickException(f"not found: {storage.redact_url(str(exc))}") from None
-
-    to_stdout = json_path == "-"
-    if not to_stdout:
-        click.echo(au.format_summary(summary))
-        if comparison is not None:
-            click.echo("")
-            click.echo(au.format_comparison(comparison, limit=max(top, 10)))
-    if report_path:
-        from llie.audit.report import write_report
-
-        files = write_report(run, summary, report_path, comparison, base, base_summary, storage_options=opts)
-        if not to_stdout:
-            click.echo(f"\nreport  {storage.redact_url(files.html_url)}  ({len(files.plots)} plots inside)")
-    if json_path:
-        doc = {"summary": summary.to_dict(), "comparison": comparison.to_dict() if comparison else None}
-        text = _json(doc)
-        if to_stdout:
-            click.echo(text)
-        else:
-            storage.write_bytes_atomic(json_path, text.encode("utf-8"))
-    if fail_on_worse and comparison is not None:
+    _show(found, o, opts)
+    comparison = found.comparison
+    if o.fail_on_worse and comparison is not None:
         if comparison.worse_count:
             sys.exit(3)
         nothing = comparison.nothing_compared()
         if nothing:  # a gate that compared nothing must not pass
             raise click.ClickException(f"--fail-on-worse: nothing compared by {comparison.metric}: {nothing}")
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What an audit read: the run and its summary; with --compare, the base run, its summary, the comparison."""
+
+    run: Any
+    summary: Any
+    base: Any = None
+    base_summary: Any = None
+    comparison: Any = None
+
+
+def _load(output_url: str, o: SimpleNamespace, opts: Any) -> _Found:
+    from llie.audit import summary as au
+
+    if not o.compare_id:
+        _refuse_without_compare(
+            compare_output=bool(o.compare_output), fail_on_worse=o.fail_on_worse, tolerance=o.tolerance is not None
+        )
+    run = au.load_run(output_url, o.run_id, opts)
+    summary = au.summarise(run, top=o.top, rank_by=o.rank_by)
+    if not o.compare_id:
+        return _Found(run, summary)
+    base = au.load_run(o.compare_output or output_url, o.compare_id, opts)
+    base_summary = au.summarise(base, top=o.top, rank_by=o.rank_by)
+    return _Found(run, summary, base, base_summary, au.compare(run, base, metric=o.rank_by, tolerance=o.tolerance))
+
+
+def _show(found: _Found, o: SimpleNamespace, opts: Any) -> None:
+    """The text on stdout (unless the JSON goes there), the report and the JSON file."""
+    from llie.audit import summary as au
+    from llie.batch import storage
+
+    to_stdout = o.json_path == "-"
+    if not to_stdout:
+        click.echo(au.format_summary(found.summary))
+        if found.comparison is not None:
+            click.echo("")
+            click.echo(au.format_comparison(found.comparison, limit=max(o.top, 10)))
+    if o.report_path:
+        from llie.audit.report import write_report
+
+        files = write_report(
+            found.run,
+            found.summary,
+            o.report_path,
+            found.comparison,
+            found.base,
+            found.base_summary,
+            storage_options=opts,
+        )
+        if not to_stdout:
+            click.echo(f"\nreport  {storage.redact_url(files.html_url)}  ({len(files.plots)} plots inside)")
+    if o.json_path:
+        comparison = found.comparison.to_dict() if found.comparison else None
+        text = _json({"summary": found.summary.to_dict(), "comparison": comparison})
+        if to_stdout:
+            click.echo(text)
+        else:
+            storage.write_bytes_atomic(o.json_path, text.encode("utf-8"))
 
 
 def _refuse_without_compare(**given: bool) -> None:
