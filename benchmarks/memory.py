@@ -49,6 +49,7 @@ def child_main(argv: list[str] | None = None) -> None:
 
     from llie.batch import archive
     from llie.batch.imageio import decode_image, encode_image
+    from llie.batch.spec import RunSpec
     from llie.method.pipeline import Enhancer, set_threads
 
     set_threads(a.threads)
@@ -67,11 +68,9 @@ def child_main(argv: list[str] | None = None) -> None:
     else:
         shard = archive.plan_shards([image.name], 1)[0]
         rows = archive.process_shard(
+            RunSpec(str(image.parent), a.output, reference_url=str(Path(a.reference).parent) if a.reference else None),
             shard,
-            str(image.parent),
-            a.output,
             enhancer,
-            reference_url=str(Path(a.reference).parent) if a.reference else None,
         )
         if rows[0]["status"] != "ok":
             raise SystemExit(f"failed: {rows[0]['error']}")

@@ -42,12 +42,13 @@ def worker_setup(bundle: str | None, threads: int, warm_input_url: str, warm_out
     import os
 
     from llie.batch import archive
+    from llie.batch.spec import RunSpec
 
     t = time.perf_counter()
     enhancer = _worker_enhancer(bundle, threads)
     loaded = time.perf_counter() - t
     names = sorted(p.name for p in Path(warm_input_url).iterdir())[:1]
-    archive.process_shard(archive.plan_shards(names, 1)[0], warm_input_url, warm_output_url, enhancer)
+    archive.process_shard(RunSpec(warm_input_url, warm_output_url), archive.plan_shards(names, 1)[0], enhancer)
     import torch
 
     return {"pid": os.getpid(), "load_s": loaded, "torch_threads": torch.get_num_threads()}
@@ -57,10 +58,11 @@ def run_shard(shard, input_url: str, output_url: str, reference_url: str | None)
     import os
 
     from llie.batch import archive
+    from llie.batch.spec import RunSpec
 
     enhancer = _worker_enhancer()
     t = time.perf_counter()
-    rows = archive.process_shard(shard, input_url, output_url, enhancer, reference_url=reference_url)
+    rows = archive.process_shard(RunSpec(input_url, output_url, reference_url=reference_url), shard, enhancer)
     bad = [r["error"] for r in rows if r["status"] != "ok"]
     if bad:
         raise RuntimeError(f"{shard.shard_id}: {bad[:3]}")
@@ -92,6 +94,7 @@ def time_loop(
 ) -> dict:
     """Time process_shard over shards of ``shard_size`` (what the loop subprocess runs)."""
     from llie.batch import archive
+    from llie.batch.spec import RunSpec
 
     setup = worker_setup(model, threads, warm_input, output + "-warm")
     names = sorted(q.name for q in Path(input_dir).iterdir())[:limit]
@@ -99,7 +102,7 @@ def time_loop(
     per_shard, per_shard_image_seconds, all_rows = [], [], []
     for shard in shards:
         t = time.perf_counter()
-        rows = archive.process_shard(shard, input_dir, output, _ENHANCER, reference_url=reference)
+        rows = archive.process_shard(RunSpec(input_dir, output, reference_url=reference), shard, _ENHANCER)
         per_shard.append(time.perf_counter() - t)
         assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
         per_shard_image_seconds.append(_image_seconds(rows))

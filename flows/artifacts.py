@@ -1,7 +1,7 @@
 """A run's summary as a Prefect markdown artifact, so that it shows in the Prefect UI.
 
-``publish_run_report`` is the flow's hook: at the end of ``enhance_archive`` it audits the run
-from its Parquet (``llie.audit.summary``), writes the HTML report next to the metrics
+``publish_run_report`` is the flow's report (its task ``flows.enhance_archive.report_run``): at the end
+of ``enhance_archive`` it audits the run from the rows the flow read (``llie.audit.summary``), writes the HTML report next to the metrics
 (``_metrics/run_id=<id>/_report/report.html``, see ``llie.audit.report.report_url``) and publishes the
 summary with a link to that report. It never raises: a report must not fail a finished run.
 """
@@ -11,10 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from llie.batch import archive, storage
+from llie.audit.numbers import number
+from llie.batch import storage
+from llie.batch.layout import RunLayout
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _MAX_LISTED = 5
 
@@ -28,21 +33,12 @@ def _cell(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _num(value: Any, digits: int = 2, suffix: str = "") -> str:
-    if value is None:
-        return "–"
-    try:
-        return f"{float(value):.{digits}f}{suffix}"
-    except (TypeError, ValueError):
-        return str(value)
-
-
 def _stats(stats: dict | None, digits: int, suffix: str = "") -> str:
     if not stats:
         return "no references"
     return (
-        f"mean {_num(stats['mean'], digits, suffix)}, median {_num(stats['median'], digits)}, "
-        f"p5 {_num(stats['p5'], digits)}, p95 {_num(stats['p95'], digits)} (n={stats['n']})"
+        f"mean {number(stats['mean'], digits, suffix)}, median {number(stats['median'], digits)}, "
+        f"p5 {number(stats['p5'], digits)}, p95 {number(stats['p95'], digits)} (n={stats['n']})"
     )
 
 
@@ -71,6 +67,66 @@ def summary_text(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _audited_rows(summary: dict[str, Any], flow: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the audit of the rows found: problems, quality, before and after."""
+    rows: list[tuple[str, str]] = []
+    problems = summary.get("problems") or []
+    if problems:
+        listed = "; ".join(f"{_cell(reason)} ×{count}" for _, reason, count in problems[:_MAX_LISTED])
+        rows.append(("most common problems", listed))
+    if "psnr" in summary or "ssim" in summary:
+        rows.append(("PSNR (dB)", _stats(summary.get("psnr"), 2)))
+        rows.append(("SSIM", _stats(summary.get("ssim"), 4)))
+    elif summary.get("mean_psnr", flow.get("mean_psnr")) is not None:
+        rows.append(("mean PSNR", number(summary.get("mean_psnr", flow.get("mean_psnr")), 2, " dB")))
+    for name, nr in (summary.get("no_reference") or {}).items():
+        before, after = (nr or {}).get("before"), (nr or {}).get("after")
+        if before and after:
+            rows.append((f"{name} before → after", f"{number(before['mean'], 4)} → {number(after['mean'], 4)}"))
+    return rows
+
+
+def _speed_rows(summary: dict[str, Any], flow: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if flow.get("images_per_second") is not None:
+        rows.append(
+            (
+                "throughput (this flow run)",
+                f"{number(flow['images_per_second'])} images/s, {flow.get('processed', '–')} processed in "
+                f"{number(flow.get('seconds'), 1)} s",
+            )
+        )
+    if summary.get("images_per_second") is not None:
+        rows.append(("throughput (from the rows)", f"{number(summary['images_per_second'])} images/s"))
+    share = summary.get("stage_share") or {}
+    if share:
+        top = sorted(share.items(), key=lambda kv: -kv[1])[:4]
+        rows.append(("time per stage", ", ".join(f"{stage} {100 * v:.0f}%" for stage, v in top)))
+    return rows
+
+
+def _shard_and_image_rows(summary: dict[str, Any], flow: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    shards = summary.get("shards", flow.get("shards"))
+    if shards is not None or flow.get("failed_shards"):
+        text = _cell("?" if shards is None else shards)
+        if flow.get("shards_resumed"):
+            text += f" ({flow['shards_resumed']} resumed)"
+        if flow.get("failed_shards"):
+            text += f"; **failed: {_cell(', '.join(flow['failed_shards'][:10]))}**"
+        rows.append(("shards", text))
+    metric = summary.get("rank_by", "psnr")
+    for key in ("worst", "best"):
+        items = summary.get(key) or []
+        if items:
+            digits = 2 if metric == "psnr" else 4
+            listed = ", ".join(f"`{_cell(i['rel_path'])}` {number(i['value'], digits)}" for i in items[:_MAX_LISTED])
+            rows.append((f"{key} by {metric}", listed))
+    if summary.get("model_versions"):
+        rows.append(("model", _cell(", ".join(summary["model_versions"]))))
+    return rows
+
+
 def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
     """A markdown table of a run summary.
 
@@ -84,61 +140,9 @@ def run_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
     rows: list[tuple[str, str]] = [("images", _cell(get("images", "–")))]
     errors = get("error", get("errors", 0))
     rows.append(("ok / error / skipped", f"{get('ok', 0)} / {errors} / {get('skipped', 0)}"))
-    problems = summary.get("problems") or []
-    if problems:
-        rows.append(
-            (
-                "most common problems",
-                "; ".join(f"{_cell(reason)} ×{count}" for _, reason, count in problems[:_MAX_LISTED]),
-            )
-        )
-    if "psnr" in summary or "ssim" in summary:
-        rows.append(("PSNR (dB)", _stats(summary.get("psnr"), 2)))
-        rows.append(("SSIM", _stats(summary.get("ssim"), 4)))
-    elif get("mean_psnr") is not None:
-        rows.append(("mean PSNR", _num(get("mean_psnr"), 2, " dB")))
-    for name, nr in (summary.get("no_reference") or {}).items():
-        before, after = (nr or {}).get("before"), (nr or {}).get("after")
-        if before and after:
-            rows.append((f"{name} before → after", f"{_num(before['mean'], 4)} → {_num(after['mean'], 4)}"))
-    if flow.get("images_per_second") is not None:
-        rows.append(
-            (
-                "throughput (this flow run)",
-                f"{_num(flow['images_per_second'])} images/s, {flow.get('processed', '–')} processed in "
-                f"{_num(flow.get('seconds'), 1)} s",
-            )
-        )
-    if summary.get("images_per_second") is not None:
-        rows.append(("throughput (from the rows)", f"{_num(summary['images_per_second'])} images/s"))
-    share = summary.get("stage_share") or {}
-    if share:
-        top = sorted(share.items(), key=lambda kv: -kv[1])[:4]
-        rows.append(("time per stage", ", ".join(f"{stage} {100 * v:.0f}%" for stage, v in top)))
-    if get("shards") is not None or flow.get("failed_shards"):
-        text = _cell(get("shards", "?"))
-        if flow.get("shards_resumed"):
-            text += f" ({flow['shards_resumed']} resumed)"
-        if flow.get("failed_shards"):
-            text += f"; **failed: {_cell(', '.join(flow['failed_shards'][:10]))}**"
-        rows.append(("shards", text))
-    for key, title in (("worst", "worst"), ("best", "best")):
-        items = summary.get(key) or []
-        if items:
-            metric = summary.get("rank_by", "psnr")
-            rows.append(
-                (
-                    f"{title} by {metric}",
-                    ", ".join(
-                        f"`{_cell(i['rel_path'])}` {_num(i['value'], 2 if metric == 'psnr' else 4)}"
-                        for i in items[:_MAX_LISTED]
-                    ),
-                )
-            )
-    if summary.get("model_versions"):
-        rows.append(("model", _cell(", ".join(summary["model_versions"]))))
+    rows += _audited_rows(summary, flow) + _speed_rows(summary, flow) + _shard_and_image_rows(summary, flow)
     metrics_url = get("metrics_url") or (
-        storage.redact_url(archive.metrics_url(summary["output_url"], summary["run_id"]))
+        storage.redact_url(RunLayout(summary["output_url"], summary["run_id"]).metrics_url)
         if summary.get("output_url") and summary.get("run_id")
         else None
     )
@@ -181,16 +185,16 @@ def publish_run_report(
     output_url: str,
     run_id: str,
     flow_summary: dict[str, Any] | None = None,
-    report: bool | None = None,
-    top: int = 5,
     storage_options: storage.StorageOptions = None,
+    rows: pa.Table | None = None,
 ) -> str | None:
     """Audit the run, write its HTML report, publish the artifact; returns the report URL.
 
     Meant to be called at the end of the flow (inside its run, so the artifact is attached to
-    it). ``report=None`` writes the report unless the environment has ``LLIE_RUN_REPORT=0``. A
-    resume that processed nothing (``flow_summary["processed"] == 0``) keeps the existing report
-    file instead of rewriting it: a no-op rerun leaves the output tree untouched.
+    it), with the ``rows`` it has read already (None: read them here). The report is written unless
+    the environment has ``LLIE_RUN_REPORT=0``. A resume that processed nothing
+    (``flow_summary["processed"] == 0``) keeps the existing report file instead of rewriting it: a
+    no-op rerun leaves the output tree untouched.
 
     Any failure is logged as a warning and the rest still happens (no rows yet: the artifact
     carries the flow's summary alone; no API: the report is still written).
@@ -198,16 +202,18 @@ def publish_run_report(
     from llie.audit import report as report_mod
     from llie.audit import summary as audit
 
-    if report is None:
-        report = os.environ.get("LLIE_RUN_REPORT", "1").strip().lower() not in ("0", "false", "no", "off")
+    report = os.environ.get("LLIE_RUN_REPORT", "1").strip().lower() not in ("0", "false", "no", "off")
     logger = _logger()
     summary: dict[str, Any] = {"run_id": run_id}
     url = None
     try:
-        run = audit.load_run(output_url, run_id, storage_options)
-        run_summary = audit.summarise(run, top=top)
+        if rows is None:
+            run = audit.load_run(output_url, run_id, storage_options)
+        else:
+            run = audit.run_from_rows(output_url, run_id, rows)
+        run_summary = audit.summarise(run)
         summary = run_summary.to_dict()
-        target = report_mod.report_url(output_url, run_id)
+        target = RunLayout(output_url, run_id).report_url
         if report and (flow_summary or {}).get("processed") == 0 and storage.exists(target, storage_options):
             url = target  # nothing changed since it was written
         elif report:

@@ -13,6 +13,8 @@ from typing import Any
 from prefect import unmapped
 
 from llie.batch import archive
+from llie.batch.shard import shard_summary, write_shard
+from llie.batch.spec import RunSpec
 
 WORKER_DIED = "worker died: out of memory?"
 
@@ -31,9 +33,7 @@ def outcome_of(future: Any) -> Any:
         return exc
 
 
-def redo_one_by_one(
-    runner: Any, task: Any, shard: archive.Shard, parameters: dict[str, Any], storage_options: Any, logger: Any
-) -> Any:
+def redo_one_by_one(runner: Any, task: Any, shard: archive.Shard, spec: RunSpec, logger: Any) -> Any:
     """Redo ``shard`` as one task per image, then write its Parquet from their rows.
 
     An image whose task dies again is tried once more on its own (a task that merely shared a dying
@@ -48,7 +48,7 @@ def redo_one_by_one(
         for p, v in zip(shard.paths, versions)
     ]
     logger.warning("%s: a worker died running it; redoing its %d image(s) one per task", shard.shard_id, len(singles))
-    common = {**parameters, "rows_only": True}
+    common = {"spec": spec, "rows_only": True}
     futures = runner.map(task, {"shard": singles, **{k: unmapped(v) for k, v in common.items()}})
     outcomes = [outcome_of(f) for f in futures]
     for k, outcome in enumerate(outcomes):
@@ -59,39 +59,13 @@ def redo_one_by_one(
         if isinstance(outcome, list):
             rows.extend(outcome)
         elif worker_died(outcome):
-            logger.error(
-                "%s: %s killed its worker every time: %s",
-                shard.shard_id,
-                repr(archive.printable(single.paths[0])),
-                WORKER_DIED,
-            )
-            rows.append(
-                archive.error_row(single, single.paths[0], parameters["input_url"], parameters["run_id"], WORKER_DIED)
-            )
+            name = repr(archive.printable(single.paths[0]))
+            logger.error("%s: %s killed its worker every time: %s", shard.shard_id, name, WORKER_DIED)
+            rows.append(archive.error_row(spec, single, single.paths[0], WORKER_DIED))
         else:
             return outcome
     model_version = next((r["model_version"] for r in rows if r.get("model_version")), None)
     for row in rows:
         row["model_version"] = row.get("model_version") or model_version
-    archive.write_shard_parquet(
-        rows,
-        archive.shard_parquet_url(parameters["output_url"], parameters["run_id"], shard.shard_id),
-        metadata={
-            "run_id": parameters["run_id"],
-            "shard_fingerprint": shard.fingerprint,
-            "model_version": model_version or "",
-            **archive.source_versions_metadata(shard),
-        },
-        storage_options=storage_options,
-    )
-    statuses = [r["status"] for r in rows]
-    return {
-        "shard_id": shard.shard_id,
-        "images": len(rows),
-        "ok": statuses.count("ok"),
-        "errors": statuses.count("error"),
-        "skipped": statuses.count("skipped"),
-        "resumed": False,
-        "processed": len(rows),
-        "seconds": time.perf_counter() - started,
-    }
+    write_shard(spec, shard, rows, model_version or "")
+    return shard_summary(shard.shard_id, rows, processed=len(rows), seconds=time.perf_counter() - started)

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm.auto import tqdm
@@ -23,10 +23,15 @@ from flows import credentials
 from flows.artifacts import summary_text
 from flows.console import quiet_prefect_console
 from llie.batch import archive, storage, storage_options
+from llie.batch.layout import RunLayout
+from llie.batch.spec import DEFAULT_SHARD_SIZE, RunSpec, decode_limits, encode_options
 from llie_cli.commands import encoding_options
 from llie_cli.options import storage_option_flag
 
-DEFAULT_SHARD_SIZE = 64
+if TYPE_CHECKING:
+    from flows.shards import Cluster
+
+__all__ = ["DEFAULT_SHARD_SIZE", "ImageProgress", "resume_command", "run_command"]
 
 
 @contextmanager
@@ -88,7 +93,7 @@ class ImageProgress:
         if shard_id not in self._rows:
             import pyarrow.parquet as pq
 
-            url = archive.shard_parquet_url(self.output_url, self.run_id, shard_id)
+            url = RunLayout(self.output_url, self.run_id).shard_url(shard_id)
             fs, path = storage._fs(url, self.storage_options)
             with fs.open(path, "rb") as fh:
                 self._rows[shard_id] = pq.ParquetFile(fh).metadata.num_rows
@@ -154,25 +159,18 @@ def _exit_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume_command(
-    input_url: str,
-    output_url: str,
-    run_id: str,
-    model: str | None,
-    shard_size: int,
-    reference_url: str | None,
-    options: dict[str, Any] | None = None,
-) -> str:
+def resume_command(spec: RunSpec) -> str:
     """The command that resumes a run: with every setting a resume must repeat (a different shard size
     or model is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
-    args = ["llie", "run", storage.redact_url(input_url), storage.redact_url(output_url), "--run-id", run_id]
-    if model:
-        args += ["--model", model]
-    if shard_size != DEFAULT_SHARD_SIZE:
-        args += ["--shard-size", str(shard_size)]
-    if reference_url:
-        args += ["--reference", storage.redact_url(reference_url)]
-    return shlex.join(args + storage_options.as_arguments(options))  # credentials as ***
+    args = ["llie", "run", storage.redact_url(spec.input_url), storage.redact_url(spec.output_url)]
+    args += ["--run-id", spec.run_id]
+    if spec.model:
+        args += ["--model", spec.model]
+    if spec.shard_size != DEFAULT_SHARD_SIZE:
+        args += ["--shard-size", str(spec.shard_size)]
+    if spec.reference_url:
+        args += ["--reference", storage.redact_url(spec.reference_url)]
+    return shlex.join(args + storage_options.as_arguments(spec.storage_options))  # credentials as ***
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -242,24 +240,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 @storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
 @encoding_options
-def run_command(
-    input_url,
-    output_url,
-    model,
-    shard_size,
-    reference_url,
-    dask_address,
-    n_workers,
-    run_id,
-    retries,
-    retry_failed,
-    max_pixels,
-    device,
-    storage_option,
-    no_progress,
-    png_compression,
-    jpeg_quality,
-) -> None:
+def run_command(input_url: str, output_url: str, **options: Any) -> None:
     """Enhance a whole archive with Prefect + Dask.
 
     \b
@@ -279,59 +260,52 @@ def run_command(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # The terminal shows the bar, warnings, errors and the summary; Prefect's INFO lines go to its API.
     quiet_prefect_console()
-    from flows.enhance_archive import check_model, enhance_archive
-
-    if retry_failed and not run_id:  # a new run has nothing to retry: it would redo the whole archive
-        raise click.UsageError("--retry-failed redoes the failed images of an earlier run: give its --run-id")
-    try:
-        for url in (input_url, output_url, reference_url):
-            storage.check_no_credentials(url)
-        storage.check_folders_apart(input_url, output_url, reference_url, storage_option or None)
-        check_model(model, dask_address)
-        run_id = archive.validate_run_id(run_id) if run_id else archive.new_run_id()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    check_reachable(input_url, storage_option or None)
-
-    settings, secret = storage_options.split_credentials(storage_option)
     from flows import prefect_server
+    from flows.enhance_archive import enhance_archive, flow_parameters
 
+    spec, cluster = _checked_spec(input_url, output_url, options)
+    check_reachable(input_url, spec.storage_options)
+    _, secret = storage_options.split_credentials(spec.storage_options)
     prefect_server.start_if_needed()  # a temporary API, if one is needed, that dies with this process
-    with (
-        _exit_on_sigterm(),
-        credentials.storage_credentials(secret),
-        ImageProgress(output_url, run_id, enabled=not no_progress, storage_options=storage_option or None),
-    ):
-        state = enhance_archive(
-            input_url=input_url,
-            output_url=output_url,
-            model=model,
-            shard_size=shard_size,
-            reference_url=reference_url,
-            dask_address=dask_address,
-            n_workers=n_workers,
-            run_id=run_id,
-            retries=retries,
-            retry_failed=retry_failed,
-            max_pixels=max_pixels,
-            device=device,
-            storage_options=settings or None,
-            png_compression=png_compression,
-            jpeg_quality=jpeg_quality,
-            return_state=True,
-        )
+    progress = ImageProgress(
+        spec.output_url, spec.run_id, enabled=not options["no_progress"], storage_options=spec.storage_options
+    )
+    with _exit_on_sigterm(), credentials.storage_credentials(secret), progress:
+        state = enhance_archive(**flow_parameters(spec, cluster), return_state=True)
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
-        reason = storage.scrub(
-            state.message or state.name,
-            storage.url_secrets(input_url, output_url, reference_url)
-            + storage_options.credential_values(storage_option),
-        )
-        click.echo(f"\nrun {run_id} did not complete: {reason}", err=True)
-        click.echo(
-            "resume it with: "
-            + resume_command(input_url, output_url, run_id, model, shard_size, reference_url, storage_option),
-            err=True,
-        )
+        reason = storage.scrub(state.message or state.name, spec.secrets())
+        click.echo(f"\nrun {spec.run_id} did not complete: {reason}", err=True)
+        click.echo("resume it with: " + resume_command(spec), err=True)
         sys.exit(1)
     print_summary(state.result())
+
+
+def _checked_spec(input_url: str, output_url: str, options: dict[str, Any]) -> tuple[RunSpec, Cluster]:
+    """The run the options describe, with its run id; a usage error for what no run may do."""
+    from flows.enhance_archive import check_model
+    from flows.shards import Cluster
+    from llie.batch.plan import check_spec
+
+    if options["retry_failed"] and not options["run_id"]:  # a new run has nothing to retry: it would redo everything
+        raise click.UsageError("--retry-failed redoes the failed images of an earlier run: give its --run-id")
+    spec = RunSpec(
+        input_url=input_url,
+        output_url=output_url,
+        run_id=options["run_id"] or "",
+        model=options["model"],
+        reference_url=options["reference_url"],
+        shard_size=options["shard_size"],
+        storage_options=options["storage_option"] or None,
+        retry_failed=options["retry_failed"],
+        limits=decode_limits(options["max_pixels"]),
+        encoding=encode_options(options["png_compression"], options["jpeg_quality"]),
+        device=options["device"],
+    )
+    cluster = Cluster(dask_address=options["dask_address"], n_workers=options["n_workers"], retries=options["retries"])
+    try:
+        spec = check_spec(spec)
+        check_model(spec.model, cluster.dask_address)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return spec, cluster

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import posixpath
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from llie.audit.numbers import number
 from llie.audit.summary import (
     DELTA_METRICS,
     DIGITS,
@@ -42,6 +42,7 @@ from llie.audit.summary import (
     ok_mask,
 )
 from llie.batch import archive, storage
+from llie.batch.layout import RunLayout
 
 THUMB = 192  # longest side of a contact-sheet thumbnail, pixels
 DPI = 100
@@ -323,12 +324,6 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–" if value is None or math.isnan(value) else _e(value)
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
 def _html_table(header: list[str], rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
     """Cells are escaped here; pass plain text."""
     head = "".join(f'<th class="{"l" if i in left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
@@ -388,7 +383,7 @@ def _quality_html(s: RunSummary) -> str:
     for label, st, d in (("PSNR (dB)", s.psnr, 2), ("SSIM", s.ssim, 4)):
         rows.append(
             [label, str(st.n if st else 0)]
-            + [_num(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95", "min", "max")]
+            + [number(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95", "min", "max")]
         )
     out = _html_table(["metric", "n", "mean", "median", "p5", "p95", "min", "max"], rows)
     if s.psnr and s.psnr.infinite:
@@ -405,11 +400,11 @@ def _nr_html(s: RunSummary) -> str:
         rows.append(
             [
                 name,
-                _num(b.mean if b else None, 4),
-                _num(a.mean if a else None, 4),
-                _num(a.mean - b.mean if a and b else None, 4, signed=True),
-                _num(b.median if b else None, 4),
-                _num(a.median if a else None, 4),
+                number(b.mean if b else None, 4),
+                number(a.mean if a else None, 4),
+                number(a.mean - b.mean if a and b else None, 4, signed=True),
+                number(b.median if b else None, 4),
+                number(a.median if a else None, 4),
             ]
         )
     return _html_table(["statistic", "mean before", "mean after", "change", "median before", "median after"], rows)
@@ -417,15 +412,15 @@ def _nr_html(s: RunSummary) -> str:
 
 def _speed_html(s: RunSummary) -> str:
     info = (
-        f"<p>{_num(s.images_per_second)} images/s over {_num(s.wall_seconds, 1)} s of wall clock (first image "
-        f"start to last finish), {_num(s.images_per_busy_second)} images/s per busy worker; "
+        f"<p>{number(s.images_per_second)} images/s over {number(s.wall_seconds, 1)} s of wall clock (first image "
+        f"start to last finish), {number(s.images_per_busy_second)} images/s per busy worker; "
         f"{s.bytes_in:,} bytes read, {s.bytes_out:,} bytes written.</p>"
     )
     rows = [
         [
             st,
-            _num(s.stage_seconds[st], 3),
-            _num(s.stage_seconds[st] / max(s.images, 1), 4),
+            number(s.stage_seconds[st], 3),
+            number(s.stage_seconds[st] / max(s.images, 1), 4),
             f"{100 * s.stage_share[st]:.1f}%",
         ]
         for st in archive.STAGES
@@ -438,7 +433,13 @@ def _ranked_html(s: RunSummary, items: list[ImageScore]) -> str:
     return _html_table(
         ["image", "psnr", "ssim", "brightness before", "brightness after"],
         [
-            [i.rel_path, _num(i.psnr, 2), _num(i.ssim, 4), _num(i.before_brightness, 3), _num(i.after_brightness, 3)]
+            [
+                i.rel_path,
+                number(i.psnr, 2),
+                number(i.ssim, 4),
+                number(i.before_brightness, 3),
+                number(i.after_brightness, 3),
+            ]
             for i in items
         ],
     )
@@ -446,8 +447,8 @@ def _ranked_html(s: RunSummary, items: list[ImageScore]) -> str:
 
 def _delta_row(c: Comparison, metric: str) -> list[str]:
     st, ci, d = c.deltas[metric], c.delta_intervals.get(metric), DIGITS.get(metric, 4)
-    value = lambda key: _num(getattr(st, key) if st else None, d, signed=True)  # noqa: E731
-    interval = f"{_num(ci[0], d, signed=True)} to {_num(ci[1], d, signed=True)}" if ci else "–"
+    value = lambda key: number(getattr(st, key) if st else None, d, signed=True)  # noqa: E731
+    interval = f"{number(ci[0], d, signed=True)} to {number(ci[1], d, signed=True)}" if ci else "–"
     return [metric, str(st.n if st else 0), value("mean"), interval, value("median"), value("p5"), value("p95")]
 
 
@@ -476,9 +477,9 @@ def _comparison_html(c: Comparison, limit: int = 100) -> str:
                 [
                     [
                         w.rel_path,
-                        _num(w.base_value, d),
-                        _num(w.value, d),
-                        _num(w.delta, d, signed=True),
+                        number(w.base_value, d),
+                        number(w.value, d),
+                        number(w.delta, d, signed=True),
                         w.status if w.status == w.base_status else f"{w.base_status} → {w.status}",
                     ]
                     for w in c.worse[:limit]
@@ -589,11 +590,8 @@ def _split_destination(dest: str) -> tuple[str, str]:
 
 
 def report_url(output_url: str, run_id: str) -> str:
-    """Where the flow puts a run's report: inside its metrics folder, in ``_report/``.
-
-    The leading ``_`` keeps it out of pyarrow's dataset discovery and ``*.parquet`` globs.
-    """
-    return storage.join(archive.metrics_url(output_url, run_id), "_report/report.html")
+    """Where the flow puts a run's report: inside its metrics folder, in ``_report/`` (llie.batch.layout)."""
+    return RunLayout(output_url, run_id).report_url
 
 
 def write_report(

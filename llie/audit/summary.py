@@ -21,6 +21,7 @@ Conventions, so that the numbers can be reproduced with any Parquet reader:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llie.audit.numbers import number
 from llie.batch import archive, storage
+from llie.batch.layout import RunLayout
 from llie.stats import mean_interval
 
 RANK_METRICS = ("psnr", "ssim")
@@ -199,7 +202,12 @@ def load_run(output_url: str, run_id: str | None = None, storage_options: storag
     except archive.MetricsFileError as exc:
         raise AuditError(str(exc)) from None
     except pa.ArrowException as exc:
-        raise _unreadable(archive.metrics_url(output_url, run_id), exc, storage_options) from None
+        raise _unreadable(RunLayout(output_url, run_id).metrics_url, exc, storage_options) from None
+    return run_from_rows(output_url, run_id, table)
+
+
+def run_from_rows(output_url: str, run_id: str, table: pa.Table) -> RunData:
+    """:func:`load_run` of rows already read (``archive.read_metrics``), as the flow has them at its end."""
     if table.num_rows == 0:
         raise AuditError(f"run {run_id!r} has no finished shards yet")
     table, duplicates = _latest_row_per_image(table)
@@ -602,14 +610,9 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
 # --------------------------------------------------------------------------- text
 
 
-def _f(value: float | None, digits: int = 2, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}{unit}"
-
-
-def _signed(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:+.{digits}f}"
+# audit texts show a missing number as "-"
+_f = functools.partial(number, missing="-")
+_signed = functools.partial(number, signed=True, missing="-")
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:

@@ -2,7 +2,7 @@
 
 Nothing here knows about Prefect or Dask; the orchestration layers call these functions.
 
-Metrics dataset layout (hive partitioned, one file per shard)::
+Metrics dataset layout (hive partitioned, one file per shard; every path in :mod:`llie.batch.layout`)::
 
     <output_url>/_metrics/run_id=<run_id>/<shard_id>.parquet
 
@@ -21,12 +21,12 @@ import io
 import json
 import os
 import re
-import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,26 +38,30 @@ import pyarrow.parquet as pq
 from llie.batch import storage
 from llie.batch.imageio import (
     DecodeLimits,
-    EncodeOptions,
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
     encode_image,
 )
+from llie.batch.layout import (  # noqa: F401 - METRICS_DIR, RUN_MANIFEST, new_run_id: part of this module's API
+    METRICS_DIR,
+    RUN_MANIFEST,
+    RunLayout,
+    is_run_id,
+    metrics_root,
+    new_run_id,
+    validate_run_id,
+)
+from llie.batch.spec import RunSpec
 from llie.metrics import no_reference_stats, psnr, ssim
 
 SCHEMA_VERSION = 1
-METRICS_DIR = "_metrics"
-# Next to the shard files; the leading "_" keeps it out of pyarrow's dataset discovery and a
-# "*.parquet" glob never matches it.
-RUN_MANIFEST = "_run.json"
 NR_STATS = ("brightness", "contrast", "entropy", "noise", "clipped")
 PIPELINE_STAGES = ("features", "quantiles", "mapping", "refiner")
 STAGES = ("read", "decode", *PIPELINE_STAGES, "metrics", "encode", "write")
 STATUSES = ("ok", "error", "skipped")
 
 _SHARD_FILE = re.compile(r"^shard-[0-9]{5,}\.parquet$")  # the names plan_shards gives, and only those
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _fields() -> list[pa.Field]:
@@ -134,7 +138,7 @@ def plan_shards(paths: Iterable[str], shard_size: int) -> list[Shard]:
     return shards
 
 
-def extend_plan(paths: Iterable[str], shard_size: int, finished: dict[str, Iterable[str]]) -> list[Shard]:
+def extend_plan(paths: Iterable[str], shard_size: int, finished: Mapping[str, Iterable[str]]) -> list[Shard]:
     """The plan of a resumed run over a listing that may have changed since it started.
 
     ``finished`` maps each shard id that already has a Parquet file to the images it holds. Such a
@@ -191,57 +195,18 @@ def changed_sources(shard: Shard, metadata: dict[str, str]) -> set[str]:
     return {p for p, v in zip(shard.paths, shard.versions) if recorded.get(printable(p)) != v}
 
 
-def new_run_id() -> str:
-    """UTC timestamp plus a short random suffix: sortable, and two runs never collide.
-
-    Always contains letters, so hive partition readers keep it a string.
-    """
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def validate_run_id(run_id: str) -> str:
-    """run_id becomes a folder name and a partition value: keep it to a safe alphabet."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise ValueError(
-            f"invalid run_id {run_id!r}: use letters, digits, '.', '_' or '-' (max 128), "
-            "starting with a letter or digit"
-        )
-    return run_id
-
-
-def metrics_root(output_url: str) -> str:
-    return storage.join(output_url, METRICS_DIR)
-
-
-def run_metrics_rel(run_id: str) -> str:
-    """The folder of one run's metrics, relative to the output root."""
-    return f"{METRICS_DIR}/run_id={validate_run_id(run_id)}"
-
-
-def metrics_url(output_url: str, run_id: str) -> str:
-    return storage.join(output_url, run_metrics_rel(run_id))
-
-
-def shard_parquet_url(output_url: str, run_id: str, shard_id: str) -> str:
-    return storage.join(metrics_url(output_url, run_id), f"{shard_id}.parquet")
-
-
-def run_manifest_url(output_url: str, run_id: str) -> str:
-    return storage.join(metrics_url(output_url, run_id), RUN_MANIFEST)
-
-
 def write_run_manifest(
     output_url: str, run_id: str, manifest: dict[str, Any], storage_options: storage.StorageOptions = None
 ) -> None:
     """What a run was asked to do: lets a resume check its plan and a progress bar its total."""
     data = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True, default=str)
-    storage.write_bytes_atomic(run_manifest_url(output_url, run_id), data.encode(), storage_options)
+    storage.write_bytes_atomic(RunLayout(output_url, run_id).manifest_url, data.encode(), storage_options)
 
 
 def read_run_manifest(
     output_url: str, run_id: str, storage_options: storage.StorageOptions = None
 ) -> dict[str, Any] | None:
-    url = run_manifest_url(output_url, run_id)
+    url = RunLayout(output_url, run_id).manifest_url
     if not storage.exists(url, storage_options):
         return None
     try:
@@ -255,7 +220,7 @@ def read_run_manifest(
 
 def shard_files(output_url: str, run_id: str, storage_options: storage.StorageOptions = None) -> list[str]:
     """shard ids that have a Parquet file in this run (finished, or resumed from before)."""
-    names = storage.list_files(metrics_url(output_url, run_id), storage_options)
+    names = storage.list_files(RunLayout(output_url, run_id).metrics_url, storage_options)
     return [n[: -len(".parquet")] for n in names if _SHARD_FILE.match(n)]
 
 
@@ -274,14 +239,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass
-class _Timer:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, stage: str, started: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
-
-
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes.
 
@@ -290,14 +247,14 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _base_row(shard: Shard, rel: str, input_url: str, output_url: str, run_id: str) -> dict[str, Any]:
+def _base_row(spec: RunSpec, shard: Shard, rel: str) -> dict[str, Any]:
     row: dict[str, Any] = {name: None for name in METRICS_SCHEMA.names}
     try:
-        input_path = storage.join(input_url, rel)
+        input_path = spec.image_input_url(rel)
     except ValueError:  # recorded as given; reading it fails below with the reason, in the row
-        input_path = str(input_url).rstrip("/") + "/" + str(rel)
+        input_path = str(spec.input_url).rstrip("/") + "/" + str(rel)
     row.update(
-        run_id=run_id,
+        run_id=spec.run_id,
         shard_id=shard.shard_id,
         rel_path=printable(rel),
         input_path=printable(storage.redact_url(input_path)),
@@ -342,24 +299,22 @@ def memory_shortfall(data: bytes, budget: int | None) -> str | None:
     )
 
 
-def error_row(shard: Shard, rel: str, input_url: str, run_id: str, error: str) -> dict[str, Any]:
+def error_row(spec: RunSpec, shard: Shard, rel: str, error: str) -> dict[str, Any]:
     """The row of an image that could not be processed at all (its worker died), made outside a worker."""
-    row = _base_row(shard, rel, input_url, "", run_id)
+    row = _base_row(spec, shard, rel)
     row.update(error=storage.one_line(error), worker="", finished_at=datetime.now(UTC))
     return row
 
 
-def _reference_scores(
-    enhanced: np.ndarray,
-    ref_url: str,
-    limits: DecodeLimits,
-    storage_options: storage.StorageOptions,
-    prefetched: Future | None = None,
+def reference_scores(
+    enhanced: np.ndarray, read: Callable[[], bytes], limits: DecodeLimits
 ) -> tuple[float | None, float | None, str | None]:
-    """(psnr, ssim, warning). A missing or mismatched reference never fails the image."""
+    """(psnr, ssim, warning) of ``enhanced`` against the reference ``read`` returns the bytes of.
+
+    A missing, unreadable or differently sized reference never fails the image: the warning says why.
+    """
     try:
-        data = prefetched.result() if prefetched is not None else storage.read_bytes(ref_url, storage_options)
-        ref = decode_image(data, limits)
+        ref = decode_image(read(), limits)
     except FileNotFoundError:
         return None, None, "no reference image"
     except ImageDecodeError as exc:
@@ -369,19 +324,81 @@ def _reference_scores(
     return float(psnr(enhanced, ref.rgb)), float(ssim(enhanced, ref.rgb)), None
 
 
+Prefetched = tuple[Future, Future | None]  # the reads of an image's bytes and of its reference's
+
+
+@dataclass
+class _Image:
+    """One image on its way through: the step it is at (named in its error) and the seconds of each stage."""
+
+    rel: str
+    row: dict[str, Any]
+    prefetched: Prefetched | None = None
+    step: str = "read"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time ``name``; an exception leaves its time out, as the stage did not finish."""
+        self.step = name
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def _read(spec: RunSpec, image: _Image, reference: bool = False) -> bytes:
+    if image.prefetched is not None:
+        future = image.prefetched[1 if reference else 0]
+        assert future is not None
+        return future.result()  # the time spent waiting for it, not the whole read
+    root = spec.reference_url if reference else spec.input_url
+    assert root is not None
+    return storage.read_bytes(storage.join(root, image.rel), spec.storage_options)
+
+
+def _enhance(spec: RunSpec, enhancer: Any, image: _Image, memory_budget: int | None) -> None:
+    """Read, decode, enhance, encode, write and score one image, filling in its row."""
+    row = image.row
+    with image.stage("read"):
+        data = _read(spec, image)
+    row["bytes_in"] = len(data)
+    with image.stage("decode"):
+        too_big = memory_shortfall(data, memory_budget)
+        if too_big:
+            row["status"], row["error"] = "skipped", too_big
+            raise _Skipped
+        img = decode_image(data, spec.limits)
+    row.update(width=int(img.width), height=int(img.height), format=img.format)
+    with image.stage("metrics"):
+        before = no_reference_stats(img.rgb).as_dict("before_")
+    image.step = "enhance"
+    result = enhancer.enhance(img.rgb, stages=spec.stages, mask=img.opaque)
+    for stage in PIPELINE_STAGES:
+        image.seconds[stage] = float(result.seconds.get(stage, 0.0))
+    with image.stage("encode"):
+        encoded = encode_image(result.image, like=img, options=spec.encoding)
+    out_url = spec.layout.image_url(image.rel)
+    with image.stage("write"):
+        storage.write_bytes_atomic(out_url, encoded, spec.storage_options)
+    row.update(output_path=printable(storage.redact_url(out_url)), bytes_out=len(encoded))
+    with image.stage("metrics"):
+        after = no_reference_stats(result.image).as_dict("after_")
+        for k in NR_STATS:
+            row[f"before_{k}"] = float(before[f"before_{k}"])
+            row[f"after_{k}"] = float(after[f"after_{k}"])
+        if spec.reference_url is not None:
+            image.step = "reference"
+            read_reference = functools.partial(_read, spec, image, reference=True)
+            row["psnr"], row["ssim"], row["warning"] = reference_scores(result.image, read_reference, spec.limits)
+    row["status"] = "ok"
+
+
 def process_image(
+    spec: RunSpec,
     shard: Shard,
     rel: str,
-    input_url: str,
-    output_url: str,
     enhancer: Any,
-    reference_url: str | None = None,
-    run_id: str = "",
-    limits: DecodeLimits | None = None,
-    stages: str = "full",
-    storage_options: storage.StorageOptions = None,
-    prefetched: tuple[Future, Future | None] | None = None,
-    encoding: EncodeOptions = EncodeOptions(),
+    prefetched: Prefetched | None = None,
     memory_budget: int | None = None,
 ) -> dict[str, Any]:
     """Enhance one image and return its metrics row; failures become an ``error`` row.
@@ -389,171 +406,90 @@ def process_image(
     ``prefetched``: reads of the input's and the reference's bytes already under way (see
     :func:`process_shard`); they raise, when awaited, what a read here would have raised.
     """
-    limits = limits or DecodeLimits()
-    row = _base_row(shard, rel, input_url, output_url, run_id)
+    image = _Image(rel, _base_row(spec, shard, rel), prefetched)
+    row = image.row
     # On every row, errors included: "which model saw this file" matters when a run is resumed.
     row["model_version"] = enhancer.model_version
-    timer = _Timer()
-    step = "read"
     try:
-        t = time.perf_counter()
-        if prefetched is not None:
-            data = prefetched[0].result()  # the time spent waiting for it, not the whole read
-        else:
-            data = storage.read_bytes(storage.join(input_url, rel), storage_options)
-        timer.add("read", t)
-        row["bytes_in"] = len(data)
-
-        step = "decode"
-        t = time.perf_counter()
-        too_big = memory_shortfall(data, memory_budget)
-        if too_big:
-            row["status"], row["error"] = "skipped", too_big
-            raise _Skipped
-        img = decode_image(data, limits)
-        timer.add("decode", t)
-        row.update(width=int(img.width), height=int(img.height), format=img.format)
-
-        step = "metrics"
-        t = time.perf_counter()
-        before = no_reference_stats(img.rgb).as_dict("before_")
-        timer.add("metrics", t)
-
-        step = "enhance"
-        result = enhancer.enhance(img.rgb, stages=stages, mask=img.opaque)
-        for stage in PIPELINE_STAGES:
-            timer.seconds[stage] = float(result.seconds.get(stage, 0.0))
-
-        step = "encode"
-        t = time.perf_counter()
-        encoded = encode_image(result.image, like=img, options=encoding)
-        timer.add("encode", t)
-
-        step = "write"
-        out_url = storage.join(output_url, rel)
-        t = time.perf_counter()
-        storage.write_bytes_atomic(out_url, encoded, storage_options)
-        timer.add("write", t)
-        row.update(output_path=printable(storage.redact_url(out_url)), bytes_out=len(encoded))
-
-        step = "metrics"
-        t = time.perf_counter()
-        after = no_reference_stats(result.image).as_dict("after_")
-        for k in NR_STATS:
-            row[f"before_{k}"] = float(before[f"before_{k}"])
-            row[f"after_{k}"] = float(after[f"after_{k}"])
-        if reference_url is not None:
-            step = "reference"
-            row["psnr"], row["ssim"], row["warning"] = _reference_scores(
-                result.image,
-                storage.join(reference_url, rel),
-                limits,
-                storage_options,
-                prefetched[1] if prefetched is not None else None,
-            )
-        timer.add("metrics", t)
-        row["status"] = "ok"
+        _enhance(spec, enhancer, image, memory_budget)
     except _Skipped:
         pass
     except ImageDecodeError as exc:
-        reason = storage.redact_url(str(exc))
         # Over the pixel limit is a choice the caller made (--max-pixels), not a broken file.
         if isinstance(exc, ImageTooLargeError):
             row["status"] = "skipped"
-        row["error"] = f"{step}: {reason}"
+        row["error"] = f"{image.step}: {storage.redact_url(str(exc))}"
     except Exception as exc:  # one bad image must not sink the shard
-        if storage.is_unreachable(exc) or (step == "write" and storage.is_write_outage(exc)):
+        if storage.is_unreachable(exc) or (image.step == "write" and storage.is_write_outage(exc)):
             # The store, not this image: fail the shard so that it is retried as a whole, instead
             # of recording every image it could not reach (or write: a full disk) as broken.
             raise
-        row["error"] = f"{step}: {storage.describe_error(exc)}"
+        row["error"] = f"{image.step}: {storage.describe_error(exc)}"
     # Every free text of the row, whichever branch wrote it: a library may quote the run's URL
     # credentials without a scheme ("KEY:SECRET@bucket"), which only the exact strings can catch.
-    secrets = storage.url_secrets(input_url, output_url, reference_url)
     for key in ("error", "warning"):
         if row[key] is not None:
-            row[key] = storage.scrub(row[key], secrets)
+            row[key] = storage.scrub(row[key], spec.url_secrets())
     for stage in STAGES:
-        row[f"sec_{stage}"] = timer.seconds.get(stage)
+        row[f"sec_{stage}"] = image.seconds.get(stage)
     row["worker"] = worker_name()
     row["finished_at"] = datetime.now(UTC)
     return row
 
 
 def process_shard(
-    shard: Shard,
-    input_url: str,
-    output_url: str,
-    enhancer: Any,
-    reference_url: str | None = None,
-    run_id: str = "",
-    limits: DecodeLimits | None = None,
-    progress: bool = False,
-    stages: str = "full",
-    storage_options: storage.StorageOptions = None,
-    read_ahead: int = 1,
-    encoding: EncodeOptions = EncodeOptions(),
-    memory_budget: int | None = None,
+    spec: RunSpec, shard: Shard, enhancer: Any, memory_budget: int | None = None, progress: bool = False
 ) -> list[dict[str, Any]]:
     """Enhance every image of a shard; one row per image, in shard order.
 
     Outputs are written atomically at the input's relative path, so running a shard twice
     (a retry, or Dask re-running work from a lost worker) just rewrites the same files.
 
-    The bytes of the next ``read_ahead`` images (and their references) are fetched on a background
-    thread while the current one is computed: on an object store each read is a round trip, which
-    then overlaps with the work instead of adding to it. Decoding and encoding stay on this thread:
-    they are CPU work, and a worker has one core.
+    The bytes of the next ``spec.read_ahead`` images (and their references) are fetched on a
+    background thread while the current one is computed: on an object store each read is a round
+    trip, which then overlaps with the work instead of adding to it. Decoding and encoding stay on
+    this thread: they are CPU work, and a worker has one core.
     """
     paths: Iterable[str] = shard.paths
     if progress:
         from tqdm.auto import tqdm
 
         paths = tqdm(paths, desc=shard.shard_id, unit="img")
-    process = functools.partial(
-        process_image,
-        shard,
-        input_url=input_url,
-        output_url=output_url,
-        enhancer=enhancer,
-        reference_url=reference_url,
-        run_id=run_id,
-        limits=limits,
-        stages=stages,
-        storage_options=storage_options,
-        encoding=encoding,
-        memory_budget=memory_budget,
-    )
-    if read_ahead < 1:
+    process = functools.partial(process_image, spec, shard, enhancer=enhancer, memory_budget=memory_budget)
+    if spec.read_ahead < 1:
         return [process(rel) for rel in paths]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llie-read") as pool:
+        return _process_reading_ahead(spec, paths, pool, process)
+
+
+def _process_reading_ahead(
+    spec: RunSpec, paths: Iterable[str], pool: ThreadPoolExecutor, process: Callable[..., dict[str, Any]]
+) -> list[dict[str, Any]]:
+    def read(root: str, rel: str) -> bytes:
+        # joined on the reader too, so that a path it refuses becomes this image's error row
+        return storage.read_bytes(storage.join(root, rel), spec.storage_options)
+
+    def fetch(rel: str) -> tuple[str, Prefetched]:
+        image = pool.submit(read, spec.input_url, rel)  # first: it is needed first
+        reference = pool.submit(read, spec.reference_url, rel) if spec.reference_url is not None else None
+        return rel, (image, reference)
 
     rows: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llie-read") as pool:
-
-        def read(root: str, rel: str) -> bytes:
-            # joined on the reader too, so that a path it refuses becomes this image's error row
-            return storage.read_bytes(storage.join(root, rel), storage_options)
-
-        def fetch(rel: str) -> tuple[str, tuple[Future, Future | None]]:
-            image = pool.submit(read, input_url, rel)  # first: it is needed first
-            reference = pool.submit(read, reference_url, rel) if reference_url is not None else None
-            return rel, (image, reference)
-
-        queue: deque[tuple[str, tuple[Future, Future | None]]] = deque()
-        try:
-            for rel in paths:
-                queue.append(fetch(rel))
-                if len(queue) > read_ahead:
-                    rel_now, prefetched = queue.popleft()
-                    rows.append(process(rel_now, prefetched=prefetched))
-            while queue:
+    queue: deque[tuple[str, Prefetched]] = deque()
+    try:
+        for rel in paths:
+            queue.append(fetch(rel))
+            if len(queue) > spec.read_ahead:
                 rel_now, prefetched = queue.popleft()
                 rows.append(process(rel_now, prefetched=prefetched))
-        finally:
-            for _, (image, reference) in queue:  # a failed shard leaves nothing to wait for
-                image.cancel()
-                if reference is not None:
-                    reference.cancel()
+        while queue:
+            rel_now, prefetched = queue.popleft()
+            rows.append(process(rel_now, prefetched=prefetched))
+    finally:
+        for _, (image, reference) in queue:  # a failed shard leaves nothing to wait for
+            image.cancel()
+            if reference is not None:
+                reference.cancel()
     return rows
 
 
@@ -604,7 +540,7 @@ def run_ids(output_url: str, storage_options: storage.StorageOptions = None) -> 
     except FileNotFoundError:
         return []
     names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
-    return sorted(n[len("run_id=") :] for n in names if n.startswith("run_id=") and _RUN_ID.match(n[len("run_id=") :]))
+    return sorted(n[len("run_id=") :] for n in names if n.startswith("run_id=") and is_run_id(n[len("run_id=") :]))
 
 
 def _check_shard_file(fragment: Any, url: str) -> None:

@@ -24,6 +24,7 @@ import pytest
 from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.batch.imageio import decode_image
+from llie.batch.spec import RunSpec
 from tests.conftest import (
     FAKE_KEY_ID,
     FAKE_SECRET,
@@ -63,11 +64,13 @@ def _one_row_per_image(output_url: str, run_id: str, images: list[str]) -> dict[
 
 
 def _task_runs(flow_run_id):
+    """The shard task runs of a flow run (its report task left out)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [t for t in runs if t.name.startswith("enhance-")]
 
 
 # --------------------------------------------------------------------------- a worker killed mid-shard
@@ -216,11 +219,11 @@ def test_unreachable_storage_fails_the_shard_instead_of_recording_broken_images(
     s3.stop()
     for step, (input_url, output_url) in cases.items():
         with pytest.raises(Exception) as info:  # noqa: B017 - whatever the client raises, it must propagate
-            archive.process_shard(shard, input_url, output_url, enhancer)
+            archive.process_shard(RunSpec(input_url, output_url), shard, enhancer)
         assert storage.is_unreachable(info.value), (step, info.value)
     s3.start()
     for step, (input_url, output_url) in cases.items():
-        [row] = archive.process_shard(shard, input_url, output_url, enhancer)
+        [row] = archive.process_shard(RunSpec(input_url, output_url), shard, enhancer)
         assert row["status"] == "ok", (step, row["error"])
 
 
@@ -562,7 +565,7 @@ def test_a_read_only_output_fails_the_shard_instead_of_recording_broken_photos(t
     (tmp_path / "target").mkdir()
     with mounted(tmp_path / "out", "--bind", "-o", "ro", str(tmp_path / "target")):
         with pytest.raises(OSError) as info:
-            archive.process_shard(shard, str(tmp_path / "in"), str(tmp_path / "out"), enhancer)
+            archive.process_shard(RunSpec(str(tmp_path / "in"), str(tmp_path / "out")), shard, enhancer)
         assert info.value.errno == errno.EROFS and storage.is_write_outage(info.value)
     assert storage.is_write_outage(PermissionError(errno.EACCES, "Permission denied"))
     assert not storage.is_write_outage(IsADirectoryError(errno.EISDIR, "Is a directory"))
@@ -800,7 +803,7 @@ def test_a_photo_too_big_for_the_worker_memory_is_skipped_before_the_work(
     rows = {
         r["rel_path"]: r
         for r in archive.process_shard(
-            shard, str(tmp_path / "in"), str(tmp_path / "out"), enhancer, memory_budget=budget
+            RunSpec(str(tmp_path / "in"), str(tmp_path / "out")), shard, enhancer, memory_budget=budget
         )
     }
     assert rows["small.png"]["status"] == "ok"

@@ -12,6 +12,7 @@ from PIL import Image
 from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.batch.imageio import DecodeLimits, decode_image
+from llie.batch.layout import RunLayout
 from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -96,14 +97,20 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
-    assert sorted(t.name for t in task_runs) == ["enhance-shard-00000", "enhance-shard-00001", "enhance-shard-00002"]
+    # the three shards on the workers, and the report in the flow's own process
+    assert sorted(t.name for t in task_runs) == [
+        "enhance-shard-00000",
+        "enhance-shard-00001",
+        "enhance-shard-00002",
+        "report-s3run",
+    ]
     assert all(t.state.is_completed() for t in task_runs)
 
     # Credentials reach workers through the environment and never land in the outputs.
     for shard_id in archive.shard_files(s3.url("out"), "s3run"):
-        blob = storage.read_bytes(archive.shard_parquet_url(s3.url("out"), "s3run", shard_id))
+        blob = storage.read_bytes(RunLayout(s3.url("out"), "s3run").shard_url(shard_id))
         assert FAKE_SECRET.encode() not in blob and FAKE_KEY_ID.encode() not in blob
-    manifest = storage.read_bytes(archive.run_manifest_url(s3.url("out"), "s3run"))
+    manifest = storage.read_bytes(RunLayout(s3.url("out"), "s3run").manifest_url)
     assert FAKE_SECRET.encode() not in manifest and b'"shard_size": 2' in manifest
 
 
@@ -351,11 +358,21 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
 
 
 def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
-    from llie_cli.run import DEFAULT_SHARD_SIZE, resume_command
+    from llie.batch.spec import RunSpec
+    from llie_cli.run import resume_command
 
-    plain = resume_command("photos/", "out", "r-1", None, DEFAULT_SHARD_SIZE, None)
+    plain = resume_command(RunSpec("photos/", "out", run_id="r-1"))
     assert plain == "llie run photos/ out --run-id r-1"
-    full = resume_command("s3://KEY:SECRET@b/in", "s3://b/out", "r-2", "my model", 8, "s3://b/ref")
+    full = resume_command(
+        RunSpec(
+            "s3://KEY:SECRET@b/in",
+            "s3://b/out",
+            run_id="r-2",
+            model="my model",
+            shard_size=8,
+            reference_url="s3://b/ref",
+        )
+    )
     assert (
         full
         == "llie run 's3://***@b/in' s3://b/out --run-id r-2 --model 'my model' --shard-size 8 --reference s3://b/ref"

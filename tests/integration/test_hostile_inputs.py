@@ -23,6 +23,7 @@ from PIL import Image
 from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.batch.imageio import DecodeLimits, decode_image
+from llie.batch.spec import RunSpec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -345,7 +346,7 @@ def test_names_with_url_syntax_and_names_at_the_length_limit_are_plain_names(
     listed = storage.list_images(s3.url("in"))
     assert listed == sorted(keys)
     [shard] = archive.plan_shards(listed, 8)
-    for row in archive.process_shard(shard, s3.url("in"), s3.url("out"), enhancer):
+    for row in archive.process_shard(RunSpec(s3.url("in"), s3.url("out")), shard, enhancer):
         assert row["status"] == "ok", row
         assert row["output_path"] == s3.url(f"out/{row['rel_path']}")  # stored under its own name, unmangled
         assert row["width"] == 36 + keys.index(row["rel_path"])

@@ -10,6 +10,8 @@ import pytest
 from conftest import subprocess_env, write_images
 
 from llie.batch import archive
+from llie.batch.layout import RunLayout
+from llie.batch.spec import RunSpec
 from llie.method.pipeline import Enhancer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,14 +75,11 @@ def test_audit_does_not_import_torch(photos):
     out = photos / "run"
     shard = archive.plan_shards(["a.png", "b.png"], 2)[0]
     rows = archive.process_shard(
+        RunSpec(str(photos / "in"), str(out), run_id="20250101T000000Z-abcdef", stages="hist"),
         shard,
-        str(photos / "in"),
-        str(out),
         Enhancer.load(None, refiner=False),
-        run_id="20250101T000000Z-abcdef",
-        stages="hist",
     )
-    archive.write_shard_parquet(rows, archive.shard_parquet_url(str(out), "20250101T000000Z-abcdef", shard.shard_id))
+    archive.write_shard_parquet(rows, RunLayout(str(out), "20250101T000000Z-abcdef").shard_url(shard.shard_id))
     code, torch_loaded = _imports("audit", str(out), "--run", "20250101T000000Z-abcdef")
     assert code == 0 and not torch_loaded
 

@@ -147,6 +147,8 @@ def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
     from llie.audit import report
     from llie.audit import summary as audit
     from llie.batch import archive
+    from llie.batch.layout import RunLayout
+    from llie.batch.spec import RunSpec
 
     inp, ref, out = tmp_path / "in", tmp_path / "ref", tmp_path / "out"
     names = ["a.png", "b.jpg", "sub/c.png", "d.png"]
@@ -155,9 +157,9 @@ def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
     for run_id, stages in (("before", "hist"), ("after", "full")):
         shard = archive.plan_shards(names, 4)[0]
         rows = archive.process_shard(
-            shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id=run_id, stages=stages
+            RunSpec(str(inp), str(out), reference_url=str(ref), run_id=run_id, stages=stages), shard, enhancer
         )
-        archive.write_shard_parquet(rows, archive.shard_parquet_url(str(out), run_id, shard.shard_id))
+        archive.write_shard_parquet(rows, RunLayout(str(out), run_id).shard_url(shard.shard_id))
         archive.write_run_manifest(str(out), run_id, {"run_id": run_id, "reference_url": str(ref), "images": 4})
     run, base = audit.load_run(str(out), "after"), audit.load_run(str(out), "before")
     summary, base_summary = audit.summarise(run, top=2), audit.summarise(base, top=2)

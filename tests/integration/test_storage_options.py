@@ -48,11 +48,11 @@ def test_parse_nests_dotted_keys_reads_json_and_keeps_credentials_strings():
 
 
 def test_resume_command_repeats_the_options_without_their_credentials():
+    from llie.batch.spec import RunSpec
     from llie_cli.run import resume_command
 
-    cmd = resume_command(
-        "s3://b/in", "s3://b/out", "r1", None, 64, None, so.parse(["endpoint_url=http://h:9000", f"secret={SECRET}"])
-    )
+    options = so.parse(["endpoint_url=http://h:9000", f"secret={SECRET}"])
+    cmd = resume_command(RunSpec("s3://b/in", "s3://b/out", run_id="r1", storage_options=options))
     assert "--storage-option endpoint_url=http://h:9000 --storage-option 'secret=***'" in cmd
     assert SECRET not in cmd
 

@@ -11,6 +11,8 @@ import pytest
 
 from llie.batch import archive, storage
 from llie.batch.imageio import DecodeLimits, decode_image
+from llie.batch.layout import RunLayout
+from llie.batch.spec import RunSpec
 
 
 def test_plan_shards_is_deterministic():
@@ -98,7 +100,7 @@ def archive_dirs(tmp_path, make_images):
 def test_process_shard_rows_and_outputs(archive_dirs, enhancer):
     inp, ref, out, names = archive_dirs
     [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
-    rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id="r1")
+    rows = archive.process_shard(RunSpec(str(inp), str(out), reference_url=str(ref), run_id="r1"), shard, enhancer)
     assert [r["rel_path"] for r in rows] == sorted(names)
     by = {r["rel_path"]: r for r in rows}
     for name in names:
@@ -137,7 +139,7 @@ def test_broken_files_become_error_rows(tmp_path, make_images, enhancer):
     (inp / "truncated.jpg").write_bytes(good[: len(good) // 3])
     paths = storage.list_images(str(inp))
     [shard] = archive.plan_shards(paths + ["vanished.png"], 10)  # listed, then deleted
-    rows = archive.process_shard(shard, str(inp), str(out), enhancer, run_id="r")
+    rows = archive.process_shard(RunSpec(str(inp), str(out), run_id="r"), shard, enhancer)
     by = {r["rel_path"]: r for r in rows}
     assert len(rows) == 6
     assert {k for k, r in by.items() if r["status"] == "ok"} == {"good1.png", "good2.jpg"}
@@ -169,7 +171,7 @@ def test_enhancer_failure_is_an_error_row_and_shard_goes_on(tmp_path, make_image
     make_images(inp, ["a.png"], width=32)
     make_images(inp, ["b.png"])
     [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
-    rows = archive.process_shard(shard, str(inp), str(out), Flaky(), run_id="r")
+    rows = archive.process_shard(RunSpec(str(inp), str(out), run_id="r"), shard, Flaky())
     assert [r["status"] for r in rows] == ["error", "ok"]
     assert rows[0]["error"] == "enhance: RuntimeError: boom on narrow images"
 
@@ -178,7 +180,7 @@ def test_too_large_image_is_not_processed(tmp_path, make_images, enhancer):
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, ["big.png"], width=64, height=48)
     [shard] = archive.plan_shards(["big.png"], 1)
-    [row] = archive.process_shard(shard, str(inp), str(out), enhancer, limits=DecodeLimits(max_pixels=1000))
+    [row] = archive.process_shard(RunSpec(str(inp), str(out), limits=DecodeLimits(max_pixels=1000)), shard, enhancer)
     assert row["status"] == "skipped"
     assert row["error"].startswith("decode: image too large")
     assert not (out / "big.png").exists()
@@ -187,10 +189,10 @@ def test_too_large_image_is_not_processed(tmp_path, make_images, enhancer):
 def test_shard_rerun_is_idempotent(archive_dirs, enhancer):
     inp, ref, out, names = archive_dirs
     [shard] = archive.plan_shards(storage.list_images(str(inp)), 10)
-    url = archive.shard_parquet_url(str(out), "r1", shard.shard_id)
+    url = RunLayout(str(out), "r1").shard_url(shard.shard_id)
     first: dict[str, bytes] = {}
     for _ in range(2):
-        rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id="r1")
+        rows = archive.process_shard(RunSpec(str(inp), str(out), reference_url=str(ref), run_id="r1"), shard, enhancer)
         archive.write_shard_parquet(rows, url, {"run_id": "r1", "shard_fingerprint": shard.fingerprint})
         first = first or {n: (out / n).read_bytes() for n in names}
     assert {n: (out / n).read_bytes() for n in names} == first
@@ -209,11 +211,13 @@ def test_parquet_schema_and_hive_readers(archive_dirs, enhancer):
     run_ids = ["20250101T000000Z-aaaaaa", "42"]  # "42" would be inferred as an int by readers
     for run_id in run_ids:
         for shard in shards:
-            rows = archive.process_shard(shard, str(inp), str(out), enhancer, reference_url=str(ref), run_id=run_id)
-            url = archive.shard_parquet_url(str(out), run_id, shard.shard_id)
+            rows = archive.process_shard(
+                RunSpec(str(inp), str(out), reference_url=str(ref), run_id=run_id), shard, enhancer
+            )
+            url = RunLayout(str(out), run_id).shard_url(shard.shard_id)
             archive.write_shard_parquet(rows, url, {"run_id": run_id, "shard_fingerprint": shard.fingerprint})
 
-    one = archive.read_shard_parquet(archive.shard_parquet_url(str(out), run_ids[0], "shard-00000"))
+    one = archive.read_shard_parquet(RunLayout(str(out), run_ids[0]).shard_url("shard-00000"))
     assert one.schema.equals(archive.METRICS_SCHEMA)  # the exact declared columns and types
     meta = archive.shard_metadata(one)
     assert meta["schema_version"] == str(archive.SCHEMA_VERSION)
@@ -254,7 +258,11 @@ def test_read_ahead_gives_the_same_rows_including_failures(tmp_path, make_images
     shard = archive.plan_shards(storage.list_images(str(inp)), 16)[0]
 
     results = {
-        n: archive.process_shard(shard, str(inp), str(tmp_path / f"out{n}"), enhancer, str(ref), "r", read_ahead=n)
+        n: archive.process_shard(
+            RunSpec(str(inp), str(tmp_path / f"out{n}"), reference_url=str(ref), run_id="r", read_ahead=n),
+            shard,
+            enhancer,
+        )
         for n in (0, 1, 3, 10)
     }
     baseline = [{**r, "output_path": None} for r in _comparable(results[0])]
@@ -289,7 +297,7 @@ def test_reads_of_the_next_image_overlap_the_current_one(tmp_path, make_images, 
 
     monkeypatch.setattr(storage, "read_bytes", recording_read)
     shard = archive.plan_shards(names, 4)[0]
-    rows = archive.process_shard(shard, str(inp), str(tmp_path / "out"), RecordingEnhancer(), read_ahead=1)
+    rows = archive.process_shard(RunSpec(str(inp), str(tmp_path / "out"), read_ahead=1), shard, RecordingEnhancer())
     assert [r["status"] for r in rows] == ["ok"] * 4
     reads = [e for e in events if e[0] == "read"]
     assert [e[1] for e in reads] == names
@@ -327,18 +335,15 @@ def test_credentials_in_urls_never_reach_the_parquet(s3, tmp_path, make_images, 
     input_url = f"s3://{userinfo}@{s3.bucket}/in"
     [shard] = archive.plan_shards(["a.png", "sub/b.png"], 10)
     rows = archive.process_shard(
+        RunSpec(input_url, str(tmp_path / "out"), reference_url=f"s3://{userinfo}@{s3.bucket}/ref", run_id="r"),
         shard,
-        input_url,
-        str(tmp_path / "out"),
         _NeverEnhances(),
-        reference_url=f"s3://{userinfo}@{s3.bucket}/ref",
-        run_id="r",
     )
     assert [r["status"] for r in rows] == ["error", "error"]
     assert rows[0]["error"].startswith("read: ") and "***" in rows[0]["error"], rows[0]["error"]
     assert rows[0]["input_path"] == f"s3://***@{s3.bucket}/in/a.png"
 
-    url = archive.shard_parquet_url(str(tmp_path / "out"), "r", shard.shard_id)
+    url = RunLayout(str(tmp_path / "out"), "r").shard_url(shard.shard_id)
     archive.write_shard_parquet(rows, url, {"run_id": "r", "shard_fingerprint": shard.fingerprint})
     table = pq.read_table(url)
     cells = [str(v) for column in table.to_pydict().values() for v in column]

@@ -1,0 +1,115 @@
+"""Map the shard task onto Dask: a local cluster or an existing one, retries, workers that died."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import unmapped
+from prefect.client.orchestration import get_client
+from prefect.tasks import exponential_backoff
+from prefect_dask import DaskTaskRunner
+
+from flows.worker_deaths import outcome_of, redo_one_by_one, worker_died
+from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
+from llie.batch import storage
+from llie.batch.plan import RunPlan
+from llie.batch.spec import RunSpec
+from tasks.enhance import enhance_shard
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where and how the shards run: ``dask_address`` None starts a LocalCluster of ``n_workers``."""
+
+    dask_address: str | None = None
+    n_workers: int | None = None  # default one per CPU
+    retries: int = 2  # attempts after the first for a shard that raises
+    retry_delay_seconds: float = 10.0  # first retry delay; doubles each further retry
+
+    @property
+    def workers(self) -> int:
+        return self.n_workers or available_cpus()
+
+    def task_spec(self, spec: RunSpec) -> RunSpec:
+        """The spec the tasks get: on a LocalCluster, the CPUs shared out between its workers' torch threads."""
+        if spec.threads is None and not self.dask_address:
+            return dataclasses.replace(spec, threads=max(1, available_cpus() // self.workers))
+        return spec
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _current_api_url() -> str | None:
+    """The API this flow run reports to, including a temporary one Prefect started for us."""
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url or "")
+    return url.rstrip("/") or None
+
+
+def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | None = None) -> DaskTaskRunner:
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    env = {}
+    if api_url:
+        # Workers are fresh processes: without this each would boot a temporary API server of
+        # its own (slow, and its task runs would land in a different database).
+        env["PREFECT_API_URL"] = api_url
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n_workers,
+            # One task per process; parallelism inside a task comes from torch threads.
+            "threads_per_worker": 1,
+            "processes": True,
+            # ":0" = any free port, so two runs (or a test suite) never fight over 8787.
+            "dashboard_address": ":0",
+            "env": env,
+        },
+    )
+
+
+def enhance_shards(plan: RunPlan, cluster: Cluster, logger: Any) -> list[Any]:
+    """Run every shard of the plan; each one's summary, or the exception it failed with after its retries.
+
+    The runner depends on parameters (dask_address, n_workers), which a @flow decorator cannot
+    see, so it is started here and the task mapped onto it directly.
+    """
+    if not plan.shards:
+        return []
+    spec = cluster.task_spec(plan.spec)
+    task = enhance_shard.with_options(
+        retries=cluster.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=cluster.retry_delay_seconds) if cluster.retries else 0,
+    )
+    api_url = _current_api_url()
+    if api_unreachable_from(cluster.dask_address, api_url):
+        logger.warning(
+            "this run's Prefect API is %s, which Dask workers on other machines cannot reach: "
+            "start a Prefect server they can reach and set PREFECT_API_URL for llie and the workers",
+            api_url,
+        )
+    with (
+        local_cluster_settings(),
+        tasks_report_to(api_url),
+        make_task_runner(cluster.dask_address, cluster.workers, api_url) as runner,
+    ):
+        futures = runner.map(task, {"shard": list(plan.shards), "spec": unmapped(spec)})
+        # One failed shard must not hide the others' results: collect, then decide.
+        results = [outcome_of(f) for f in futures]
+        for i, shard in enumerate(plan.shards):
+            if worker_died(results[i]):
+                results[i] = redo_one_by_one(runner, task, shard, spec, logger)
+    for shard, result in zip(plan.shards, results):
+        if isinstance(result, BaseException):
+            # The run's URLs: a library may quote their credentials without a scheme.
+            reason = storage.describe_error(result, spec.secrets())
+            logger.error("%s failed after %d retries: %s", shard.shard_id, cluster.retries, reason)
+    return results
