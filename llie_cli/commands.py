@@ -321,7 +321,45 @@ def _evaluate_or_fail(bundle, pairs, device: str, option: str) -> dict:
         raise click.ClickException(str(exc)) from None
 
 
+def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--config FILE``: the command's options from a TOML file, as defaults that its command line overrides.
+
+    Keys are the options' names without ``--`` (``steps = 600``, ``histogram-rows = 24``); an unknown key
+    is an error, so that a misspelt setting is never silently ignored.
+    """
+    if value is None:
+        return
+    import tomllib
+
+    try:
+        config = tomllib.loads(value.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{value}: {exc}", param_hint="--config") from None
+    names = {opt[2:]: p.name for p in ctx.command.params if p is not param for opt in p.opts if opt.startswith("--")}
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise click.BadParameter(
+            f"{value}: unknown key(s) {', '.join(unknown)}; the keys are llie {ctx.info_name}'s options without "
+            "'--', e.g. steps or histogram-rows",
+            param_hint="--config",
+        )
+    ctx.default_map = {**(ctx.default_map or {}), **{names[key]: v for key, v in config.items()}}
+
+
+def config_option(command):
+    """--config FILE for a command whose options may come from a TOML file (read before the others)."""
+    return click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        is_eager=True,
+        expose_value=False,
+        callback=_read_config,
+        help="TOML file of this command's options (keys: option names without '--'); the command line overrides it.",
+    )(command)
+
+
 @cli.command()
+@config_option
 @click.option(
     "--data",
     required=True,

@@ -559,3 +559,37 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     assert bundle.quantile_model.config.harmless == 2 and bundle.policy.gain_full == 1.5
     image = Enhancer(bundle, device="cpu").enhance(lows[0]).image
     assert image.shape == lows[0].shape and image.mean() > lows[0].mean()
+
+
+def test_train_takes_its_options_from_a_toml_config_and_the_command_line_overrides_it(tmp_path):
+    """`llie train --config FILE`: every option from the file, the command line winning, unknown keys refused."""
+    from click.testing import CliRunner
+
+    from llie_cli.main import cli
+
+    png = write_lol(tmp_path / "lol", 6, 96, 112, seed=11)
+    out = tmp_path / "bundle"
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f"data = [{str(png)!r}]\noutput = {str(out)!r}\n"
+        'device = "cpu"\nthreads = 1\nsteps = 2\nbatch = 2\ncrop = 80\ndim = 16\ndepth = 1\nheads = 2\n'
+        "histogram-rows = 2\nbag = 1\nharmless-rows = 5\nmax-slope = 8.0\n"
+        "error-weighting = false\nrefiner-gain = [1.2, 1.5]\n"
+    )
+    before = torch.get_num_threads()
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--harmless-rows", "2"], catch_exceptions=False)
+    torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["mapping"]["max_slope"] == 8.0  # from the file
+    assert manifest["policy"]["gain_off"] == 1.2 and manifest["policy"]["gain_full"] == 1.5
+    bundle = load_bundle(out)
+    assert bundle.quantile_model.config.harmless == 2  # the command line over the file's 5
+    assert bundle.quantile_model.config.bag == 1
+
+    config.write_text("stepz = 3\n")
+    refused = CliRunner().invoke(cli, ["train", "--config", str(config), "--data", str(png), "--output", str(out)])
+    assert refused.exit_code == 2 and "unknown key(s) stepz" in refused.output
+    config.write_text("steps = \n")
+    broken = CliRunner().invoke(cli, ["train", "--config", str(config)])
+    assert broken.exit_code == 2 and "train.toml" in broken.output
