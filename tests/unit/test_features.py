@@ -10,6 +10,7 @@ from llie.method.features import (
     N_BINS,
     PERCENTILES,
     channel_histograms,
+    channel_means_sequential,
     extract_features,
     feature_size,
     histogram_percentiles,
@@ -118,3 +119,17 @@ def test_noise_features_with_a_full_mask_match_the_plain_ones():
     rng = np.random.default_rng(6)
     rgb = np.clip(0.2 + 0.05 * rng.standard_normal((40, 50, 3)), 0, 1).astype(np.float32)
     np.testing.assert_allclose(noise_features(rgb, np.ones((40, 50), bool)), noise_features(rgb), rtol=1e-5)
+
+
+def test_noise_feature_shortcuts_are_numpys_own_reductions():
+    """channel_means_sequential is reshape(-1, 3).mean(axis=0) bit for bit (numpy sums rows one after
+    the other, then divides by an intp count); the grey of the subsampled image is mean(axis=2)."""
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1, 3), (3, 5, 3), (97, 61, 3), (400, 600, 3), (1024, 1024, 3)]:
+        values = (rng.random(shape, dtype=np.float32) ** 3).astype(np.float32)
+        np.testing.assert_array_equal(channel_means_sequential(values), values.reshape(-1, 3).mean(axis=0))
+    levels = np.rint(rng.random((61, 97, 3), dtype=np.float32) * 255).astype(np.float32) / 255
+    sub = levels[::2, ::2]
+    np.testing.assert_array_equal(
+        (sub[..., 0] + sub[..., 1] + sub[..., 2]) / np.float32(3), levels.mean(axis=2)[::2, ::2]
+    )
