@@ -153,7 +153,7 @@ def startup(repeats: int = 3) -> dict:
     return out
 
 
-# runs `llie enhance` in a fresh interpreter as the console entry point does, recording every
+# runs `llie enhance` in a fresh interpreter through the console entry point, recording every
 # EnhanceResult.seconds it produces (stages 1-3 and the refiner, per image)
 CLI_PROBE = """
 import json, sys
@@ -165,9 +165,10 @@ def recorded(self, *args, **kwargs):
     seconds.append(result.seconds)
     return result
 pipeline.Enhancer.enhance = recorded
-from llie_cli.main import cli
+from llie_cli.main import main
+sys.argv = ["llie", *sys.argv[1:]]
 try:
-    cli(sys.argv[1:])
+    main()
 except SystemExit:
     pass
 print(json.dumps(seconds))

@@ -12,4 +12,7 @@ __all__ = ["cli", "main"]
 
 
 def main() -> None:
+    from llie import allocator
+
+    allocator.settle()  # photo after photo without glibc mapping and unmapping the temporaries
     cli()
