@@ -10,6 +10,8 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import click
 import numpy as np
@@ -168,9 +170,7 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, limits) -> t
     help="Refuse images larger than this (decompression-bomb guard).",
 )
 @encoding_options
-def enhance(
-    input_dir: Path, output_dir: Path, model, stages, reference, device, max_pixels, png_compression, jpeg_quality
-) -> None:
+def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
     """Enhance every photo in a folder.
 
     A photo that cannot be read or enhanced is reported and skipped, the others go on, and the exit
@@ -179,15 +179,46 @@ def enhance(
     """
     from tqdm import tqdm
 
-    from llie.batch.imageio import (
-        DecodeLimits,
-        EncodeOptions,
-        ImageDecodeError,
-        decode_file,
-        encode_image,
-        is_image_name,
+    from llie.batch.imageio import ImageDecodeError, decode_file, encode_image
+    from llie.batch.spec import decode_limits, encode_options
+    from llie.batch.storage import write_bytes_atomic
+
+    o = SimpleNamespace(**options)  # the options by name, as click gives them
+    names = _photos(input_dir, output_dir)
+    limits, encoding = decode_limits(o.max_pixels), encode_options(o.png_compression, o.jpeg_quality)
+    enhancer = _load_enhancer(o.model, o.device, refiner=o.stages == "full")
+    rows, unscored, failures = [], [], 0
+    for name in tqdm(names, desc="enhance", unit="img"):
+        rel = Path(name)
+        try:
+            decoded = decode_file(input_dir / rel, limits)
+            levels = 65536 if decoded.bit_depth > 8 else 256
+            result = enhancer.enhance(decoded.rgb, stages=o.stages, levels=levels, mask=decoded.opaque)
+            write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded, options=encoding))
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            failures += 1
+            tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)
+            continue
+        if o.reference is not None:
+            scores, why_not = _reference_score(o.reference, rel, result.image, limits)
+            if scores is None:
+                unscored.append((rel, why_not))
+            else:
+                rows.append({"name": rel.as_posix(), **scores})
+    click.echo(
+        f"enhanced {len(names) - failures} of {len(names)} images into {output_dir} "
+        f"(model {enhancer.model_version}, stages {o.stages})"
     )
-    from llie.batch.storage import check_output_not_inside_input, write_bytes_atomic
+    if o.reference is not None:
+        _print_scores(rows, unscored, len(names) - failures, o.reference)
+    if failures:
+        sys.exit(1)
+
+
+def _photos(input_dir: Path, output_dir: Path) -> list[str]:
+    """The photos under ``input_dir`` as ``llie run`` lists them (llie.batch.storage); a link out of it is
+    reported and left out, as it may reach anything."""
+    from llie.batch.storage import check_output_not_inside_input, list_local_images
 
     try:
         check_output_not_inside_input(str(input_dir), str(output_dir))
@@ -195,59 +226,23 @@ def enhance(
         raise click.UsageError(
             "--output must not be --input, inside it or contain it: inputs are never overwritten"
         ) from None
-    limits = DecodeLimits(max_pixels=max_pixels) if max_pixels else DecodeLimits()
-    encoding = EncodeOptions(png_compression=png_compression, jpeg_quality=jpeg_quality)
-    files = sorted(
-        p
-        for p in input_dir.rglob("*")
-        if p.is_file()
-        and is_image_name(p.name)
-        and not any(part.startswith(".") for part in p.relative_to(input_dir).parts)
-    )
-    # as `llie run`: a link that leads out of --input is not followed (it may reach anything)
-    root = input_dir.resolve()
-    outside = [p for p in files if root not in p.resolve().parents]
-    for p in outside:
-        click.echo(f"skipped: {p.relative_to(input_dir)}: a link out of --input", err=True)
-    files = [p for p in files if p not in outside]
-    if not files:
+    names, links_out = list_local_images(str(input_dir))
+    for name in links_out:
+        click.echo(f"skipped: {name}: a link out of --input", err=True)
+    if not names:
         raise click.UsageError(f"no images found under {input_dir}")
-    enhancer = _load_enhancer(model, device, refiner=stages == "full")
-    rows, unscored, failures = [], [], 0
-    for path in tqdm(files, desc="enhance", unit="img"):
-        rel = path.relative_to(input_dir)
-        try:
-            decoded = decode_file(path, limits)
-            result = enhancer.enhance(
-                decoded.rgb, stages=stages, levels=65536 if decoded.bit_depth > 8 else 256, mask=decoded.opaque
-            )
-            write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded, options=encoding))
-        except (ImageDecodeError, OSError, ValueError) as exc:
-            failures += 1
-            tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)
-            continue
-        if reference is not None:
-            scores, why_not = _reference_score(reference, rel, result.image, limits)
-            if scores is None:
-                unscored.append((rel, why_not))
-            else:
-                rows.append({"name": rel.as_posix(), **scores})
-    click.echo(
-        f"enhanced {len(files) - failures} of {len(files)} images into {output_dir} "
-        f"(model {enhancer.model_version}, stages {stages})"
-    )
-    if reference is not None:
-        ok = len(files) - failures
-        click.echo(f"scored {len(rows)} of {ok} enhanced images against {reference}")
-        for rel, why_not in unscored:
-            click.echo(f"  not scored: {rel}: {why_not}")
+    return names
+
+
+def _print_scores(rows: list[dict], unscored: list[tuple[Path, str | None]], enhanced: int, reference: Path) -> None:
+    click.echo(f"scored {len(rows)} of {enhanced} enhanced images against {reference}")
+    for rel, why_not in unscored:
+        click.echo(f"  not scored: {rel}: {why_not}")
     if rows:
         click.echo(f"\n{'image':40s} {'PSNR':>7s} {'SSIM':>6s}")
         for r in rows:
             click.echo(f"{r['name']:40s} {r['psnr']:7.2f} {r['ssim']:6.3f}")
         click.echo(f"{'mean':40s} {np.mean([r['psnr'] for r in rows]):7.2f} {np.mean([r['ssim'] for r in rows]):6.3f}")
-    if failures:
-        sys.exit(1)
 
 
 @cli.command()

@@ -246,7 +246,7 @@ def _local_version(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _list_local(root: str, follow_symlinks: bool = False) -> dict[str, str]:
+def _list_local(root: str, follow_symlinks: bool = False, links_out: list[str] | None = None) -> dict[str, str]:
     root_real = os.path.realpath(root)
     if not os.path.isdir(root_real):
         raise FileNotFoundError(f"no such folder: {root}")
@@ -265,6 +265,8 @@ def _list_local(root: str, follow_symlinks: bool = False) -> dict[str, str]:
                 # A link out of the tree could expose (and, via the output mirror, copy)
                 # files the caller never pointed us at; only an explicit opt-in follows it.
                 if not follow_symlinks and not _within(target, root_real):
+                    if links_out is not None and os.path.isfile(target) and is_image_name(entry.name):
+                        links_out.append(rel)
                     continue
                 if os.path.isdir(target):
                     if target not in ancestors:  # a link to an ancestor would loop forever
@@ -315,6 +317,13 @@ def list_images(url: str, storage_options: StorageOptions = None, follow_symlink
     typo in a URL is not mistaken for an empty archive.
     """
     return list(list_image_versions(url, storage_options, follow_symlinks))
+
+
+def list_local_images(root: str) -> tuple[list[str], list[str]]:
+    """:func:`list_images` of a local folder, and the image links in it that lead out of it (not followed)."""
+    links_out: list[str] = []
+    images = sorted(_list_local(root, follow_symlinks=False, links_out=links_out))
+    return images, sorted(links_out)
 
 
 def list_files(url: str, storage_options: StorageOptions = None) -> list[str]:

@@ -237,3 +237,14 @@ def test_describe_error_scrubs_credentials_quoted_without_a_scheme():
 def test_scrub_replaces_longest_first():
     assert storage.scrub("x AKIAX:abc/Def+ghi@b y AKIAX z", ["AKIAX", "AKIAX:abc/Def+ghi"]) == "x ***@b y *** z"
     assert storage.scrub("see https://u:p@host/x") == "see https://***@host/x"
+
+
+def test_list_local_images_names_the_links_it_does_not_follow(tmp_path, make_images):
+    """`llie enhance` lists as `llie run` does, and says which image links lead out of its folder."""
+    make_images(tmp_path / "in", ["a.png", "sub/b.png", ".hidden/c.png"])
+    make_images(tmp_path / "elsewhere", ["secret.png"])
+    (tmp_path / "in" / "out.png").symlink_to(tmp_path / "elsewhere" / "secret.png")
+    (tmp_path / "in" / "again.png").symlink_to(tmp_path / "in" / "a.png")
+    images, links_out = storage.list_local_images(str(tmp_path / "in"))
+    assert images == ["a.png", "again.png", "sub/b.png"] == storage.list_images(str(tmp_path / "in"))
+    assert links_out == ["out.png"]
