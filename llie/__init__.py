@@ -10,6 +10,7 @@ The library, one folder per concern (nothing here imports Prefect):
   ``audit/``     a run's numbers and comparisons from its Parquet (``summary``), and its HTML ``report``
   ``training/``  paired data, synthetic darkening, training and per-stage evaluation
   ``metrics``, ``stats``  image quality measures and bootstrap intervals, shared by all of the above
+  ``allocator``, ``dask_logging``  process settings the entry points apply at start
 """
 
 __version__ = "0.1.0"

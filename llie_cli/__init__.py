@@ -3,3 +3,7 @@
 ``main`` assembles the group: ``commands`` (enhance, evaluate, train, synth; no Prefect), ``audit`` and
 ``run`` (the archive flow); ``options`` holds the options several commands share.
 """
+
+from llie.dask_logging import quiet_dask_logging
+
+quiet_dask_logging()  # before `llie run` first imports Dask (lazily), which reads this config once
