@@ -2,7 +2,8 @@
 
 ``manifest.json`` records the mapping and refiner configuration, library versions, a summary of the
 training data, evaluation metrics, and the SHA-256 of every model file. ``model_version`` is a hash over
-those file hashes, so it changes exactly when the weights change. Loading checks every hash and refuses
+those file hashes and the settings that change what the model does with them (mapping, policy, refiner
+architecture), so it changes exactly when the output can: the version in an audit's rows names a behaviour. Loading checks every hash and refuses
 a bundle that does not match its manifest; nothing is unpickled (XGBoost UBJSON, safetensors).
 """
 
@@ -28,7 +29,10 @@ if TYPE_CHECKING:  # torch is imported where a refiner is saved or loaded: stage
 
 MANIFEST = "manifest.json"
 REFINER_FILE = "refiner.safetensors"
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+# format 1's model_version covered the model files only; a policy edited in place kept the version
+SUPPORTED_FORMATS = (1, 2)
+BEHAVIOUR_KEYS = ("mapping", "policy", "refiner")
 
 
 class BundleError(ValueError):
@@ -61,9 +65,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version(file_hashes: dict[str, str]) -> str:
+def _version(file_hashes: dict[str, str], settings: dict | None) -> str:
     joined = "".join(f"{name}:{digest}\n" for name, digest in sorted(file_hashes.items()))
+    if settings is not None:
+        joined += json.dumps(settings, sort_keys=True)
     return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+def manifest_version(manifest: dict) -> str:
+    """The model_version a manifest's files and behaviour settings give, by the rule of its format."""
+    settings = None if manifest.get("format") == 1 else {k: manifest.get(k) for k in BEHAVIOUR_KEYS}
+    return _version(manifest["files"], settings)
 
 
 def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None) -> dict:
@@ -79,7 +91,6 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in bundle.refiner.state_dict().items()}
         save_file(state, directory / REFINER_FILE)
         files.append(directory / REFINER_FILE)
-    hashes = {p.name: _sha256(p) for p in files}
     import numpy
     import scipy
     import xgboost
@@ -88,8 +99,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         **bundle.manifest,
         **(extra or {}),
         "format": BUNDLE_FORMAT,
-        "model_version": _version(hashes),
-        "files": hashes,
+        "files": {p.name: _sha256(p) for p in files},
         "mapping": asdict(bundle.mapping),
         "policy": asdict(bundle.policy),
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
@@ -102,6 +112,8 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
             "scipy": scipy.__version__,
         },
     }
+    manifest = json.loads(json.dumps(manifest))  # the values as a reader will see them
+    manifest["model_version"] = manifest_version(manifest)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     bundle.manifest = manifest
     return manifest
@@ -177,8 +189,10 @@ def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
     emptied ``files`` list cannot switch the check off.
     """
     manifest = read_manifest(directory)
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"bundle format {manifest.get('format')!r} is not supported (expected {BUNDLE_FORMAT})")
+    if manifest.get("format") not in SUPPORTED_FORMATS:
+        raise BundleError(
+            f"bundle format {manifest.get('format')!r} is not supported (expected one of {SUPPORTED_FORMATS})"
+        )
     hashes = manifest.get("files")
     if not isinstance(hashes, dict) or not hashes:
         raise BundleError(f"bundle file {MANIFEST} lists no model files: refusing to load")
@@ -193,8 +207,10 @@ def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
         if hashlib.sha256(data).hexdigest() != expected:
             raise BundleError(f"bundle file {name} does not match the hash in its manifest: refusing to load")
         contents[name] = data
-    if _version(hashes) != manifest.get("model_version"):
-        raise BundleError(f"bundle file {MANIFEST}: model_version does not match its file hashes: refusing to load")
+    if manifest_version(manifest) != manifest.get("model_version"):
+        raise BundleError(
+            f"bundle file {MANIFEST}: model_version does not match its file hashes and settings: refusing to load"
+        )
     if "quantiles.json" not in contents:
         raise BundleError(
             f"bundle file quantiles.json is needed by the model but not listed in {MANIFEST}: refusing to load"

@@ -27,7 +27,7 @@ import pytest
 import llie
 from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
-from llie.method.bundle import MANIFEST, BundleError, _sha256, _version, default_bundle_path, load_bundle
+from llie.method.bundle import MANIFEST, BundleError, _sha256, default_bundle_path, load_bundle, manifest_version
 from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient, mounted
 
 SECRETS = (FAKE_KEY_ID, FAKE_SECRET)
@@ -112,7 +112,7 @@ def test_a_correctly_hashed_pickle_in_a_bundle_is_never_unpickled(tmp_path, name
     (bundle / name).write_bytes(gzip.compress(payload) if compress else payload)
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["files"][name] = _sha256(bundle / name)  # an attacker who can write the bundle can do this too
-    manifest["model_version"] = _version(manifest["files"])
+    manifest["model_version"] = manifest_version(manifest)
     (bundle / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(Exception):  # noqa: B017 - safetensors and XGBoost each refuse it their own way
         load_bundle(bundle)
@@ -378,7 +378,7 @@ def _rewrite_manifest(bundle: Path, edit) -> None:
     """Edit the manifest the way someone who can write the bundle could: with a consistent model_version."""
     manifest = json.loads((bundle / MANIFEST).read_text())
     edit(manifest)
-    manifest["model_version"] = _version(manifest["files"])
+    manifest["model_version"] = manifest_version(manifest)
     (bundle / MANIFEST).write_text(json.dumps(manifest))
 
 

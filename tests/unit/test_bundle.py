@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,20 @@ import torch
 from helpers_synthetic import pairs
 
 import llie
-from llie.method.bundle import MANIFEST, REFINER_FILE, Bundle, BundleError, load_bundle, save_bundle, verify_bundle
+from llie.method.bundle import (
+    MANIFEST,
+    REFINER_FILE,
+    Bundle,
+    BundleError,
+    load_bundle,
+    manifest_version,
+    save_bundle,
+    verify_bundle,
+)
 from llie.method.features import extract_features
 from llie.method.mapping import MappingConfig
 from llie.method.pipeline import Enhancer
+from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel, QuantileModelConfig, augmented_rows
 from llie.method.refiner import Refiner, RefinerConfig
 
@@ -130,7 +141,7 @@ def test_not_a_bundle_is_refused(tmp_path):
         load_bundle(tmp_path)
 
 
-def test_model_version_changes_exactly_when_weights_change(bundle, tmp_path):
+def test_model_version_changes_exactly_when_weights_or_settings_change(bundle, tmp_path):
     first = save_bundle(bundle, tmp_path / "a", extra={"note": "one"})["model_version"]
     # same weights, different metadata: same version
     again = save_bundle(bundle, tmp_path / "b", extra={"note": "two"})["model_version"]
@@ -143,6 +154,31 @@ def test_model_version_changes_exactly_when_weights_change(bundle, tmp_path):
     # a different stage-2 model
     other = Bundle(_quantile_model(seed=1), bundle.mapping, bundle.refiner)
     assert save_bundle(other, tmp_path / "d")["model_version"] != first
+    # the same files under another policy or mapping enhance differently: another version
+    gated = Bundle(bundle.quantile_model, bundle.mapping, bundle.refiner, policy=EnhancePolicy(0.2, 0.3))
+    assert save_bundle(gated, tmp_path / "e")["model_version"] != first
+    bounded = Bundle(bundle.quantile_model, replace(bundle.mapping, max_slope=8.0), bundle.refiner)
+    assert save_bundle(bounded, tmp_path / "f")["model_version"] != first
+    versions = [load_bundle(tmp_path / d).model_version for d in "abcdef"]  # as read back, not as written
+    assert versions[:2] == [first, first] and len(set(versions)) == 5
+
+
+def test_a_policy_edited_in_the_manifest_is_refused(saved):
+    """The policy changes every output of the same files: an edit that keeps the version is caught."""
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["policy"]["anchor_exposure"] = not manifest["policy"]["anchor_exposure"]
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="model_version does not match"):
+        load_bundle(saved)
+
+
+def test_a_format_1_bundle_still_loads_with_its_files_only_version(saved):
+    """Bundles written before the version covered the settings keep loading, by their own rule."""
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["format"] = 1
+    manifest["model_version"] = manifest_version(manifest)
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    assert load_bundle(saved).model_version == manifest["model_version"] != manifest_version({**manifest, "format": 2})
 
 
 def test_bundle_without_refiner_round_trips(bundle, tmp_path):
@@ -232,6 +268,7 @@ def test_bundle_from_before_the_context_option_loads_without_it(bundle, tmp_path
     save_bundle(Bundle(bundle.quantile_model, bundle.mapping, plain), tmp_path)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     del manifest["refiner"]["global_context"]
+    manifest["format"], manifest["model_version"] = 1, manifest_version({**manifest, "format": 1})
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     loaded = load_bundle(tmp_path)
     assert RefinerConfig().global_context and not loaded.refiner.cfg.global_context
@@ -250,6 +287,7 @@ def test_bundle_from_before_the_detail_head_loads_without_it(bundle, tmp_path):
     save_bundle(Bundle(bundle.quantile_model, bundle.mapping, plain), tmp_path)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     del manifest["refiner"]["detail_channels"], manifest["refiner"]["detail_layers"]
+    manifest["format"], manifest["model_version"] = 1, manifest_version({**manifest, "format": 1})
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     loaded = load_bundle(tmp_path)
     assert RefinerConfig().detail_channels > 0 and loaded.refiner.detail is None
