@@ -501,7 +501,7 @@ def config_option(command):
 @click.option(
     "--exposure-gate",
     type=(float, float),
-    default=(0.24, 0.32),
+    default=(0.22, 0.28),
     show_default=True,
     help="FULL OFF: stage 3 changes photos whose mean luma (0-1) is at most FULL in full, leaves those from "
     "OFF as they are, and blends in between.",

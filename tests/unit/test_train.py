@@ -549,8 +549,8 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     assert manifest["training"]["pairs"] == 12 and manifest["training"]["target_groups"] <= 9  # 6 + 3 named scenes
     assert manifest["mapping"]["colour"] == "bounded" and manifest["mapping"]["max_slope"] == 16.0
     assert manifest["policy"] == {
-        "exposure_full": 0.24,
-        "exposure_off": 0.32,
+        "exposure_full": 0.22,
+        "exposure_off": 0.28,
         "anchor_exposure": True,
         "gain_off": 1.2,
         "gain_full": 1.5,
