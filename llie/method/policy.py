@@ -4,8 +4,9 @@ Stage 3 is trained on dark shots, and stage 2 to return a well-exposed photo's o
 (``llie.method.quantiles.harmless_rows``), but a learned identity is only close. A photo brighter than any dark
 shot the model was trained on is not one it knows how to improve: stage 3's change is kept in full up to
 a mean luma of ``exposure_full``, not at all from ``exposure_off``, and in proportion between. The two
-overlap: 2 of the 658 dark training shots have a mean luma above 0.24 (the brightest 0.27), while LOL's
-dimmest well-exposed targets sit at 0.21; below the gate, the learned identity is what protects them.
+overlap: the brightest of the 658 dark training shots reach a mean luma of 0.27, while LOL's dimmest
+well-exposed targets sit at 0.21; where they meet, the gate is a trade (docs/model-card.md), and below
+it the learned identity is what protects a dim but well-exposed photo.
 
 The refiner exists to remove what brightening amplifies: noise, and the casts of a dark sensor. A photo
 that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
