@@ -13,7 +13,6 @@ The loop side runs as ``python -m benchmarks.orchestration loop ...`` (a JSON li
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shutil
 import time
@@ -137,12 +136,6 @@ def loop_main(argv: list[str] | None = None) -> None:
 # --------------------------------------------------------------------------- orchestration overhead
 
 
-def _flow_kwargs(fn, **wanted):
-    """Only the keyword arguments the flow accepts (its signature is still evolving)."""
-    params = inspect.signature(fn).parameters
-    return {k: v for k, v in wanted.items() if k in params}
-
-
 def flow_overhead(
     workdir: Path,
     n_images: int,
@@ -162,9 +155,9 @@ def flow_overhead(
     is not measured (None). The loop always runs 2N or kN images, as shards of N.
     """
     from flows.enhance_archive import enhance_archive
+    from flows.parameters import flow_arguments
     from llie.batch import archive
 
-    fn = getattr(enhance_archive, "fn", enhance_archive)
     k = max(2, multiple)
     big = workdir / "k_n"
     write_images(big, k * n_images, width, height, seed=1000, with_reference=with_reference)
@@ -232,8 +225,7 @@ def flow_overhead(
         malloc["llie_slowdown_pct"] = (malloc["llie_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
 
     def run_flow(input_dir: Path, tag: str) -> dict:
-        kwargs = _flow_kwargs(
-            fn,
+        kwargs = dict(
             input_url=str(input_dir),
             output_url=str(workdir / f"flow-{tag}"),
             model=model,
@@ -245,7 +237,7 @@ def flow_overhead(
             torch_threads=1,
         )
         t = time.perf_counter()
-        summary = enhance_archive(**kwargs)
+        summary = enhance_archive(**flow_arguments(**kwargs))
         wall = time.perf_counter() - t
         assert summary["ok"] == summary["images"], summary
         rows = archive.read_metrics(kwargs["output_url"], kwargs["run_id"]).to_pylist()

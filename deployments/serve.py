@@ -33,16 +33,22 @@ class ArchiveDeployment:
 
 
 def build_deployment(cfg: ArchiveDeployment) -> RunnerDeployment:
-    require_archive_urls(cfg.parameters.get("input_url"), cfg.parameters.get("output_url"))
+    run = cfg.parameters.get("run") or {}
+    require_archive_urls(run.get("input_url"), run.get("output_url"))
     return enhance_archive.to_deployment(
         name=cfg.name,
         schedules=[Cron(cfg.cron, timezone=cfg.timezone)],
         parameters=cfg.parameters,
         tags=list(cfg.tags),
-        description=f"Enhance {storage.redact_url(cfg.parameters['input_url'])} on '{cfg.cron}' ({cfg.timezone}).",
+        description=f"Enhance {storage.redact_url(run['input_url'])} on '{cfg.cron}' ({cfg.timezone}).",
         # By module, not file path: flow runs then work from any directory the package is importable in.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields given a value: the others keep the flow's defaults, and no fixed ``run_id`` is stored."""
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -94,21 +100,18 @@ def main(
     limit,
 ) -> None:
     """Register the archive deployment with its schedule and run its flow runs here until stopped."""
-    parameters = {
+    run = {
         "input_url": input_url,
         "output_url": output_url,
         "reference_url": reference_url,
         "model": model,
         "shard_size": shard_size,
-        "dask_address": dask_address,
-        "n_workers": workers,
         "run_id": run_id,
-        "retries": retries,
         "max_pixels": max_pixels,
     }
-    cfg = ArchiveDeployment(
-        name=name, cron=cron, timezone=timezone, parameters={k: v for k, v in parameters.items() if v is not None}
-    )
+    cluster = {"dask_address": dask_address, "n_workers": workers, "retries": retries}
+    parameters = {"run": _given(run), "cluster": _given(cluster)}
+    cfg = ArchiveDeployment(name=name, cron=cron, timezone=timezone, parameters=parameters)
     try:
         deployment = build_deployment(cfg)
     except ValueError as exc:

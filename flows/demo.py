@@ -37,11 +37,11 @@ def main(output: str, workers: int | None) -> None:
     quiet_prefect_console()  # the summary below says it all; Prefect's INFO lines still reach its API
     from flows.artifacts import summary_text
     from flows.enhance_archive import enhance_archive
+    from flows.parameters import ArchiveRun, Cluster
 
     # Two images per shard, so even four samples show shards running side by side.
-    summary = enhance_archive(
-        input_url=str(low), output_url=str(out), reference_url=str(high), shard_size=2, n_workers=workers
-    )
+    run = ArchiveRun(input_url=str(low), output_url=str(out), reference_url=str(high), shard_size=2)
+    summary = enhance_archive(run, Cluster(n_workers=workers))
     click.echo("")
     click.echo(summary_text(summary))
     click.echo("")

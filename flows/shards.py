@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import unmapped
@@ -12,39 +9,12 @@ from prefect.client.orchestration import get_client
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
+from flows.parameters import Cluster
 from flows.worker_deaths import outcome_of, redo_one_by_one, worker_died
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
 from llie.batch import storage
 from llie.batch.plan import RunPlan
-from llie.batch.spec import RunSpec
 from tasks.enhance import enhance_shard
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where and how the shards run: ``dask_address`` None starts a LocalCluster of ``n_workers``."""
-
-    dask_address: str | None = None
-    n_workers: int | None = None  # default one per CPU
-    retries: int = 2  # attempts after the first for a shard that raises
-    retry_delay_seconds: float = 10.0  # first retry delay; doubles each further retry
-
-    @property
-    def workers(self) -> int:
-        return self.n_workers or available_cpus()
-
-    def task_spec(self, spec: RunSpec) -> RunSpec:
-        """The spec the tasks get: on a LocalCluster, the CPUs shared out between its workers' torch threads."""
-        if spec.threads is None and not self.dask_address:
-            return dataclasses.replace(spec, threads=max(1, available_cpus() // self.workers))
-        return spec
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _current_api_url() -> str | None:

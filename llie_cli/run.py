@@ -29,7 +29,7 @@ from llie_cli.commands import encoding_options
 from llie_cli.options import storage_option_flag
 
 if TYPE_CHECKING:
-    from flows.shards import Cluster
+    from flows.parameters import Cluster
 
 __all__ = ["DEFAULT_SHARD_SIZE", "ImageProgress", "resume_command", "run_command"]
 
@@ -261,7 +261,8 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     # The terminal shows the bar, warnings, errors and the summary; Prefect's INFO lines go to its API.
     quiet_prefect_console()
     from flows import prefect_server
-    from flows.enhance_archive import enhance_archive, flow_parameters
+    from flows.enhance_archive import enhance_archive
+    from flows.parameters import ArchiveRun
 
     spec, cluster = _checked_spec(input_url, output_url, options)
     check_reachable(input_url, spec.storage_options)
@@ -271,7 +272,7 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
         spec.output_url, spec.run_id, enabled=not options["no_progress"], storage_options=spec.storage_options
     )
     with _exit_on_sigterm(), credentials.storage_credentials(secret), progress:
-        state = enhance_archive(**flow_parameters(spec, cluster), return_state=True)
+        state = enhance_archive(ArchiveRun.of(spec), cluster, return_state=True)
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
         reason = storage.scrub(state.message or state.name, spec.secrets())
@@ -284,7 +285,7 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
 def _checked_spec(input_url: str, output_url: str, options: dict[str, Any]) -> tuple[RunSpec, Cluster]:
     """The run the options describe, with its run id; a usage error for what no run may do."""
     from flows.enhance_archive import check_model
-    from flows.shards import Cluster
+    from flows.parameters import Cluster
     from llie.batch.plan import check_spec
 
     if options["retry_failed"] and not options["run_id"]:  # a new run has nothing to retry: it would redo everything

@@ -26,6 +26,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llie.dask_logging import quiet_dask_logging
+
+quiet_dask_logging()  # as every entry point does, before a test first imports Dask or the flows
+
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY_ID = "AKIALLIETESTKEY00001"
 FAKE_SECRET = "llie-test-secret-do-not-log-0123456789"
@@ -35,6 +39,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_archive(input_url: str, output_url: str, return_state: bool = False, **fields):
+    """The archive flow, its ``run`` and ``cluster`` built from keyword arguments named as their fields."""
+    from flows.enhance_archive import enhance_archive
+    from flows.parameters import flow_arguments
+
+    arguments = flow_arguments(input_url=input_url, output_url=output_url, **fields)
+    return enhance_archive(**arguments, return_state=return_state)
 
 
 def gradient(width: int = 64, height: int = 48, seed: int = 0, peak: float = 0.25) -> np.ndarray:

@@ -26,7 +26,7 @@ from llie.audit import report
 from llie.audit import summary as audit
 from llie.batch import archive, storage
 from llie.stats import bootstrap_interval
-from tests.conftest import encode, gradient, write_images
+from tests.conftest import encode, gradient, run_archive, write_images
 
 RUN_A, RUN_B = "audit-a", "audit-b"
 GOOD = [f"g{i:02d}.png" for i in range(9)] + ["sub/g09.jpg"]
@@ -49,8 +49,6 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(prefect_harness, dask_address, tmp_path_factory, bundle_path) -> Runs:
-    from flows.enhance_archive import enhance_archive
-
     root = tmp_path_factory.mktemp("audit")
     inp, ref, out = root / "in", root / "ref", root / "out"
     write_images(inp, GOOD)
@@ -71,11 +69,11 @@ def runs(prefect_harness, dask_address, tmp_path_factory, bundle_path) -> Runs:
         model=bundle_path,
         retry_delay_seconds=0.2,
     )
-    summary_a = enhance_archive(str(inp), str(out), run_id=RUN_A, **common)
+    summary_a = run_archive(str(inp), str(out), run_id=RUN_A, **common)
     # Between the runs one image breaks and another changes: a status regression and a PSNR change.
     (inp / "g01.png").write_bytes((inp / "g01.png").read_bytes()[:60])
     (inp / "g02.png").write_bytes(encode(gradient(64, 48, seed=42, peak=0.04)))
-    summary_b = enhance_archive(str(inp), str(out), run_id=RUN_B, **common)
+    summary_b = run_archive(str(inp), str(out), run_id=RUN_B, **common)
     return Runs(inp, ref, out, summary_a, summary_b)
 
 

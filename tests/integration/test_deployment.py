@@ -157,8 +157,9 @@ def test_serve_registers_schedule_and_runs(prefect_server, client_env, tmp_path,
         deployment = _wait(lambda: _deployment(api, "served"), 90, "served deployment", [serve])
         [schedule] = deployment.schedules
         assert schedule.schedule.cron == "30 3 * * 1" and schedule.schedule.timezone == "Europe/Paris"
-        assert deployment.parameters["input_url"] == str(inp) and deployment.parameters["shard_size"] == 2
-        assert "run_id" not in deployment.parameters  # each scheduled run gets a fresh id
+        run, cluster = deployment.parameters["run"], deployment.parameters["cluster"]
+        assert run["input_url"] == str(inp) and run["shard_size"] == 2 and cluster["n_workers"] == 1
+        assert "run_id" not in run  # each scheduled run gets a fresh id
 
         run = _final_flow_run(api, _run_now(api, deployment.id), 300, [serve])
         assert run.state.is_completed(), run.state
@@ -201,16 +202,16 @@ def test_prefect_yaml_deploys_and_runs_on_a_process_worker(
     assert deployment is not None
     [schedule] = deployment.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
-    assert deployment.parameters["input_url"] == str(inp)  # {{ $LLIE_INPUT_URL }} filled in
-    assert deployment.parameters["output_url"] == str(out)
+    run = deployment.parameters["run"]
+    assert run["input_url"] == str(inp) and run["output_url"] == str(out)  # {{ $LLIE_INPUT_URL }} filled in
     assert deployment.work_pool_name == "llie-process"
     assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1
 
     # A run with small-machine overrides, picked up by one pass of a process worker.
     with _client(api) as client:
-        overrides = {"n_workers": 1, "shard_size": 1}
-        if bundle_path:
-            overrides["model"] = bundle_path
+        # an override replaces a parameter whole: the deployment's run, with a smaller shard size
+        run = {**run, "shard_size": 1, **({"model": bundle_path} if bundle_path else {})}
+        overrides = {"run": run, "cluster": {"n_workers": 1}}
         run_id = client.create_flow_run_from_deployment(deployment.id, parameters=overrides).id
     log = open(tmp_path / "worker.log", "wb")
     worker = subprocess.Popen(

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.batch.imageio import decode_image
 from llie.batch.spec import RunSpec
@@ -33,6 +32,7 @@ from tests.conftest import (
     free_port,
     gradient,
     mounted,
+    run_archive,
     subprocess_env,
     write_images,
 )
@@ -127,7 +127,7 @@ def test_worker_killed_mid_shard_run_completes_with_one_row_per_image(dask_addre
     client.register_plugin(_kill_plugin(str(target), str(marker)), name="llie-test-kill")
     try:
         # retries=0: the run can only complete because Dask re-runs the lost task, not by a Prefect retry.
-        summary = enhance_archive(
+        summary = run_archive(
             str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="killed", model=bundle_path, retries=0
         )
     finally:
@@ -258,7 +258,7 @@ def test_s3_stopped_and_started_again_loses_nothing(restartable_s3, bundle_path)
     controller = threading.Thread(target=outage, name="s3-outage", daemon=True)
     controller.start()
     try:
-        state = enhance_archive(
+        state = run_archive(
             f"s3://{bucket}/in",
             f"s3://{bucket}/out",
             shard_size=1,
@@ -424,7 +424,7 @@ def test_killed_run_resumes_only_the_remaining_shards_and_equals_an_uninterrupte
 
     # The same archive in one uninterrupted run: the same dataset, row for row, value for value.
     whole = resumed_run["base"] / "whole"
-    enhance_archive(str(inp), str(whole), shard_size=2, dask_address=dask_address, run_id="whole", model=bundle_path)
+    run_archive(str(inp), str(whole), shard_size=2, dask_address=dask_address, run_id="whole", model=bundle_path)
     assert _comparable(str(out), "half") == _comparable(str(whole), "whole")
     for name in images:
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
@@ -588,14 +588,14 @@ def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named
     images = [f"p{i}.png" for i in range(4)]
     make_images(inp, images, width=32, height=24)
     common = dict(shard_size=2, dask_address=dask_address, run_id="foreign", model=bundle_path, retries=0)
-    enhance_archive(str(inp), str(out), **common)
+    run_archive(str(inp), str(out), **common)
     metrics = out / "_metrics" / "run_id=foreign"
     (metrics / "notes.txt").write_text("checked by Ann\n")
     (out / "_metrics" / "notes.txt").write_text("runs of March\n")
     (out / "_metrics" / "backups").mkdir()
     (metrics / "backup-copy.parquet").write_bytes((metrics / "shard-00000.parquet").read_bytes())
 
-    summary = enhance_archive(str(inp), str(out), **common)  # the resume
+    summary = run_archive(str(inp), str(out), **common)  # the resume
     assert (summary["images"], summary["ok"], summary["shards_resumed"]) == (4, 4, 2)
     run = audit.load_run(str(out), "foreign")
     assert run.table.num_rows == 4 and run.duplicates == 0
@@ -605,7 +605,7 @@ def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named
     pq.write_table(pa.table({"rel_path": ["x.png"], "score": [1.0]}), metrics / "shard-00007.parquet")
     bad = f"unreadable metrics file {metrics}/shard-00007.parquet: not a shard file of this schema"
     with pytest.raises(ValueError, match=re.escape(bad)):
-        enhance_archive(str(inp), str(out), **common)
+        run_archive(str(inp), str(out), **common)
     with pytest.raises(audit.AuditError, match=re.escape(bad)):
         audit.load_run(str(out), "foreign")
     (metrics / "shard-00007.parquet").unlink()
@@ -613,7 +613,7 @@ def test_foreign_files_in_the_metrics_folder_are_not_read_and_a_bad_one_is_named
     manifest = metrics / archive.RUN_MANIFEST
     manifest.write_bytes(manifest.read_bytes()[:40])  # truncated
     with pytest.raises(ValueError, match=re.escape(f"unreadable run manifest {manifest}: ")):
-        enhance_archive(str(inp), str(out), **common)
+        run_archive(str(inp), str(out), **common)
 
 
 # --------------------------------------------------------------------------- a photo replaced under the same name
@@ -630,12 +630,12 @@ def test_a_photo_changed_under_the_same_name_is_enhanced_again_on_resume(
     images = ["p0.png", "p1.png", "p2.png", "p3.png"]
     make_images(inp, images, width=32, height=24)
     common = dict(shard_size=2, dask_address=dask_address, run_id="changed", model=bundle_path, retries=0)
-    enhance_archive(str(inp), str(out), **common)
+    run_archive(str(inp), str(out), **common)
     before = _files(out)
     old_output = (out / "p1.png").read_bytes()
 
     (inp / "p1.png").write_bytes(encode(gradient(40, 30, seed=7, peak=0.1)))  # another photo, same name
-    summary = enhance_archive(str(inp), str(out), **common)
+    summary = run_archive(str(inp), str(out), **common)
     assert (summary["processed"], summary["ok"], summary["shards_resumed"]) == (1, 4, 1)
     after = _files(out)
     assert (out / "p1.png").read_bytes() != old_output
@@ -765,7 +765,7 @@ def test_a_photo_that_kills_its_worker_costs_only_its_own_row(dask_address, tmp_
     client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
     client.register_plugin(_kill_always_plugin(str(out / "p1.png")), name="llie-test-oom")
     try:
-        summary = enhance_archive(
+        summary = run_archive(
             str(inp), str(out), shard_size=4, dask_address=dask_address, run_id="oom", model=bundle_path, retries=0
         )
     finally:

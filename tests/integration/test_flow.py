@@ -9,11 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.batch.imageio import DecodeLimits, decode_image
 from llie.batch.layout import RunLayout
-from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient
+from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient, run_archive
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -57,7 +56,7 @@ def test_s3_to_s3_on_local_cluster(s3, bundle_path):
     storage.write_bytes_atomic(s3.url("in/notes.txt"), b"not an image")
 
     environ_before = dict(os.environ)
-    state = enhance_archive(
+    state = run_archive(
         s3.url("in"),
         s3.url("out"),
         shard_size=2,
@@ -169,7 +168,7 @@ def test_external_cluster_retry_broken_files_and_resume(
 
     # Every shard's first attempt raises after writing its outputs; the retry must finish it
     # without leaving a second row for any image.
-    summary = enhance_archive(str(inp), str(out), **common)
+    summary = run_archive(str(inp), str(out), **common)
     shard_ids = [s.shard_id for s in archive.plan_shards(good + bad, 4)]
     assert sorted(os.listdir(markers)) == shard_ids  # each shard did fail once
     assert summary["images"] == 9 and summary["ok"] == 6 and summary["errors"] == 3
@@ -195,7 +194,7 @@ def test_external_cluster_retry_broken_files_and_resume(
 
     # Same run_id again: nothing is redone, not even rewritten.
     before = _tree_mtimes(out)
-    again = enhance_archive(str(inp), str(out), **common)
+    again = run_archive(str(inp), str(out), **common)
     assert _tree_mtimes(out) == before
     assert again["shards_resumed"] == len(shard_ids) and again["processed"] == 0
     assert (again["images"], again["ok"], again["errors"]) == (9, 6, 3)
@@ -207,13 +206,13 @@ def test_retry_failed_redoes_only_failed_images(
     inp, good, bad = archive_with_broken_files
     out = tmp_path / "out"
     common = dict(shard_size=4, dask_address=dask_address, run_id="r-fix", model=bundle_path)
-    enhance_archive(str(inp), str(out), **common)
+    run_archive(str(inp), str(out), **common)
     first = _rows_by_path(archive.read_metrics(str(out), "r-fix"))
     mtimes = _tree_mtimes(out)
 
     # Someone repairs one broken file; only the shard holding it may change.
     make_images(inp, ["broken/text.jpg"])
-    summary = enhance_archive(str(inp), str(out), retry_failed=True, **common)
+    summary = run_archive(str(inp), str(out), retry_failed=True, **common)
     assert (summary["ok"], summary["errors"]) == (7, 2)
     rows = _rows_by_path(archive.read_metrics(str(out), "r-fix"))
     assert len(rows) == 9 and rows["broken/text.jpg"]["status"] == "ok"
@@ -239,10 +238,10 @@ def test_exhausted_retries_fail_the_run_then_resume_finishes_it(
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-fail", model=bundle_path)
     inject_faults("r-fail")
     with pytest.raises(RuntimeError, match=r"2 shard\(s\) failed after retries: shard-00000, shard-00001"):
-        enhance_archive(str(inp), str(out), retries=0, **common)
+        run_archive(str(inp), str(out), retries=0, **common)
     assert archive.shard_files(str(out), "r-fail") == []  # a failed attempt leaves no Parquet
 
-    summary = enhance_archive(str(inp), str(out), **common)
+    summary = run_archive(str(inp), str(out), **common)
     assert (summary["images"], summary["ok"], summary["shards_resumed"]) == (4, 4, 0)
     assert len(archive.read_metrics(str(out), "r-fail")) == 4
 
@@ -251,12 +250,12 @@ def test_a_growing_archive_resumes_its_finished_shards(dask_address, tmp_path, m
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, [f"i{n}.png" for n in range(4)])
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-grow", model=bundle_path)
-    enhance_archive(str(inp), str(out), **common)
+    run_archive(str(inp), str(out), **common)
     before = _tree_mtimes(out)
 
     # a new photo that sorts first: only it is enhanced, in a shard of its own
     make_images(inp, ["a0.png"])
-    summary = enhance_archive(str(inp) + "/", str(out), **common)  # the same folder, spelt with a "/"
+    summary = run_archive(str(inp) + "/", str(out), **common)  # the same folder, spelt with a "/"
     assert (summary["images"], summary["shards"], summary["shards_resumed"], summary["processed"]) == (5, 3, 2, 1)
     after = _tree_mtimes(out)
     assert all(after[k] == v for k, v in before.items() if not k.startswith("_metrics/run_id=r-grow/_"))
@@ -267,7 +266,7 @@ def test_a_growing_archive_resumes_its_finished_shards(dask_address, tmp_path, m
     for name in ["a0.png", "i0.png", "i1.png", "i2.png", "i3.png"]:
         (inp / name).rename(tmp_path / name)
     with pytest.raises(ValueError, match="lists no images, but run r-grow had 5"):
-        enhance_archive(str(inp), str(out), **common)
+        run_archive(str(inp), str(out), **common)
     assert len(archive.read_metrics(str(out), "r-grow")) == 5
 
 
@@ -277,37 +276,37 @@ def test_a_redone_shard_that_fails_leaves_no_stale_rows(
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, [f"i{n}.png" for n in range(4)])
     common = dict(shard_size=2, dask_address=dask_address, run_id="r-stale", model=bundle_path)
-    enhance_archive(str(inp), str(out), **common)
+    run_archive(str(inp), str(out), **common)
     # i1 is deleted, so shard-00000 must be redone with i0 alone, and that attempt fails
     (inp / "i1.png").unlink()
     inject_faults("r-stale")
     with pytest.raises(RuntimeError, match=r"1 shard\(s\) failed after retries: shard-00000"):
-        enhance_archive(str(inp), str(out), retries=0, **common)
+        run_archive(str(inp), str(out), retries=0, **common)
     # the old file (i0 and i1 of the old plan) is gone with it: no row for a deleted image
     assert archive.shard_files(str(out), "r-stale") == ["shard-00001"]
     assert sorted(archive.read_metrics(str(out), "r-stale").column("rel_path").to_pylist()) == ["i2.png", "i3.png"]
-    summary = enhance_archive(str(inp), str(out), **common)
+    summary = run_archive(str(inp), str(out), **common)
     assert (summary["images"], summary["ok"], summary["shards_resumed"]) == (3, 3, 1)
 
 
 def test_refuses_output_inside_input(tmp_path, make_images):
     make_images(tmp_path / "in", ["a.png"])
     with pytest.raises(ValueError, match="overlaps input"):
-        enhance_archive(str(tmp_path / "in"), str(tmp_path / "in" / "out"))
+        run_archive(str(tmp_path / "in"), str(tmp_path / "in" / "out"))
     with pytest.raises(ValueError, match="invalid run_id"):
-        enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), run_id="../x")
+        run_archive(str(tmp_path / "in"), str(tmp_path / "out"), run_id="../x")
     assert not (tmp_path / "out").exists()
 
 
 def test_resume_with_other_shard_size_is_refused(dask_address, tmp_path, make_images, bundle_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, ["a.png", "b.png", "c.png"])
-    enhance_archive(str(inp), str(out), shard_size=2, dask_address=dask_address, run_id="r-size", model=bundle_path)
+    run_archive(str(inp), str(out), shard_size=2, dask_address=dask_address, run_id="r-size", model=bundle_path)
     with pytest.raises(ValueError, match="shard_size=2"):
-        enhance_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="r-size")
+        run_archive(str(inp), str(out), shard_size=3, dask_address=dask_address, run_id="r-size")
     make_images(tmp_path / "other", ["a.png"])
     with pytest.raises(ValueError, match="input_url="):
-        enhance_archive(
+        run_archive(
             str(tmp_path / "other"),
             str(out),
             shard_size=2,
@@ -390,9 +389,18 @@ def test_retry_failed_without_a_run_id_is_a_usage_error(tmp_path, make_images):
     assert not (tmp_path / "out").exists()
 
 
-def test_flow_parameters_hold_no_testing_hooks():
-    """Every parameter shows up in each deployment's form: faults are injected through the
-    workers' environment (tests/conftest.py, inject_faults), not through the signature."""
-    names = set(enhance_archive.parameters.properties)
-    assert {"input_url", "output_url", "run_id"} <= names
-    assert not [n for n in names if "fault" in n or "marker" in n or "test" in n]
+def test_flow_parameters_hold_no_testing_hooks_and_describe_every_field():
+    """Every parameter shows up in each deployment's form, with its description: faults are injected
+    through the workers' environment (tests/conftest.py, inject_faults), not through the signature."""
+    from flows.enhance_archive import enhance_archive
+
+    schema = enhance_archive.parameters
+    assert list(schema.properties) == ["run", "cluster"] and schema.required == ["run"]
+    fields = {
+        name: spec
+        for model in ("ArchiveRun", "Cluster")
+        for name, spec in schema.definitions[model]["properties"].items()
+    }
+    assert {"input_url", "output_url", "run_id", "storage_options", "n_workers", "retries"} <= set(fields)
+    assert not [n for n in fields if "fault" in n or "marker" in n or "test" in n]
+    assert [n for n, spec in fields.items() if not spec.get("description")] == []

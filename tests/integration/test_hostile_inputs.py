@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.batch.imageio import DecodeLimits, decode_image
 from llie.batch.spec import RunSpec
+from tests.conftest import run_archive
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -200,7 +200,7 @@ def hostile_run(prefect_harness, dask_address, tmp_path_factory, bundle_path) ->
     snapshot_root = tmp_path_factory.getbasetemp()
     before = _snapshot(snapshot_root, base)
 
-    summary = enhance_archive(
+    summary = run_archive(
         str(inp),
         str(out),
         shard_size=8,
@@ -330,9 +330,7 @@ def test_names_with_url_syntax_and_names_at_the_length_limit_are_plain_names(
     long_name = "x" * 246 + ".png"
     write_images(inp, ["a", "a.png", long_name], width=32, height=24)  # "a": what a chain would read instead
     (inp / "a::b.png").write_bytes(encode(gradient(40, 30, seed=5)))
-    summary = enhance_archive(
-        str(inp), str(out), dask_address=dask_address, run_id="names", model=bundle_path, retries=0
-    )
+    summary = run_archive(str(inp), str(out), dask_address=dask_address, run_id="names", model=bundle_path, retries=0)
     rows = {r["rel_path"]: r for r in archive.read_metrics(str(out), "names").to_pylist()}
     assert sorted(rows) == sorted(["a.png", "a::b.png", long_name]) and summary["ok"] == 3, rows
     assert (rows["a::b.png"]["width"], rows["a::b.png"]["height"]) == (40, 30)  # its own pixels

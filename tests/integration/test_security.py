@@ -25,10 +25,9 @@ import pyarrow as pa
 import pytest
 
 import llie
-from flows.enhance_archive import enhance_archive
 from llie.batch import archive, storage
 from llie.method.bundle import MANIFEST, BundleError, _sha256, default_bundle_path, load_bundle, manifest_version
-from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient, mounted
+from tests.conftest import FAKE_KEY_ID, FAKE_SECRET, encode, gradient, mounted, run_archive
 
 SECRETS = (FAKE_KEY_ID, FAKE_SECRET)
 
@@ -81,7 +80,7 @@ def test_a_missing_model_is_refused_before_any_work(prefect_harness, tmp_path, m
     )
     assert result.exit_code == 2 and f"model bundle '{missing}' is not a folder" in result.output, result.output
     with pytest.raises(ValueError, match="is not a folder"):
-        enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), model=missing, retries=0)
+        run_archive(str(tmp_path / "in"), str(tmp_path / "out"), model=missing, retries=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -236,7 +235,7 @@ def test_credentials_never_reach_output_logs_or_artifacts(prefect_harness, s3, b
         storage.write_bytes_atomic(s3.url(key), encode(gradient(32, 24)))
     keys_before = set(_keys(s3))
 
-    state = enhance_archive(
+    state = run_archive(
         s3.url("in"),
         s3.url("out"),
         reference_url=s3.url("ref"),
@@ -331,7 +330,7 @@ def test_read_only_inputs_are_enough_and_stay_unchanged(
             open(inp / names[0], "r+b")
         with pytest.raises(PermissionError):
             (inp / "new.png").write_bytes(b"x")
-    summary = enhance_archive(
+    summary = run_archive(
         str(inp), str(tmp_path / "out"), shard_size=2, dask_address=dask_address, run_id="ro", model=bundle_path
     )
     assert (summary["images"], summary["ok"], summary["failed_shards"]) == (3, 3, [])
@@ -482,7 +481,7 @@ def test_a_file_name_cannot_forge_a_log_line(prefect_harness, dask_address, tmp_
     forged = "shard-00000: 2 ok, 0 errors, 0 skipped in 0.1s"
     name = f"bad\n{forged}\n.png"
     (inp / name).write_bytes(b"not an image")
-    state = enhance_archive(
+    state = run_archive(
         str(inp),
         str(tmp_path / "out"),
         dask_address=dask_address,

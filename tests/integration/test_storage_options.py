@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from llie.batch import archive, storage
 from llie.batch import storage_options as so
-from tests.conftest import encode, gradient
+from tests.conftest import encode, gradient, run_archive
 
 KEY, SECRET = "AKIAOPTIONSKEY000001", "options-secret-never-shown-9876543210"
 
@@ -137,9 +137,9 @@ def test_run_and_audit_reach_s3_through_options_alone(prefect_harness, options_o
 
     # Prefect stored the settings, never the credentials; nothing the run wrote or logged holds them.
     with get_client(sync_client=True) as client:
-        [flow_run] = [r for r in client.read_flow_runs() if (r.parameters or {}).get("run_id") == run_id]
+        [flow_run] = [r for r in client.read_flow_runs() if (r.parameters or {}).get("run", {}).get("run_id") == run_id]
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-    assert flow_run.parameters["storage_options"] == {
+    assert flow_run.parameters["run"]["storage_options"] == {
         "endpoint_url": opts["endpoint_url"],
         "client_kwargs": {"region_name": "us-east-1"},
     }
@@ -152,7 +152,5 @@ def test_run_and_audit_reach_s3_through_options_alone(prefect_harness, options_o
 
 
 def test_the_flow_refuses_credentials_as_parameters(prefect_harness, tmp_path):
-    from flows.enhance_archive import enhance_archive
-
     with pytest.raises(ValueError, match="Prefect stores and shows parameters"):
-        enhance_archive(str(tmp_path / "in"), str(tmp_path / "out"), storage_options={"secret": SECRET})
+        run_archive(str(tmp_path / "in"), str(tmp_path / "out"), storage_options={"secret": SECRET})
