@@ -210,7 +210,7 @@ def publish_run_report(
         if rows is None:
             run = audit.load_run(output_url, run_id, storage_options)
         else:
-            run = audit.run_from_rows(output_url, run_id, rows)
+            run = audit.run_from_rows(output_url, run_id, rows, storage_options)
         run_summary = audit.summarise(run)
         summary = run_summary.to_dict()
         target = RunLayout(output_url, run_id).report_url

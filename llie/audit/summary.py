@@ -203,17 +203,19 @@ def load_run(output_url: str, run_id: str | None = None, storage_options: storag
         raise AuditError(str(exc)) from None
     except pa.ArrowException as exc:
         raise _unreadable(RunLayout(output_url, run_id).metrics_url, exc, storage_options) from None
-    return run_from_rows(output_url, run_id, table)
+    return run_from_rows(output_url, run_id, table, storage_options)
 
 
-def run_from_rows(output_url: str, run_id: str, table: pa.Table) -> RunData:
+def run_from_rows(
+    output_url: str, run_id: str, table: pa.Table, storage_options: storage.StorageOptions = None
+) -> RunData:
     """:func:`load_run` of rows already read (``archive.read_metrics``), as the flow has them at its end."""
     if table.num_rows == 0:
         raise AuditError(f"run {run_id!r} has no finished shards yet")
     table, duplicates = _latest_row_per_image(table)
     manifest = None
     try:
-        manifest = archive.read_run_manifest(output_url, run_id)
+        manifest = archive.read_run_manifest(output_url, run_id, storage_options)
     except Exception:  # an unreadable manifest costs the reference column of the contact sheet only
         manifest = None
     return RunData(run_id=run_id, output_url=output_url, table=table, manifest=manifest, duplicates=duplicates)

@@ -10,8 +10,12 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
+from llie.audit import summary as audit_summary
 from llie.batch import archive, storage
 from llie.batch import storage_options as so
+from llie.batch.plan import plan_run
+from llie.batch.spec import RunSpec
+from llie.method.pipeline import Enhancer
 from tests.conftest import encode, gradient, run_archive
 
 KEY, SECRET = "AKIAOPTIONSKEY000001", "options-secret-never-shown-9876543210"
@@ -154,3 +158,22 @@ def test_run_and_audit_reach_s3_through_options_alone(prefect_harness, options_o
 def test_the_flow_refuses_credentials_as_parameters(prefect_harness, tmp_path):
     with pytest.raises(ValueError, match="Prefect stores and shows parameters"):
         run_archive(str(tmp_path / "in"), str(tmp_path / "out"), storage_options={"secret": SECRET})
+
+
+def test_audit_of_a_run_reached_through_options_alone_keeps_its_reference_folder(options_only_s3):
+    """The run manifest (which names the references: the report's reference column) is read with the
+    same storage options as the rows, by llie audit and by the flow's report."""
+    bucket, _, opts = options_only_s3
+    for name in ("a.png", "b.png"):
+        storage.write_bytes_atomic(f"s3://{bucket}/in/{name}", encode(gradient(32, 24)), opts)
+        storage.write_bytes_atomic(f"s3://{bucket}/ref/{name}", encode(gradient(32, 24, peak=0.7)), opts)
+    out, ref = f"s3://{bucket}/out", f"s3://{bucket}/ref"
+    spec = RunSpec(f"s3://{bucket}/in", out, "ref-opts", reference_url=ref, storage_options=opts, stages="hist")
+    plan = plan_run(spec)
+    [shard] = plan.shards
+    rows = archive.process_shard(plan.spec, shard, Enhancer.load(None, refiner=False))
+    archive.write_shard_parquet(rows, plan.spec.layout.shard_url(shard.shard_id), storage_options=opts)
+
+    run = audit_summary.load_run(out, "ref-opts", opts)
+    assert run.table.num_rows == 2 and run.reference_url == ref
+    assert audit_summary.run_from_rows(out, "ref-opts", run.table, opts).reference_url == ref
