@@ -110,22 +110,21 @@ def _load_enhancer(model, device: str, refiner: bool = True):
         raise click.BadParameter(str(exc), param_hint="--model") from None
 
 
-def _reference_score(reference: Path, rel: Path, image: np.ndarray, limits) -> tuple[dict | None, str | None]:
+def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits) -> tuple[dict | None, str | None]:
     """(scores, None) against the reference of ``rel``, or (None, why not): a missing, unreadable or
     differently sized reference is reported, not counted as a failed enhancement."""
-    from llie.batch.imageio import ImageDecodeError, decode_file
-    from llie.training.evaluate import score
+    from llie.batch.scoring import reference_scores
 
-    path = reference / rel
-    if not path.is_file():
-        return None, "no reference"
+    def read() -> bytes:
+        if not (reference / rel).is_file():
+            raise FileNotFoundError(reference / rel)
+        return (reference / rel).read_bytes()
+
     try:
-        ref = decode_file(path, limits)
-    except (ImageDecodeError, OSError) as exc:
+        psnr, ssim, why_not = reference_scores(image, like, read, limits)
+    except OSError as exc:  # e.g. not readable by this user: the photo itself was enhanced
         return None, f"reference unreadable: {exc}"
-    if ref.rgb.shape != image.shape:
-        return None, f"reference is {ref.width}x{ref.height}, the photo {image.shape[1]}x{image.shape[0]}"
-    return score(image, ref.rgb), None
+    return (None, why_not) if psnr is None else ({"psnr": psnr, "ssim": ssim}, None)
 
 
 @cli.command()
@@ -200,7 +199,7 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
             tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)
             continue
         if o.reference is not None:
-            scores, why_not = _reference_score(o.reference, rel, result.image, limits)
+            scores, why_not = _reference_score(o.reference, rel, result.image, decoded, limits)
             if scores is None:
                 unscored.append((rel, why_not))
             else:

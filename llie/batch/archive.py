@@ -31,13 +31,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llie.batch import storage
 from llie.batch.imageio import (
-    DecodeLimits,
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
@@ -52,8 +50,9 @@ from llie.batch.layout import (  # noqa: F401 - METRICS_DIR, RUN_MANIFEST, new_r
     new_run_id,
     validate_run_id,
 )
+from llie.batch.scoring import reference_scores
 from llie.batch.spec import RunSpec
-from llie.metrics import no_reference_stats, psnr, ssim
+from llie.metrics import no_reference_stats
 
 SCHEMA_VERSION = 1
 NR_STATS = ("brightness", "contrast", "entropy", "noise", "clipped")
@@ -306,24 +305,6 @@ def error_row(spec: RunSpec, shard: Shard, rel: str, error: str) -> dict[str, An
     return row
 
 
-def reference_scores(
-    enhanced: np.ndarray, read: Callable[[], bytes], limits: DecodeLimits
-) -> tuple[float | None, float | None, str | None]:
-    """(psnr, ssim, warning) of ``enhanced`` against the reference ``read`` returns the bytes of.
-
-    A missing, unreadable or differently sized reference never fails the image: the warning says why.
-    """
-    try:
-        ref = decode_image(read(), limits)
-    except FileNotFoundError:
-        return None, None, "no reference image"
-    except ImageDecodeError as exc:
-        return None, None, f"reference unreadable: {exc}"
-    if ref.rgb.shape != enhanced.shape:
-        return None, None, (f"reference is {ref.width}x{ref.height}, output is {enhanced.shape[1]}x{enhanced.shape[0]}")
-    return float(psnr(enhanced, ref.rgb)), float(ssim(enhanced, ref.rgb)), None
-
-
 Prefetched = tuple[Future, Future | None]  # the reads of an image's bytes and of its reference's
 
 
@@ -389,7 +370,7 @@ def _enhance(spec: RunSpec, enhancer: Any, image: _Image, memory_budget: int | N
         if spec.reference_url is not None:
             image.step = "reference"
             read_reference = functools.partial(_read, spec, image, reference=True)
-            row["psnr"], row["ssim"], row["warning"] = reference_scores(result.image, read_reference, spec.limits)
+            row["psnr"], row["ssim"], row["warning"] = reference_scores(result.image, img, read_reference, spec.limits)
     row["status"] = "ok"
 
 

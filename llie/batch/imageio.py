@@ -370,16 +370,7 @@ def encode_image(
     if rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
         raise ValueError(f"expected an HxWx3 image, got shape {rgb.shape}")
     height, width = rgb.shape[:2]
-
-    gray = like.mode in _GRAY_MODES or like.mode.startswith("I;16")
-    sixteen = gray and like.bit_depth == 16
-    alpha = like.alpha if like.alpha is not None and not sixteen else None
-    wanted = (
-        ("I;16" if sixteen else "LA" if alpha is not None else "L")
-        if gray
-        else ("RGBA" if alpha is not None else "RGB")
-    )
-    mode = _fit_mode(wanted, fmt)
+    mode, alpha = _output_mode(like, fmt)
     rows = _pixel_rows(rgb, mode, alpha)
     if fmt == "PNG" and options.png_compression <= 1:  # the fast writer: llie.batch.png
         meta = PngMetadata(
@@ -414,6 +405,31 @@ def _writable_format(fmt: str) -> str:
     if name not in _FORMAT_MODES:
         raise ValueError(f"cannot write format {fmt!r}; supported: {sorted(_FORMAT_MODES)}")
     return name
+
+
+def as_stored(rgb: np.ndarray, like: DecodedImage, fmt: str | None = None) -> np.ndarray:
+    """The pixels :func:`encode_image` writes for ``rgb``, as float RGB in [0, 1]: rounded to the
+    output's levels (8 or 16 bits), grey outputs as their grey; what a reader of the file gets,
+    before any lossy compression."""
+    mode, _ = _output_mode(like, _writable_format(fmt or like.format))
+    colour = {"RGBA": "RGB", "LA": "L"}.get(mode, mode)  # the alpha band is not scored
+    codes = _pixel_rows(np.asarray(rgb), colour, None)(0, rgb.shape[0])
+    pixels = _scaled(codes, 65535.0 if colour == "I;16" else 255.0)  # as decode_image reads the file back
+    return pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+
+
+def _output_mode(like: DecodedImage, fmt: str) -> tuple[str, np.ndarray | None]:
+    """(Pillow mode, alpha to write or None) of the output of an image stored as ``like``, in ``fmt``."""
+    gray = like.mode in _GRAY_MODES or like.mode.startswith("I;16")
+    sixteen = gray and like.bit_depth == 16
+    alpha = like.alpha if like.alpha is not None and not sixteen else None
+    wanted = (
+        ("I;16" if sixteen else "LA" if alpha is not None else "L")
+        if gray
+        else ("RGBA" if alpha is not None else "RGB")
+    )
+    mode = _fit_mode(wanted, fmt)
+    return mode, alpha if mode in ("RGBA", "LA") else None
 
 
 def _fit_mode(mode: str, fmt: str) -> str:

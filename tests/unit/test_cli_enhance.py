@@ -152,8 +152,8 @@ def test_a_bad_reference_is_reported_not_counted_as_a_failure(tmp_path):
     assert result.exit_code == 0, result.output
     assert "enhanced 4 of 4 images" in result.output and "scored 1 of 4 enhanced images" in result.output
     assert "not scored: unreadable.png: reference unreadable" in result.output
-    assert "not scored: resized.png: reference is 40x20, the photo 40x30" in result.output
-    assert "not scored: missing.png: no reference" in result.output
+    assert "not scored: resized.png: reference is 40x20, output is 40x30" in result.output
+    assert "not scored: missing.png: no reference image" in result.output
     assert len(_files(out)) == 4
 
 
