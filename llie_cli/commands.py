@@ -541,104 +541,16 @@ def config_option(command):
     help="Start the refiner from this bundle's weights (same architecture, or the same transformer without a "
     "detail head, which is then added) instead of from scratch.",
 )
-def train(
-    data,
-    output,
-    steps,
-    batch,
-    seed,
-    device,
-    threads,
-    resume,
-    max_pairs,
-    dim,
-    depth,
-    heads,
-    global_context,
-    detail_channels,
-    ema,
-    freeze_transformer,
-    pad_augment,
-    exposure_jitter,
-    lr,
-    crop,
-    eval_every,
-    error_weighting,
-    histogram_rows,
-    bag,
-    harmless_rows,
-    colour,
-    max_hue_turn,
-    exposure_gate,
-    max_slope,
-    min_slope,
-    anchor_exposure,
-    refiner_gain,
-    init_refiner,
-) -> None:
+def train(**options: Any) -> None:
     """Train stage 2 (XGBoost) and stage 4 (ViT refiner) and write a model bundle."""
-    from llie.method.mapping import MappingConfig
-    from llie.method.policy import EnhancePolicy
-    from llie.method.quantiles import QuantileModelConfig
-    from llie.method.refiner import RefinerConfig
-    from llie.training.train import RefinerTrainConfig, TrainConfig, TrainingSetupError
+    from llie.training.train import TrainingSetupError
     from llie.training.train import train as run_training
 
-    _check_device(device)
-    refiner = RefinerConfig()
+    o = SimpleNamespace(**options)  # the options by name, as click gives them
+    _check_device(o.device)
+    cfg = _train_config(o)
     try:
-        refiner = replace(
-            refiner,
-            dim=dim or refiner.dim,
-            depth=depth or refiner.depth,
-            heads=heads or refiner.heads,
-            global_context=global_context,
-            detail_channels=refiner.detail_channels if detail_channels is None else detail_channels,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    rt = RefinerTrainConfig(steps=steps, batch=batch)
-    rt = replace(
-        rt,
-        lr=lr or rt.lr,
-        crop=crop or rt.crop,
-        eval_every=eval_every or rt.eval_every,
-        ema_decay=ema or rt.ema_decay,
-        freeze_transformer=freeze_transformer,
-        pad_augment=pad_augment,
-        exposure_jitter=exposure_jitter,
-    )
-    if steps < rt.eval_every:
-        rt = replace(rt, eval_every=max(1, steps), checkpoint_every=max(1, steps))
-    try:
-        mapping = MappingConfig(colour=colour, max_hue_turn=max_hue_turn, max_slope=max_slope, min_slope=min_slope)
-        policy = EnhancePolicy(
-            exposure_full=exposure_gate[0],
-            exposure_off=exposure_gate[1],
-            anchor_exposure=anchor_exposure,
-            gain_off=refiner_gain[0],
-            gain_full=refiner_gain[1],
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    cfg = TrainConfig(
-        data=tuple(str(d) for d in data),
-        output=str(output),
-        mapping=mapping,
-        policy=policy,
-        seed=seed,
-        device=device,
-        threads=threads,
-        quantile=QuantileModelConfig(
-            error_weighting=error_weighting, augmentations=histogram_rows, bag=bag, harmless=harmless_rows
-        ),
-        refiner=refiner,
-        refiner_train=rt,
-        max_pairs=max_pairs,
-        init_refiner=init_refiner,
-    )
-    try:
-        manifest = run_training(cfg, resume=resume)
+        manifest = run_training(cfg, resume=o.resume)
     except (TrainingSetupError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(
@@ -648,7 +560,79 @@ def train(
             default=str,
         )
     )
-    click.echo(f"bundle written to {output}")
+    click.echo(f"bundle written to {o.output}")
+
+
+def _train_config(o: SimpleNamespace):
+    """The training run ``llie train``'s options describe; a usage error for settings no model may have."""
+    from llie.method.mapping import MappingConfig
+    from llie.method.policy import EnhancePolicy
+    from llie.method.quantiles import QuantileModelConfig
+    from llie.training.train import TrainConfig
+
+    refiner, refiner_train = _refiner_configs(o)
+    try:
+        mapping = MappingConfig(
+            colour=o.colour, max_hue_turn=o.max_hue_turn, max_slope=o.max_slope, min_slope=o.min_slope
+        )
+        policy = EnhancePolicy(
+            exposure_full=o.exposure_gate[0],
+            exposure_off=o.exposure_gate[1],
+            anchor_exposure=o.anchor_exposure,
+            gain_off=o.refiner_gain[0],
+            gain_full=o.refiner_gain[1],
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return TrainConfig(
+        data=tuple(str(d) for d in o.data),
+        output=str(o.output),
+        mapping=mapping,
+        policy=policy,
+        seed=o.seed,
+        device=o.device,
+        threads=o.threads,
+        quantile=QuantileModelConfig(
+            error_weighting=o.error_weighting, augmentations=o.histogram_rows, bag=o.bag, harmless=o.harmless_rows
+        ),
+        refiner=refiner,
+        refiner_train=refiner_train,
+        max_pairs=o.max_pairs,
+        init_refiner=o.init_refiner,
+    )
+
+
+def _refiner_configs(o: SimpleNamespace):
+    """(RefinerConfig, RefinerTrainConfig) of the options: unset ones keep the configs' defaults."""
+    from llie.method.refiner import RefinerConfig
+    from llie.training.train import RefinerTrainConfig
+
+    refiner = RefinerConfig()
+    try:
+        refiner = replace(
+            refiner,
+            dim=o.dim or refiner.dim,
+            depth=o.depth or refiner.depth,
+            heads=o.heads or refiner.heads,
+            global_context=o.global_context,
+            detail_channels=refiner.detail_channels if o.detail_channels is None else o.detail_channels,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    rt = RefinerTrainConfig(steps=o.steps, batch=o.batch)
+    rt = replace(
+        rt,
+        lr=o.lr or rt.lr,
+        crop=o.crop or rt.crop,
+        eval_every=o.eval_every or rt.eval_every,
+        ema_decay=o.ema or rt.ema_decay,
+        freeze_transformer=o.freeze_transformer,
+        pad_augment=o.pad_augment,
+        exposure_jitter=o.exposure_jitter,
+    )
+    if o.steps < rt.eval_every:
+        rt = replace(rt, eval_every=max(1, o.steps), checkpoint_every=max(1, o.steps))
+    return refiner, rt
 
 
 def _check_exposure(ctx, param, value):
