@@ -25,7 +25,7 @@ from flows.console import quiet_prefect_console
 from llie.batch import archive, storage, storage_options
 from llie.batch.layout import RunLayout
 from llie.batch.spec import DEFAULT_SHARD_SIZE, RunSpec, decode_limits, encode_options
-from llie_cli.commands import encoding_options
+from llie_cli.commands import encoding_options, refiner_precision_option
 from llie_cli.options import storage_option_flag
 
 if TYPE_CHECKING:
@@ -160,8 +160,8 @@ def _exit_on_sigterm():
 
 
 def resume_command(spec: RunSpec) -> str:
-    """The command that resumes a run: with every setting a resume must repeat (a different shard size
-    or model is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
+    """The command that resumes a run: with every setting a resume must repeat (a different shard size,
+    model or refiner precision is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
     args = ["llie", "run", storage.redact_url(spec.input_url), storage.redact_url(spec.output_url)]
     args += ["--run-id", spec.run_id]
     if spec.model:
@@ -170,6 +170,8 @@ def resume_command(spec: RunSpec) -> str:
         args += ["--shard-size", str(spec.shard_size)]
     if spec.reference_url:
         args += ["--reference", storage.redact_url(spec.reference_url)]
+    if spec.refiner_precision != "float32":
+        args += ["--refiner-precision", spec.refiner_precision]
     return shlex.join(args + storage_options.as_arguments(spec.storage_options))  # credentials as ***
 
 
@@ -237,6 +239,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     help="Skip images larger than this many pixels (decompression-bomb guard).",
 )
 @click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
+@refiner_precision_option
 @storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
 @encoding_options
@@ -302,6 +305,7 @@ def _checked_spec(input_url: str, output_url: str, options: dict[str, Any]) -> t
         limits=decode_limits(options["max_pixels"]),
         encoding=encode_options(options["png_compression"], options["jpeg_quality"]),
         device=options["device"],
+        refiner_precision=options["refiner_precision"],
     )
     cluster = Cluster(dask_address=options["dask_address"], n_workers=options["n_workers"], retries=options["retries"])
     try:

@@ -18,16 +18,18 @@ __all__ = ["FAULTS_ENV", "enhance_shard", "get_enhancer", "worker_memory_budget"
 # One Enhancer per worker process and bundle: loading a bundle (XGBoost + ViT weights) costs far
 # more than enhancing a small shard, and Dask reuses worker processes across tasks. Only bundle
 # *paths* travel to workers; model objects are never pickled.
-_ENHANCERS: dict[tuple[str | None, str], Enhancer] = {}
+_ENHANCERS: dict[tuple[str | None, str, str], Enhancer] = {}
 _ENHANCERS_LOCK = threading.Lock()
 
 
-def get_enhancer(bundle_path: str | None, device: str = "auto", threads: int | None = None) -> Enhancer:
-    """The process-wide Enhancer for a bundle, loaded on first use."""
-    key = (None if bundle_path is None else str(bundle_path), device)
+def get_enhancer(
+    bundle_path: str | None, device: str = "auto", threads: int | None = None, precision: str = "float32"
+) -> Enhancer:
+    """The process-wide Enhancer for a bundle, device and refiner precision, loaded on first use."""
+    key = (None if bundle_path is None else str(bundle_path), device, precision)
     with _ENHANCERS_LOCK:
         if key not in _ENHANCERS:
-            _ENHANCERS[key] = Enhancer.load(key[0], device=device, threads=threads)
+            _ENHANCERS[key] = Enhancer.load(key[0], device=device, threads=threads, precision=precision)
         return _ENHANCERS[key]
 
 
@@ -71,7 +73,7 @@ def enhance_shard(
         # Every task, not only the loading one: tasks of another run may have asked for a
         # different count in this same long-lived worker.
         set_threads(spec.threads)
-    enhancer = get_enhancer(spec.model, spec.device, spec.threads)
+    enhancer = get_enhancer(spec.model, spec.device, spec.threads, spec.refiner_precision)
     if rows_only:
         return shard_rows(spec, shard, enhancer, worker_memory_budget())
     return run_shard(spec, shard, enhancer, get_run_logger(), worker_memory_budget())

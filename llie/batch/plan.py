@@ -15,6 +15,7 @@ import pyarrow as pa
 from llie.batch import archive, storage
 from llie.batch.layout import METRICS_DIR, new_run_id, validate_run_id
 from llie.batch.spec import RunSpec
+from llie.method.refine import REFINER_PRECISIONS
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class RunPlan:
             "output_url": storage.redact_url(spec.output_url),
             "reference_url": storage.redact_url(spec.reference_url) if spec.reference_url else None,
             "model": spec.model,
+            # the model_version of each row names the weights, not the arithmetic they ran in
+            "refiner_precision": spec.refiner_precision,
             "shard_size": spec.shard_size,
             "shards": len(self.shards),
             "images": self.images,
@@ -54,6 +57,10 @@ def check_spec(spec: RunSpec) -> RunSpec:
     run_id = validate_run_id(spec.run_id) if spec.run_id else new_run_id()
     if spec.shard_size < 1:
         raise ValueError("shard_size must be >= 1")
+    if spec.refiner_precision not in REFINER_PRECISIONS:
+        raise ValueError(
+            f"refiner_precision must be one of {', '.join(REFINER_PRECISIONS)}, not {spec.refiner_precision!r}"
+        )
     return dataclasses.replace(spec, run_id=run_id)
 
 
@@ -74,7 +81,9 @@ def _comparable(value: Any) -> Any:
 def _check_resume(plan: RunPlan, previous: dict[str, Any], logger: Any) -> None:
     """Refuse to mix a resumed run's finished shards with work done under other settings."""
     spec, manifest = plan.spec, plan.manifest()
-    for key in ("shard_size", "input_url", "model"):
+    if previous:  # runs from before the manifest recorded the precision ran in float32
+        previous = {"refiner_precision": "float32", **previous}
+    for key in ("shard_size", "input_url", "model", "refiner_precision"):
         if key in previous and _comparable(previous[key]) != _comparable(manifest[key]):
             raise ValueError(
                 f"run {spec.run_id} was started with {key}={previous[key]!r}, not {manifest[key]!r}; "

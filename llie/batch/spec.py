@@ -35,6 +35,7 @@ class RunSpec:
     stages: str = "full"
     device: str = "auto"
     threads: int | None = None  # torch threads per task; None leaves torch's own count
+    refiner_precision: str = "float32"  # the refiner's CPU arithmetic: llie.method.refine.REFINER_PRECISIONS
     read_ahead: int = 1  # images whose bytes are fetched while the one before is enhanced
 
     @property

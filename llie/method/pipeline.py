@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +13,12 @@ from llie.method.bundle import Bundle, load_bundle
 from llie.method.features import extract_features
 from llie.method.mapping import infer_levels, match_to_quantiles
 from llie.method.policy import apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
-from llie.method.refine import TilingConfig, refine, resolve_device
+from llie.method.refine import TilingConfig, cpu_has_native_bf16, refine, resolve_device, tiling_for_precision
 from llie.method.working_size import WorkingSize, enhance_at_working_size
 
 STAGES = ("hist", "full")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,16 +50,28 @@ class Enhancer:
         self.working = working
         if bundle.refiner is not None:
             bundle.refiner.to(self.device).eval()
+            if tiling.cpu_bf16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+                _log.warning(
+                    "refiner precision bf16: this CPU has no native bf16 support (AVX-512 BF16 or AMX), so the "
+                    "refiner runs emulated bf16, slower than float32 rather than faster (float32 is the better choice here)"
+                )
 
     @classmethod
     def load(
-        cls, bundle: str | Path | None = None, device: str = "auto", threads: int | None = None, refiner: bool = True
+        cls,
+        bundle: str | Path | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        refiner: bool = True,
+        precision: str = "float32",
     ) -> Enhancer:
         """Load a bundle directory (None: the default model shipped in the package); ``refiner=False``
-        leaves stage 4 out (every file is still checked), for stages 1-3 without torch."""
+        leaves stage 4 out (every file is still checked), for stages 1-3 without torch. ``precision``:
+        the refiner's arithmetic on CPU (``llie.method.refine.REFINER_PRECISIONS``); CUDA always uses fp16."""
+        tiling = tiling_for_precision(precision)
         if threads is not None and refiner:
             set_threads(threads)
-        return cls(load_bundle(bundle, n_threads=threads, refiner=refiner), device=device)
+        return cls(load_bundle(bundle, n_threads=threads, refiner=refiner), device=device, tiling=tiling)
 
     @property
     def model_version(self) -> str:

@@ -14,7 +14,7 @@ average scored below the photo as stored, so the pipeline does not use it (READM
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +35,28 @@ class TilingConfig:
     # about 1.7x faster, but its output moves by a level or two, so it is off unless asked for
     # (speed and paired quality: benchmarks/precision.py, docs/benchmarks.md)
     cpu_bf16: bool = False
+
+
+# what a user asks for (``llie enhance/run --refiner-precision``): float32, or bf16 autocast on CPU
+REFINER_PRECISIONS = ("float32", "bf16")
+
+
+def tiling_for_precision(precision: str, tiling: TilingConfig = TilingConfig()) -> TilingConfig:
+    """``tiling`` with the refiner's CPU arithmetic set to ``precision`` (one of ``REFINER_PRECISIONS``)."""
+    if precision not in REFINER_PRECISIONS:
+        raise ValueError(f"refiner precision must be one of {', '.join(REFINER_PRECISIONS)}, not {precision!r}")
+    return replace(tiling, cpu_bf16=precision == "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16, AMX); without them bf16 is emulated, slower
+    than float32."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: a torch without it gives no answer, so no promise
+        return False
 
 
 def resolve_device(device: str = "auto") -> torch.device:

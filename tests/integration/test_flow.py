@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -376,6 +377,49 @@ def test_the_printed_resume_command_repeats_the_settings_a_resume_needs():
         full
         == "llie run 's3://***@b/in' s3://b/out --run-id r-2 --model 'my model' --shard-size 8 --reference s3://b/ref"
     )
+
+
+def test_the_flow_parameters_carry_the_refiner_precision_both_ways():
+    import pydantic
+
+    from flows.parameters import ArchiveRun
+    from llie.batch.spec import RunSpec
+    from llie_cli.run import resume_command
+
+    spec = RunSpec("in", "out", run_id="r-3", refiner_precision="bf16", device="cpu", threads=1)
+    run = ArchiveRun.of(spec)
+    assert run.refiner_precision == "bf16" and run.spec() == spec
+    assert ArchiveRun.model_validate_json(run.model_dump_json()).spec() == spec  # as Prefect stores it
+    assert ArchiveRun(input_url="in", output_url="out").spec().refiner_precision == "float32"
+    with pytest.raises(pydantic.ValidationError, match="refiner_precision"):
+        ArchiveRun(input_url="in", output_url="out", refiner_precision="fp16")
+    # the flow's parameter schema (deployment forms, Prefect's validation) offers exactly the two choices
+    field = enhance_archive.parameters.definitions["ArchiveRun"]["properties"]["refiner_precision"]
+    assert field["default"] == "float32" and field["enum"] == ["float32", "bf16"]
+    assert "No effect on CUDA" in field["description"]
+    assert resume_command(spec) == "llie run in out --run-id r-3 --refiner-precision bf16"  # a resume must keep it
+
+
+def test_cli_run_in_bf16_enhances_in_bf16_and_records_it(dask_address, tmp_path, make_images, bundle_path):
+    from click.testing import CliRunner
+
+    from llie_cli.main import cli
+
+    inp = tmp_path / "in"
+    make_images(inp, ["a.png", "b.png"])
+    pixels = {}
+    for precision in ("float32", "bf16"):
+        out = tmp_path / precision
+        args = ["run", str(inp), str(out), "--dask-address", dask_address, "--run-id", precision, "--no-progress"]
+        args += ["--refiner-precision", precision] + (["--model", bundle_path] if bundle_path else [])
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert archive.read_run_manifest(str(out), precision)["refiner_precision"] == precision
+        pixels[precision] = [np.asarray(Image.open(out / name)).astype(int) for name in ("a.png", "b.png")]
+    levels = np.abs(np.stack(pixels["bf16"]) - np.stack(pixels["float32"]))
+    assert 0 < levels.max() <= 3  # the workers ran the refiner in bf16
+    bad = CliRunner().invoke(cli, ["run", str(inp), str(tmp_path / "x"), "--refiner-precision", "half"])
+    assert bad.exit_code == 2 and "'half' is not one of 'float32', 'bf16'" in bad.output
 
 
 def test_retry_failed_without_a_run_id_is_a_usage_error(tmp_path, make_images):

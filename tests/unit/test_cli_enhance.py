@@ -163,6 +163,7 @@ def test_a_bad_reference_is_reported_not_counted_as_a_failure(tmp_path):
         (["--model", "{tmp}"], "manifest.json missing"),
         (["--device", "gpu"], "use auto, cpu, cuda or cuda:N"),
         (["--max-pixels", "0"], "--max-pixels"),
+        (["--refiner-precision", "fp16"], "'fp16' is not one of 'float32', 'bf16'"),
     ],
 )
 def test_enhance_usage_errors_are_clear(photos, tmp_path, args, message):
@@ -183,6 +184,21 @@ def test_enhance_on_cuda_without_a_gpu_is_a_usage_error(photos, tmp_path):
     assert result.exit_code == 2 and "no CUDA GPU is available" in result.output
 
 
+def test_refiner_precision_reaches_the_refiner(tmp_path):
+    """bf16 runs the refiner in bfloat16: outputs a level or two from float32's, not the same bytes."""
+    _save(tmp_path / "in" / "a.png", Image.fromarray(_dark(48, 64, 0)), "PNG")
+    pixels = {}
+    for precision in ("float32", "bf16", None):  # None: the default
+        out = tmp_path / str(precision)
+        args = ["--refiner-precision", precision] if precision else []
+        result = _run("enhance", "--input", str(tmp_path / "in"), "--output", str(out), "--device", "cpu", *args)
+        assert result.exit_code == 0, result.output
+        pixels[precision] = np.asarray(Image.open(out / "a.png")).astype(int)
+    np.testing.assert_array_equal(pixels[None], pixels["float32"])
+    levels = np.abs(pixels["bf16"] - pixels["float32"])
+    assert 0 < levels.max() <= 3 and levels.mean() < 0.5
+
+
 def test_empty_input_folder_is_a_usage_error(tmp_path):
     (tmp_path / "in").mkdir()
     result = CliRunner().invoke(cli, ["enhance", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")])
@@ -193,7 +209,19 @@ def test_empty_input_folder_is_a_usage_error(tmp_path):
     "command, options",
     [
         (None, ["enhance", "evaluate", "train", "synth"]),
-        ("enhance", ["--input", "--output", "--model", "--stages", "--reference", "--device", "--max-pixels"]),
+        (
+            "enhance",
+            [
+                "--input",
+                "--output",
+                "--model",
+                "--stages",
+                "--reference",
+                "--device",
+                "--max-pixels",
+                "--refiner-precision",
+            ],
+        ),
         ("evaluate", ["--data", "--model", "--device", "--json", "--baseline", "interval"]),
         (
             "train",

@@ -52,6 +52,19 @@ def test_plan_run_cuts_shards_writes_the_manifest_and_refuses_a_changed_resume(t
     assert plan_run(RunSpec(str(tmp_path / "in"), str(tmp_path / "out2"))).spec.run_id  # a new id is given
 
 
+def test_the_manifest_records_the_refiner_precision_and_a_resume_must_keep_it(tmp_path, make_images):
+    make_images(tmp_path / "in", ["a.png"])
+    spec = RunSpec(str(tmp_path / "in"), str(tmp_path / "out"), run_id="bf", refiner_precision="bf16")
+    plan_run(spec)
+    manifest = json.loads((tmp_path / "out/_metrics/run_id=bf/_run.json").read_text())
+    assert manifest["refiner_precision"] == "bf16"
+    with pytest.raises(ValueError, match="started with refiner_precision='bf16'"):
+        plan_run(RunSpec(spec.input_url, spec.output_url, run_id="bf"))
+    with pytest.raises(ValueError, match="refiner_precision must be one of float32, bf16"):
+        plan_run(RunSpec(spec.input_url, str(tmp_path / "out2"), refiner_precision="fp16"))
+    assert not (tmp_path / "out2").exists()
+
+
 def test_plan_run_refuses_an_input_that_lists_nothing_after_it_had_images(tmp_path, make_images):
     make_images(tmp_path / "in", ["a.png"])
     spec = RunSpec(str(tmp_path / "in"), str(tmp_path / "out"), run_id="gone")
