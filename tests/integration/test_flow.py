@@ -394,6 +394,8 @@ def test_the_flow_parameters_carry_the_refiner_precision_both_ways():
     with pytest.raises(pydantic.ValidationError, match="refiner_precision"):
         ArchiveRun(input_url="in", output_url="out", refiner_precision="fp16")
     # the flow's parameter schema (deployment forms, Prefect's validation) offers exactly the two choices
+    from flows.enhance_archive import enhance_archive
+
     field = enhance_archive.parameters.definitions["ArchiveRun"]["properties"]["refiner_precision"]
     assert field["default"] == "float32" and field["enum"] == ["float32", "bf16"]
     assert "No effect on CUDA" in field["description"]
