@@ -14,8 +14,8 @@ scene. On those out-of-fold predictions, per set:
   way, with its paired difference to the bundle's own settings and a 95% interval resampling scenes.
 
 The refiner's figures on dark shots belong to pairs it never trained on: ``llie evaluate`` on held-out
-pairs, and the validation split in the bundle's manifest. About 15 minutes on two cores for LOL our485 and
-SICE-pairs (658 pairs) with one stage-2 model per fold; not part of ``make bench``:
+pairs, and the validation split in the bundle's manifest. For LOL our485 and SICE-pairs (658 pairs) it
+takes about 20 minutes on two idle cores, plus 10 per stage-2 variant; not part of ``make bench``:
 
     python -m benchmarks.quality_cv --data ../shared/datasets/LOL-v1 --data ../shared/datasets/SICE-pairs \\
         --variant colour=channels --variant exposure_full=0.2,exposure_off=0.26 --stage2-variant harmless=6
@@ -125,8 +125,9 @@ def refined(rgb: np.ndarray, mapped: np.ndarray, refiner, settings: Settings) ->
 def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress: bool) -> dict[str, np.ndarray]:
     """Per pair: dark shot's stage-3 PSNR/SSIM, the well-exposed photo's PSNR after the pipeline;
     ``predictions`` are the (dark, well-exposed) out-of-fold stage-2 predictions."""
-    dark_q, exposed_q = predictions
     from llie.metrics import psnr, quantize8, ssim
+
+    dark_q, exposed_q = predictions
 
     out = {k: np.zeros(len(lows)) for k in ("dark_psnr", "dark_ssim", "exposed_psnr", "exposed_gate")}
     for i in tqdm(range(len(lows)), desc="score", disable=not progress, leave=False):
