@@ -3,8 +3,9 @@
 ``manifest.json`` records the mapping and refiner configuration, library versions, a summary of the
 training data, evaluation metrics, and the SHA-256 of every model file. ``model_version`` is a hash over
 those file hashes and the settings that change what the model does with them (mapping, policy, refiner
-architecture), so it changes exactly when the output can: the version in an audit's rows names a behaviour. Loading checks every hash and refuses
-a bundle that does not match its manifest; nothing is unpickled (XGBoost UBJSON, safetensors).
+architecture), so it changes exactly when the output can: the version in an audit's rows names a
+behaviour. Loading checks every hash and refuses a bundle that does not match its manifest; nothing is
+unpickled (XGBoost UBJSON, safetensors).
 """
 
 from __future__ import annotations
