@@ -39,6 +39,7 @@ from llie.audit.summary import (
     RunSummary,
     Stats,
     finite,
+    no_reference_rows,
     ok_mask,
 )
 from llie.batch import archive, storage
@@ -394,19 +395,7 @@ def _quality_html(s: RunSummary) -> str:
 
 
 def _nr_html(s: RunSummary) -> str:
-    rows = []
-    for name in NR_SHOWN:
-        b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
-        rows.append(
-            [
-                name,
-                number(b.mean if b else None, 4),
-                number(a.mean if a else None, 4),
-                number(a.mean - b.mean if a and b else None, 4, signed=True),
-                number(b.median if b else None, 4),
-                number(a.median if a else None, 4),
-            ]
-        )
+    rows = no_reference_rows(s, missing="–")
     return _html_table(["statistic", "mean before", "mean after", "change", "median before", "median after"], rows)
 
 

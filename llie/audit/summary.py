@@ -613,6 +613,24 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
 
 
 # audit texts show a missing number as "-"
+def no_reference_rows(s: RunSummary, missing: str) -> list[list[str]]:
+    """Per no-reference statistic shown: its name, mean before and after, the change, median before and after."""
+    rows = []
+    for name in NR_SHOWN:
+        b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
+        rows.append(
+            [
+                name,
+                number(b.mean if b else None, 4, missing=missing),
+                number(a.mean if a else None, 4, missing=missing),
+                number(a.mean - b.mean if a and b else None, 4, signed=True, missing=missing),
+                number(b.median if b else None, 4, missing=missing),
+                number(a.median if a else None, 4, missing=missing),
+            ]
+        )
+    return rows
+
+
 _f = functools.partial(number, missing="-")
 _signed = functools.partial(number, signed=True, missing="-")
 
@@ -680,19 +698,7 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
         out.append(f"  ({s.psnr.infinite} image(s) identical to their reference: PSNR inf, not in the stats)")
 
     out += ["", "no-reference statistics, ok images (mean / median):"]
-    rows = []
-    for name in NR_SHOWN:
-        b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
-        rows.append(
-            [
-                name,
-                _f(b.mean if b else None, 4),
-                _f(a.mean if a else None, 4),
-                _signed(a.mean - b.mean if a and b else None, 4),
-                _f(b.median if b else None, 4),
-                _f(a.median if a else None, 4),
-            ]
-        )
+    rows = no_reference_rows(s, missing="-")
     out += [
         "  " + line for line in _table(["stat", "before", "after", "change", "median before", "median after"], rows)
     ]

@@ -513,14 +513,7 @@ class MetricsFileError(ValueError):
 
 def run_ids(output_url: str, storage_options: storage.StorageOptions = None) -> list[str]:
     """The runs with a ``run_id=<id>`` folder under ``_metrics`` (finished or not); other folders are not runs."""
-    fs, root = storage.filesystem(metrics_root(output_url), storage_options)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache(root)
-    try:
-        entries = fs.ls(root, detail=True)
-    except FileNotFoundError:
-        return []
-    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+    names = storage.list_folders(metrics_root(output_url), storage_options)
     return sorted(n[len("run_id=") :] for n in names if n.startswith("run_id=") and is_run_id(n[len("run_id=") :]))
 
 

@@ -328,6 +328,15 @@ def list_local_images(root: str) -> tuple[list[str], list[str]]:
 
 def list_files(url: str, storage_options: StorageOptions = None) -> list[str]:
     """Names of the plain files directly inside ``url`` (not recursive); [] if it is missing."""
+    return _entries(url, storage_options, "file")
+
+
+def list_folders(url: str, storage_options: StorageOptions = None) -> list[str]:
+    """Names of the folders directly inside ``url``; [] if it is missing."""
+    return _entries(url, storage_options, "directory")
+
+
+def _entries(url: str, storage_options: StorageOptions, kind: str) -> list[str]:
     fs, root = _fs(url, storage_options)
     # Object stores cache listings; a fresh look is what callers polling for progress want.
     if hasattr(fs, "invalidate_cache"):
@@ -336,7 +345,7 @@ def list_files(url: str, storage_options: StorageOptions = None) -> list[str]:
         entries = fs.ls(root, detail=True)
     except FileNotFoundError:
         return []
-    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == kind)
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
