@@ -211,6 +211,61 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
             proc.wait()
 
 
+def start_dask_cluster(
+    env: dict[str, str], logs: Path, workers: int, scheduler_cwd: Path = REPO
+) -> tuple[str, list[subprocess.Popen]]:
+    """``dask scheduler`` and ``dask worker --nworkers N`` as separate processes on loopback, as on a real
+    cluster; returns the address and the processes once the workers have joined (stopped if they never do)."""
+    from distributed import Client
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    commands = {
+        "scheduler": (
+            ["scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--dashboard-address", ":0"],
+            scheduler_cwd,
+        ),
+        "worker": (
+            [
+                "worker",
+                address,
+                "--nworkers",
+                str(workers),
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--death-timeout",
+                "60",
+            ],
+            REPO,
+        ),
+    }
+    procs = []
+    for name, (args, cwd) in commands.items():
+        with open(logs / f"{name}.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dask", *args], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with Client(address, timeout=10) as client:
+                client.wait_for_workers(workers, timeout=max(1, deadline - time.monotonic()))
+            return address, procs
+        except (OSError, TimeoutError):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                for proc in reversed(procs):
+                    stop_process(proc)
+                raise RuntimeError(  # noqa: B904 (the logs say why)
+                    "dask cluster did not start:\n"
+                    + (logs / "scheduler.log").read_text()[-2000:]
+                    + (logs / "worker.log").read_text()[-2000:]
+                )
+
+
 @pytest.fixture(scope="session")
 def dask_address(prefect_harness, tmp_path_factory):
     """A separate ``dask scheduler`` and ``dask worker`` (2 processes), as on a real cluster.
@@ -218,72 +273,8 @@ def dask_address(prefect_harness, tmp_path_factory):
     Shared by the flow tests: the workers stay warm (imports done, Enhancer cached), which is
     also how a long-lived cluster behaves. They inherit PREFECT_API_URL from the harness.
     """
-    from distributed import Client
-
-    logs = tmp_path_factory.mktemp("dask-logs")
-    env = subprocess_env()
-    address = f"tcp://127.0.0.1:{free_port()}"
-    procs = []
+    address, procs = start_dask_cluster(subprocess_env(), tmp_path_factory.mktemp("dask-logs"), workers=2)
     try:
-        with open(logs / "scheduler.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "dask",
-                        "scheduler",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        address.rsplit(":", 1)[1],
-                        "--dashboard-address",
-                        ":0",
-                    ],
-                    env=env,
-                    cwd=REPO,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        with open(logs / "worker.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "dask",
-                        "worker",
-                        address,
-                        "--nworkers",
-                        "2",
-                        "--nthreads",
-                        "1",
-                        "--host",
-                        "127.0.0.1",
-                        "--no-dashboard",
-                        "--death-timeout",
-                        "60",
-                    ],
-                    env=env,
-                    cwd=REPO,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with Client(address, timeout=10) as client:
-                    client.wait_for_workers(2, timeout=max(1, deadline - time.monotonic()))
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError(  # noqa: B904 (the logs say why)
-                        "dask cluster did not start:\n"
-                        + (logs / "scheduler.log").read_text()[-2000:]
-                        + (logs / "worker.log").read_text()[-2000:]
-                    )
         yield address
     finally:
         for proc in reversed(procs):

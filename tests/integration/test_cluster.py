@@ -10,13 +10,12 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 
 from llie.batch import archive
-from tests.conftest import REPO, free_port, stop_process, subprocess_env, write_images
+from tests.conftest import REPO, start_dask_cluster, stop_process, subprocess_env, write_images
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -39,64 +38,7 @@ def _processes_with_home(home: Path) -> list[str]:
 
 def _start_cluster(home: Path, logs: Path) -> tuple[str, list[subprocess.Popen]]:
     """The README's commands: ``dask scheduler`` and ``dask worker`` with no Prefect API."""
-    from distributed import Client
-
-    env = _env(home)
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dask",
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                ":0",
-            ],
-            env=env,
-            cwd=logs,
-            stdout=open(logs / "scheduler.log", "wb"),
-            stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dask",
-                "worker",
-                address,
-                "--nworkers",
-                "1",
-                "--nthreads",
-                "1",
-                "--host",
-                "127.0.0.1",
-                "--no-dashboard",
-                "--death-timeout",
-                "60",
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=open(logs / "worker.log", "wb"),
-            stderr=subprocess.STDOUT,
-        ),
-    ]
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with Client(address, timeout=10) as client:
-                client.wait_for_workers(1, timeout=max(1, deadline - time.monotonic()))
-            return address, procs
-        except (OSError, TimeoutError):
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                for proc in procs:
-                    stop_process(proc)
-                raise RuntimeError("dask cluster did not start: " + (logs / "worker.log").read_text()[-2000:])  # noqa: B904
+    return start_dask_cluster(_env(home), logs, workers=1, scheduler_cwd=logs)
 
 
 def test_external_cluster_without_api_url_reports_to_the_runs_own_server(tmp_path, bundle_path):
