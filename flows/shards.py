@@ -15,6 +15,7 @@ from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks
 from llie.batch import storage
 from llie.batch.plan import RunPlan
 from tasks.enhance import enhance_shard
+from tasks.worker_logs import send_queued_logs
 
 
 def _current_api_url() -> str | None:
@@ -44,6 +45,13 @@ def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | No
             "env": env,
         },
     )
+
+
+def send_worker_logs(client: Any, logger: Any) -> None:
+    """Have every worker send its queued task logs now, while this run's API still listens."""
+    for worker, outcome in client.run(send_queued_logs, on_error="return").items():
+        if isinstance(outcome, BaseException):
+            logger.warning("the last task logs of worker %s may be missing: %s", worker, outcome)
 
 
 def enhance_shards(plan: RunPlan, cluster: Cluster, logger: Any) -> list[Any]:
@@ -77,6 +85,7 @@ def enhance_shards(plan: RunPlan, cluster: Cluster, logger: Any) -> list[Any]:
         for i, shard in enumerate(plan.shards):
             if worker_died(results[i]):
                 results[i] = redo_one_by_one(runner, task, shard, spec, logger)
+        send_worker_logs(runner.client, logger)
     for shard, result in zip(plan.shards, results):
         if isinstance(result, BaseException):
             # The run's URLs: a library may quote their credentials without a scheme.

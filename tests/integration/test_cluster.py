@@ -19,7 +19,11 @@ from tests.conftest import REPO, start_dask_cluster, stop_process, subprocess_en
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = subprocess_env(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
+    # Workers would send their task logs every 2 s; at 60 s only the run's own request before it ends
+    # can bring them to its API in time, so a run that forgot to ask fails here every time, not by chance.
+    env = subprocess_env(
+        PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO", PREFECT_LOGGING_TO_API_BATCH_INTERVAL="60"
+    )
     env.pop("PREFECT_API_URL", None)
     return env
 
