@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from prefect.logging.handlers import APILogWorker
 
 
@@ -12,4 +14,6 @@ async def send_queued_logs(timeout: float = 30.0) -> None:
     API (a temporary one dies with ``llie run``) with the last shards' logs still queued on the
     workers of an external cluster, which outlive it.
     """
-    await APILogWorker.drain_all(timeout=timeout)
+    drained = APILogWorker.drain_all(timeout=timeout)
+    if inspect.isawaitable(drained):  # always, on an event loop; the type does not say so
+        await drained
