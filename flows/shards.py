@@ -48,8 +48,16 @@ def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | No
 
 
 def send_worker_logs(client: Any, logger: Any) -> None:
-    """Have every worker send its queued task logs now, while this run's API still listens."""
-    for worker, outcome in client.run(send_queued_logs, on_error="return").items():
+    """Have every worker send its queued task logs now, while this run's API still listens.
+
+    Best effort: the shards are done by now, and a lost log line must not fail the run.
+    """
+    try:
+        outcomes = client.run(send_queued_logs, on_error="return")
+    except Exception as exc:  # the scheduler itself gone
+        logger.warning("the workers' last task logs may be missing: %s", exc)
+        return
+    for worker, outcome in outcomes.items():
         if isinstance(outcome, BaseException):
             logger.warning("the last task logs of worker %s may be missing: %s", worker, outcome)
 
