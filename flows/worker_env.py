@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import dask
 
+from llie import allocator
+
 # Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ).
 # Setting any MALLOC_*_ variable turns off glibc's dynamic mmap threshold, so every temporary array
 # above 128 KiB is mmap'ed, page-faulted and unmapped again, and a 64 KiB trim threshold hands the heap
@@ -17,7 +19,11 @@ import dask
 # 64-bit (mmap 32 MiB, trim twice that): a worker then runs like a plain process (65 k faults), and
 # free memory beyond 64 MiB still goes back to the OS. glibc reads them once at process start, so they
 # must be in place before the workers are spawned. A value set in the environment wins (Dask's rule).
-WORKER_PRE_SPAWN_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864"}
+# ``llie.allocator`` sets the same values at run time in processes that start without them (the CLI).
+WORKER_PRE_SPAWN_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
+    "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD),
+}
 
 
 # Background work of an idle LocalCluster: every worker samples its threads' stacks every 10 ms for the

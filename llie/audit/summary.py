@@ -612,7 +612,6 @@ def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float 
 # --------------------------------------------------------------------------- text
 
 
-# audit texts show a missing number as "-"
 def no_reference_rows(s: RunSummary, missing: str) -> list[list[str]]:
     """Per no-reference statistic shown: its name, mean before and after, the change, median before and after."""
     rows = []
@@ -631,6 +630,7 @@ def no_reference_rows(s: RunSummary, missing: str) -> list[list[str]]:
     return rows
 
 
+# audit texts show a missing number as "-"
 _f = functools.partial(number, missing="-")
 _signed = functools.partial(number, signed=True, missing="-")
 
