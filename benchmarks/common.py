@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from flows.worker_env import WORKER_PRE_SPAWN_ENV
+from llie.resources import available_cpus as cpu_count
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,13 +34,6 @@ SINGLE_THREAD_ENV = {
 DASK_WORKER_ENV = {**SINGLE_THREAD_ENV, "MALLOC_TRIM_THRESHOLD_": "65536"}
 # What a worker of llie's flow gets: Dask's variables with fixed malloc thresholds that undo their cost.
 LLIE_WORKER_ENV = {**DASK_WORKER_ENV, **WORKER_PRE_SPAWN_ENV}
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- synthetic images

@@ -8,7 +8,6 @@ Storage credentials are never a field: Prefect stores and shows parameters (``fl
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows import credentials
 from llie.batch import storage_options as storage_options_mod
 from llie.batch.spec import DEFAULT_SHARD_SIZE, RunSpec, decode_limits, encode_options
+from llie.resources import available_cpus
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -125,13 +125,6 @@ class Cluster(BaseModel):
         if spec.threads is None and not self.dask_address:
             return dataclasses.replace(spec, threads=max(1, available_cpus() // self.workers))
         return spec
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def flow_arguments(**fields: Any) -> dict[str, BaseModel]:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llie.resources import available_cpus
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UP_FILTER = 2
 # colour type and channels per Pillow mode (bit depth 8, except "I;16": 16-bit grey)
@@ -45,7 +47,7 @@ def default_threads() -> int:
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return available_cpus()
 
 
 def adler32_combine(first: int, second: int, second_length: int) -> int:
