@@ -89,7 +89,12 @@ def _inference(device: torch.device, cpu_bf16: bool = False):
 
 
 def _forward(
-    model: Refiner, batch: np.ndarray, device: torch.device, context: torch.Tensor | None = None, bf16: bool = False
+    model: Refiner,
+    batch: np.ndarray,
+    device: torch.device,
+    context: torch.Tensor | None = None,
+    bf16: bool = False,
+    keep: tuple[int, int] | None = None,
 ) -> np.ndarray:
     import torch
 
@@ -97,7 +102,7 @@ def _forward(
     if context is not None:
         context = context.expand(len(batch), -1)
     with _inference(device, bf16):
-        return model(x, context).float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return model(x, context, keep).float().clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _whole_image_context(
@@ -177,7 +182,7 @@ def _refine_once(model: Refiner, rgb: np.ndarray, device: torch.device, tiling: 
     padded = _pad_to_multiple(rgb.astype(np.float32, copy=False), model.cfg.multiple)
     ph, pw = padded.shape[:2]
     if ph <= tiling.max_side and pw <= tiling.max_side:
-        return _forward(model, padded[None], device, bf16=tiling.cpu_bf16)[0, :h, :w]
+        return _forward(model, padded[None], device, bf16=tiling.cpu_bf16, keep=(h, w))[0]
 
     tile, step = tiling.tile, tiling.tile - tiling.overlap
     padded = _pad_to_multiple(padded, tile) if min(ph, pw) < tile else padded

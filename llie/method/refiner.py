@@ -156,13 +156,17 @@ class Refiner(nn.Module):
             tokens = block(tokens)
         return self.context(tokens)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, keep: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1], H and W multiples of ``cfg.multiple`` -> refined image, same shape.
 
         ``context`` (B, dim) from ``image_context`` of the whole image, when ``x`` is a tile of it;
-        by default ``x`` is taken to be the whole image."""
+        by default ``x`` is taken to be the whole image. ``keep`` (h, w): only the top-left h x w of the
+        output is wanted (the rest is padding); the result is then cropped to it."""
         p = self.cfg.patch
-        tokens = self.embed(x - 0.5).permute(0, 2, 3, 1)  # (B, H/p, W/p, dim)
+        # token-major memory: the layer norms and linear layers would otherwise copy their input first
+        tokens = self.embed(x - 0.5).permute(0, 2, 3, 1).contiguous()  # (B, H/p, W/p, dim)
         for i, block in enumerate(self.blocks):
             if self.context is not None and i == self.context_at:
                 summary = self.context(tokens) if context is None else context.to(tokens.dtype)
@@ -171,4 +175,11 @@ class Refiner(nn.Module):
         patches = self.head(self.norm(tokens))  # (B, H/p, W/p, 3*p*p)
         residual = F.pixel_shuffle(patches.permute(0, 3, 1, 2), p)
         out = self.skip(x) + residual
-        return out if self.detail is None else self.detail(x, out)
+        if self.detail is None:
+            return out if keep is None else out[..., : keep[0], : keep[1]]
+        if keep is None:
+            return self.detail(x, out)
+        # each 3x3 layer of the detail head sees one pixel further: with that many pixels of margin the
+        # kept part is exactly what the whole image gives, and padding costs no full-resolution work
+        h, w = (min(n + self.cfg.detail_layers, size) for n, size in zip(keep, x.shape[-2:]))
+        return self.detail(x[..., :h, :w], out[..., :h, :w])[..., : keep[0], : keep[1]]

@@ -204,6 +204,20 @@ def test_detail_head_gives_the_same_result_in_batch_and_one_by_one(perturbed):
     torch.testing.assert_close(single, chunked, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("detail_channels", [TINY.detail_channels, 0])
+@pytest.mark.parametrize("keep", [(80, 160), (77, 151), (1, 1), (80, 3)])
+def test_keeping_part_of_the_output_computes_that_part_exactly(detail_channels, keep):
+    """refine() asks only for the photo's part of its padded input: the full-resolution detail head then
+    runs on that part plus its receptive field, and must give what the whole input gives there (to float
+    rounding: oneDNN may choose other kernels for a narrower input)."""
+    model = _perturbed(RefinerConfig(dim=16, depth=1, heads=2, global_context=False, detail_channels=detail_channels), 3)
+    x = torch.rand(2, 3, 80, 160)
+    with torch.inference_mode():
+        whole, kept = model(x), model(x, keep=keep)
+    assert kept.shape == (2, 3, *keep)
+    torch.testing.assert_close(kept, whole[..., : keep[0], : keep[1]], atol=1e-6, rtol=0)
+
+
 def test_refiner_without_detail_head_has_no_detail_weights():
     model = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
     assert model.detail is None and not any(k.startswith("detail.") for k in model.state_dict())
