@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -114,16 +114,16 @@ def _check_device(device: str) -> None:
         raise click.BadParameter(f"{device!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
 
 
-def _load_enhancer(model, device: str, refiner: bool = True, precision: str = "float32"):
+def _load_enhancer(model, device: str, refiner: bool = True, precision: str = "float32", threads: int | None = None):
     """The Enhancer of ``model``; without ``refiner`` stage 4 and torch stay unloaded and ``device`` and
-    ``precision`` unused."""
+    ``precision`` unused. ``threads``: torch and XGBoost threads per photo (None: their own defaults)."""
     from llie.method.bundle import BundleError
     from llie.method.pipeline import Enhancer
 
     if refiner:
         _check_device(device)
     try:
-        return Enhancer.load(model, device=device, refiner=refiner, precision=precision)
+        return Enhancer.load(model, device=device, threads=threads, refiner=refiner, precision=precision)
     except BundleError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
 
@@ -186,6 +186,14 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits
     default=None,
     help="Refuse images larger than this (decompression-bomb guard).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Photos enhanced at a time, one thread each (default: one per CPU core). A photo starts only "
+    "while the photos in flight fit in half the free memory (about 56 bytes per pixel each), so large "
+    "photos may run fewer at a time.",
+)
 @refiner_precision_option
 @encoding_options
 def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
@@ -197,32 +205,38 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
     """
     from tqdm import tqdm
 
-    from llie.batch.imageio import ImageDecodeError, decode_file, encode_image
+    from llie.batch.imageio import stored_pixels
     from llie.batch.spec import decode_limits, encode_options
-    from llie.batch.storage import write_bytes_atomic
+    from llie.resources import available_cpus
+    from llie_cli.parallel import PEAK_BYTES_PER_PIXEL, default_budget, map_in_order
 
     o = SimpleNamespace(**options)  # the options by name, as click gives them
     names = _photos(input_dir, output_dir)
-    limits, encoding = decode_limits(o.max_pixels), encode_options(o.png_compression, o.jpeg_quality)
-    enhancer = _load_enhancer(o.model, o.device, refiner=o.stages == "full", precision=o.refiner_precision)
+    workers = min(o.workers or available_cpus(), len(names))
+    # the cores shared out between the photos in flight: more threads per photo would only contend
+    threads = max(1, available_cpus() // workers)
+    enhancer = _load_enhancer(o.model, o.device, o.stages == "full", o.refiner_precision, threads)
+    job = PhotoJob(
+        enhancer,
+        input_dir,
+        output_dir,
+        o.stages,
+        o.reference,
+        decode_limits(o.max_pixels),
+        encode_options(o.png_compression, o.jpeg_quality),
+    )
+    outcomes = map_in_order(
+        job.run, names, workers, lambda name: PEAK_BYTES_PER_PIXEL * stored_pixels(input_dir / name), default_budget()
+    )
     rows, unscored, failures = [], [], 0
-    for name in tqdm(names, desc="enhance", unit="img"):
-        rel = Path(name)
-        try:
-            decoded = decode_file(input_dir / rel, limits)
-            levels = 65536 if decoded.bit_depth > 8 else 256
-            result = enhancer.enhance(decoded.rgb, stages=o.stages, levels=levels, mask=decoded.opaque)
-            write_bytes_atomic(str(output_dir / rel), encode_image(result.image, decoded, options=encoding))
-        except (ImageDecodeError, OSError, ValueError) as exc:
+    for outcome in tqdm(outcomes, total=len(names), desc="enhance", unit="img"):
+        if outcome.error is not None:
             failures += 1
-            tqdm.write(f"error: {rel}: {exc}", file=sys.stderr)
-            continue
-        if o.reference is not None:
-            scores, why_not = _reference_score(o.reference, rel, result.image, decoded, limits)
-            if scores is None:
-                unscored.append((rel, why_not))
-            else:
-                rows.append({"name": rel.as_posix(), **scores})
+            tqdm.write(f"error: {outcome.name}: {outcome.error}", file=sys.stderr)
+        elif outcome.scores is not None:
+            rows.append({"name": outcome.name, **outcome.scores})
+        elif o.reference is not None:
+            unscored.append((outcome.name, outcome.unscored_why))
     click.echo(
         f"enhanced {len(names) - failures} of {len(names)} images into {output_dir} "
         f"(model {enhancer.model_version}, stages {o.stages})"
@@ -231,6 +245,44 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
         _print_scores(rows, unscored, len(names) - failures, o.reference)
     if failures:
         sys.exit(1)
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    name: str
+    error: str | None = None  # why the photo was not enhanced
+    scores: dict | None = None  # PSNR and SSIM against its reference
+    unscored_why: str | None = None
+
+
+@dataclass(frozen=True)
+class PhotoJob:
+    """One photo of `llie enhance`, start to end; runs on several threads at once."""
+
+    enhancer: Any
+    input_dir: Path
+    output_dir: Path
+    stages: str
+    reference: Path | None
+    limits: Any
+    encoding: Any
+
+    def run(self, name: str) -> PhotoOutcome:
+        from llie.batch.imageio import ImageDecodeError, decode_file, encode_image
+        from llie.batch.storage import write_bytes_atomic
+
+        rel = Path(name)
+        try:
+            decoded = decode_file(self.input_dir / rel, self.limits)
+            levels = 65536 if decoded.bit_depth > 8 else 256
+            result = self.enhancer.enhance(decoded.rgb, stages=self.stages, levels=levels, mask=decoded.opaque)
+            write_bytes_atomic(str(self.output_dir / rel), encode_image(result.image, decoded, options=self.encoding))
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            return PhotoOutcome(rel.as_posix(), error=str(exc))
+        if self.reference is None:
+            return PhotoOutcome(rel.as_posix())
+        scores, why_not = _reference_score(self.reference, rel, result.image, decoded, self.limits)
+        return PhotoOutcome(rel.as_posix(), scores=scores, unscored_why=why_not)
 
 
 def _photos(input_dir: Path, output_dir: Path) -> list[str]:

@@ -140,6 +140,18 @@ def decode_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) 
     return decode_image(data, limits)
 
 
+def stored_pixels(path: str | os.PathLike) -> int:
+    """Width x height as the file's header gives it, without decoding; 0 when the header cannot be read
+    (decoding the file then says why)."""
+    # no warnings.catch_warnings here: it swaps process-wide state, and this runs beside decodes in other
+    # threads; Pillow warns only past its own bomb size (89 MP), which decoding reports anyway
+    try:
+        with Image.open(Path(path), formats=_OPEN_FORMATS) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # any reader's failure: an unreadable header costs nothing to plan for
+        return 0
+
+
 def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Decode image bytes to float32 RGB in [0, 1]; any failure raises ImageDecodeError."""
     if not data:

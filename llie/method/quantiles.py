@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -144,13 +145,17 @@ class Member:
     components: np.ndarray  # (n_components, 63)
     threads: int = 0  # XGBoost threads for large batches (0: all cores)
     _threads_set: int | None = field(default=None, repr=False, compare=False)
+    # predictions may run on several threads at once (`llie enhance`); XGBoost's predictions are
+    # thread-safe, a parameter change is not
+    _param_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(N, 3, 21) monotone percentile values in [0, 1] for (N, F) features."""
         threads = 1 if len(features) < ONE_THREAD_ROWS else self.threads
-        if threads != self._threads_set:  # a parameter change costs more than a small prediction
-            self.booster.set_param({"nthread": threads})
-            self._threads_set = threads
+        with self._param_lock:
+            if threads != self._threads_set:  # a parameter change costs more than a small prediction
+                self.booster.set_param({"nthread": threads})
+                self._threads_set = threads
         # in-place: a DMatrix per call costs more than the trees for the one row an image gives
         scores = self.booster.inplace_predict(features).reshape(len(features), -1)
         flat = scores @ self.components + self.mean

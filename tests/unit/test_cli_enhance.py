@@ -104,6 +104,33 @@ def test_broken_file_fails_the_run_but_not_the_others(tmp_path):
     assert _files(out) == good  # a.png is processed before the broken files, sub/z.jpg after them
 
 
+def test_photos_side_by_side_give_the_outputs_and_report_of_one_at_a_time(photos, tmp_path):
+    """--workers 3 runs three photos at once on one torch thread each; --workers 1 one photo on all the
+    cores. The outputs agree (to a level: convolutions split over threads may round differently), and
+    the errors and the score table come in the order of the photos, not of their finishing."""
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 10)
+    (photos / "sub" / "empty.jpg").write_bytes(b"")
+    reports = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}"
+        args = ["--output", str(out), "--reference", str(photos), "--device", "cpu", "--workers", str(workers)]
+        result = _run("enhance", "--input", str(photos), *args)
+        assert result.exit_code == 1, result.output
+        assert _files(out) == sorted(EXPECTED)
+        lines = result.output.splitlines()
+        errors = [line for line in lines if line.startswith("error:")]
+        header = next(i for i, line in enumerate(lines) if "PSNR" in line and "SSIM" in line)
+        reports[workers] = errors, [line.split()[0] for line in lines[header + 1 :] if line.strip()]
+    assert reports[1] == reports[3]
+    errors, table = reports[3]
+    assert [e.split()[1] for e in errors] == ["broken.png:", "sub/empty.jpg:"]
+    assert table == sorted(EXPECTED) + ["mean"]
+    for rel in EXPECTED:
+        with Image.open(tmp_path / "out1" / rel) as a, Image.open(tmp_path / "out3" / rel) as b:
+            difference = np.abs(np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64))
+            assert difference.max() <= 1 and difference.mean() < 0.01, rel
+
+
 def test_reference_prints_psnr_table_with_mean(tmp_path):
     src, ref = tmp_path / "low", tmp_path / "ref"
     names = ["a.png", "b/c.png"]
@@ -220,6 +247,7 @@ def test_empty_input_folder_is_a_usage_error(tmp_path):
                 "--device",
                 "--max-pixels",
                 "--refiner-precision",
+                "--workers",
             ],
         ),
         ("evaluate", ["--data", "--model", "--device", "--json", "--baseline", "interval"]),

@@ -20,6 +20,7 @@ from llie.batch.imageio import (
     decode_image,
     encode_image,
     is_image_name,
+    stored_pixels,
 )
 
 
@@ -101,6 +102,14 @@ def test_broken_files_raise_decode_errors_with_reasons(broken):
 
 def test_decode_error_is_a_value_error():
     assert issubclass(ImageDecodeError, ValueError)
+
+
+def test_stored_pixels_reads_the_header_only(tmp_path):
+    for fmt, name in (("PNG", "a.png"), ("JPEG", "b.jpg")):
+        Image.new("RGB", (37, 21)).save(tmp_path / name, format=fmt)
+        assert stored_pixels(tmp_path / name) == 37 * 21
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    assert stored_pixels(tmp_path / "c.png") == 0 and stored_pixels(tmp_path / "missing.png") == 0
 
 
 def test_pixel_limit_is_checked_from_header_before_decoding():

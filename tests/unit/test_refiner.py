@@ -210,7 +210,9 @@ def test_keeping_part_of_the_output_computes_that_part_exactly(detail_channels, 
     """refine() asks only for the photo's part of its padded input: the full-resolution detail head then
     runs on that part plus its receptive field, and must give what the whole input gives there (to float
     rounding: oneDNN may choose other kernels for a narrower input)."""
-    model = _perturbed(RefinerConfig(dim=16, depth=1, heads=2, global_context=False, detail_channels=detail_channels), 3)
+    model = _perturbed(
+        RefinerConfig(dim=16, depth=1, heads=2, global_context=False, detail_channels=detail_channels), 3
+    )
     x = torch.rand(2, 3, 80, 160)
     with torch.inference_mode():
         whole, kept = model(x), model(x, keep=keep)
