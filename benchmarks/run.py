@@ -52,6 +52,7 @@ class Plan:
     consistency: tuple[int, int]  # width, height of the photo enhanced at full size and shrunk
     startup_repeats: int = 3
     cli_images: tuple[int, int, int] = (600, 400, 12)  # width, height, images of the `llie enhance` stage timing
+    command_line: tuple[int, int, int, int] = (600, 400, 40, 2)  # width, height, images, rounds of `llie enhance`
     # quick runs trade fidelity for fewer process start-ups (each imports torch: seconds)
     flow_warmup_run: bool = True
     flow_multiple: int = 4  # the flow also runs on k x N images (k shards); below 2: N only
@@ -83,6 +84,7 @@ QUICK = Plan(
     consistency=(1200, 900),
     startup_repeats=1,
     cli_images=(160, 120, 2),
+    command_line=(160, 120, 2, 1),
     flow_warmup_run=False,
     flow_multiple=0,
     malloc_images=0,  # two more subprocess start-ups: skipped
@@ -173,12 +175,14 @@ def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | No
             },
         }
     if section == "pipeline":
+        from .command_line import command_line_throughput
         from .stages import Size, pipeline_throughput
 
         w, h, n, passes = plan.pipeline
         return {
             "torch_threads": set_torch_threads(cpu_count()),
             **pipeline_throughput(enhancer, Size("p", w, h), n, passes, cores=cpu_count()),
+            "command_line": command_line_throughput(*plan.command_line),
         }
     if section == "large":
         from .large import large_photos

@@ -91,6 +91,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
         _positive(row["fraction_of_pillow_io_floor"], f"pipeline.{name} ratio to Pillow's floor")
         _positive(row["cpu_ms_per_image"], f"pipeline.{name} CPU")
     _positive(variants["full_pipeline_1_thread"]["images_per_s_one_worker_per_core"], "pipeline one worker per core")
+    command = results["pipeline"]["command_line"]
+    for setting in ("default", "workers_1"):
+        _positive(command[setting]["images_per_s"], f"llie enhance, {setting}")
 
     large = results["large"]
     for name, row in large["sizes"].items():
