@@ -11,10 +11,14 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: --help stays light
+    from llie.batch.imageio import DecodeLimits, EncodeOptions
+    from llie.method.pipeline import Enhancer
 
 # QuantileModelConfig.augmentations and .bag, repeated so that --help does not import XGBoost (a test keeps
 # them equal)
@@ -259,13 +263,13 @@ class PhotoOutcome:
 class PhotoJob:
     """One photo of `llie enhance`, start to end; runs on several threads at once."""
 
-    enhancer: Any
+    enhancer: Enhancer
     input_dir: Path
     output_dir: Path
     stages: str
     reference: Path | None
-    limits: Any
-    encoding: Any
+    limits: DecodeLimits
+    encoding: EncodeOptions
 
     def run(self, name: str) -> PhotoOutcome:
         from llie.batch.imageio import ImageDecodeError, decode_file, encode_image
