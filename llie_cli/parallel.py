@@ -1,8 +1,8 @@
 """Photos side by side for ``llie enhance``: one thread per photo, within a memory budget.
 
-A photo keeps one core busy far better than one photo shares two: the refiner's convolutions on a
-600x400 photo scale poorly across torch threads, while two photos on one thread each take almost
-exactly twice one (docs/benchmarks.md). torch, numpy, Pillow, zlib and XGBoost release the GIL for
+A photo keeps one core busy far better than it shares two: the refiner's convolutions on a 600x400
+photo gain little from a second torch thread, while two photos on one thread each take barely longer
+than one (docs/benchmarks.md). torch, numpy, Pillow, zlib and XGBoost release the GIL for
 their work, so threads share the loaded model instead of each process loading its own.
 
 A photo's peak memory grows with its pixels, so photos start only while the estimated peaks of those in
