@@ -15,7 +15,7 @@ import pyarrow as pa
 from llie.batch import archive, storage
 from llie.batch.layout import METRICS_DIR, new_run_id, validate_run_id
 from llie.batch.spec import RunSpec
-from llie.method.refine import REFINER_PRECISIONS
+from llie.method.refine import check_precision
 
 _log = logging.getLogger(__name__)
 
@@ -57,10 +57,7 @@ def check_spec(spec: RunSpec) -> RunSpec:
     run_id = validate_run_id(spec.run_id) if spec.run_id else new_run_id()
     if spec.shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    if spec.refiner_precision not in REFINER_PRECISIONS:
-        raise ValueError(
-            f"refiner_precision must be one of {', '.join(REFINER_PRECISIONS)}, not {spec.refiner_precision!r}"
-        )
+    check_precision(spec.refiner_precision, "refiner_precision")  # the run parameter's name
     return dataclasses.replace(spec, run_id=run_id)
 
 

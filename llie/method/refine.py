@@ -41,11 +41,16 @@ class TilingConfig:
 REFINER_PRECISIONS = ("float32", "bf16")
 
 
+def check_precision(precision: str, name: str = "refiner precision") -> str:
+    """``precision`` when it is one of ``REFINER_PRECISIONS``; else a ValueError that calls it ``name``."""
+    if precision not in REFINER_PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(REFINER_PRECISIONS)}, not {precision!r}")
+    return precision
+
+
 def tiling_for_precision(precision: str, tiling: TilingConfig = TilingConfig()) -> TilingConfig:
     """``tiling`` with the refiner's CPU arithmetic set to ``precision`` (one of ``REFINER_PRECISIONS``)."""
-    if precision not in REFINER_PRECISIONS:
-        raise ValueError(f"refiner precision must be one of {', '.join(REFINER_PRECISIONS)}, not {precision!r}")
-    return replace(tiling, cpu_bf16=precision == "bf16")
+    return replace(tiling, cpu_bf16=check_precision(precision) == "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
