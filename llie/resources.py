@@ -37,10 +37,10 @@ def _meminfo_available() -> int | None:
 
 
 def _cgroup_headroom() -> int | None:
-    """Limit minus usage of this process's cgroup (v2, else v1); None without a limit."""
-    for limit_file, usage_file in (
-        ("memory.max", "memory.current"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    """Limit minus working set of this process's cgroup (v2, else v1); None without a limit."""
+    for limit_file, usage_file, stat_file, inactive_key in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
     ):
         try:
             limit = (_CGROUP / limit_file).read_text().strip()
@@ -50,5 +50,19 @@ def _cgroup_headroom() -> int | None:
         # "max" (v2) or a huge page-rounded number (v1) means no limit
         if limit == "max" or int(limit) >= 1 << 60:
             return None
-        return max(0, int(limit) - usage)
+        # usage counts the page cache, which fills up to the limit and is given back on demand: the working
+        # set leaves out its inactive part, as container runtimes count it
+        return max(0, int(limit) - usage + _stat(_CGROUP / stat_file, inactive_key))
     return None
+
+
+def _stat(path: Path, key: str) -> int:
+    """One counter of a cgroup's memory.stat; 0 when it cannot be read."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        return 0
+    return 0

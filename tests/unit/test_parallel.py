@@ -83,6 +83,16 @@ def test_available_cpus_and_memory_are_positive_here():
         ({"memory.max": "max\n", "memory.current": "5000\n"}, None),  # cgroup v2 without a limit
         ({"memory.max": "8000\n", "memory.current": "5000\n"}, 3000),
         ({"memory.max": "8000\n", "memory.current": "9000\n"}, 0),  # over its limit: nothing to spare
+        # the page cache's inactive part is given back on demand: it counts as free
+        ({"memory.max": "8000\n", "memory.current": "7900\n", "memory.stat": "anon 10\ninactive_file 2500\n"}, 2600),
+        (
+            {
+                "memory/memory.limit_in_bytes": "6000",
+                "memory/memory.usage_in_bytes": "5000",
+                "memory/memory.stat": "total_inactive_file 3000\n",
+            },
+            4000,
+        ),
         ({"memory/memory.limit_in_bytes": "6000", "memory/memory.usage_in_bytes": "1000"}, 5000),  # v1
         ({"memory/memory.limit_in_bytes": str(1 << 62), "memory/memory.usage_in_bytes": "1"}, None),  # v1: none
         ({}, None),  # no cgroup files
