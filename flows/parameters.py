@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows import credentials
 from llie.batch import storage_options as storage_options_mod
 from llie.batch.spec import DEFAULT_SHARD_SIZE, RunSpec, decode_limits, encode_options
-from llie.resources import available_cpus
+from llie.resources import available_cpus, threads_per_worker
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -123,7 +123,7 @@ class Cluster(BaseModel):
     def task_spec(self, spec: RunSpec) -> RunSpec:
         """The spec the tasks get: on a LocalCluster, the CPUs shared out between its workers' torch threads."""
         if spec.threads is None and not self.dask_address:
-            return dataclasses.replace(spec, threads=max(1, available_cpus() // self.workers))
+            return dataclasses.replace(spec, threads=threads_per_worker(self.workers))
         return spec
 
 

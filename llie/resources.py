@@ -18,6 +18,11 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def threads_per_worker(workers: int) -> int:
+    """The cores shared out between ``workers`` that run side by side: more threads each would only contend."""
+    return max(1, available_cpus() // workers)
+
+
 def available_memory() -> int | None:
     """Bytes this process can still take before the machine (or its cgroup) runs short: the kernel's
     MemAvailable, lowered by a cgroup limit; None where neither can be read (not Linux)."""

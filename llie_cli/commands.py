@@ -211,15 +211,13 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
 
     from llie.batch.imageio import stored_pixels
     from llie.batch.spec import decode_limits, encode_options
-    from llie.resources import available_cpus
+    from llie.resources import available_cpus, threads_per_worker
     from llie_cli.parallel import PEAK_BYTES_PER_PIXEL, default_budget, map_in_order
 
     o = SimpleNamespace(**options)  # the options by name, as click gives them
     names = _photos(input_dir, output_dir)
     workers = min(o.workers or available_cpus(), len(names))
-    # the cores shared out between the photos in flight: more threads per photo would only contend
-    threads = max(1, available_cpus() // workers)
-    enhancer = _load_enhancer(o.model, o.device, o.stages == "full", o.refiner_precision, threads)
+    enhancer = _load_enhancer(o.model, o.device, o.stages == "full", o.refiner_precision, threads_per_worker(workers))
     job = PhotoJob(
         enhancer,
         input_dir,
