@@ -175,11 +175,11 @@ class Refiner(nn.Module):
         patches = self.head(self.norm(tokens))  # (B, H/p, W/p, 3*p*p)
         residual = F.pixel_shuffle(patches.permute(0, 3, 1, 2), p)
         out = self.skip(x) + residual
-        if self.detail is None:
-            return out if keep is None else out[..., : keep[0], : keep[1]]
-        if keep is None:
-            return self.detail(x, out)
-        # each 3x3 layer of the detail head sees one pixel further: with that many pixels of margin the
-        # kept part is exactly what the whole image gives, and padding costs no full-resolution work
-        h, w = (min(n + self.cfg.detail_layers, size) for n, size in zip(keep, x.shape[-2:]))
-        return self.detail(x[..., :h, :w], out[..., :h, :w])[..., : keep[0], : keep[1]]
+        if keep is not None:
+            # each 3x3 layer of the detail head sees one pixel further: with that many pixels of margin
+            # the kept part is exactly what the whole image gives, and padding costs no full-resolution work
+            h, w = (min(n + self.cfg.detail_layers, size) for n, size in zip(keep, x.shape[-2:]))
+            x, out = x[..., :h, :w], out[..., :h, :w]
+        if self.detail is not None:
+            out = self.detail(x, out)
+        return out if keep is None else out[..., : keep[0], : keep[1]]
