@@ -48,16 +48,17 @@ def _cgroup_headroom() -> int | None:
         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
     ):
         try:
-            limit = (_CGROUP / limit_file).read_text().strip()
+            text = (_CGROUP / limit_file).read_text().strip()
+            # "max" (v2) or a huge page-rounded number (v1) means no limit
+            limit = None if text == "max" else int(text)
             usage = int((_CGROUP / usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
-        # "max" (v2) or a huge page-rounded number (v1) means no limit
-        if limit == "max" or int(limit) >= 1 << 60:
+        if limit is None or limit >= 1 << 60:
             return None
         # usage counts the page cache, which fills up to the limit and is given back on demand: the working
         # set leaves out its inactive part, as container runtimes count it
-        return max(0, int(limit) - usage + _stat(_CGROUP / stat_file, inactive_key))
+        return max(0, limit - usage + _stat(_CGROUP / stat_file, inactive_key))
     return None
 
 

@@ -95,6 +95,7 @@ def test_available_cpus_and_memory_are_positive_here():
         ),
         ({"memory/memory.limit_in_bytes": "6000", "memory/memory.usage_in_bytes": "1000"}, 5000),  # v1
         ({"memory/memory.limit_in_bytes": str(1 << 62), "memory/memory.usage_in_bytes": "1"}, None),  # v1: none
+        ({"memory.max": "garbled\n", "memory.current": "5000\n"}, None),  # unreadable: as if absent
         ({}, None),  # no cgroup files
     ],
 )
