@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from llie.method.features import extract_features
 from llie.method.mapping import infer_levels, match_to_quantiles
 from llie.method.policy import apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
 from llie.method.refine import TilingConfig, cpu_has_native_bf16, refine, resolve_device, tiling_for_precision
-from llie.method.working_size import WorkingSize, enhance_at_working_size
+from llie.method.working_size import WorkingSize, carry_to_full_size, working_copy
 
 STAGES = ("hist", "full")
 
@@ -100,7 +100,7 @@ class Enhancer:
         if not np.isfinite(np.sum(rgb, dtype=np.float64)):
             raise ValueError("the image holds NaN or infinite values")
         if max(rgb.shape[:2]) > self.working.long_side:  # enhanced at the working size: llie.method.working_size
-            return enhance_at_working_size(self, rgb, stages, levels or infer_levels(rgb), mask, self.working)
+            return self._enhance_at_working_size(rgb, stages, levels or infer_levels(rgb), mask)
         seconds = {}
         t = time.perf_counter()
         features = extract_features(rgb, mask)
@@ -129,3 +129,16 @@ class Enhancer:
                 mapped = apply_policy(mapped, refined, weight, policy, mask)
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)
+
+    def _enhance_at_working_size(
+        self, rgb: np.ndarray, stages: str, levels: int, mask: np.ndarray | None
+    ) -> EnhanceResult:
+        """All stages on the photo's working copy, the result carried back to full size (llie.method.working_size)."""
+        t = time.perf_counter()
+        small, small_mask = working_copy(rgb, levels, mask, self.working)
+        seconds = {"downscale": time.perf_counter() - t}
+        result = self.enhance(small, stages=stages, levels=levels, mask=small_mask)
+        t = time.perf_counter()
+        image = carry_to_full_size(rgb, small, result.image, self.working)
+        seconds = {**seconds, **result.seconds, "upsample": time.perf_counter() - t}
+        return replace(result, image=image, seconds=seconds)

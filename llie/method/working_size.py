@@ -18,15 +18,10 @@ two into the visible part, where at small sizes it has no effect at all.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import uniform_filter
-
-if TYPE_CHECKING:
-    from llie.method.pipeline import Enhancer, EnhanceResult
 
 
 @dataclass(frozen=True)
@@ -157,23 +152,22 @@ def apply_upsampled(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     return out
 
 
-def enhance_at_working_size(
-    enhancer: Enhancer, rgb: np.ndarray, stages: str, levels: int, mask: np.ndarray | None, working: WorkingSize
-) -> EnhanceResult:
-    """Enhance a photo larger than the working size: all stages on its working copy (stored at the
-    photo's own levels, as that photo saved at the working size would be), then the result's local
-    affine fit against the copy carried to the full-size photo (module docstring)."""
-    t = time.perf_counter()
+def working_copy(
+    rgb: np.ndarray, levels: int, mask: np.ndarray | None, working: WorkingSize
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image, mask) of a photo's working copy: area-averaged to the working size and stored at the
+    photo's own ``levels``, as that photo saved at the working size would be."""
     shape = working_shape(*rgb.shape[:2], working.long_side)
     small = area_downscale(rgb, shape)
     if levels <= 256:
         small = np.rint(small * np.float32(levels - 1)) / np.float32(levels - 1)
     # a working pixel counts when most of the photo's pixels under it do
     small_mask = None if mask is None else area_downscale(mask, shape) >= 0.5
-    seconds = {"downscale": time.perf_counter() - t}
-    result = enhancer.enhance(small, stages=stages, levels=levels, mask=small_mask)
-    t = time.perf_counter()
-    coefficients = guided_coefficients(small, result.image, working.radius, working.eps)
-    image = apply_upsampled(rgb, coefficients)
-    seconds = {**seconds, **result.seconds, "upsample": time.perf_counter() - t}
-    return replace(result, image=image, seconds=seconds)
+    return small, small_mask
+
+
+def carry_to_full_size(rgb: np.ndarray, small: np.ndarray, enhanced: np.ndarray, working: WorkingSize) -> np.ndarray:
+    """The full-size photo ``rgb`` given the look that ``small`` (its working copy) took on as ``enhanced``:
+    the local affine fit of ``enhanced`` against ``small``, upsampled and applied to ``rgb``."""
+    coefficients = guided_coefficients(small, enhanced, working.radius, working.eps)
+    return apply_upsampled(rgb, coefficients)
