@@ -16,6 +16,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .common import DASK_WORKER_ENV, LLIE_WORKER_ENV, SINGLE_THREAD_ENV, run_json_subprocess, write_images
@@ -81,27 +82,32 @@ def _stage_seconds(rows) -> dict[str, float]:
     return {s: float(sum(r.get(f"sec_{s}") or 0.0 for r in rows)) for s in archive.STAGES}
 
 
-def time_loop(
-    input_dir: str,
-    output: str,
-    warm_input: str,
-    shard_size: int,
-    threads: int = 1,
-    model: str | None = None,
-    reference: str | None = None,
-    limit: int | None = None,
-) -> dict:
-    """Time process_shard over shards of ``shard_size`` (what the loop subprocess runs)."""
+@dataclass(frozen=True)
+class LoopRun:
+    """process_shard over the images of ``input_dir`` in shards of ``shard_size`` (the loop subprocess)."""
+
+    input_dir: str
+    output: str
+    warm_input: str  # one image enhanced first, so first-call costs stay out of the timings
+    shard_size: int
+    threads: int = 1
+    model: str | None = None
+    reference: str | None = None
+    limit: int | None = None  # only the first LIMIT images
+
+
+def time_loop(run: LoopRun) -> dict:
+    """Time process_shard over shards of ``run.shard_size`` (what the loop subprocess runs)."""
     from llie.batch import archive
     from llie.batch.spec import RunSpec
 
-    setup = worker_setup(model, threads, warm_input, output + "-warm")
-    names = sorted(q.name for q in Path(input_dir).iterdir())[:limit]
-    shards = archive.plan_shards(names, shard_size)
+    setup = worker_setup(run.model, run.threads, run.warm_input, run.output + "-warm")
+    names = sorted(q.name for q in Path(run.input_dir).iterdir())[: run.limit]
+    shards = archive.plan_shards(names, run.shard_size)
     per_shard, per_shard_image_seconds, all_rows = [], [], []
     for shard in shards:
         t = time.perf_counter()
-        rows = archive.process_shard(RunSpec(input_dir, output, reference_url=reference), shard, _ENHANCER)
+        rows = archive.process_shard(RunSpec(run.input_dir, run.output, reference_url=run.reference), shard, _ENHANCER)
         per_shard.append(time.perf_counter() - t)
         assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
         per_shard_image_seconds.append(_image_seconds(rows))
@@ -128,150 +134,181 @@ def loop_main(argv: list[str] | None = None) -> None:
     p.add_argument("--model")
     p.add_argument("--limit", type=int, help="only the first LIMIT images")
     a = p.parse_args(argv)
-    print(
-        json.dumps(time_loop(a.input, a.output, a.warm_input, a.shard_size, a.threads, a.model, a.reference, a.limit))
-    )
+    run = LoopRun(a.input, a.output, a.warm_input, a.shard_size, a.threads, a.model, a.reference, a.limit)
+    print(json.dumps(time_loop(run)))
 
 
 # --------------------------------------------------------------------------- orchestration overhead
 
 
-def flow_overhead(
-    workdir: Path,
-    n_images: int,
-    shard_size: int,
-    width: int,
-    height: int,
-    model: str | None = None,
-    with_reference: bool = True,
-    warmup_run: bool = True,
-    multiple: int = 4,
-    malloc_images: int = 16,
-    loop_in_process: bool = False,
-) -> dict:
-    """Flow vs plain loop on N and kN images (k = ``multiple``; the first N shared). Needs a Prefect API.
+@dataclass(frozen=True)
+class Workload:
+    """The synthetic images a section times, and the model that enhances them."""
 
-    With ``multiple`` below 2 (quick runs) the flow runs on N images only and the steady-state split
-    is not measured (None). The loop always runs 2N or kN images, as shards of N.
-    """
+    n_images: int
+    shard_size: int
+    width: int
+    height: int
+    model: str | None = None
+    with_reference: bool = True  # score every output against a reference (PSNR/SSIM), as an audit run does
+
+
+@dataclass(frozen=True)
+class OverheadOptions:
+    """What the overhead section measures besides flow against loop on N images."""
+
+    warmup_run: bool = True  # a first 1-image flow run, reported, not used
+    multiple: int = 4  # the flow also runs on k x N images (k shards); below 2: N only
+    malloc_images: int = 16  # the loop under Dask's and the flow's worker environments, on this many; 0: not
+    loop_in_process: bool = False  # quick runs: the loop in this process, saving a process start-up
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    workdir: Path
+    big: Path  # kN images (k shards of N), the loop's
+    small: Path  # the first N of them
+    warm: Path  # one image to warm up on
+    ref: str | None
+    work: Workload
+
+    @classmethod
+    def write(cls, workdir: Path, work: Workload, k: int) -> _Inputs:
+        big = workdir / "k_n"
+        write_images(big, k * work.n_images, work.width, work.height, seed=1000, with_reference=work.with_reference)
+        small = workdir / "n"
+        (small / "in").mkdir(parents=True)
+        for name in sorted(p.name for p in (big / "in").iterdir())[: work.n_images]:
+            shutil.copy(big / "in" / name, small / "in" / name)
+        warm = workdir / "warm"
+        write_images(warm, 1, work.width, work.height, seed=999)
+        return cls(workdir, big, small, warm, str(big / "ref") if work.with_reference else None, work)
+
+    def loop_run(self, output: str, limit: int | None = None, shard: int | None = None) -> LoopRun:
+        return LoopRun(
+            str(self.big / "in"),
+            str(self.workdir / output),
+            str(self.warm / "in"),
+            shard or self.work.n_images,
+            1,
+            self.work.model,
+            self.ref,
+            limit,
+        )
+
+
+def _loop_in_subprocess(run: LoopRun, env: dict[str, str]) -> dict:
+    args = ["--input", run.input_dir, "--output", run.output, "--warm-input", run.warm_input]
+    args += ["--shard-size", str(run.shard_size), "--threads", str(run.threads)]
+    args += [*(["--reference", run.reference] if run.reference else []), *(["--model", run.model] if run.model else [])]
+    args += ["--limit", str(run.limit)] if run.limit else []
+    return run_json_subprocess(["benchmarks.orchestration", "loop", *args], env_extra=env)
+
+
+def _plain_loop(inputs: _Inputs, in_process: bool) -> dict:
+    """The kN images as k shards of N in one single-threaded subprocess; quick runs save that process
+    start-up and run it here, with torch at 1 thread (numpy's pools as they are)."""
+    if not in_process:
+        return _loop_in_subprocess(inputs.loop_run("loop-out"), SINGLE_THREAD_ENV)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return time_loop(inputs.loop_run("loop-out"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _malloc_effect(inputs: _Inputs, subset: int) -> dict:
+    """The loop with the environment Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_) and with the one
+    llie's flow gives them, on a subset: how much of a worker's per-image cost is that one variable, not
+    Prefect or Dask at work, and whether the fix holds."""
+    seconds = {
+        key: _loop_in_subprocess(inputs.loop_run(output, limit=subset, shard=subset), env)["shard_seconds"][0]
+        for key, output, env in (
+            ("dask_worker_env_s", "loop-dask-env-out", DASK_WORKER_ENV),
+            ("llie_worker_env_s", "loop-llie-env-out", LLIE_WORKER_ENV),
+            ("plain_s", "loop-plain-subset-out", SINGLE_THREAD_ENV),
+        )
+    }
+    malloc = {
+        "images": subset,
+        "plain_s": seconds["plain_s"],
+        "dask_worker_env_s": seconds["dask_worker_env_s"],
+        "llie_worker_env_s": seconds["llie_worker_env_s"],
+        "dask_env": {k: v for k, v in DASK_WORKER_ENV.items() if k.startswith("MALLOC")},
+        "llie_env": {k: v for k, v in LLIE_WORKER_ENV.items() if k.startswith("MALLOC")},
+    }
+    malloc["slowdown_pct"] = (malloc["dask_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
+    malloc["llie_slowdown_pct"] = (malloc["llie_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
+    return malloc
+
+
+def _run_flow(inputs: _Inputs, input_dir: Path, tag: str) -> dict:
+    """The enhance_archive flow on ``input_dir``, 1 worker x 1 thread: its wall time and per-image work."""
     from flows.enhance_archive import enhance_archive
     from flows.parameters import flow_arguments
     from llie.batch import archive
 
-    k = max(2, multiple)
-    big = workdir / "k_n"
-    write_images(big, k * n_images, width, height, seed=1000, with_reference=with_reference)
-    small = workdir / "n"
-    (small / "in").mkdir(parents=True)
-    for name in sorted(p.name for p in (big / "in").iterdir())[:n_images]:
-        shutil.copy(big / "in" / name, small / "in" / name)
-    warm = workdir / "warm"
-    write_images(warm, 1, width, height, seed=999)
-    ref = str(big / "ref") if with_reference else None
+    output_url, run_id = str(inputs.workdir / f"flow-{tag}"), f"bench-{tag}"
+    kwargs = dict(
+        input_url=str(input_dir),
+        output_url=output_url,
+        model=inputs.work.model,
+        shard_size=inputs.work.shard_size,
+        reference_url=inputs.ref,
+        n_workers=1,
+        run_id=run_id,
+        retries=0,
+        torch_threads=1,
+    )
+    t = time.perf_counter()
+    summary = enhance_archive(**flow_arguments(**kwargs))
+    wall = time.perf_counter() - t
+    assert summary["ok"] == summary["images"], summary
+    rows = archive.read_metrics(output_url, run_id).to_pylist()
+    return {
+        "wall_s": wall,
+        "flow_reported_s": summary.get("seconds"),
+        "images": summary["images"],
+        "shards": summary["shards"],
+        "image_seconds": _image_seconds(rows),
+        "stage_seconds": _stage_seconds(rows),
+    }
 
-    def run_loop(env: dict[str, str], output: str, limit: int | None = None, shard: int = n_images) -> dict:
-        return run_json_subprocess(
-            [
-                "benchmarks.orchestration",
-                "loop",
-                "--input",
-                str(big / "in"),
-                "--output",
-                str(workdir / output),
-                "--warm-input",
-                str(warm / "in"),
-                "--shard-size",
-                str(shard),
-                "--threads",
-                "1",
-                *(["--reference", ref] if ref else []),
-                *(["--model", model] if model else []),
-                *(["--limit", str(limit)] if limit else []),
-            ],
-            env_extra=env,
-        )
 
-    # The plain loop: one single-threaded subprocess, the kN images as k shards of N. Quick runs
-    # save that process start-up and run it here, with torch at 1 thread (numpy's pools as they are).
-    if loop_in_process:
-        import torch
+def flow_overhead(workdir: Path, work: Workload, options: OverheadOptions = OverheadOptions()) -> dict:
+    """Flow vs plain loop on N and kN images (k = ``options.multiple``; the first N shared). Needs a Prefect API.
 
-        before = torch.get_num_threads()
-        try:
-            loop = time_loop(str(big / "in"), str(workdir / "loop-out"), str(warm / "in"), n_images, 1, model, ref)
-        finally:
-            torch.set_num_threads(before)
-    else:
-        loop = run_loop(SINGLE_THREAD_ENV, "loop-out")
-    loop_n, loop_kn = loop["shard_seconds"][0], sum(loop["shard_seconds"])
-    # The same loop with the environment Dask's nanny gives its workers (MALLOC_TRIM_THRESHOLD_) and with
-    # the one llie's flow gives them (plus a fixed mmap threshold), on a subset: how much of a worker's
-    # per-image cost is that one variable, not Prefect or Dask at work, and whether the fix holds.
-    malloc = None
-    if malloc_images:
-        subset = min(malloc_images, k * n_images)
-        loop_dask_env = run_loop(DASK_WORKER_ENV, "loop-dask-env-out", limit=subset, shard=subset)
-        loop_llie_env = run_loop(LLIE_WORKER_ENV, "loop-llie-env-out", limit=subset, shard=subset)
-        loop_plain_subset = run_loop(SINGLE_THREAD_ENV, "loop-plain-subset-out", limit=subset, shard=subset)
-        malloc = {
-            "images": subset,
-            "plain_s": loop_plain_subset["shard_seconds"][0],
-            "dask_worker_env_s": loop_dask_env["shard_seconds"][0],
-            "llie_worker_env_s": loop_llie_env["shard_seconds"][0],
-            "dask_env": {k: v for k, v in DASK_WORKER_ENV.items() if k.startswith("MALLOC")},
-            "llie_env": {k: v for k, v in LLIE_WORKER_ENV.items() if k.startswith("MALLOC")},
-        }
-        malloc["slowdown_pct"] = (malloc["dask_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
-        malloc["llie_slowdown_pct"] = (malloc["llie_worker_env_s"] / malloc["plain_s"] - 1.0) * 100.0
-
-    def run_flow(input_dir: Path, tag: str) -> dict:
-        kwargs = dict(
-            input_url=str(input_dir),
-            output_url=str(workdir / f"flow-{tag}"),
-            model=model,
-            shard_size=shard_size,
-            reference_url=ref,
-            n_workers=1,
-            run_id=f"bench-{tag}",
-            retries=0,
-            torch_threads=1,
-        )
-        t = time.perf_counter()
-        summary = enhance_archive(**flow_arguments(**kwargs))
-        wall = time.perf_counter() - t
-        assert summary["ok"] == summary["images"], summary
-        rows = archive.read_metrics(kwargs["output_url"], kwargs["run_id"]).to_pylist()
-        return {
-            "wall_s": wall,
-            "flow_reported_s": summary.get("seconds"),
-            "images": summary["images"],
-            "shards": summary["shards"],
-            "image_seconds": _image_seconds(rows),
-            "stage_seconds": _stage_seconds(rows),
-        }
-
+    With ``multiple`` below 2 (quick runs) the flow runs on N images only and the steady-state split
+    is not measured (None). The loop always runs 2N or kN images, as shards of N.
+    """
+    k = max(2, options.multiple)
+    inputs = _Inputs.write(workdir, work, k)
+    loop = _plain_loop(inputs, options.loop_in_process)
+    malloc = _malloc_effect(inputs, min(options.malloc_images, k * work.n_images)) if options.malloc_images else None
     # First flow run in this process: one-time client/registration costs, reported, not used.
-    first = run_flow(warm / "in", "warmup") if warmup_run else None
-    flow_n = run_flow(small / "in", "n")
-    flow_kn = run_flow(big / "in", "kn") if multiple >= 2 else None
-
+    first = _run_flow(inputs, inputs.warm / "in", "warmup") if options.warmup_run else None
+    flow_n = _run_flow(inputs, inputs.small / "in", "n")
+    flow_kn = _run_flow(inputs, inputs.big / "in", "kn") if options.multiple >= 2 else None
+    loop_n, loop_kn = loop["shard_seconds"][0], sum(loop["shard_seconds"])
     out = {
-        "images": n_images,
+        "images": work.n_images,
         "multiple": k,
-        "shard_size": shard_size,
-        "size": f"{width}x{height}",
-        "with_reference": with_reference,
+        "shard_size": work.shard_size,
+        "size": f"{work.width}x{work.height}",
+        "with_reference": work.with_reference,
         "torch_threads": 1,
         "dask": "LocalCluster, 1 worker process x 1 thread (started by the flow each run)",
         "loop": {
             "n_s": loop_n,
             "k_n_s": loop_kn,
             "model_load_s": loop["load_s"],
-            "per_image_s": loop_kn / (k * n_images),
+            "per_image_s": loop_kn / (k * work.n_images),
             "image_seconds_k_n": loop["image_seconds"],
             "stage_seconds_k_n": loop["stage_seconds"],
             "torch_threads": loop["torch_threads"],
-            "where": "benchmark process (quick run)" if loop_in_process else "single-threaded subprocess",
+            "where": "benchmark process (quick run)" if options.loop_in_process else "single-threaded subprocess",
         },
         "flow": {"first_run_1_image": first, "n": flow_n, "k_n": flow_kn},
         "malloc_trim_threshold_effect": malloc,
@@ -281,15 +318,22 @@ def flow_overhead(
         "fixed_startup_s": None,
         "worker_compute_vs_loop_pct": (flow_n["image_seconds"] / loop["image_seconds_n"] - 1.0) * 100.0,
     }
+    return out | _overhead_splits(out, k, first, flow_kn, loop)
+
+
+def _overhead_splits(out: dict, k: int, first: dict | None, flow_kn: dict | None, loop: dict) -> dict:
+    """Start-up apart from the cost per shard: from the 1-image run, and from N against kN."""
+    loop_n, loop_kn, flow_n = out["loop"]["n_s"], out["loop"]["k_n_s"], out["flow"]["n"]
+    splits: dict = {}
     if first is not None:
         # A second, less noisy split: a 1-image flow run is nearly all start-up.
-        fixed = first["wall_s"] - loop_kn / (k * n_images)
-        out["fixed_startup_from_1_image_s"] = fixed
-        out["overhead_excluding_startup_pct"] = ((flow_n["wall_s"] - fixed) / loop_n - 1.0) * 100.0
+        fixed = first["wall_s"] - loop_kn / (k * out["images"])
+        splits["fixed_startup_from_1_image_s"] = fixed
+        splits["overhead_excluding_startup_pct"] = ((flow_n["wall_s"] - fixed) / loop_n - 1.0) * 100.0
     if flow_kn is not None:
         marginal_flow = flow_kn["wall_s"] - flow_n["wall_s"]
         marginal_loop = loop_kn - loop_n
-        out.update(
+        splits.update(
             overhead_pct_k_n=(flow_kn["wall_s"] / loop_kn - 1.0) * 100.0,
             # time of kN minus time of N: what k-1 more shards of N images cost, start-up cancelled out
             # (k-1 shards, not one, so that run-to-run noise in start-up is spread over more work)
@@ -300,24 +344,87 @@ def flow_overhead(
             # per-image work measured inside the worker vs inside the loop: is the worker itself slower?
             worker_compute_vs_loop_pct=(flow_kn["image_seconds"] / loop["image_seconds"] - 1.0) * 100.0,
         )
-    return out
+    return splits
 
 
 # --------------------------------------------------------------------------- scaling
 
 
-def scaling(
-    workdir: Path,
-    n_images: int,
-    shard_size: int,
-    width: int,
-    height: int,
-    workers: tuple[int, ...] = (1, 2),
-    model: str | None = None,
-    with_reference: bool = True,
-    one_cluster: bool = False,
-    rounds: int = 3,
-) -> dict:
+@dataclass(frozen=True)
+class ScalingOptions:
+    workers: tuple[int, ...] = (1, 2)  # worker counts compared, the first the base of the speed-up
+    one_cluster: bool = False  # quick runs: one cluster of max(workers), smaller counts pinned to some of it
+    rounds: int = 3  # the worker counts take turns this many times
+
+
+def _clusters(stack, workers: tuple[int, ...], one_cluster: bool) -> dict:
+    """(client, pinned worker addresses or None) per worker count, on clusters started like the flow's own
+    (flows.shards.local_cluster_kwargs, flows.worker_env), so this measures what a run gets."""
+    from distributed import Client, LocalCluster
+
+    from flows.shards import local_cluster_kwargs
+
+    def cluster(k: int) -> LocalCluster:
+        return LocalCluster(**local_cluster_kwargs(k, dict(SINGLE_THREAD_ENV)))
+
+    if one_cluster:
+        client = stack.enter_context(Client(stack.enter_context(cluster(max(workers)))))
+        client.wait_for_workers(max(workers))
+        addresses = sorted(client.scheduler_info()["workers"])
+        return {k: (client, addresses[:k]) for k in workers}
+    targets = {}
+    for k in workers:
+        client = stack.enter_context(Client(stack.enter_context(cluster(k))))
+        client.wait_for_workers(k)
+        targets[k] = (client, None)
+    return targets
+
+
+def _map_round(client, pin: list[str] | None, shards, inputs: dict) -> dict:
+    """One pass of every shard through ``client.map``: its wall time and each worker's share."""
+    t = time.perf_counter()
+    futures = client.map(run_shard, shards, **inputs, pure=False, workers=pin, allow_other_workers=False)
+    done = client.gather(futures)
+    wall = time.perf_counter() - t
+    busy: dict[int, float] = {}
+    for d in done:
+        busy[d["pid"]] = busy.get(d["pid"], 0.0) + d["seconds"]
+    return {
+        "wall_s": wall,
+        "busy_s_per_worker": sorted(busy.values()),
+        "shards_per_worker": sorted(sum(1 for d in done if d["pid"] == p) for p in busy),
+    }
+
+
+def _timed_rounds(workdir: Path, work: Workload, shards, options: ScalingOptions) -> tuple[dict, dict]:
+    """(runs, torch threads) per worker count: every count's rounds, taking turns."""
+    from contextlib import ExitStack
+
+    # imported before local_cluster_settings: leaving its dask.config.set would drop the defaults the import adds
+    import distributed  # noqa: F401
+
+    from flows.worker_env import local_cluster_settings
+
+    data, warm = workdir / "scaling", workdir / "scaling-warm"
+    ref = str(data / "ref") if work.with_reference else None
+    with ExitStack() as stack:
+        stack.enter_context(local_cluster_settings())
+        targets = _clusters(stack, options.workers, options.one_cluster)
+        threads = {}
+        for k, (client, pin) in targets.items():
+            setup = client.run(
+                worker_setup, work.model, 1, str(warm / "in"), str(workdir / f"scaling-warm-{k}"), workers=pin
+            )
+            threads[k] = sorted({v["torch_threads"] for v in setup.values()})
+        runs: dict[int, list[dict]] = {k: [] for k in options.workers}
+        for _round in range(options.rounds):
+            for k in options.workers:
+                inputs = {"input_url": str(data / "in"), "output_url": str(workdir / f"scaling-out-{k}")}
+                runs[k].append(_map_round(*targets[k], shards, inputs | {"reference_url": ref}))
+    return runs, threads
+
+
+def scaling(workdir: Path, work: Workload, options: ScalingOptions = ScalingOptions()) -> dict:
     """Throughput of client.map over shards on LocalClusters of 1 and 2 single-threaded workers.
 
     All clusters stay up for the whole section and the worker counts take turns, ``rounds`` times,
@@ -325,105 +432,42 @@ def scaling(
     speed-up uses each count's best round (least disturbed); the median-based one is reported too.
     """
     import statistics
-    from contextlib import ExitStack
 
-    from distributed import Client, LocalCluster
-
-    from flows.worker_env import local_cluster_settings
     from llie.batch import archive
 
     data = workdir / "scaling"
-    write_images(data, n_images, width, height, seed=2000, with_reference=with_reference)
-    warm = workdir / "scaling-warm"
-    write_images(warm, 1, width, height, seed=1999)
-    shards = archive.plan_shards(sorted(p.name for p in (data / "in").iterdir()), shard_size)
-    ref = str(data / "ref") if with_reference else None
-
-    def cluster(k: int) -> LocalCluster:
-        # started like the flow's own LocalCluster (worker_env), so this measures what a run gets
-        return LocalCluster(
-            n_workers=k, threads_per_worker=1, processes=True, dashboard_address=":0", env=dict(SINGLE_THREAD_ENV)
-        )
-
-    with ExitStack() as stack:
-        stack.enter_context(local_cluster_settings())
-        # (client, pinned worker addresses or None) per worker count
-        targets: dict[int, tuple[Client, list[str] | None]] = {}
-        if one_cluster:
-            # quick runs: one cluster of max(workers), smaller counts pinned to a subset of its workers
-            client = stack.enter_context(Client(stack.enter_context(cluster(max(workers)))))
-            client.wait_for_workers(max(workers))
-            addresses = sorted(client.scheduler_info()["workers"])
-            targets = {k: (client, addresses[:k]) for k in workers}
-        else:
-            for k in workers:
-                client = stack.enter_context(Client(stack.enter_context(cluster(k))))
-                client.wait_for_workers(k)
-                targets[k] = (client, None)
-        threads = {}
-        for k, (client, pin) in targets.items():
-            setup = client.run(
-                worker_setup, model, 1, str(warm / "in"), str(workdir / f"scaling-warm-{k}"), workers=pin
-            )
-            threads[k] = sorted({v["torch_threads"] for v in setup.values()})
-
-        runs: dict[int, list[dict]] = {k: [] for k in workers}
-        for _round in range(rounds):
-            for k in workers:
-                client, pin = targets[k]
-                t = time.perf_counter()
-                futures = client.map(
-                    run_shard,
-                    shards,
-                    input_url=str(data / "in"),
-                    output_url=str(workdir / f"scaling-out-{k}"),
-                    reference_url=ref,
-                    pure=False,
-                    workers=pin,
-                    allow_other_workers=False,
-                )
-                done = client.gather(futures)
-                wall = time.perf_counter() - t
-                busy: dict[int, float] = {}
-                for d in done:
-                    busy[d["pid"]] = busy.get(d["pid"], 0.0) + d["seconds"]
-                runs[k].append(
-                    {
-                        "wall_s": wall,
-                        "busy_s_per_worker": sorted(busy.values()),
-                        "shards_per_worker": sorted(sum(1 for d in done if d["pid"] == p) for p in busy),
-                    }
-                )
-
+    write_images(data, work.n_images, work.width, work.height, seed=2000, with_reference=work.with_reference)
+    write_images(workdir / "scaling-warm", 1, work.width, work.height, seed=1999)
+    shards = archive.plan_shards(sorted(p.name for p in (data / "in").iterdir()), work.shard_size)
+    runs, threads = _timed_rounds(workdir, work, shards, options)
     results = {}
-    for k in workers:
+    for k in options.workers:
         walls = [run["wall_s"] for run in runs[k]]
         best = min(range(len(walls)), key=walls.__getitem__)
         results[str(k)] = {
-            "images_per_s": n_images / walls[best],
-            "images_per_s_median": n_images / statistics.median(walls),
+            "images_per_s": work.n_images / walls[best],
+            "images_per_s_median": work.n_images / statistics.median(walls),
             "wall_s": walls[best],
             "wall_s_rounds": walls,
             "busy_s_per_worker": runs[k][best]["busy_s_per_worker"],
             "shards_per_worker": runs[k][best]["shards_per_worker"],
             "worker_torch_threads": threads[k],
         }
-    base = results[str(workers[0])]
     out = {
-        "images": n_images,
-        "multiple": k,
-        "shard_size": shard_size,
+        "images": work.n_images,
+        "multiple": options.workers[-1],
+        "shard_size": work.shard_size,
         "shards": len(shards),
-        "size": f"{width}x{height}",
-        "with_reference": with_reference,
-        "rounds": rounds,
+        "size": f"{work.width}x{work.height}",
+        "with_reference": work.with_reference,
+        "rounds": options.rounds,
         "clusters": "one LocalCluster, tasks pinned to k of its workers"
-        if one_cluster
+        if options.one_cluster
         else "a LocalCluster(n_workers=k, threads_per_worker=1) per k, all up for the whole section",
         "workers": results,
     }
-    if len(workers) > 1:
-        top = results[str(workers[-1])]
+    if len(options.workers) > 1:
+        base, top = results[str(options.workers[0])], results[str(options.workers[-1])]
         out["speedup"] = top["images_per_s"] / base["images_per_s"]
         out["speedup_median"] = top["images_per_s_median"] / base["images_per_s_median"]
     return out

@@ -100,44 +100,25 @@ def out_of_fold_predictions(pairs, lows, highs, quantile_cfg, folds: int, seed: 
     return dark, exposed
 
 
-def stages_1_to_3(rgb: np.ndarray, quantiles: np.ndarray, settings: Settings) -> tuple[np.ndarray, float]:
-    """Stage 3 under the policy's exposure gate, as the pipeline runs it; returns (image, gate weight)."""
-    from llie.method.mapping import match_to_quantiles
-    from llie.method.policy import blend, channel_means, stage3_weight
-
-    weight = stage3_weight(channel_means(rgb), settings.policy)
-    if weight == 0:
-        return rgb.astype(np.float32), 0.0
-    return blend(rgb, match_to_quantiles(rgb, quantiles, settings.mapping), weight), weight
-
-
-def refined(rgb: np.ndarray, mapped: np.ndarray, refiner, settings: Settings) -> np.ndarray:
-    """The refiner's share of the policy on top of stage 3 (none where stage 3 barely brightened)."""
-    from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
-    from llie.method.refine import refine, resolve_device
-
-    weight = refiner_weight(brightening(channel_means(rgb), channel_means(mapped)), settings.policy)
-    if weight == 0 or refiner is None:
-        return mapped
-    return apply_policy(mapped, refine(refiner, mapped, resolve_device("cpu")), weight, settings.policy)
-
-
 def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress: bool) -> dict[str, np.ndarray]:
     """Per pair: dark shot's stage-3 PSNR/SSIM, the well-exposed photo's PSNR after the pipeline;
     ``predictions`` are the (dark, well-exposed) out-of-fold stage-2 predictions."""
+    from llie.method.policy import map_under_policy, refine_under_policy
+    from llie.method.refine import refine, resolve_device
     from llie.metrics import psnr, quantize8, ssim
 
     dark_q, exposed_q = predictions
-
+    mapping, policy = settings.mapping, settings.policy
+    device = resolve_device("cpu")
     out = {k: np.zeros(len(lows)) for k in ("dark_psnr", "dark_ssim", "exposed_psnr", "exposed_gate")}
     for i in tqdm(range(len(lows)), desc="score", disable=not progress, leave=False):
-        mapped, _ = stages_1_to_3(lows[i], dark_q[i], settings)
+        mapped, _ = map_under_policy(lows[i], dark_q[i], mapping, policy)
         out8 = quantize8(mapped) / 255.0
         out["dark_psnr"][i], out["dark_ssim"][i] = psnr(out8, highs[i]), ssim(out8, highs[i])
-        kept, gate = stages_1_to_3(highs[i], exposed_q[i], settings)
-        kept = refined(highs[i], kept, refiner, settings)
+        kept, out["exposed_gate"][i] = map_under_policy(highs[i], exposed_q[i], mapping, policy)
+        if refiner is not None:
+            kept = refine_under_policy(highs[i], kept, lambda x: refine(refiner, x, device), policy)
         out["exposed_psnr"][i] = min(psnr(quantize8(kept) / 255.0, highs[i]), PSNR_CAP)
-        out["exposed_gate"][i] = gate
     return out
 
 
@@ -154,68 +135,78 @@ def summary(scores: dict[str, np.ndarray]) -> dict:
     }
 
 
-def cross_validate(
-    data: list[Path],
-    variants: list[str],
-    stage2_variants: tuple[str, ...] | list[str] = (),
-    folds: int = 5,
-    seed: int = 0,
-    model: Path | None = None,
-    refiner: bool = False,
-    threads: int | None = None,
-    progress: bool = True,
-) -> dict:
+@dataclass(frozen=True)
+class Study:
+    """What to cross-validate: the paired sets, the variants, and how."""
+
+    data: list[Path]
+    variants: list[str]
+    stage2_variants: tuple[str, ...] | list[str] = ()  # each refits stage 2
+    folds: int = 5
+    seed: int = 0  # draws the folds and stage 2's rows and trees
+    model: Path | None = None  # bundle directory; None: the shipped model
+    refiner: bool = False  # also run the refiner on well-exposed photos
+    threads: int | None = None
+    progress: bool = True
+
+
+def cross_validate(study: Study) -> dict:
     """Per-set figures of the bundle's settings and of each variant, and the variants' paired differences."""
     from llie.method.bundle import load_bundle
     from llie.method.quantiles import QuantileModelConfig
-    from llie.stats import clustered_difference
     from llie.training.data import load_pairs, resolve_training_sets
 
-    bundle = load_bundle(model, refiner=refiner)
+    bundle = load_bundle(study.model, refiner=study.refiner)
     trained = bundle.manifest.get("training", {}).get("config", {}).get("quantile", {})
-    quantile_cfg = replace(QuantileModelConfig(**trained), bag=1, error_weighting=False, seed=seed)
-    pairs, _ = resolve_training_sets(data)
+    quantile_cfg = replace(QuantileModelConfig(**trained), bag=1, error_weighting=False, seed=study.seed)
+    pairs, _ = resolve_training_sets(study.data)
     lows, highs = load_pairs(pairs)
-    stage2 = {"model": quantile_cfg} | {v: parse_stage2_variant(v, quantile_cfg) for v in stage2_variants}
+    stage2 = {"model": quantile_cfg} | {v: parse_stage2_variant(v, quantile_cfg) for v in study.stage2_variants}
     predictions = {
-        name: out_of_fold_predictions(pairs, lows, highs, cfg, folds, seed, threads, progress)
+        name: out_of_fold_predictions(pairs, lows, highs, cfg, study.folds, study.seed, study.threads, study.progress)
         for name, cfg in stage2.items()
     }
     base = Settings(bundle.mapping, bundle.policy)
-    runs = {"model": (base, "model")} | {v: (parse_variant(v, base), "model") for v in variants}
-    runs |= {f"stage 2 {v}": (base, v) for v in stage2_variants}
+    runs = {"model": (base, "model")} | {v: (parse_variant(v, base), "model") for v in study.variants}
+    runs |= {f"stage 2 {v}": (base, v) for v in study.stage2_variants}
     scores = {
-        name: score_pairs(lows, highs, predictions[fit], s, bundle.refiner, progress) for name, (s, fit) in runs.items()
+        name: score_pairs(lows, highs, predictions[fit], s, bundle.refiner, study.progress)
+        for name, (s, fit) in runs.items()
     }
-    sets = np.array([p.group.split("/")[0] if len(data) > 1 else Path(data[0]).name for p in pairs])
     groups = np.array([p.group for p in pairs])
     report: dict[str, Any] = {
-        "data": [str(d) for d in data],
+        "data": [str(d) for d in study.data],
         "pairs": len(pairs),
         "scenes": len(set(groups)),
-        "folds": folds,
-        "seed": seed,
+        "folds": study.folds,
+        "seed": study.seed,
         "stage2": asdict(quantile_cfg),
-        "refiner_on_well_exposed": refiner,
+        "refiner_on_well_exposed": study.refiner,
         "settings": {
             name: {"mapping": asdict(s.mapping), "policy": asdict(s.policy), "stage2": asdict(stage2[fit])}
             for name, (s, fit) in runs.items()
         },
-        "sets": {},
     }
-    for name in sorted(set(sets)):
-        sel = sets == name
-        per_set = {v: summary({k: a[sel] for k, a in s.items()}) for v, s in scores.items()}
-        differences = {
-            v: {
-                metric: clustered_difference(scores[v][metric][sel] - scores["model"][metric][sel], groups[sel])
-                for metric in ("dark_psnr", "dark_ssim", "exposed_psnr")
-            }
-            for v in runs
-            if v != "model"
-        }
-        report["sets"][name] = {"scenes": len(set(groups[sel])), "figures": per_set, "differences": differences}
+    sets = np.array([p.group.split("/")[0] if len(study.data) > 1 else Path(study.data[0]).name for p in pairs])
+    report["sets"] = {name: per_set(scores, sets == name, groups) for name in sorted(set(sets))}
     return report
+
+
+def per_set(scores: dict[str, dict[str, np.ndarray]], sel: np.ndarray, groups: np.ndarray) -> dict:
+    """One set's figures (the pairs ``sel`` marks) per settings, and each variant's paired difference to the
+    model's own settings with an interval that resamples scenes."""
+    from llie.stats import clustered_difference
+
+    differences = {
+        v: {
+            metric: clustered_difference(scores[v][metric][sel] - scores["model"][metric][sel], groups[sel])
+            for metric in ("dark_psnr", "dark_ssim", "exposed_psnr")
+        }
+        for v in scores
+        if v != "model"
+    }
+    figures = {v: summary({k: a[sel] for k, a in s.items()}) for v, s in scores.items()}
+    return {"scenes": len(set(groups[sel])), "figures": figures, "differences": differences}
 
 
 def table(report: dict) -> str:
@@ -279,9 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     data = args.data or [datasets / "LOL-v1", datasets / "SICE-pairs"]
-    report = cross_validate(
+    study = Study(
         data, args.variant, args.stage2_variant, args.folds, args.seed, args.model, args.refiner, args.threads
     )
+    report = cross_validate(study)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(table(report))

@@ -162,87 +162,118 @@ def run(plan: Plan, out: Path, quick: bool, model: str | None, sections: tuple[s
     return results
 
 
+@dataclass(frozen=True)
+class _Section:
+    """What every section may use: the plan, the loaded model (and its bundle path), a work folder."""
+
+    plan: Plan
+    enhancer: object
+    work: Path
+    model: str | None
+    api: object = None  # a Prefect API started in the background, for the orchestration section
+
+
 def _run_section(section: str, plan: Plan, enhancer, work: Path, model: str | None, api=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    if section == "stages":
-        from .stages import Size, stage_throughput
+    if section not in _SECTION_RUNNERS:
+        raise ValueError(f"unknown section {section!r}")
+    return _SECTION_RUNNERS[section](_Section(plan, enhancer, work, model, api))
 
-        return {
-            "torch_threads": set_torch_threads(cpu_count()),
-            "sizes": {
-                name: stage_throughput(enhancer, Size(name, w, h), repeats=r, n_images=n)
-                for name, w, h, n, r in plan.stage_sizes
-            },
-        }
-    if section == "pipeline":
-        from .command_line import command_line_throughput
-        from .stages import Size, pipeline_throughput
 
-        w, h, n, passes = plan.pipeline
-        return {
-            "torch_threads": set_torch_threads(cpu_count()),
-            **pipeline_throughput(enhancer, Size("p", w, h), n, passes, cores=cpu_count()),
-            "command_line": command_line_throughput(*plan.command_line),
-        }
-    if section == "large":
-        from .large import large_photos
+def _stages(s: _Section) -> dict:
+    from .stages import Size, stage_throughput
 
-        return {
-            "torch_threads": set_torch_threads(cpu_count()),
-            **large_photos(
-                enhancer,
-                plan.large_sizes,
-                plan.consistency,
-                cores=cpu_count(),
-                startup_repeats=plan.startup_repeats,
-                cli_images=plan.cli_images,
-            ),
-        }
-    if section == "quality":
-        from .quality import quality
+    return {
+        "torch_threads": set_torch_threads(cpu_count()),
+        "sizes": {
+            name: stage_throughput(s.enhancer, Size(name, w, h), repeats=r, n_images=n)
+            for name, w, h, n, r in s.plan.stage_sizes
+        },
+    }
 
-        set_torch_threads(cpu_count())
-        return quality(model, max_pairs=plan.quality_pairs)
-    if section == "memory":
-        from .memory import peak_rss
 
-        return peak_rss(work, *plan.memory, model=model, archive_path=plan.memory_archive_path)
-    if section == "scaling":
-        from .orchestration import scaling
+def _pipeline(s: _Section) -> dict:
+    from .command_line import command_line_throughput
+    from .stages import Size, pipeline_throughput
 
-        n, shard, w, h, rounds = plan.scaling
-        return scaling(work, n, shard, w, h, model=model, one_cluster=plan.scaling_one_cluster, rounds=rounds)
-    if section == "orchestration":
-        from .orchestration import flow_overhead
-        from .prefect_api import TemporaryPrefectAPI
+    w, h, n, passes = s.plan.pipeline
+    return {
+        "torch_threads": set_torch_threads(cpu_count()),
+        **pipeline_throughput(s.enhancer, Size("p", w, h), n, passes, cores=cpu_count()),
+        "command_line": command_line_throughput(*s.plan.command_line),
+    }
 
-        n, shard, w, h = plan.orchestration
-        background = api is not None
-        api = api or TemporaryPrefectAPI().start()
-        try:
-            with api.settings():
-                result = flow_overhead(
-                    work,
-                    n,
-                    shard,
-                    w,
-                    h,
-                    model=model,
-                    warmup_run=plan.flow_warmup_run,
-                    multiple=plan.flow_multiple,
-                    malloc_images=plan.malloc_images,
-                    loop_in_process=plan.loop_in_process,
-                )
-        finally:
-            if not background:
-                api.stop()
-        result["prefect_api_start_s"] = api.start_seconds
-        result["prefect_api"] = (
-            "Prefect's ephemeral API server (SubprocessASGIServer, SQLite under a temporary PREFECT_HOME), "
-            + ("started in the background at the beginning of the run" if background else "started before the timings")
-        )
-        return result
-    raise ValueError(f"unknown section {section!r}")
+
+def _large(s: _Section) -> dict:
+    from .large import large_photos
+
+    return {
+        "torch_threads": set_torch_threads(cpu_count()),
+        **large_photos(
+            s.enhancer,
+            s.plan.large_sizes,
+            s.plan.consistency,
+            cores=cpu_count(),
+            startup_repeats=s.plan.startup_repeats,
+            cli_images=s.plan.cli_images,
+        ),
+    }
+
+
+def _quality(s: _Section) -> dict:
+    from .quality import quality
+
+    set_torch_threads(cpu_count())
+    return quality(s.model, max_pairs=s.plan.quality_pairs)
+
+
+def _memory(s: _Section) -> dict:
+    from .memory import peak_rss
+
+    return peak_rss(s.work, *s.plan.memory, model=s.model, archive_path=s.plan.memory_archive_path)
+
+
+def _scaling(s: _Section) -> dict:
+    from .orchestration import ScalingOptions, Workload, scaling
+
+    n, shard, w, h, rounds = s.plan.scaling
+    options = ScalingOptions(one_cluster=s.plan.scaling_one_cluster, rounds=rounds)
+    return scaling(s.work, Workload(n, shard, w, h, model=s.model), options)
+
+
+def _orchestration(s: _Section) -> dict:
+    from .orchestration import OverheadOptions, Workload, flow_overhead
+    from .prefect_api import TemporaryPrefectAPI
+
+    n, shard, w, h = s.plan.orchestration
+    options = OverheadOptions(
+        s.plan.flow_warmup_run, s.plan.flow_multiple, s.plan.malloc_images, s.plan.loop_in_process
+    )
+    background = s.api is not None
+    api = s.api or TemporaryPrefectAPI().start()
+    try:
+        with api.settings():
+            result = flow_overhead(s.work, Workload(n, shard, w, h, model=s.model), options)
+    finally:
+        if not background:
+            api.stop()
+    result["prefect_api_start_s"] = api.start_seconds
+    result["prefect_api"] = (
+        "Prefect's ephemeral API server (SubprocessASGIServer, SQLite under a temporary PREFECT_HOME), "
+        + ("started in the background at the beginning of the run" if background else "started before the timings")
+    )
+    return result
+
+
+_SECTION_RUNNERS = {
+    "stages": _stages,
+    "pipeline": _pipeline,
+    "large": _large,
+    "quality": _quality,
+    "memory": _memory,
+    "scaling": _scaling,
+    "orchestration": _orchestration,
+}
 
 
 def write_results(results: dict, out: Path) -> tuple[Path, Path]:

@@ -25,6 +25,19 @@ def _current_api_url() -> str | None:
     return url.rstrip("/") or None
 
 
+def local_cluster_kwargs(n_workers: int, env: dict[str, str]) -> dict[str, Any]:
+    """The LocalCluster a run starts when given no Dask address (``env``: its workers' extra variables)."""
+    return {
+        "n_workers": n_workers,
+        # One task per process; parallelism inside a task comes from torch threads.
+        "threads_per_worker": 1,
+        "processes": True,
+        # ":0" = any free port, so two runs (or a test suite) never fight over 8787.
+        "dashboard_address": ":0",
+        "env": env,
+    }
+
+
 def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | None = None) -> DaskTaskRunner:
     if dask_address:
         return DaskTaskRunner(address=dask_address)
@@ -33,18 +46,7 @@ def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | No
         # Workers are fresh processes: without this each would boot a temporary API server of
         # its own (slow, and its task runs would land in a different database).
         env["PREFECT_API_URL"] = api_url
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": n_workers,
-            # One task per process; parallelism inside a task comes from torch threads.
-            "threads_per_worker": 1,
-            "processes": True,
-            # ":0" = any free port, so two runs (or a test suite) never fight over 8787.
-            "dashboard_address": ":0",
-            "env": env,
-        },
-    )
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers, env))
 
 
 def send_worker_logs(client: Any, logger: Any) -> None:

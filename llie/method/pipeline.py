@@ -11,8 +11,8 @@ import numpy as np
 
 from llie.method.bundle import Bundle, load_bundle
 from llie.method.features import extract_features
-from llie.method.mapping import infer_levels, match_to_quantiles
-from llie.method.policy import apply_policy, blend, brightening, channel_means, refiner_weight, stage3_weight
+from llie.method.mapping import infer_levels
+from llie.method.policy import map_under_policy, refine_under_policy
 from llie.method.refine import TilingConfig, cpu_has_native_bf16, refine, resolve_device, tiling_for_precision
 from llie.method.working_size import WorkingSize, carry_to_full_size, working_copy
 
@@ -111,24 +111,18 @@ class Enhancer:
         seconds["quantiles"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        source_means = channel_means(rgb, mask)
-        weight = stage3_weight(source_means, self.bundle.policy)
-        if weight > 0:
-            mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb), mask)
-            mapped = blend(rgb, mapped, weight)
-        else:  # a photo brighter than any dark shot the model knows: left as it is
-            mapped = rgb.astype(np.float32)
+        policy = self.bundle.policy
+        mapped, _ = map_under_policy(rgb, quantiles, self.bundle.mapping, policy, levels or infer_levels(rgb), mask)
         seconds["mapping"] = time.perf_counter() - t
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            policy = self.bundle.policy
-            weight = refiner_weight(brightening(source_means, channel_means(mapped, mask)), policy)
-            if weight > 0:
-                refined = refine(self.bundle.refiner, mapped, self.device, self.tiling)
-                mapped = apply_policy(mapped, refined, weight, policy, mask)
+            mapped = refine_under_policy(rgb, mapped, self._refine, policy, mask)
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)
+
+    def _refine(self, rgb: np.ndarray) -> np.ndarray:
+        return refine(self.bundle.refiner, rgb, self.device, self.tiling)
 
     def _enhance_at_working_size(
         self, rgb: np.ndarray, stages: str, levels: int, mask: np.ndarray | None

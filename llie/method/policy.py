@@ -22,11 +22,12 @@ more. The defaults describe bundles from before these rules (stage 3 and the ref
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from llie.method.mapping import LUMA
+from llie.method.mapping import LUMA, MappingConfig, match_to_quantiles
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,34 @@ def apply_policy(
     if policy.anchor_exposure:
         refined += (channel_means(mapped, mask) - channel_means(refined, mask)).astype(np.float32)
     return blend(mapped, refined, weight)
+
+
+def map_under_policy(
+    rgb: np.ndarray,
+    quantiles: np.ndarray,
+    mapping: MappingConfig,
+    policy: EnhancePolicy,
+    levels: int = 256,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """Stage 3 behind the exposure gate: (the mapped photo, the share of stage 3's change kept). A photo
+    brighter than any dark shot the model knows comes back as it is (share 0)."""
+    weight = stage3_weight(channel_means(rgb, mask), policy)
+    if weight == 0:
+        return rgb.astype(np.float32), 0.0
+    return blend(rgb, match_to_quantiles(rgb, quantiles, mapping, levels, mask), weight), weight
+
+
+def refine_under_policy(
+    source: np.ndarray,
+    mapped: np.ndarray,
+    refine: Callable[[np.ndarray], np.ndarray],
+    policy: EnhancePolicy,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Stage 4 on stage 3's ``mapped`` (made from ``source``): ``refine(mapped)`` kept in the share the
+    brightening allows, anchored as the policy says; ``mapped`` itself where that share is 0."""
+    weight = refiner_weight(brightening(channel_means(source, mask), channel_means(mapped, mask)), policy)
+    if weight == 0:
+        return mapped
+    return apply_policy(mapped, refine(mapped), weight, policy, mask)

@@ -230,11 +230,11 @@ def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_vari
     turns the exposure gate off changes every well-exposed photo the model's own policy leaves alone."""
     from helpers_synthetic import write_lol
 
-    from benchmarks.quality_cv import cross_validate, parse_variant, table
+    from benchmarks.quality_cv import Study, cross_validate, parse_variant, table
 
     data = [write_lol(tmp_path / "indoor", 6, 48, 64, seed=5), write_lol(tmp_path / "outdoor", 6, 48, 64, seed=6)]
     gate_off = "exposure_full=1.0,exposure_off=1.0"
-    report = cross_validate(data, [gate_off], ["harmless=0"], folds=2, threads=1, progress=False)
+    report = cross_validate(Study(data, [gate_off], ["harmless=0"], folds=2, threads=1, progress=False))
     assert report["pairs"] == 12 and set(report["sets"]) == {"indoor", "outdoor"}
     for s in report["sets"].values():
         model, variant = s["figures"]["model"], s["figures"][gate_off]
