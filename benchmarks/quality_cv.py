@@ -82,21 +82,16 @@ def _parse_value(value: str, like):
     return type(like)(value) if isinstance(like, (int, float)) else value
 
 
-def out_of_fold_predictions(pairs, lows, highs, quantile_cfg, folds: int, seed: int, threads, progress: bool):
-    """(dark, well-exposed) stage-2 predictions, (N, 3, 21) each, every pair from a fit without its scene."""
+def out_of_fold_predictions(pairs, lows, highs, oof, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(dark, well-exposed) stage-2 predictions, (N, 3, 21) each, every pair from a fit without its scene;
+    ``oof``: ``llie.training.stage2.OutOfFold``."""
     from llie.method.features import extract_features
-    from llie.training.data import group_folds
-    from llie.training.train import bag_rows, fit_quantiles, full_image_features
+    from llie.training.stage2 import bag_rows, full_image_features
+    from llie.training.stage2 import out_of_fold_predictions as predict
 
-    row_sets = bag_rows(pairs, lows, highs, quantile_cfg, seed, progress)
+    row_sets = bag_rows(pairs, lows, highs, oof.quantile, oof.seed, progress)
     target_features = np.stack([extract_features(h) for h in highs])
-    fold = group_folds(pairs, folds, seed)
-    dark, exposed = np.zeros((len(pairs), 3, 21)), np.zeros((len(pairs), 3, 21))
-    for k in tqdm(range(folds), desc="stage 2 folds", disable=not progress):
-        fit, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        model = fit_quantiles([[rows[i] for i in fit] for rows in row_sets], quantile_cfg, None, threads)
-        dark[held] = model.predict(full_image_features([row_sets[0][i] for i in held]))
-        exposed[held] = model.predict(target_features[held])
+    dark, exposed = predict(pairs, row_sets, oof, None, [full_image_features(row_sets[0]), target_features], progress)
     return dark, exposed
 
 
@@ -155,6 +150,7 @@ def cross_validate(study: Study) -> dict:
     from llie.method.bundle import load_bundle
     from llie.method.quantiles import QuantileModelConfig
     from llie.training.data import load_pairs, resolve_training_sets
+    from llie.training.stage2 import OutOfFold
 
     bundle = load_bundle(study.model, refiner=study.refiner)
     trained = bundle.manifest.get("training", {}).get("config", {}).get("quantile", {})
@@ -163,7 +159,9 @@ def cross_validate(study: Study) -> dict:
     lows, highs = load_pairs(pairs)
     stage2 = {"model": quantile_cfg} | {v: parse_stage2_variant(v, quantile_cfg) for v in study.stage2_variants}
     predictions = {
-        name: out_of_fold_predictions(pairs, lows, highs, cfg, study.folds, study.seed, study.threads, study.progress)
+        name: out_of_fold_predictions(
+            pairs, lows, highs, OutOfFold(cfg, study.folds, study.seed, study.threads), study.progress
+        )
         for name, cfg in stage2.items()
     }
     base = Settings(bundle.mapping, bundle.policy)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,48 +47,56 @@ def _stage4_psnr(bundle, lows, highs, quantiles) -> np.ndarray:
     return np.array(out)
 
 
-def cross_validate(
-    data: Path,
-    seeds: int,
-    folds: int,
-    threads: int | None,
-    bag: int = 1,
-    stage4: bool = False,
-    refiner_bundle: Path | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class Study:
+    """Which stage-2 fits to compare, on which set, how often."""
+
+    data: Path
+    seeds: int  # each draws its own folds, augmentation rows and trees
+    folds: int
+    threads: int | None
+    bag: int = 1  # also score a bag of this many members (1: not)
+    stage4: bool = False  # also score stage 4 through ``refiner_bundle``'s refiner
+    refiner_bundle: Path | None = None  # None: the shipped model
+
+
+def _seed_predictions(pairs, lows, highs, study: Study, seed: int) -> dict[str, np.ndarray]:
+    """Out-of-fold stage-2 predictions of each variant (unweighted, weighted, bagged) for one seed."""
+    from llie.method.quantiles import QuantileModelConfig
+    from llie.training.stage2 import OutOfFold, bag_rows, inverse_errors, out_of_fold_quantiles
+
+    oof = OutOfFold(QuantileModelConfig(seed=seed, bag=study.bag), study.folds, seed, study.threads)
+    row_sets = bag_rows(pairs, lows, highs, oof.quantile, seed, progress=False)
+    plain = out_of_fold_quantiles(pairs, row_sets[:1], oof, None, progress=False)
+    weights = inverse_errors(lows, highs, plain)  # 1 / MSE of the unweighted fit
+    predictions = {
+        "unweighted": plain,
+        "weighted": out_of_fold_quantiles(pairs, row_sets[:1], oof, weights, progress=False),
+    }
+    if study.bag > 1:
+        predictions[_bagged(study)] = out_of_fold_quantiles(pairs, row_sets, oof, weights, progress=False)
+    return predictions
+
+
+def _bagged(study: Study) -> str:
+    return f"weighted, bag of {study.bag}"
+
+
+def cross_validate(study: Study) -> dict:
     """Out-of-fold stage-3 PSNR of each variant; with ``stage4`` also stage 4 through the refiner of
     ``refiner_bundle`` (default: the shipped model), split into the pairs its training held out for
     validation and those it trained on."""
     from llie.method.bundle import load_bundle
-    from llie.method.quantiles import QuantileModelConfig
-    from llie.training.data import load_pairs, resolve_training_sets, split_by_group
-    from llie.training.train import TrainConfig, bag_rows, inverse_errors, out_of_fold_quantiles
+    from llie.training.data import load_pairs, resolve_training_sets
+    from llie.training.stage2 import inverse_errors
 
-    pairs, _ = resolve_training_sets(data)
+    pairs, _ = resolve_training_sets(study.data)
     lows, highs = load_pairs(pairs)
-    bundle = load_bundle(refiner_bundle, n_threads=threads) if stage4 else None
-    bagged = f"weighted, bag of {bag}"
-    results = {"unweighted": [], "weighted": [], **({bagged: []} if bag > 1 else {})}
+    bundle = load_bundle(study.refiner_bundle, n_threads=study.threads) if study.stage4 else None
+    results: dict[str, list] = {"unweighted": [], "weighted": [], **({_bagged(study): []} if study.bag > 1 else {})}
     per_pair: dict[tuple[str, int], list[np.ndarray]] = {}
-    for seed in tqdm(range(seeds), desc="seeds"):
-        cfg = TrainConfig(
-            data=str(data),
-            output="",
-            seed=seed,
-            oof_folds=folds,
-            threads=threads,
-            quantile=QuantileModelConfig(seed=seed, bag=bag),
-        )
-        row_sets = bag_rows(pairs, lows, highs, cfg.quantile, seed, progress=False)
-        plain = out_of_fold_quantiles(pairs, row_sets[:1], cfg, None, progress=False)
-        weights = inverse_errors(lows, highs, plain)  # 1 / MSE of the unweighted fit
-        predictions = {
-            "unweighted": plain,
-            "weighted": out_of_fold_quantiles(pairs, row_sets[:1], cfg, weights, progress=False),
-        }
-        if bag > 1:
-            predictions[bagged] = out_of_fold_quantiles(pairs, row_sets, cfg, weights, progress=False)
-        for name, quantiles in predictions.items():
+    for seed in tqdm(range(study.seeds), desc="seeds"):
+        for name, quantiles in _seed_predictions(pairs, lows, highs, study, seed).items():
             p = 10 * np.log10(inverse_errors(lows, highs, quantiles))  # stage-3 PSNR per pair, data range 1
             results[name].append({"seed": seed, "mean": float(p.mean()), "median": float(np.median(p))})
             per_pair.setdefault((name, 3), []).append(p)
@@ -96,30 +105,42 @@ def cross_validate(
                 results[name][-1]["stage4_mean"] = float(p4.mean())
                 per_pair.setdefault((name, 4), []).append(p4)
     report = {
-        "data": str(data),
+        "data": str(study.data),
         "pairs": len(pairs),
         "scenes": len({p.group for p in pairs}),
-        "folds": folds,
+        "folds": study.folds,
         "results": results,
     }
-    if bag > 1:  # per pair, averaged over seeds: the seeds share the pairs, not the folds
-        gain = lambda stage: np.mean(per_pair[(bagged, stage)], axis=0) - np.mean(per_pair[("weighted", stage)], axis=0)
-        report["bag_gain"] = [{"stage": 3, "subset": "all pairs", **_paired(gain(3))}]
-        if (bagged, 4) in per_pair:
-            training = bundle.manifest.get("training", {}).get("config", {})
-            defaults = TrainConfig(data="", output="")
-            _, held_out = split_by_group(
-                pairs, training.get("val_fraction", defaults.val_fraction), training.get("seed", defaults.seed)
-            )
-            held_names = {h.name for h in held_out}
-            held = np.array([p.name in held_names for p in pairs])
-            for stage in (3, 4):
-                d = gain(stage)
-                report["bag_gain"] += [
-                    {"stage": stage, "subset": "the refiner's validation pairs", **_paired(d[held])},
-                    {"stage": stage, "subset": "the refiner's training pairs", **_paired(d[~held])},
-                ]
+    if study.bag > 1:
+        report["bag_gain"] = _bag_gain(per_pair, _bagged(study), pairs, bundle)
     return report
+
+
+def _bag_gain(per_pair: dict, bagged: str, pairs, bundle) -> list[dict]:
+    """The bag's paired gain over one model, per pair averaged over seeds (the seeds share the pairs, not the
+    folds): over all pairs at stage 3; with stage 4, on each side of the refiner's own validation split."""
+    from llie.training.data import split_by_group
+
+    gain = lambda stage: np.mean(per_pair[(bagged, stage)], axis=0) - np.mean(per_pair[("weighted", stage)], axis=0)
+    gains = [{"stage": 3, "subset": "all pairs", **_paired(gain(3))}]
+    if (bagged, 4) not in per_pair:
+        return gains
+    from llie.training.config import TrainConfig
+
+    training = bundle.manifest.get("training", {}).get("config", {})
+    defaults = TrainConfig(data="", output="")
+    _, held_out = split_by_group(
+        pairs, training.get("val_fraction", defaults.val_fraction), training.get("seed", defaults.seed)
+    )
+    held_names = {h.name for h in held_out}
+    held = np.array([p.name in held_names for p in pairs])
+    for stage in (3, 4):
+        d = gain(stage)
+        gains += [
+            {"stage": stage, "subset": "the refiner's validation pairs", **_paired(d[held])},
+            {"stage": stage, "subset": "the refiner's training pairs", **_paired(d[~held])},
+        ]
+    return gains
 
 
 def table(report: dict) -> str:
@@ -175,7 +196,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args()
     bundle = None if args.stage4 in (None, "default") else Path(args.stage4)
-    report = cross_validate(args.data, args.seeds, args.folds, args.threads, args.bag, args.stage4 is not None, bundle)
+    study = Study(args.data, args.seeds, args.folds, args.threads, args.bag, args.stage4 is not None, bundle)
+    report = cross_validate(study)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(table(report))

@@ -148,10 +148,10 @@ def test_stage2_cross_validation_reports_every_variant_per_seed(tmp_path):
     bag's paired gain over one model at stage 3 and, through the shipped refiner, at stage 4."""
     from helpers_synthetic import write_lol
 
-    from benchmarks.stage2_cv import cross_validate, table
+    from benchmarks.stage2_cv import Study, cross_validate, table
 
     data = write_lol(tmp_path / "lol", 8, 64, 80, seed=3)
-    report = cross_validate(data, seeds=2, folds=2, threads=1, bag=2, stage4=True)
+    report = cross_validate(Study(data, seeds=2, folds=2, threads=1, bag=2, stage4=True))
     assert report["pairs"] == 8 and report["folds"] == 2
     bagged = "weighted, bag of 2"
     for name in ("unweighted", "weighted", bagged):

@@ -9,7 +9,7 @@ from helpers_synthetic import pairs, scene
 
 from llie.method.refine import ENSEMBLE_TRANSFORMS, TilingConfig, _starts, dihedral, refine, undo_dihedral
 from llie.method.refiner import Refiner, RefinerConfig
-from llie.training.train import refiner_loss
+from llie.training.refiner_training import refiner_loss
 
 TINY = RefinerConfig(dim=16, depth=1, heads=2, global_context=False)  # windows only
 CPU = torch.device("cpu")

@@ -189,7 +189,7 @@ def test_init_refiner_starts_from_the_given_bundle(runs, tmp_path):
 
 
 def test_random_crops_come_from_the_right_places():
-    from llie.training.train import random_crops
+    from llie.training.refiner_training import random_crops
 
     images = [torch.arange(120 * 160 * 3, dtype=torch.float32).reshape(120, 160, 3) + 1e6 * i for i in range(3)]
     x, y = random_crops(images, [im + 0.5 for im in images], batch=6, crop=80, rng=np.random.default_rng(0))
@@ -202,7 +202,7 @@ def test_random_crops_come_from_the_right_places():
 
 
 def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
-    from llie.training.train import pad_at_random
+    from llie.training.refiner_training import pad_at_random
 
     x = torch.rand(16, 3, 160, 160)
     y = x + 1.0
@@ -229,7 +229,7 @@ def test_padded_crops_keep_their_pixels_in_a_random_place_and_mirror_the_rest():
 
 
 def test_masked_loss_ignores_what_the_mask_leaves_out():
-    from llie.training.train import refiner_loss
+    from llie.training.refiner_training import refiner_loss
 
     target = torch.rand(2, 3, 40, 40)
     pred = target + 0.1
@@ -245,7 +245,7 @@ def test_masked_loss_ignores_what_the_mask_leaves_out():
 
 def test_training_with_padded_crops_learns(tmp_path):
     from llie.method.refiner import Refiner
-    from llie.training.train import train_refiner
+    from llie.training.refiner_training import RefinerRun, train_refiner
 
     inputs, highs = _noisy_copies(side=160)
     cfg = replace(
@@ -256,7 +256,9 @@ def test_training_with_padded_crops_learns(tmp_path):
     )
     torch.manual_seed(0)
     start = Refiner(cfg.refiner)
-    model, state = train_refiner(inputs, highs, inputs, highs, cfg, tmp_path, resume=False, progress=False, init=start)
+    model, state = train_refiner(
+        (inputs, highs), (inputs, highs), RefinerRun(cfg, tmp_path, progress=False, init=start)
+    )
     assert state["history"] and state["history"][-1]["val_psnr"] > state["history"][0]["val_psnr"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -265,7 +267,7 @@ def test_training_with_padded_crops_learns(tmp_path):
     "ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning"
 )  # the skipped first step
 def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
-    from llie.training.train import train_refiner
+    from llie.training.refiner_training import RefinerRun, train_refiner
 
     rng = np.random.default_rng(0)
     good = rng.random((80, 80, 3), dtype=np.float32)
@@ -278,7 +280,7 @@ def test_a_non_finite_batch_is_skipped_not_learned(tmp_path):
         refiner=RefinerConfig(dim=16, depth=1, heads=2),
         refiner_train=RefinerTrainConfig(steps=8, batch=1, crop=80, warmup=1),
     )
-    model, state = train_refiner([good, broken], [good, good], [], [], cfg, tmp_path, resume=False, progress=False)
+    model, state = train_refiner(([good, broken], [good, good]), ([], []), RefinerRun(cfg, tmp_path, progress=False))
     assert state["step"] == 8
     assert 1 <= state["skipped_steps"] < 8
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -297,7 +299,7 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
     identity); --freeze-transformer then trains the head and leaves every transformer weight as it was."""
     from llie.method.bundle import Bundle, save_bundle
     from llie.method.refiner import Refiner
-    from llie.training.train import initial_refiner, train_refiner
+    from llie.training.refiner_training import RefinerRun, initial_refiner, train_refiner
 
     torch.manual_seed(0)
     headless = Refiner(RefinerConfig(dim=16, depth=1, heads=2, detail_channels=0))
@@ -314,13 +316,13 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
 
     inputs, highs = _noisy_copies()
     frozen = replace(cfg, refiner_train=replace(cfg.refiner_train, freeze_transformer=True, lr=1e-2))
-    model, _ = train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=init)
+    model, _ = train_refiner((inputs, highs), ([], []), RefinerRun(frozen, tmp_path, progress=False, init=init))
     before, after = init.state_dict(), model.state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("detail.") for k in moved), moved
 
     with pytest.raises(ValueError, match="detail head"):
-        train_refiner(inputs, highs, [], [], frozen, tmp_path, resume=False, progress=False, init=None)
+        train_refiner((inputs, highs), ([], []), RefinerRun(frozen, tmp_path, progress=False, init=None))
     # the whole run refuses it before stage 2 is fitted: nothing is written
     no_init = replace(frozen, init_refiner=None, output=str(tmp_path / "refused"))
     with pytest.raises(ValueError, match="detail head"):
@@ -331,7 +333,7 @@ def test_a_detail_head_is_added_to_a_headless_bundle_and_trained_alone(runs, tmp
 def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
     """With ema_decay the moving average, not the last step, is kept; the checkpoint holds both."""
     from llie.method.refiner import Refiner
-    from llie.training.train import train_refiner, update_ema
+    from llie.training.refiner_training import RefinerRun, train_refiner, update_ema
 
     a, b = Refiner(RefinerConfig(dim=16, depth=1, heads=2)), Refiner(RefinerConfig(dim=16, depth=1, heads=2))
     expected = {k: v.clone() for k, v in a.state_dict().items()}
@@ -348,7 +350,7 @@ def test_ema_weights_are_what_a_run_without_validation_returns(tmp_path):
         refiner=RefinerConfig(dim=16, depth=1, heads=2),
         refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, ema_decay=0.5),
     )
-    model, _ = train_refiner(inputs, highs, [], [], cfg, tmp_path, resume=False, progress=False)
+    model, _ = train_refiner((inputs, highs), ([], []), RefinerRun(cfg, tmp_path, progress=False))
     ckpt = torch.load(tmp_path / "refiner_checkpoint.pt", weights_only=True)
     returned = model.state_dict()
     assert all(torch.equal(returned[k], ckpt["ema"][k]) for k in returned)
@@ -359,7 +361,7 @@ def test_stage2_weights_pairs_by_their_out_of_fold_error(runs):
     """The default run weights each training pair by 1 / its out-of-fold MSE and keeps the weights, so a
     resumed run refits stage 2 the same way."""
     from llie.training.data import find_pairs, load_pairs, split_by_group
-    from llie.training.train import inverse_errors
+    from llie.training.stage2 import inverse_errors
 
     metrics = runs["manifest_a"]["metrics"]
     assert np.isfinite(metrics["train_oof_stage3_psnr_unweighted"])
@@ -387,7 +389,7 @@ def test_stage2_weights_pairs_by_their_out_of_fold_error(runs):
 
 def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
     from llie.training.data import find_pairs, load_pairs
-    from llie.training.train import pair_rows
+    from llie.training.stage2 import pair_rows
 
     found = find_pairs(runs["data"])[:3]
     lows, highs = load_pairs(found)
@@ -401,7 +403,7 @@ def test_a_pairs_rows_do_not_depend_on_the_other_pairs(runs):
 
 
 def test_exposure_jitter_is_a_random_gamma_per_crop_with_a_smaller_spread_between_channels():
-    from llie.training.train import jitter_exposure
+    from llie.training.refiner_training import jitter_exposure
 
     x = torch.full((2000, 3, 4, 4), 0.5, dtype=torch.float64)
     x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, 1.0
@@ -419,7 +421,7 @@ def test_exposure_jitter_is_a_random_gamma_per_crop_with_a_smaller_spread_betwee
 
 def test_each_member_of_a_bag_has_its_own_rows_and_trees(runs):
     from llie.training.data import find_pairs, load_pairs
-    from llie.training.train import bag_rows, fit_quantiles, pair_rows
+    from llie.training.stage2 import bag_rows, fit_quantiles, pair_rows
 
     found = find_pairs(runs["data"])[:6]
     lows, highs = load_pairs(found)
@@ -461,7 +463,7 @@ def test_a_fine_tune_that_only_gets_worse_returns_its_starting_point(tmp_path):
     """With an initial refiner, step 0 is scored and kept as a candidate: here training pulls toward
     inverted targets, validation only drops, and the initial weights come back unchanged."""
     from llie.method.refiner import Refiner
-    from llie.training.train import train_refiner
+    from llie.training.refiner_training import RefinerRun, train_refiner
 
     torch.manual_seed(0)
     init = Refiner(RefinerConfig(dim=16, depth=1, heads=2))
@@ -474,7 +476,7 @@ def test_a_fine_tune_that_only_gets_worse_returns_its_starting_point(tmp_path):
         refiner_train=RefinerTrainConfig(steps=6, batch=2, crop=80, warmup=1, lr=1e-2, eval_every=3),
     )
     model, state = train_refiner(
-        inputs, [1 - h for h in highs], inputs, highs, cfg, tmp_path, resume=False, progress=False, init=init
+        (inputs, [1 - h for h in highs]), (inputs, highs), RefinerRun(cfg, tmp_path, progress=False, init=init)
     )
     steps = [h["step"] for h in state["history"]]
     scores = [h["val_psnr"] for h in state["history"]]
