@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from llie import atomic
+
 from .common import REPO, cpu_count, machine_info, other_llie_processes, set_torch_threads
 from .report import evaluate_targets, render_markdown
 
@@ -283,9 +285,7 @@ def write_results(results: dict, out: Path) -> tuple[Path, Path]:
         (json_path, json.dumps(results, indent=2, sort_keys=False, default=str) + "\n"),
         (md_path, render_markdown(results)),
     ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, text.encode())
     return json_path, md_path
 
 

@@ -11,6 +11,7 @@ The library, one folder per concern (nothing here imports Prefect):
   ``training/``  paired data, synthetic darkening, training and per-stage evaluation
   ``metrics``, ``stats``  image quality measures and bootstrap intervals, shared by all of the above
   ``allocator``, ``dask_logging``  process settings the entry points apply at start
+  ``atomic``     the one local writer: a reader sees the old file or the whole new one
 """
 
 __version__ = "0.1.0"

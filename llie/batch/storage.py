@@ -10,11 +10,9 @@ quote it without the URL around it, by :func:`scrub`.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import posixpath
 import re
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -22,6 +20,7 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from llie import atomic
 from llie.batch.imageio import is_image_name
 
 StorageOptions = dict[str, Any] | None
@@ -374,57 +373,17 @@ def remove(url: str, storage_options: StorageOptions = None) -> None:
 def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
     """Write ``data`` so that readers see either the old file or the whole new one.
 
-    Locally: a hidden temp file in the destination folder (same filesystem, so the rename is
-    atomic) then ``os.replace``. Object stores: one put; an object only becomes visible once
-    the upload completes, so there is never a partial object.
+    Locally: :func:`llie.atomic.write_bytes` (a hidden temp file beside it, then a rename).
+    Object stores: one put; an object only becomes visible once the upload completes, so there
+    is never a partial object.
     """
     fs, path = _fs(url, storage_options)
-    if not _is_local(fs):
-        fs.pipe_file(path, bytes(data))
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache(posixpath.dirname(path))
+    if _is_local(fs):
+        atomic.write_bytes(path, data)
         return
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(os.path.basename(path), folder), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; outputs should get the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-_TEMP_TAIL = re.compile(r"^[a-z0-9_]{8}\.tmp$")  # what mkstemp adds to the prefix in write_bytes_atomic
-_TEMP_EXTRA = len(".") + len(".") + 8 + len(".tmp")
-
-
-def _name_max(folder: str) -> int:
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
-
-
-def _temp_prefix(name: str, folder: str) -> str:
-    """The prefix of the temporary file that :func:`write_bytes_atomic` writes ``name`` through.
-
-    ``.<name>.`` as a rule (hidden, and it says whose it is); for a name so long that the temporary
-    name would pass the file system's limit, ``.<hash of name>.`` instead.
-    """
-    if len(os.fsencode(name)) + _TEMP_EXTRA <= _name_max(folder):
-        return f".{name}."
-    return "." + hashlib.sha256(os.fsencode(name)).hexdigest()[:32] + "."
+    fs.pipe_file(path, bytes(data))
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(posixpath.dirname(path))
 
 
 def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageOptions = None) -> list[str]:
@@ -449,10 +408,10 @@ def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageO
             entries = os.listdir(os.path.join(root, folder) if folder else root)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        prefixes = {_temp_prefix(name, os.path.join(root, folder) if folder else root) for name in names}
+        prefixes = {atomic.temp_prefix(name, os.path.join(root, folder) if folder else root) for name in names}
         for entry in entries:
             prefix, tail = entry[: -len("xxxxxxxx.tmp")], entry[-len("xxxxxxxx.tmp") :]
-            if prefix in prefixes and _TEMP_TAIL.match(tail):
+            if prefix in prefixes and atomic.TEMP_TAIL.match(tail):
                 rel = f"{folder}/{entry}" if folder else entry
                 try:
                     os.unlink(os.path.join(root, rel))
@@ -474,7 +433,7 @@ def remove_stale_temps_in(url: str, storage_options: StorageOptions = None) -> l
         return []
     removed = []
     for entry in entries:
-        if entry.startswith(".") and _TEMP_TAIL.match(entry[-len("xxxxxxxx.tmp") :]) and len(entry) > 13:
+        if entry.startswith(".") and atomic.TEMP_TAIL.match(entry[-len("xxxxxxxx.tmp") :]) and len(entry) > 13:
             try:
                 os.unlink(os.path.join(root, entry))
             except FileNotFoundError:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llie import atomic
 from llie.method.bundle import load_bundle
 from llie.method.policy import EnhancePolicy, apply_policy
 from llie.method.refine import refine, resolve_device
@@ -160,13 +161,6 @@ def check_freeze(cfg: TrainConfig, has_init: bool) -> None:
         )
 
 
-def _save_atomic(obj, path: Path) -> None:
-    """torch.save through a temporary file: a crash mid-write never leaves a corrupt checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def update_ema(ema: Refiner, model: Refiner, decay: float, step: int) -> None:
     """ema <- decay * ema + (1 - decay) * model; the decay ramps up over the first steps so that the
     average of a fresh run is not dominated by its random initial weights."""
@@ -236,7 +230,8 @@ class _Session:
         bar.write(f"step {step}: val PSNR {vp:.2f} dB, SSIM {vs:.3f}")
         if vp > self.state["best_psnr"]:
             self.state["best_psnr"] = vp
-            _save_atomic(self.scored.state_dict(), self.best_path)
+            state = self.scored.state_dict()
+            atomic.write_file(self.best_path, lambda f: torch.save(state, f))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> float:
         """One optimiser step on a batch; returns its loss."""
@@ -269,7 +264,7 @@ class _Session:
         }
         if self.ema is not None:
             saved["ema"] = self.ema.state_dict()
-        _save_atomic(saved, self.ckpt_path)
+        atomic.write_file(self.ckpt_path, lambda f: torch.save(saved, f))
 
     def result(self) -> Refiner:
         """The best validated weights; without validation, the average (or the last weights)."""

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from llie import atomic
 from llie.batch.imageio import ImageDecodeError, decode_file, is_image_name
 from llie.batch.storage import check_output_not_inside_input
 
@@ -149,8 +150,4 @@ def _path_key(rel: str) -> int:
 
 
 def _write_png(path: Path, rgb8: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    # Write-then-rename so an interrupted run never leaves a half-written pair member behind.
-    Image.fromarray(rgb8).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic.write_file(path, lambda f: Image.fromarray(rgb8).save(f, format="PNG"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llie import atomic
 from llie.method.bundle import Bundle, BundleError, save_bundle
 from llie.method.features import extract_features
 from llie.method.mapping import MappingConfig, match_to_quantiles
@@ -61,14 +62,6 @@ def check_setup(cfg: TrainConfig, train_pairs: list[Pair], train_lows) -> None:
                 f"refiner crops of {rt.crop} px do not fit the smallest training image ({side} px "
                 f"on its short side): choose a smaller crop, a multiple of {cfg.refiner.multiple}"
             )
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -152,8 +145,8 @@ def _save_stage2(stage2: Stage2, split: Split, run_dir: Path) -> None:
         "val_names": np.array([p.name for p in split.val]),
         **({} if stage2.weights is None else {"weights": stage2.weights}),
     }
-    _write_atomic(cache, lambda f: np.savez(f, **arrays))
-    _write_atomic(done, lambda f: f.write(json.dumps(stage2.metrics, indent=2).encode()))
+    atomic.write_file(cache, lambda f: np.savez(f, **arrays))
+    atomic.write_file(done, lambda f: f.write(json.dumps(stage2.metrics, indent=2).encode()))
 
 
 def stage2_for_run(cfg: TrainConfig, split: Split, run_dir: Path, resume: bool, progress: bool) -> Stage2:

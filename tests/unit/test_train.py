@@ -96,6 +96,7 @@ def test_manifest_has_version_metrics_and_training_summary(runs):
         "stage2_metrics.json",
     ):
         assert (run_dir / name).is_file(), name
+    assert not [p.name for p in run_dir.rglob("*.tmp")]  # every write went through a rename
 
 
 def test_resume_on_a_finished_run_does_not_retrain(runs):
