@@ -11,6 +11,7 @@ from __future__ import annotations
 from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import bootstrap
 
 # Above this many values the mean is normal to well within what a report prints, and a bootstrap
 # would cost thousands of passes over an archive's rows.
@@ -26,16 +27,20 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 10_000
     values = _checked(values, confidence)
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    # chunked so that 10k resamples of a large set never hold a resamples x n index array
-    chunk = max(1, (1 << 20) // values.size)
-    for start in range(0, resamples, chunk):
-        n = min(chunk, resamples - start)
-        means[start : start + n] = values[rng.integers(0, values.size, size=(n, values.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    if values.size == 1:  # every resample is the one value; scipy refuses a single observation
+        return float(values[0]), float(values[0])
+    result = bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=resamples,
+        # batches so that 10k resamples of a large set never hold a resamples x n index array
+        batch=max(1, (1 << 20) // values.size),
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
