@@ -11,25 +11,18 @@ import dask
 
 from llie import allocator
 
-# Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ).
-# Setting any MALLOC_*_ variable turns off glibc's dynamic mmap threshold, so every temporary array
-# above 128 KiB is mmap'ed, page-faulted and unmapped again, and a 64 KiB trim threshold hands the heap
-# top back to the OS after every image: 2 M minor page faults and 2.5x the time for 24 images of
-# 600x400 here (benchmarks/README.md). These are the values glibc's own dynamic thresholds settle at on
-# 64-bit (mmap 32 MiB, trim twice that): a worker then runs like a plain process (65 k faults), and
-# free memory beyond 64 MiB still goes back to the OS. glibc reads them once at process start, so they
-# must be in place before the workers are spawned. A value set in the environment wins (Dask's rule).
-# ``llie.allocator`` sets the same values at run time in processes that start without them (the CLI).
+# Dask's nanny gives workers MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic thresholds and
+# makes every image page-fault its arrays in again (benchmarks/README.md, Orchestration); these are the
+# values those thresholds settle at. glibc reads them at process start, so they go in before the spawn;
+# one set in the environment wins (Dask's rule). ``llie.allocator`` sets them where a process starts without.
 WORKER_PRE_SPAWN_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
     "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD),
 }
 
 
-# Background work of an idle LocalCluster: every worker samples its threads' stacks every 10 ms for the
-# dashboard's profile page, and every server checks its event loop every 20 ms. Measured here with two
-# idle workers: 1.8 CPU-seconds per 10 s (0.5 per worker, 0.75 in the scheduler and nannies), which
-# two busy workers on two cores pay out of their own time; with these settings, 0.3. Cost: no profile
+# An idle LocalCluster's stack sampling (for the dashboard's profile page) and event-loop ticks take CPU
+# that busy workers pay out of their own time (benchmarks/README.md, Orchestration). Cost: no profile
 # page in the dashboard, coarser detection of a blocked event loop.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,

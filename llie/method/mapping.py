@@ -1,31 +1,7 @@
 """Stage 3: rebuild the target histogram from predicted percentiles with a KDE, then histogram-match.
 
-The 21 predicted percentile values are first densified by monotone (PCHIP) interpolation into points of
-equal probability mass; a Gaussian KDE over those points (binned, smoothed with scipy) gives a smooth target density. With a
-bandwidth near zero this reduces to plain monotone interpolation of the percentiles; a well-chosen
-bandwidth smooths the steps between them. Mass that the kernel would push outside [0, 1] is reflected
-back, so the histogram sums to 1 without piling up at the ends.
-
-Matching maps each input level through a lookup table: mid-rank CDF of the input level -> inverse CDF of
-the target. 8-bit images use a 256-entry table, 16-bit images a 65536-entry table.
-
-Two guards keep the map honest on photos unlike the training pairs:
-
-- Slope bound: no step of a table may exceed ``max_slope`` times the table's mean step over the levels that
-  hold the source's middle 98 %, nor fall below ``min_slope`` times it. A steeper step tears neighbouring
-  levels apart (bands); a flatter one merges them (posterised, blown highlights). The table keeps its value
-  at the source's median level, so the photo's exposure stays where stage 2 put it.
-- Colour: mapping each channel on its own can turn hues (an orange sky read as a cast comes out cyan and
-  pink). With ``colour="hue"`` every pixel takes its brightness from the per-channel maps (the luma of their
-  output) and its chromaticity from the input, scaled by three global gains that give the per-channel maps'
-  channel means: the colour balance the model predicts, without per-pixel hue changes. ``hue_mix`` blends
-  the two (1: hue kept, 0: channels alone). A channel pushed past white is moved toward grey at the same
-  luma rather than clipped, which would turn the hue again.
-  Keeping every hue costs 0.5-2.3 dB (LOL's targets differ from its dark shots in colour balance, shadow
-  to highlight, which three gains cannot follow), so ``colour="bounded"`` keeps the per-channel result
-  wherever it turns a pixel's hue by less than ``max_hue_turn`` degrees and moves to the hue-kept one as
-  the turn grows past it. Only pixels whose colour the input shows (chroma, max minus min channel, above
-  a few levels) count: a dark shot's noise has no hue to keep.
+A lookup table per channel (256 or 65536 entries), its slopes bounded, its hue changes limited by
+``colour``/``max_hue_turn``; how and why in docs/method.md, "Inside each stage".
 """
 
 from __future__ import annotations

@@ -1,23 +1,7 @@
 """How far stages 3 and 4 may change a photo: the "do no harm" rules of a bundle.
 
-Stage 3 is trained on dark shots, and stage 2 to return a well-exposed photo's own histogram
-(``llie.method.quantiles.harmless_rows``), but a learned identity is only close. A photo brighter than any dark
-shot the model was trained on is not one it knows how to improve: stage 3's change is kept in full up to
-a mean luma of ``exposure_full``, not at all from ``exposure_off``, and in proportion between. The two
-overlap: the brightest of the 658 dark training shots reach a mean luma of 0.27, while LOL's dimmest
-well-exposed targets sit at 0.21; where they meet, the gate is a trade (docs/model-card.md), and below
-it the learned identity is what protects a dim but well-exposed photo.
-
-The refiner exists to remove what brightening amplifies: noise, and the casts of a dark sensor. A photo
-that stage 3 did not brighten has neither, and a refiner trained on dark shots only blurs it; so its
-weight follows the brightening stage 3 applied (mean luma after over before): none at or below
-``gain_off``, all of it at or above ``gain_full``, linear in between. The learned identity makes that
-gain about 1 for well-exposed photos, so they pass nearly unchanged.
-
-Global exposure is stage 2's job: it is predicted from the whole photo's histogram, and the refiner's
-view of it did not carry over to scenes it was not trained on. With ``anchor_exposure`` the refined
-photo is shifted back to stage 3's per-channel means, so the refiner changes local structure and no
-more. The defaults describe bundles from before these rules (stage 3 and the refiner always applied, as they are).
+An exposure gate on stage 3, a refiner weight that follows stage 3's brightening, and the refined
+photo's exposure anchored to stage 3's (docs/method.md, "Inside each stage").
 """
 
 from __future__ import annotations

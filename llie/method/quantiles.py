@@ -1,18 +1,7 @@
 """Stage 2: XGBoost predicts the well-lit image's value at percentiles 0, 5, ..., 100 per channel.
 
-The 63 targets (3 channels x 21 percentiles) are strongly correlated, so the booster regresses their
-leading principal components: a tenth of the trees for the same accuracy, which keeps the shipped model
-at a few MB. Predictions are made monotone by construction: every output goes through an isotonic
-(pool-adjacent-violators) projection, then a clip to [0, 1].
-
-The quality measure is the mean PSNR over images: a mean of log errors. A squared-error fit lets a few
-pairs whose exposure nothing in the dark shot predicts dominate the trees, at the cost of the many it
-could get right. Rows may therefore carry weights; training gives each pair the inverse of its
-out-of-fold error, one Gauss-Newton step of minimising the sum of log errors (see ``train.inverse_errors``).
-
-A model may hold several members, each fit on its own histogram rows with its own trees, whose
-predictions are averaged (bagging): the mean of non-decreasing curves is non-decreasing, so the average
-stays monotone. Boosters are stored as gzip-compressed UBJSON, a quarter of the plain size.
+Regressed through the targets' leading principal components, made monotone by an isotonic projection,
+optionally weighted per row and bagged; stored as gzip-compressed UBJSON (docs/method.md, "Inside each stage").
 """
 
 from __future__ import annotations
@@ -52,12 +41,9 @@ class QuantileModelConfig:
     reg_lambda: float = 1.0
     augmentations: int = 24  # histogram rows drawn per training pair
     seed: int = 0
-    # weight each pair by 1 / its out-of-fold MSE after stage 3: in 5-fold scene cross-validation on
-    # our485, 3 seeds, stage-3 PSNR 20.22 vs 20.09 dB mean, 20.55 vs 20.41 median (benchmarks/stage2_cv.py)
+    # weight each pair by 1 / its out-of-fold MSE after stage 3, so the fit serves the mean PSNR
     error_weighting: bool = True
-    # members averaged, each on its own rows and trees: in the same cross-validation a bag of 4 scored
-    # 20.33 against 20.22 dB for one model, better in each of 3 seeds (+0.10 dB per pair, 95% interval
-    # 0.06-0.15); a bag of 3 got most of that (20.32)
+    # members averaged, each on its own rows and trees (docs/method.md, "A bag of four stage-2 models")
     bag: int = 4
     # rows per pair that teach "do no harm" (harmless_rows): the well-exposed target as its own input;
     # 0 in models from before them

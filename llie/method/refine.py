@@ -1,14 +1,7 @@
 """Running the refiner over images of any size with bounded memory.
 
-The image is padded (mirror) to the refiner's multiple; images up to ``max_side`` go through in one
-forward pass, larger ones as overlapping tiles blended with linear ramps, a few tiles per batch, so peak
-memory depends on the tile size, not on the photo. A refiner with a global context gets it from a
-box-downscaled copy of the whole photo, computed once, so all tiles agree on it and seams stay invisible.
-
-``ensemble`` > 1 averages the refiner over flipped and rotated copies of the image (a "self-ensemble"),
-one pass per copy. With all eight the result no longer depends on how the photo was turned, which the
-refiner alone does (by several dB per image, ``benchmarks/orientation.py``); on LOL validation the
-average scored below the photo as stored, so the pipeline does not use it (README, Orientation).
+Mirror padding, overlapping tiles blended with linear ramps above ``max_side``, one whole-image
+context for all tiles, and an optional self-ensemble over flips and rotations.
 """
 
 from __future__ import annotations
@@ -31,9 +24,8 @@ class TilingConfig:
     overlap: int = 80  # pixels shared by neighbouring tiles, blended
     max_side: int = 1280  # images whose padded sides both fit go through untiled
     batch: int = 4  # tiles per forward pass
-    # CPU inference in bfloat16 (torch.autocast; oneDNN's AVX-512 BF16/AMX kernels): the refiner runs
-    # about 1.7x faster, but its output moves by a level or two, so it is off unless asked for
-    # (speed and paired quality: benchmarks/precision.py, docs/benchmarks.md)
+    # CPU inference under bfloat16 autocast: faster, but its output moves by a level or two, so it is
+    # off unless asked for (speed and paired quality: docs/benchmarks.md)
     cpu_bf16: bool = False
 
 

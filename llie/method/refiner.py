@@ -1,24 +1,8 @@
 """Stage 4: a small vision transformer on 10x10 patches that removes the noise and colour casts left
 after histogram mapping.
 
-Each 10x10x3 patch becomes one token. Attention runs inside non-overlapping windows of 8x8 tokens
-(80x80 pixels), so cost grows linearly with the image; a depthwise 3x3 convolution over the token grid at
-the start of every block passes information across windows and gives the tokens their position (a
-"conditional position encoding"), so any image size works without a fixed position table. The head turns
-every token back into its 10x10x3 patch, added to a 3x3 convolution of the input that starts as the
-identity: an untrained refiner returns its input unchanged.
-
-Windows of 80 pixels cannot see whether the whole picture came out too bright or too dark, and after
-histogram mapping that global exposure error is the largest one left. With ``global_context`` the
-tokens are averaged over the whole image half-way up the stack, and a small MLP of that average is added
-to every token, so each window knows the image it sits in. For photos refined in tiles the context comes
-from a downscaled copy of the whole photo (see ``llie.method.refine``), so every tile gets the same one.
-
-A token's view of its patch is a linear projection of 300 pixel values to ``dim`` numbers, and its
-correction is a linear image of ``dim`` numbers, so the transformer alone cannot tell noise from detail
-below the patch scale: its output keeps a blurred copy of the input's noise. With ``detail_channels`` a
-few 3x3 convolutions at full resolution look at the input and the transformer's output together and add
-a last, pixel-level correction (``DetailHead``). Its final layer starts at zero, like the patch head.
+Windowed attention, an optional whole-image context and a full-resolution detail head; an untrained
+refiner returns its input unchanged (docs/method.md, "Inside each stage").
 """
 
 from __future__ import annotations

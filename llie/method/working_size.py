@@ -1,19 +1,7 @@
 """Large photos: enhance a copy at the working size, carry the result to full size.
 
-The model was trained on 600x400 photos; its refiner sees 10x10-pixel patches, which on a 12 MP photo
-are almost flat, so refining at full size gives another look (and takes seconds per photo on a CPU). A
-photo whose long side exceeds ``WorkingSize.long_side`` is therefore enhanced, all stages, on an
-area-averaged copy of that long side (stored at the photo's own levels, as the photo saved at that
-size would be). The result comes back to full size the way a fast guided filter does it (He & Sun,
-"Fast Guided Filter", 2015): in every small window of the working copy, each channel of the result
-is fitted as ``a * input + b``; ``a`` and ``b`` vary smoothly, so they are upsampled bilinearly and
-applied to the full-size input. Edges and texture come from the full-size photo, tone and colour from
-the model at the scale it knows, and the photo shrunk after enhancement looks like the photo enhanced
-after shrinking.
-
-Photos at or below the working size never come here (``Enhancer.enhance``). Masked-out (transparent)
-pixels count in the fit like the rest: near a transparent edge their colour reaches a working pixel or
-two into the visible part, where at small sizes it has no effect at all.
+Pure array functions: an area-averaged working copy, and a guided-filter fit that carries its result
+back to the full-size photo (docs/method.md, "Inside each stage").
 """
 
 from __future__ import annotations

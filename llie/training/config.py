@@ -27,20 +27,17 @@ class RefinerTrainConfig:
     l1_weight: float = 20.0  # L1 is in [0, 1] units; this puts 0.05 of L1 on a par with 1 dB
     eval_every: int = 250
     checkpoint_every: int = 250
-    # validation scores (and keeps) an exponential moving average of the weights when > 0: single
-    # steps move the refiner's exposure guess by tenths of a dB, and the average smooths that out
+    # validation scores (and keeps) a moving average of the weights when > 0: it smooths out how much
+    # single steps move the refiner's exposure guess
     ema_decay: float = 0.0
-    # train the detail head alone on a transformer taken from --init-refiner: fine-tuning the whole
-    # refiner on a few hundred pairs lets the transformer over-fit exposure while the head improves
+    # train the detail head alone on the transformer of --init-refiner, which a fine-tune on a few
+    # hundred pairs would over-fit to their exposures
     freeze_transformer: bool = False
-    # crops lose a strip along two sides (up to one window less a patch) that mirror padding refills, in
-    # random places, with the loss on the crop's own pixels only: inference pads every photo whose sides
-    # are not a multiple of the window, and a refiner that never saw padding moved its results by 0.4 dB
-    # when a photo sat 40 px further right in its padded canvas (README, Orientation)
+    # crops lose a strip along two sides that mirror padding refills, the loss on the crop's own pixels:
+    # inference pads photos too, and where a photo sits in its padding should not move the result
     pad_augment: bool = False
-    # each input crop is raised to a random gamma exp(N(0, sigma)), with a quarter of that spread between
-    # channels: stage 3 leaves each training pair one exposure error (log-gamma spread 0.25 out of fold
-    # on our485), so without it the refiner sees every scene mis-exposed in just one way
+    # sigma of a random gamma exp(N(0, sigma)) per input crop (a quarter of it between channels): stage 3
+    # leaves each training pair one exposure error, so the refiner would see each scene mis-exposed one way
     exposure_jitter: float = 0.0
 
 

@@ -1,8 +1,7 @@
 """Paired data sets in LOL layout: ``low/`` and ``high/`` folders of same-named images (PNG, JPEG, ...).
 
 Several low exposures of one scene may share a byte-identical target, and LOL also holds the same
-scene shot again with a slightly different target (in the 280 pairs of our485 we have, 276 distinct
-targets but only 135 distinct scenes). Validation and out-of-fold splits must keep a scene on one
+scene shot again with a slightly different target (docs/method.md counts them in our485). Validation and out-of-fold splits must keep a scene on one
 side, or they measure memory of the scene: pairs are grouped by the target's content hash and,
 transitively, by a strong correlation of the targets' thumbnails. A set that names its scenes (SICE-pairs'
 ``pairs.json``: one ``{"name", "scene"}`` entry per pair) starts from those scenes; thumbnails may still join
@@ -65,9 +64,8 @@ def find_pairs(root: str | Path) -> list[Pair]:
     return group_scenes(pairs)
 
 
-# Thumbnail size and the correlation above which two targets count as one scene. In our485 the pairs
-# joined at 0.8 are the same view re-shot (often with a very different target exposure); 98.7 % of all
-# other pairs of targets correlate below 0.5.
+# Thumbnail size and the correlation above which two targets count as one scene: re-shots of one view
+# correlate above it, other pairs of targets far below (docs/method.md).
 SCENE_THUMBNAIL = (24, 16)
 SCENE_CORRELATION = 0.8
 

@@ -235,8 +235,7 @@ class _Session:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> float:
         """One optimiser step on a batch; returns its loss."""
-        # full precision on every device: our first GPU runs, under bf16 autocast, all went to NaN within
-        # 3000 steps; in fp32 the same runs finished without one skipped step
+        # full precision on every device: under bf16 autocast training went to NaN (docs/training.md)
         loss, batch_psnr = refiner_loss(anchored(self.model(x), x, self.run.cfg.policy), y, self.rt.l1_weight, mask)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
