@@ -90,7 +90,7 @@ def out_of_fold_predictions(pairs, lows, highs, oof, progress: bool) -> tuple[np
     from llie.training.stage2 import out_of_fold_predictions as predict
 
     row_sets = bag_rows(pairs, lows, highs, oof.quantile, oof.seed, progress)
-    target_features = np.stack([extract_features(h) for h in highs])
+    target_features = np.stack([extract_features(h, feature_set=oof.quantile.features) for h in highs])
     dark, exposed = predict(pairs, row_sets, oof, None, [full_image_features(row_sets[0]), target_features], progress)
     return dark, exposed
 

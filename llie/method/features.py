@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from llie.method.working_size import area_downscale
 from llie.metrics import abs_laplacian_sum
 
 PERCENTILES = np.arange(0, 101, 5, dtype=np.float64)  # 0, 5, ..., 100: the 21 points stage 2 predicts
 N_BINS = 256
 COARSE_BINS = 32
 NOISE_SAMPLE = 1024  # side of the central crop noise is measured on: bounded cost on 24 MP photos
+COARSE_SAMPLE = 1024  # long side set 2's noise is measured from: bounded cost on 24 MP photos
+COARSE_MIN_SIDE = 12
 
 
 def channel_histograms(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -161,11 +164,56 @@ def _masked_noise(levels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     return sigma, means, gradient
 
 
-def extract_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+FEATURE_SETS = (1, 2)
+
+
+def _halved(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    return area_downscale(image, (max(3, h // 2), max(3, w // 2)))
+
+
+def coarse_noise_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel noise (Immerkaer) and mean gradient on copies averaged 2x and 4x, as logs, also relative
+    to the signal. A resized or smoothed copy of a photo measures nearly as the photo does there, where
+    pixel-level noise changes with every resampling. Pixels outside ``mask`` take the mean colour of those
+    inside, so what hides there cannot count."""
+    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32, copy=False)
+    if mask is not None:
+        rgb = np.where(mask[..., None], rgb, rgb[mask].mean(axis=0) if mask.any() else np.float32(0))
+    if min(rgb.shape[:2]) < COARSE_MIN_SIDE:  # tiny photos: edge-padded so every copy keeps a 3x3
+        pad = [(0, max(0, COARSE_MIN_SIDE - rgb.shape[0])), (0, max(0, COARSE_MIN_SIDE - rgb.shape[1])), (0, 0)]
+        rgb = np.pad(rgb, pad, mode="edge")
+    if max(rgb.shape[:2]) > COARSE_SAMPLE:
+        scale = COARSE_SAMPLE / max(rgb.shape[:2])
+        rgb = area_downscale(rgb, (max(3, round(rgb.shape[0] * scale)), max(3, round(rgb.shape[1] * scale))))
+    half = _halved(rgb)
+    means = half.reshape(-1, 3).mean(axis=0) + np.float32(1.0 / 255)
+    out: list[float] = []
+    for small in (half, _halved(half)):
+        h, w = small.shape[:2]
+        sigma = (
+            np.array([abs_laplacian_sum(small[..., c]) for c in range(3)])
+            * np.sqrt(np.pi / 2)
+            / (6.0 * (h - 2) * (w - 2))
+        )
+        grey = small @ np.array([0.299, 0.587, 0.114], np.float32)
+        gradient = float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
+        out += [*np.log(sigma + 1e-4), *np.log((sigma + 1e-4) / means)]
+        out += [np.log(gradient + 1e-4), np.log((gradient + 1e-4) / means.mean())]
+    return np.asarray(out, np.float32)
+
+
+def extract_features(rgb: np.ndarray, mask: np.ndarray | None = None, feature_set: int = 1) -> np.ndarray:
     """Feature vector of an HxWx3 float image in [0, 1]. With an HxW boolean ``mask`` (a photo's opaque
-    pixels) the histograms, noise and texture count only those."""
-    return np.concatenate([features_from_histograms(channel_histograms(rgb, mask)), noise_features(rgb, mask)])
+    pixels) the histograms, noise and texture count only those. Set 1 measures noise pixel by pixel, set 2
+    on coarser copies (``coarse_noise_features``), so a photo's size does not move its exposure."""
+    histograms = features_from_histograms(channel_histograms(rgb, mask))
+    if feature_set == 1:
+        return np.concatenate([histograms, noise_features(rgb, mask)])
+    if feature_set == 2:
+        return np.concatenate([histograms, coarse_noise_features(rgb, mask)])
+    raise ValueError(f"unknown feature set {feature_set!r}: expected one of {FEATURE_SETS}")
 
 
-def feature_size() -> int:
-    return int(extract_features(np.zeros((2, 2, 3), np.float32)).shape[0])
+def feature_size(feature_set: int = 1) -> int:
+    return int(extract_features(np.zeros((8, 8, 3), np.float32), feature_set=feature_set).shape[0])

@@ -48,6 +48,7 @@ class QuantileModelConfig:
     # rows per pair that teach "do no harm" (harmless_rows): the well-exposed target as its own input;
     # 0 in models from before them
     harmless: int = 0
+    features: int = 1  # stage 1's feature set (llie.method.features.FEATURE_SETS); 1 in earlier models
 
     def member(self, k: int) -> QuantileModelConfig:
         """Settings of the k-th member of a bag: its own seed, for its rows and its trees."""
@@ -77,7 +78,7 @@ def target_quantiles(high: np.ndarray) -> np.ndarray:
 
 
 def augmented_rows(
-    low: np.ndarray, high: np.ndarray, rng: np.random.Generator, n: int
+    low: np.ndarray, high: np.ndarray, rng: np.random.Generator, n: int, feature_set: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` (features, targets) rows from one pair: the full image plus random crops with exposure jitter.
 
@@ -97,7 +98,7 @@ def augmented_rows(
             lo, hi = low[y : y + ch, x : x + cw], high[y : y + ch, x : x + cw]
             gain = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
             lo = np.clip(np.rint(lo * gain * 255.0), 0, 255) / 255.0
-        feats.append(extract_features(lo))
+        feats.append(extract_features(lo, feature_set=feature_set))
         targets.append(target_quantiles(hi).ravel())
     return np.stack(feats), np.stack(targets)
 
@@ -109,7 +110,9 @@ def _random_crop(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return image[y : y + ch, x : x + cw]
 
 
-def harmless_rows(high: np.ndarray, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def harmless_rows(
+    high: np.ndarray, rng: np.random.Generator, n: int, feature_set: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` rows whose input is the well-exposed target itself (whole, then random crops) and whose target
     is its own histogram. An archive holds mostly well-exposed photos; these rows teach stage 2 to leave
     them be. (Darkened copies of the target mapped back to it were tried too: they contradict these rows
@@ -117,7 +120,7 @@ def harmless_rows(high: np.ndarray, rng: np.random.Generator, n: int) -> tuple[n
     feats, targets = [], []
     for i in range(n):
         image = high if i == 0 else _random_crop(rng, high)
-        feats.append(extract_features(image))
+        feats.append(extract_features(image, feature_set=feature_set))
         targets.append(target_quantiles(image).ravel())
     return np.stack(feats), np.stack(targets)
 

@@ -37,9 +37,9 @@ def pair_rows(pairs: list[Pair], lows, highs, cfg: QuantileModelConfig, seed: in
         list(zip(pairs, lows, highs)), desc="histogram rows", disable=not progress, leave=False
     ):
         rng = np.random.default_rng([seed, zlib.crc32(pair.name.encode())])
-        feats, targets = augmented_rows(low, high, rng, cfg.augmentations)
+        feats, targets = augmented_rows(low, high, rng, cfg.augmentations, cfg.features)
         if cfg.harmless:
-            more = harmless_rows(high, rng, cfg.harmless)
+            more = harmless_rows(high, rng, cfg.harmless, cfg.features)
             feats, targets = np.concatenate([feats, more[0]]), np.concatenate([targets, more[1]])
         rows.append((feats, targets))
     return rows

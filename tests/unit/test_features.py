@@ -11,9 +11,11 @@ from llie.method.features import (
     PERCENTILES,
     channel_histograms,
     channel_means_sequential,
+    coarse_noise_features,
     extract_features,
     feature_size,
     histogram_percentiles,
+    noise_features,
 )
 
 
@@ -133,3 +135,51 @@ def test_noise_feature_shortcuts_are_numpys_own_reductions():
     np.testing.assert_array_equal(
         (sub[..., 0] + sub[..., 1] + sub[..., 2]) / np.float32(3), levels.mean(axis=2)[::2, ::2]
     )
+
+
+def _resampled(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """The photo enlarged bicubically, then averaged back to its size: the working copy of a large,
+    resampled copy of it."""
+    from PIL import Image
+
+    from llie.method.working_size import area_downscale
+
+    h, w = rgb.shape[:2]
+    big = Image.fromarray((rgb * 255).round().astype(np.uint8)).resize(
+        (w * factor, h * factor), Image.Resampling.BICUBIC
+    )
+    return area_downscale(np.asarray(big, np.float32) / np.float32(255), (h, w))
+
+
+def test_feature_set_2_keeps_the_histograms_and_replaces_pixel_noise():
+    low, _ = pair(seed=3)
+    one, two = extract_features(low), extract_features(low, feature_set=2)
+    assert one.shape == (feature_size(1),) and two.shape == (feature_size(2),)
+    histograms = feature_size(1) - len(noise_features(low))
+    assert np.array_equal(one[:histograms], two[:histograms])
+    assert np.array_equal(two[histograms:], coarse_noise_features(low))
+    with pytest.raises(ValueError, match="feature set"):
+        extract_features(low, feature_set=3)
+
+
+def test_a_resampled_copy_moves_coarse_noise_far_less_than_pixel_noise():
+    low, _ = pair(seed=1)
+    noisy = np.clip(low + np.random.default_rng(0).normal(0, 0.02, low.shape), 0, 1).astype(np.float32)
+    copy = _resampled(noisy, 4)
+    fine = np.abs(noise_features(copy)[3:6] - noise_features(noisy)[3:6]).mean()  # log sigma per channel
+    moved = np.abs(coarse_noise_features(copy) - coarse_noise_features(noisy))
+    assert fine > 0.3  # pixel noise sees the smoothing: why set 2 exists
+    assert moved[3:6].mean() < fine / 2  # the same measure at half size
+    assert moved[11:14].mean() < fine / 5  # and at a quarter
+
+
+def test_coarse_noise_ignores_masked_pixels_and_tiny_photos_stay_finite():
+    low, _ = pair(seed=2)
+    mask = np.ones(low.shape[:2], bool)
+    mask[:, :10] = False
+    painted = low.copy()
+    painted[:, :10] = [1.0, 0.0, 1.0]
+    assert np.allclose(coarse_noise_features(painted, mask), coarse_noise_features(low, mask), atol=1e-5)
+    for shape in [(1, 1), (2, 3), (5, 400)]:
+        rgb = np.random.default_rng(0).random(shape + (3,)).astype(np.float32)
+        assert np.isfinite(extract_features(rgb, feature_set=2)).all()
