@@ -547,6 +547,23 @@ def config_option(command):
     help="Stage-2 models averaged, each on its own histogram rows and trees; more take longer to train.",
 )
 @click.option(
+    "--features",
+    "feature_set",
+    type=click.IntRange(min=1, max=2),
+    default=2,
+    show_default=True,
+    help="Stage 1's feature set: 2 measures noise on coarser copies (a resized photo looks the same to it) "
+    "and adds where the light is and how colourful the scene is; 1 is the set of earlier bundles.",
+)
+@click.option(
+    "--illumination-steps",
+    type=click.IntRange(min=0),
+    default=1500,
+    show_default=True,
+    help="Steps that train the local gain between stages 3 and 4 (an illumination map that lifts shadows "
+    "and highlights differently, the photo's mean brightness kept); 0 for a bundle without it.",
+)
+@click.option(
     "--harmless-rows",
     type=click.IntRange(min=0),
     default=3,
@@ -641,6 +658,7 @@ def _train_config(o: SimpleNamespace):
     from llie.method.mapping import MappingConfig
     from llie.method.policy import EnhancePolicy
     from llie.method.quantiles import QuantileModelConfig
+    from llie.training.config import IlluminationTrainConfig
     from llie.training.train import TrainConfig
 
     refiner, refiner_train = _refiner_configs(o)
@@ -666,10 +684,15 @@ def _train_config(o: SimpleNamespace):
         device=o.device,
         threads=o.threads,
         quantile=QuantileModelConfig(
-            error_weighting=o.error_weighting, augmentations=o.histogram_rows, bag=o.bag, harmless=o.harmless_rows
+            error_weighting=o.error_weighting,
+            augmentations=o.histogram_rows,
+            bag=o.bag,
+            harmless=o.harmless_rows,
+            features=o.feature_set,
         ),
         refiner=refiner,
         refiner_train=refiner_train,
+        illumination=IlluminationTrainConfig(steps=o.illumination_steps),
         max_pairs=o.max_pairs,
         init_refiner=o.init_refiner,
     )

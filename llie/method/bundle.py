@@ -26,14 +26,18 @@ from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
 
 if TYPE_CHECKING:  # torch is imported where a refiner is saved or loaded: stages 1-3 alone never need it
+    from llie.method.illumination import IlluminationNet
     from llie.method.refiner import Refiner
 
 MANIFEST = "manifest.json"
 REFINER_FILE = "refiner.safetensors"
+ILLUMINATION_FILE = "illumination.safetensors"
 BUNDLE_FORMAT = 2
 # format 1's model_version covered the model files only; a policy edited in place kept the version
 SUPPORTED_FORMATS = (1, 2)
 BEHAVIOUR_KEYS = ("mapping", "policy", "refiner")
+# behaviour settings of later parts, hashed only where a bundle has them, so earlier versions stay valid
+OPTIONAL_BEHAVIOUR_KEYS = ("illumination",)
 
 
 class BundleError(ValueError):
@@ -47,6 +51,7 @@ class Bundle:
     refiner: Refiner | None
     manifest: dict = field(default_factory=dict)
     policy: EnhancePolicy = field(default_factory=EnhancePolicy)
+    illumination: IlluminationNet | None = None  # the local gain between stages 3 and 4, if trained
 
     @property
     def model_version(self) -> str:
@@ -75,7 +80,10 @@ def _version(file_hashes: dict[str, str], settings: dict | None) -> str:
 
 def manifest_version(manifest: dict) -> str:
     """The model_version a manifest's files and behaviour settings give, by the rule of its format."""
-    settings = None if manifest.get("format") == 1 else {k: manifest.get(k) for k in BEHAVIOUR_KEYS}
+    settings = None
+    if manifest.get("format") != 1:
+        settings = {k: manifest.get(k) for k in BEHAVIOUR_KEYS}
+        settings |= {k: manifest[k] for k in OPTIONAL_BEHAVIOUR_KEYS if manifest.get(k) is not None}
     return _version(manifest["files"], settings)
 
 
@@ -92,6 +100,12 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in bundle.refiner.state_dict().items()}
         save_file(state, directory / REFINER_FILE)
         files.append(directory / REFINER_FILE)
+    if bundle.illumination is not None:
+        save_file(
+            {k: v.detach().contiguous() for k, v in bundle.illumination.state_dict().items()},
+            directory / ILLUMINATION_FILE,
+        )
+        files.append(directory / ILLUMINATION_FILE)
     import numpy
     import scipy
     import xgboost
@@ -104,6 +118,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "mapping": asdict(bundle.mapping),
         "policy": asdict(bundle.policy),
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
+        "illumination": asdict(bundle.illumination.cfg) if bundle.illumination is not None else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(),
@@ -180,6 +195,8 @@ def required_files(manifest: dict, quantiles_config: dict) -> set[str]:
     needed = {"quantiles.json", "quantiles_pca.safetensors", *trees}
     if manifest.get("refiner") is not None:
         needed.add(REFINER_FILE)
+    if manifest.get("illumination") is not None:
+        needed.add(ILLUMINATION_FILE)
     return needed
 
 
@@ -269,6 +286,23 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
             except Exception as exc:
                 raise BundleError(f"bundle file {REFINER_FILE} does not load as the refiner: {exc}") from None
             refiner.eval()
+        illumination = _load_illumination(manifest, folder) if wanted else None
     # bundles from before the policy name none: their refiner always applies, unanchored
     policy = EnhancePolicy(**manifest.get("policy", {}))
-    return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest, policy)
+    return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest, policy, illumination)
+
+
+def _load_illumination(manifest: dict, folder: Path) -> IlluminationNet | None:
+    """The bundle's illumination net, or None for bundles without one."""
+    if manifest.get("illumination") is None:
+        return None
+    from safetensors.torch import load_file
+
+    from llie.method.illumination import IlluminationConfig, IlluminationNet
+
+    try:
+        net = IlluminationNet(IlluminationConfig(**manifest["illumination"]))
+        net.load_state_dict(load_file(folder / ILLUMINATION_FILE))
+    except Exception as exc:
+        raise BundleError(f"bundle file {ILLUMINATION_FILE} does not load as the illumination net: {exc}") from None
+    return net.eval()

@@ -103,7 +103,7 @@ class Enhancer:
             return self._enhance_at_working_size(rgb, stages, levels or infer_levels(rgb), mask)
         seconds = {}
         t = time.perf_counter()
-        features = extract_features(rgb, mask)
+        features = extract_features(rgb, mask, self.bundle.quantile_model.config.features)
         seconds["features"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -121,8 +121,13 @@ class Enhancer:
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)
 
-    def _refine(self, rgb: np.ndarray) -> np.ndarray:
-        return refine(self.bundle.refiner, rgb, self.device, self.tiling)
+    def _refine(self, mapped: np.ndarray) -> np.ndarray:
+        """Stage 4: the bundle's local gain (if it has one, on the CPU: it is tiny), then the refiner."""
+        if self.bundle.illumination is not None:
+            from llie.method.illumination import relight  # torch, as the refiner: not for stages 1-3
+
+            mapped = relight(self.bundle.illumination, mapped)
+        return refine(self.bundle.refiner, mapped, self.device, self.tiling)
 
     def _enhance_at_working_size(
         self, rgb: np.ndarray, stages: str, levels: int, mask: np.ndarray | None

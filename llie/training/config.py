@@ -42,6 +42,15 @@ class RefinerTrainConfig:
 
 
 @dataclass(frozen=True)
+class IlluminationTrainConfig:
+    steps: int = 0  # 0: a bundle without the local gain (llie train's default trains it: 1500)
+    batch: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: str | tuple[str, ...]  # one paired set or several (llie.training.data.resolve_training_sets)
     output: str
@@ -53,6 +62,7 @@ class TrainConfig:
     quantile: QuantileModelConfig = field(default_factory=QuantileModelConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     refiner_train: RefinerTrainConfig = field(default_factory=RefinerTrainConfig)
+    illumination: IlluminationTrainConfig = field(default_factory=IlluminationTrainConfig)
     bandwidths: tuple[float, ...] = BANDWIDTHS
     # stage 3's colour handling and slope bounds; the KDE bandwidth is chosen on validation
     mapping: MappingConfig = field(default_factory=MappingConfig)

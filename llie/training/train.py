@@ -124,7 +124,9 @@ def _fit_stage2(cfg: TrainConfig, split: Split, progress: bool) -> Stage2:
     val_q = np.zeros((0, 3, 21))
     mapping = cfg.mapping
     if split.val:
-        val_q = model.predict(np.stack([extract_features(l) for l in split.val_lows]))
+        val_q = model.predict(
+            np.stack([extract_features(l, feature_set=model.config.features) for l in split.val_lows])
+        )
         mapping, scores = tune_mapping(split.val_lows, split.val_highs, val_q, cfg.bandwidths, cfg.mapping)
         oracle = [match_to_quantiles(l, target_quantiles(h), mapping) for l, h in zip(split.val_lows, split.val_highs)]
         metrics.update(
@@ -205,6 +207,17 @@ def _starting_refiner(cfg: TrainConfig) -> tuple[Refiner | None, str | None]:
     return init, init_version
 
 
+def _train_illumination(cfg: TrainConfig, inputs: tuple[list, list], split: Split, progress: bool):
+    """The local gain, on every pair's stage-3 output from a stage 2 that never saw it (None with 0 steps)."""
+    if cfg.illumination.steps == 0:
+        return None
+    from llie.method.illumination import IlluminationConfig
+    from llie.training.illumination import grid_pairs, train_illumination
+
+    pairs = grid_pairs(inputs[0] + inputs[1], split.highs + split.val_highs, IlluminationConfig().grid)
+    return train_illumination(pairs, cfg.illumination, progress=progress)
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train both stages on ``cfg.data`` and write the bundle to ``cfg.output``; returns the manifest."""
     started = time.time()
@@ -233,8 +246,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if split.val:
         metrics["val_stage4_psnr"] = state["best_psnr"]
 
+    illumination = _train_illumination(cfg, (train_inputs, val_inputs), split, progress)
     model = refit_on_all_pairs(cfg, split, stage2, progress) if cfg.refit_all and split.val else stage2.model
-    bundle = Bundle(model, stage2.mapping, refiner, policy=cfg.policy)
+    bundle = Bundle(model, stage2.mapping, refiner, policy=cfg.policy, illumination=illumination)
     seconds = {
         "stage2": round(stage2_seconds, 1),
         "refiner": round(state["seconds"], 1),

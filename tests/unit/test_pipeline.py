@@ -8,6 +8,7 @@ from helpers_synthetic import pair, scene
 
 from llie.method.bundle import Bundle
 from llie.method.features import extract_features
+from llie.method.illumination import relight
 from llie.method.mapping import match_to_quantiles
 from llie.method.pipeline import STAGES, Enhancer
 from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
@@ -60,11 +61,13 @@ def test_hist_is_stages_1_to_3_and_full_adds_the_refiner(default_enhancer):
     bundle = default_enhancer.bundle
     hist = default_enhancer.enhance(low, stages="hist")
     full = default_enhancer.enhance(low, stages="full")
-    q = bundle.quantile_model.predict(extract_features(low))
+    q = bundle.quantile_model.predict(extract_features(low, feature_set=bundle.quantile_model.config.features))
     np.testing.assert_array_equal(hist.quantiles, q)
     np.testing.assert_array_equal(full.quantiles, q)
     np.testing.assert_allclose(hist.image, np.clip(match_to_quantiles(low, q, bundle.mapping, 256), 0, 1), atol=1e-7)
-    refined = refine(bundle.refiner, hist.image, default_enhancer.device, default_enhancer.tiling)
+    # stage 4: the bundle's local gain, if it has one, then the refiner
+    relit = hist.image if bundle.illumination is None else relight(bundle.illumination, hist.image)
+    refined = refine(bundle.refiner, relit, default_enhancer.device, default_enhancer.tiling)
     weight = refiner_weight(brightening(channel_means(low), channel_means(hist.image)), bundle.policy)
     assert weight == 1.0  # a dark shot: the refiner applies in full, anchored to stage 3's means
     expected_full = np.clip(apply_policy(hist.image, refined, weight, bundle.policy), 0, 1)
