@@ -43,7 +43,7 @@ class RefinerTrainConfig:
 
 @dataclass(frozen=True)
 class IlluminationTrainConfig:
-    steps: int = 0  # 0: a bundle without the local gain (llie train's default trains it: 1500)
+    steps: int = 0  # 0: a bundle without the local gain
     batch: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
