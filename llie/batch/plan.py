@@ -63,7 +63,10 @@ def check_spec(spec: RunSpec) -> RunSpec:
 
 def _list_images(spec: RunSpec, logger: Any) -> dict[str, str]:
     """Each image under the input and its version (size and mtime, ETag on S3), the reserved folder left out."""
-    versions = storage.list_image_versions(spec.input_url, spec.storage_options)
+    unreadable: list[str] = []
+    versions = storage.list_image_versions(spec.input_url, spec.storage_options, unreadable=unreadable)
+    for folder in unreadable:  # the rest of the archive runs; the folder is named, its images left out
+        logger.warning("cannot read folder %s of the input: its images are left out", storage.one_line(folder))
     reserved = [p for p in versions if p.split("/", 1)[0] == METRICS_DIR]
     if reserved:
         logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), METRICS_DIR)
