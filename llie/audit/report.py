@@ -486,31 +486,28 @@ def build_plots(
     base_summary: RunSummary | None = None,
     storage_options: storage.StorageOptions = None,
 ) -> list[Plot]:
+    roots, rank = PhotoRoots.of_run(run.output_url, run.manifest), summary.rank_by
     plots = [
-        metric_histogram(run, "psnr", summary.psnr, base),
-        metric_histogram(run, "ssim", summary.ssim, base),
-        before_after_plot(run),
-        stage_plot(summary, base_summary),
-        contact_sheet(
-            summary.worst,
-            f"Worst {len(summary.worst)} by {summary.rank_by}",
-            "contact_worst",
-            summary.rank_by,
-            PhotoRoots.of_run(run.output_url, run.manifest),
-            storage_options,
-        ),
-        contact_sheet(
-            summary.best,
-            f"Best {len(summary.best)} by {summary.rank_by}",
-            "contact_best",
-            summary.rank_by,
-            PhotoRoots.of_run(run.output_url, run.manifest),
-            storage_options,
-        ),
+        _drawn(metric_histogram, run, "psnr", summary.psnr, base),
+        _drawn(metric_histogram, run, "ssim", summary.ssim, base),
+        _drawn(before_after_plot, run),
+        _drawn(stage_plot, summary, base_summary),
     ]
+    for name, items in (("worst", summary.worst), ("best", summary.best)):
+        title = f"{name.capitalize()} {len(items)} by {rank}"
+        plots.append(_drawn(contact_sheet, items, title, f"contact_{name}", rank, roots, storage_options))
     if comparison is not None and base is not None:
-        plots.append(comparison_plot(comparison, run, base))
+        plots.append(_drawn(comparison_plot, comparison, run, base))
     return [p for p in plots if p is not None]
+
+
+def _drawn(build: Any, *args: Any) -> Plot | None:
+    """``build(*args)``, or no plot where its numbers cannot be drawn (a row's PSNR of 1e308 overflows
+    matplotlib's transforms): the rest of the report stands, and the tables still show the numbers."""
+    try:
+        return build(*args)
+    except (ValueError, ArithmeticError):  # numpy's LinAlgError is a ValueError
+        return None
 
 
 def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison | None = None) -> str:

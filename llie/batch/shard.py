@@ -91,12 +91,13 @@ def shard_rows(
 
 
 def _log_problems(rows: list[dict[str, Any]], logger: Any) -> None:
+    # at info (Prefect's UI has them): the terminal gets the run's summary of them (plan.common_problems)
     problems = [r for r in rows if r["status"] != "ok"]
     for row in problems[:MAX_LOGGED_PROBLEMS]:
         # quoted: a name with a newline must not forge a line of this log
-        logger.warning("%s %s: %s", row["status"], storage.quote_name(row["rel_path"]), storage.one_line(row["error"]))
+        logger.info("%s %s: %s", row["status"], storage.quote_name(row["rel_path"]), storage.one_line(row["error"]))
     if len(problems) > MAX_LOGGED_PROBLEMS:
-        logger.warning("... and %d more; see the Parquet file", len(problems) - MAX_LOGGED_PROBLEMS)
+        logger.info("... and %d more; see the Parquet file", len(problems) - MAX_LOGGED_PROBLEMS)
 
 
 def _missing_outputs(spec: RunSpec, rels: list[str]) -> set[str]:

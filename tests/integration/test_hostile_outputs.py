@@ -295,3 +295,52 @@ def test_a_top_level_folder_named_like_a_drive_is_a_folder(tmp_path, enhancer, s
     assert results[0]["ok"] == 1 and storage.exists(s3.url("out/C:/a.png"))
     with pytest.raises(ValueError, match="not a relative path"):
         storage.join(s3.url("in"), "C:\\a.png")
+
+
+# --------------------------------------------------------------------------- papercuts
+
+
+def test_repeated_problems_are_one_line_of_the_run_not_lines_per_shard(tmp_path, enhancer, caplog):
+    import logging
+
+    from llie.batch.plan import common_problems, read_rows
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(12):
+        (inp / f"e{i:02d}.png").write_bytes(b"")
+    (inp / "t.jpg").write_bytes(b"\xff\xd8\xff")
+    plan = plan_run(RunSpec(str(inp), str(out), run_id="quiet", shard_size=2))
+    with caplog.at_level(logging.INFO):
+        for shard in plan.shards:
+            run_shard(plan.spec, shard, enhancer)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # shards tell the UI, at info
+    assert common_problems(plan, read_rows(plan)) == [
+        "12 image(s) error, e.g. 'e00.png': decode: empty file",
+        "1 image(s) error, e.g. 't.jpg': decode: truncated JPEG",
+    ]
+
+
+def test_the_resume_command_of_an_input_named_like_an_option_parses_back():
+    import shlex
+
+    from llie_cli.run import resume_command, run_command
+
+    command = resume_command(RunSpec("-photos", "out", run_id="r-1", shard_size=8))
+    assert command == "llie run --run-id r-1 --shard-size 8 -- -photos out"
+    ctx = run_command.make_context("run", shlex.split(command)[2:])
+    assert (ctx.params["input_url"], ctx.params["output_url"], ctx.params["run_id"]) == ("-photos", "out", "r-1")
+    assert resume_command(RunSpec("photos", "out", run_id="r-1")) == "llie run photos out --run-id r-1"
+
+
+def test_no_resume_command_where_a_resume_cannot_help_and_the_run_id_without_a_bar(prefect_harness, tmp_path):
+    from llie_cli.main import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, ["a.png"])
+    archive.write_run_manifest(str(out), "elsewhere", {"run_id": "elsewhere", "input_url": str(tmp_path / "other")})
+    result = CliRunner().invoke(cli, ["run", str(inp), str(out), "--run-id", "elsewhere", "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith("run elsewhere\n")  # named before anything can stop it
+    assert "did not complete" in result.output and "was started with input_url" in result.output
+    assert "resume it with: llie run" not in result.output  # the same command would fail the same way

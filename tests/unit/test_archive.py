@@ -74,7 +74,7 @@ def test_run_id_accepts(good):
     assert archive.validate_run_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "..", "x=y", "has space", "-lead", "é"])
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "x=y", "has space", "-lead", "é", "evil\n", "ok\n"])
 def test_run_id_refuses(bad):
     with pytest.raises(ValueError):
         archive.validate_run_id(bad)
