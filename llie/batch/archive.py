@@ -199,7 +199,8 @@ def write_run_manifest(
 ) -> None:
     """What a run was asked to do: lets a resume check its plan and a progress bar its total."""
     data = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True, default=str)
-    storage.write_bytes_atomic(RunLayout(output_url, run_id).manifest_url, data.encode(), storage_options)
+    url = RunLayout(output_url, run_id).manifest_url
+    storage.write_bytes_atomic(url, data.encode(), storage_options, root=output_url)
 
 
 def read_run_manifest(
@@ -509,11 +510,13 @@ def write_shard_parquet(
     url: str,
     metadata: dict[str, str] | None = None,
     storage_options: storage.StorageOptions = None,
+    root: str | None = None,
 ) -> None:
-    """Write one shard's rows atomically: a reader never sees half a file, a rerun replaces it."""
+    """Write one shard's rows atomically: a reader never sees half a file, a rerun replaces it; with
+    ``root`` (the run's output), never through a link that leads out of it."""
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows, metadata), buf, compression="zstd")
-    storage.write_bytes_atomic(url, buf.getvalue(), storage_options)
+    storage.write_bytes_atomic(url, buf.getvalue(), storage_options, root=root)
 
 
 def read_shard_parquet(url: str, storage_options: storage.StorageOptions = None) -> pa.Table:

@@ -157,7 +157,9 @@ def _write_in(dir_fd: int, folder: str, name: str, data: bytes) -> None:
         umask = os.umask(0)  # the usual umask-based mode, as a plain open would give
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        # by path: the temporary file's random name exists only in the folder checked above, so a folder
+        # swapped for a link since cannot take the rename elsewhere (it fails instead)
+        os.replace(os.path.join(folder, tmp), os.path.join(folder, name))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
@@ -175,7 +177,7 @@ def remove_if_abandoned(path: str, now: float) -> bool:
     """Delete the temporary file ``path`` unless a writer still holds it; True when it was deleted.
 
     A writer that was killed holds no lock any more; a live one (another run writing the same output)
-    does, and its file stays. A file created within :data:`TEMP_GRACE_SECONDS` may not be locked yet.
+    does, and its file stays. An empty file created within :data:`TEMP_GRACE_SECONDS` may not be locked yet.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -185,8 +187,8 @@ def remove_if_abandoned(path: str, now: float) -> bool:
         raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < TEMP_GRACE_SECONDS:
-            return False
+        if not stat.S_ISREG(st.st_mode) or (st.st_size == 0 and now - st.st_mtime < TEMP_GRACE_SECONDS):
+            return False  # (an empty, new one may be a writer's between creating and locking it)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

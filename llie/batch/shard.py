@@ -52,6 +52,7 @@ def write_shard(spec: RunSpec, shard: archive.Shard, rows: list[dict[str, Any]],
             **archive.source_versions_metadata(shard),
         },
         storage_options=spec.storage_options,
+        root=spec.output_url,
     )
 
 

@@ -94,6 +94,17 @@ def test_a_folder_swapped_for_a_link_after_the_listing_reads_nothing_outside_the
     assert not (out / "sub" / "a.png").exists() and rows["b.png"]["status"] == "ok"
 
 
+def test_the_runs_record_is_never_written_through_a_link_out_of_the_output(tmp_path, enhancer):
+    inp, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    write_images(inp, ["a.png"])
+    elsewhere.mkdir()
+    out.mkdir()
+    os.symlink(elsewhere, out / "_metrics")
+    with pytest.raises(localfs.OutsideRootError):
+        plan_run(RunSpec(str(inp), str(out), run_id="record"))
+    assert list(elsewhere.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- 6. FIFOs
 
 
