@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import publish_run_report, summary_text
 from flows.parameters import ArchiveRun, Cluster
 from flows.shards import enhance_shards
-from llie.batch.plan import RunPlan, plan_run, read_rows, remove_partial_files, summarise_run
+from llie.batch.plan import RunPlan, common_problems, plan_run, read_rows, remove_partial_files, summarise_run
 from llie.method.bundle import verify_bundle
 
 
@@ -56,6 +56,8 @@ def enhance_archive(run: ArchiveRun, cluster: Cluster = Cluster()) -> dict[str, 
         logger.warning("removed %d temporary file(s) left by interrupted writers", len(stale))
     rows = read_rows(plan)  # once: the summary and the report both come from it
     summary = summarise_run(plan, results, rows, time.perf_counter() - started)
+    for line in common_problems(plan, rows):
+        logger.warning("%s", line)
     logger.info("%s", summary_text(summary))
     report_run(plan, summary, rows)
     if failed := summary["failed_shards"]:

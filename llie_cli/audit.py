@@ -68,6 +68,11 @@ RANK_METRICS = ("psnr", "ssim")
     help="Also write everything (every image's deltas with --compare) as JSON; '-' for stdout.",
 )
 @click.option("--runs", "list_runs", is_flag=True, help="List the runs under OUTPUT_URL and exit.")
+@click.option(
+    "--fail-incomplete",
+    is_flag=True,
+    help="Exit with status 4 if the run has fewer rows than images in its plan (unfinished, or rows lost).",
+)
 @storage_option_flag
 @click.option(
     "--fail-on-worse",
@@ -109,6 +114,10 @@ def audit(output_url: str, **options: Any) -> None:
     except FileNotFoundError as exc:
         raise click.ClickException(f"not found: {storage.redact_url(str(exc))}") from None
     _show(found, o, opts)
+    if o.fail_incomplete and found.summary.missing:
+        s = found.summary
+        click.echo(f"run {s.run_id} is incomplete: {s.images} of {s.planned} planned images have a row", err=True)
+        sys.exit(4)
     comparison = found.comparison
     if o.fail_on_worse and comparison is not None:
         if comparison.worse_count:

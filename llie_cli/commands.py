@@ -138,13 +138,15 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits
     from llie.batch.scoring import reference_scores
 
     def read() -> bytes:
+        from llie.batch.localfs import read_regular
+
         if not (reference / rel).is_file():
             raise FileNotFoundError(reference / rel)
-        return (reference / rel).read_bytes()
+        return read_regular(str(reference / rel), root=str(reference))
 
     try:
         psnr, ssim, why_not = reference_scores(image, like, read, limits)
-    except OSError as exc:  # e.g. not readable by this user: the photo itself was enhanced
+    except (OSError, ValueError) as exc:  # not readable by this user, a link out, a FIFO: the photo was enhanced
         return None, f"reference unreadable: {exc}"
     return (None, why_not) if psnr is None else ({"psnr": psnr, "ssim": ssim}, None)
 
@@ -270,15 +272,19 @@ class PhotoJob:
     encoding: EncodeOptions
 
     def run(self, name: str) -> PhotoOutcome:
-        from llie.batch.imageio import ImageDecodeError, decode_file, encode_image
+        from llie.batch.imageio import ImageDecodeError, decode_image, encode_image
+        from llie.batch.localfs import read_regular
         from llie.batch.storage import write_bytes_atomic
 
         rel = Path(name)
         try:
-            decoded = decode_file(self.input_dir / rel, self.limits)
+            # only from inside --input and only into --output: a folder swapped for a link is refused
+            data = read_regular(str(self.input_dir / rel), root=str(self.input_dir))
+            decoded = decode_image(data, self.limits)
             levels = 65536 if decoded.bit_depth > 8 else 256
             result = self.enhancer.enhance(decoded.rgb, stages=self.stages, levels=levels, mask=decoded.opaque)
-            write_bytes_atomic(str(self.output_dir / rel), encode_image(result.image, decoded, options=self.encoding))
+            encoded = encode_image(result.image, decoded, options=self.encoding)
+            write_bytes_atomic(str(self.output_dir / rel), encoded, root=str(self.output_dir))
         except (ImageDecodeError, OSError, ValueError) as exc:
             return PhotoOutcome(rel.as_posix(), error=str(exc))
         if self.reference is None:
@@ -298,9 +304,12 @@ def _photos(input_dir: Path, output_dir: Path) -> list[str]:
         raise click.UsageError(
             "--output must not be --input, inside it or contain it: inputs are never overwritten"
         ) from None
-    names, links_out = list_local_images(str(input_dir))
+    unreadable: list[str] = []
+    names, links_out = list_local_images(str(input_dir), unreadable=unreadable)
     for name in links_out:
         click.echo(f"skipped: {name}: a link out of --input", err=True)
+    for folder in unreadable:
+        click.echo(f"warning: cannot read folder {folder}: its photos are left out", err=True)
     if not names:
         raise click.UsageError(f"no images found under {input_dir}")
     return names

@@ -162,8 +162,8 @@ def _exit_on_sigterm():
 def resume_command(spec: RunSpec) -> str:
     """The command that resumes a run: with every setting a resume must repeat (a different shard size,
     model or refiner precision is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
-    args = ["llie", "run", storage.redact_url(spec.input_url), storage.redact_url(spec.output_url)]
-    args += ["--run-id", spec.run_id]
+    folders = [storage.redact_url(spec.input_url), storage.redact_url(spec.output_url)]
+    args = ["--run-id", spec.run_id]
     if spec.model:
         args += ["--model", spec.model]
     if spec.shard_size != DEFAULT_SHARD_SIZE:
@@ -172,7 +172,20 @@ def resume_command(spec: RunSpec) -> str:
         args += ["--reference", storage.redact_url(spec.reference_url)]
     if spec.refiner_precision != "float32":
         args += ["--refiner-precision", spec.refiner_precision]
-    return shlex.join(args + storage_options.as_arguments(spec.storage_options))  # credentials as ***
+    args += storage_options.as_arguments(spec.storage_options)  # credentials as ***
+    if any(f.startswith("-") for f in folders):  # "-in" would be read as an option: options first, then "--"
+        return shlex.join(["llie", "run", *args, "--", *folders])
+    return shlex.join(["llie", "run", *folders, *args])
+
+
+def _resumable(state: Any) -> bool:
+    """Whether running the run again can finish it: not when it stopped on what it was given (a bad
+    bundle, a damaged record, settings other than the run's, a missing input: ValueError, FileNotFoundError)."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception:  # no result to look at (a crash): a resume is worth a try
+        return True
+    return not isinstance(error, ValueError | FileNotFoundError)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -274,13 +287,16 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     progress = ImageProgress(
         spec.output_url, spec.run_id, enabled=not options["no_progress"], storage_options=spec.storage_options
     )
+    if options["no_progress"]:  # the bar names the run; without it, a run stopped early would not
+        click.echo(f"run {spec.run_id}", err=True)
     with _exit_on_sigterm(), credentials.storage_credentials(secret), progress:
         state = enhance_archive(ArchiveRun.of(spec), cluster, return_state=True)
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
         reason = storage.scrub(state.message or state.name, spec.secrets())
         click.echo(f"\nrun {spec.run_id} did not complete: {reason}", err=True)
-        click.echo("resume it with: " + resume_command(spec), err=True)
+        if _resumable(state):
+            click.echo("resume it with: " + resume_command(spec), err=True)
         sys.exit(1)
     print_summary(state.result())
 

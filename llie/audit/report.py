@@ -6,9 +6,8 @@ offline and can be mailed as it is (a browser saves any plot with "Save image as
 Destinations may be local paths or fsspec URLs (``s3://...``).
 
 Plots: PSNR and SSIM histograms, no-reference brightness / contrast / noise before and after,
-time per stage, and before/after contact sheets of the worst and best images (thumbnails read
-from the ``input_path`` / ``output_path`` the rows record, plus the reference when the run's
-manifest names a reference folder). With a comparison, which then comes first: the mean change
+time per stage, and before/after contact sheets of the worst and best images (thumbnails read by
+each row's ``rel_path`` under the run's own folders, ``llie.audit.sources``). With a comparison, which then comes first: the mean change
 per metric with its 95% interval (as ``llie audit --compare`` prints it) and the per-image PSNR
 (or SSIM) of both runs against each other.
 
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from llie.audit.numbers import number
+from llie.audit.sources import PhotoRoots
 from llie.audit.summary import (
     DELTA_METRICS,
     DIGITS,
@@ -92,7 +92,8 @@ def _bins(*arrays: np.ndarray, n: int = 30) -> np.ndarray:
     lo, hi = float(values.min()), float(values.max())
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5 * max(abs(lo) * 0.01, 1e-3), hi + 0.5 * max(abs(hi) * 0.01, 1e-3)
-    return np.linspace(lo, hi, n + 1)
+    t = np.linspace(0.0, 1.0, n + 1)
+    return lo * (1 - t) + hi * t  # not linspace(lo, hi): hi - lo overflows for values near ±1e308
 
 
 def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunData | None = None) -> Plot | None:
@@ -229,13 +230,9 @@ def comparison_plot(comparison: Comparison, run: RunData, base: RunData) -> Plot
 # --------------------------------------------------------------------------- contact sheets
 
 
-def _thumbnail(url: str | None, storage_options: storage.StorageOptions = None) -> tuple[np.ndarray | None, int | None]:
-    """(uint8 thumbnail, file size) of an image URL, or (None, None) when it cannot be read."""
-    if not url:
-        return None, None
-    try:
-        data = storage.read_bytes(url, storage_options)
-    except Exception:
+def _thumbnail(data: bytes | None) -> tuple[np.ndarray | None, int | None]:
+    """(uint8 thumbnail, file size) of an image's bytes, or (None, None) when it could not be read."""
+    if data is None:
         return None, None
     try:
         from PIL import Image, ImageOps
@@ -267,22 +264,21 @@ def contact_sheet(
     title: str,
     name: str,
     rank_by: str,
-    reference_url: str | None = None,
+    roots: PhotoRoots,
     storage_options: storage.StorageOptions = None,
 ) -> Plot | None:
-    """One row per image: before (input), after (output) and, if known, the reference."""
+    """One row per image: before (input), after (output) and, if known, the reference; each read by its
+    rel_path under the run's own folders (``llie.audit.sources``), never from a path a row names."""
     if not images:
         return None
-    columns = ["before", "after"] + (["reference"] if reference_url else [])
+    columns = ["before", "after"] + (["reference"] if roots.reference else [])
     fig = _figure(2.5 * len(columns) + 0.4, 2.3 * len(images) + 0.5)
     axes = np.atleast_2d(fig.subplots(len(images), len(columns)))
     fig.suptitle(title, fontsize=11)
     d = DIGITS[rank_by]
     for row, item in zip(axes, images):
-        ref = storage.join(reference_url, item.rel_path) if reference_url else None
-        urls = {"before": item.input_path, "after": item.output_path, "reference": ref}
         for ax, col in zip(row, columns):
-            thumb, size = _thumbnail(urls[col], storage_options)
+            thumb, size = _thumbnail(roots.read(col, item.rel_path, storage_options))
             ax.set_xticks([])
             ax.set_yticks([])
             if thumb is None:
@@ -490,31 +486,28 @@ def build_plots(
     base_summary: RunSummary | None = None,
     storage_options: storage.StorageOptions = None,
 ) -> list[Plot]:
+    roots, rank = PhotoRoots.of_run(run.output_url, run.manifest), summary.rank_by
     plots = [
-        metric_histogram(run, "psnr", summary.psnr, base),
-        metric_histogram(run, "ssim", summary.ssim, base),
-        before_after_plot(run),
-        stage_plot(summary, base_summary),
-        contact_sheet(
-            summary.worst,
-            f"Worst {len(summary.worst)} by {summary.rank_by}",
-            "contact_worst",
-            summary.rank_by,
-            run.reference_url,
-            storage_options,
-        ),
-        contact_sheet(
-            summary.best,
-            f"Best {len(summary.best)} by {summary.rank_by}",
-            "contact_best",
-            summary.rank_by,
-            run.reference_url,
-            storage_options,
-        ),
+        _drawn(metric_histogram, run, "psnr", summary.psnr, base),
+        _drawn(metric_histogram, run, "ssim", summary.ssim, base),
+        _drawn(before_after_plot, run),
+        _drawn(stage_plot, summary, base_summary),
     ]
+    for name, items in (("worst", summary.worst), ("best", summary.best)):
+        title = f"{name.capitalize()} {len(items)} by {rank}"
+        plots.append(_drawn(contact_sheet, items, title, f"contact_{name}", rank, roots, storage_options))
     if comparison is not None and base is not None:
-        plots.append(comparison_plot(comparison, run, base))
+        plots.append(_drawn(comparison_plot, comparison, run, base))
     return [p for p in plots if p is not None]
+
+
+def _drawn(build: Any, *args: Any) -> Plot | None:
+    """``build(*args)``, or no plot where its numbers cannot be drawn (a row's PSNR of 1e308 overflows
+    matplotlib's transforms): the rest of the report stands, and the tables still show the numbers."""
+    try:
+        return build(*args)
+    except (ValueError, ArithmeticError):  # numpy's LinAlgError is a ValueError
+        return None
 
 
 def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison | None = None) -> str:

@@ -347,9 +347,15 @@ class RunSummary:
     rank_by: str
     worst: list[ImageScore]
     best: list[ImageScore]
+    planned: int | None = None  # images in the run's plan (its manifest); None when it has none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def missing(self) -> int:
+        """Planned images without a row: an unfinished (or damaged) run, not a complete one."""
+        return max(self.planned - self.images, 0) if self.planned is not None else 0
 
 
 def _stage_seconds(table: pa.Table) -> dict[str, float]:
@@ -463,7 +469,13 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         rank_by=rank_by,
         worst=worst,
         best=best,
+        planned=_planned_images(run.manifest),
     )
+
+
+def _planned_images(manifest: dict[str, Any] | None) -> int | None:
+    planned = (manifest or {}).get("images")
+    return planned if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 0 else None
 
 
 # --------------------------------------------------------------------------- two runs
@@ -670,6 +682,8 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     if s.duplicates:
         out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
     out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
+    if s.missing:
+        out.append(f"incomplete: {s.images} of {s.planned} planned images have a row (resume the run to finish it)")
     if s.problems:
         out += ["", "most common problems:"]
         out += [

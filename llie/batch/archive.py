@@ -199,7 +199,8 @@ def write_run_manifest(
 ) -> None:
     """What a run was asked to do: lets a resume check its plan and a progress bar its total."""
     data = json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2, sort_keys=True, default=str)
-    storage.write_bytes_atomic(RunLayout(output_url, run_id).manifest_url, data.encode(), storage_options)
+    url = RunLayout(output_url, run_id).manifest_url
+    storage.write_bytes_atomic(url, data.encode(), storage_options, root=output_url)
 
 
 def read_run_manifest(
@@ -230,7 +231,7 @@ def shard_membership(
     table = metrics_dataset(output_url, run_id, storage_options).to_table(columns=["shard_id", "rel_path"])
     membership: dict[str, list[str]] = {}
     for shard_id, rel in zip(table.column("shard_id").to_pylist(), table.column("rel_path").to_pylist()):
-        membership.setdefault(shard_id, []).append(rel)
+        membership.setdefault(shard_id, []).append(from_printable(rel))  # as the listing names it
     return membership
 
 
@@ -238,12 +239,30 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: bytes of a file name that is not UTF-8 shown as ``\\xff`` escapes.
 
     Such names are legal on POSIX file systems but cannot go into Parquet, JSON or logs as they are.
+    A backslash of the name itself is doubled, so that no two names share one spelling (``b\\xff.png``,
+    one byte, and ``b\\\\xff.png``, four characters) and :func:`from_printable` gives the name back.
     """
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    doubled = str(text).replace("\\", "\\\\")
+    return doubled.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def from_printable(text: str) -> str:
+    """The file name :func:`printable` spelled as ``text`` (bytes that are not UTF-8 as surrogates again)."""
+    if "\\" not in text:
+        return text
+
+    def unescape(match: re.Match[str]) -> str:
+        code = match.group(1)
+        return "\\" if code == "\\" else bytes([int(code[1:], 16)]).decode("utf-8", "surrogateescape")
+
+    return _ESCAPE.sub(unescape, text)
 
 
 def _base_row(spec: RunSpec, shard: Shard, rel: str) -> dict[str, Any]:
@@ -334,7 +353,7 @@ def _read(spec: RunSpec, image: _Image, reference: bool = False) -> bytes:
         return future.result()  # the time spent waiting for it, not the whole read
     root = spec.reference_url if reference else spec.input_url
     assert root is not None
-    return storage.read_bytes(storage.join(root, image.rel), spec.storage_options)
+    return storage.read_inside(root, image.rel, spec.storage_options)
 
 
 def _enhance(spec: RunSpec, enhancer: Any, image: _Image, memory_budget: int | None) -> None:
@@ -360,7 +379,8 @@ def _enhance(spec: RunSpec, enhancer: Any, image: _Image, memory_budget: int | N
         encoded = encode_image(result.image, like=img, options=spec.encoding)
     out_url = spec.layout.image_url(image.rel)
     with image.stage("write"):
-        storage.write_bytes_atomic(out_url, encoded, spec.storage_options)
+        # never through a link that leads out of the output (onto the originals, say)
+        storage.write_bytes_atomic(out_url, encoded, spec.storage_options, root=spec.output_url)
     row.update(output_path=printable(storage.redact_url(out_url)), bytes_out=len(encoded))
     with image.stage("metrics"):
         after = no_reference_stats(result.image).as_dict("after_")
@@ -448,7 +468,7 @@ def _process_reading_ahead(
 ) -> list[dict[str, Any]]:
     def read(root: str, rel: str) -> bytes:
         # joined on the reader too, so that a path it refuses becomes this image's error row
-        return storage.read_bytes(storage.join(root, rel), spec.storage_options)
+        return storage.read_inside(root, rel, spec.storage_options)
 
     def fetch(rel: str) -> tuple[str, Prefetched]:
         image = pool.submit(read, spec.input_url, rel)  # first: it is needed first
@@ -490,11 +510,13 @@ def write_shard_parquet(
     url: str,
     metadata: dict[str, str] | None = None,
     storage_options: storage.StorageOptions = None,
+    root: str | None = None,
 ) -> None:
-    """Write one shard's rows atomically: a reader never sees half a file, a rerun replaces it."""
+    """Write one shard's rows atomically: a reader never sees half a file, a rerun replaces it; with
+    ``root`` (the run's output), never through a link that leads out of it."""
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows, metadata), buf, compression="zstd")
-    storage.write_bytes_atomic(url, buf.getvalue(), storage_options)
+    storage.write_bytes_atomic(url, buf.getvalue(), storage_options, root=root)
 
 
 def read_shard_parquet(url: str, storage_options: storage.StorageOptions = None) -> pa.Table:

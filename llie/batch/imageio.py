@@ -29,11 +29,11 @@ import re
 import struct
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from llie.batch.localfs import open_regular, read_regular
 from llie.batch.png import PngMetadata, encode_png
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
@@ -135,9 +135,7 @@ def is_image_name(name: str) -> bool:
 
 def decode_file(path: str | os.PathLike, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Read ``path`` (read-only) and decode it; see :func:`decode_image`."""
-    with open(Path(path), "rb") as fh:
-        data = fh.read()
-    return decode_image(data, limits)
+    return decode_image(read_regular(str(path)), limits)
 
 
 def stored_pixels(path: str | os.PathLike) -> int:
@@ -145,8 +143,8 @@ def stored_pixels(path: str | os.PathLike) -> int:
     (decoding the file then says why)."""
     # no warnings.catch_warnings here: it swaps process-wide state, and this runs beside decodes in other
     # threads; Pillow warns only past its own bomb size (89 MP), which decoding reports anyway
-    try:
-        with Image.open(Path(path), formats=_OPEN_FORMATS) as img:
+    try:  # a FIFO would block a plain open: open_regular refuses it at once
+        with open_regular(str(path)) as fh, Image.open(fh, formats=_OPEN_FORMATS) as img:
             return int(img.width) * int(img.height)
     except Exception:  # any reader's failure: an unreadable header costs nothing to plan for
         return 0

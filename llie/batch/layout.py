@@ -28,7 +28,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def is_run_id(text: str) -> bool:
-    return bool(_RUN_ID.match(text))
+    return bool(_RUN_ID.fullmatch(text))  # not match: its "$" also matches before a final newline
 
 
 def validate_run_id(run_id: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +65,10 @@ def check_spec(spec: RunSpec) -> RunSpec:
 
 def _list_images(spec: RunSpec, logger: Any) -> dict[str, str]:
     """Each image under the input and its version (size and mtime, ETag on S3), the reserved folder left out."""
-    versions = storage.list_image_versions(spec.input_url, spec.storage_options)
+    unreadable: list[str] = []
+    versions = storage.list_image_versions(spec.input_url, spec.storage_options, unreadable=unreadable)
+    for folder in unreadable:  # the rest of the archive runs; the folder is named, its images left out
+        logger.warning("cannot read folder %s of the input: its images are left out", storage.one_line(folder))
     reserved = [p for p in versions if p.split("/", 1)[0] == METRICS_DIR]
     if reserved:
         logger.warning("ignoring %d image(s) under %s/: that name is reserved for metrics", len(reserved), METRICS_DIR)
@@ -192,3 +197,29 @@ def _counts(plan: RunPlan, rows: pa.Table | None) -> tuple[dict[str, int], list[
         if status == "ok" and value is not None and math.isfinite(value):
             psnrs.append(value)
     return counts, psnrs
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def common_problems(plan: RunPlan, rows: pa.Table | None, limit: int = 5) -> list[str]:
+    """The run's problems as a few lines, one per kind (its numbers aside), most common first, with an
+    example: ten thousand skipped photos are one line of the run's log, not one (or six) per shard."""
+    if rows is None:
+        return []
+    planned = {s.shard_id for s in plan.shards}
+    kinds: Counter[tuple[str, str]] = Counter()
+    example: dict[tuple[str, str], tuple[str, str]] = {}
+    columns = (rows.column(name).to_pylist() for name in ("shard_id", "status", "error", "rel_path"))
+    for shard_id, status, error, rel in zip(*columns):
+        if shard_id in planned and status != "ok":
+            kind = (status, _NUMBER.sub("N", storage.one_line(error or "")))
+            kinds[kind] += 1
+            example.setdefault(kind, (rel, storage.one_line(error or "")))
+    lines = [
+        f"{count} image(s) {status}, e.g. {storage.quote_name(example[(status, k)][0])}: {example[(status, k)][1]}"
+        for (status, k), count in kinds.most_common(limit)
+    ]
+    if len(kinds) > limit:
+        lines.append(f"... and {len(kinds) - limit} other kind(s) of problem: llie audit lists them")
+    return lines

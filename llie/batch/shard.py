@@ -52,6 +52,7 @@ def write_shard(spec: RunSpec, shard: archive.Shard, rows: list[dict[str, Any]],
             **archive.source_versions_metadata(shard),
         },
         storage_options=spec.storage_options,
+        root=spec.output_url,
     )
 
 
@@ -91,23 +92,46 @@ def shard_rows(
 
 
 def _log_problems(rows: list[dict[str, Any]], logger: Any) -> None:
+    # at info (Prefect's UI has them): the terminal gets the run's summary of them (plan.common_problems)
     problems = [r for r in rows if r["status"] != "ok"]
     for row in problems[:MAX_LOGGED_PROBLEMS]:
         # quoted: a name with a newline must not forge a line of this log
-        logger.warning("%s %s: %s", row["status"], storage.quote_name(row["rel_path"]), storage.one_line(row["error"]))
+        logger.info("%s %s: %s", row["status"], storage.quote_name(row["rel_path"]), storage.one_line(row["error"]))
     if len(problems) > MAX_LOGGED_PROBLEMS:
-        logger.warning("... and %d more; see the Parquet file", len(problems) - MAX_LOGGED_PROBLEMS)
+        logger.info("... and %d more; see the Parquet file", len(problems) - MAX_LOGGED_PROBLEMS)
+
+
+def _missing_outputs(spec: RunSpec, rels: list[str]) -> set[str]:
+    """The images among ``rels`` whose enhanced file is not in the output (deleted since): one listing per folder."""
+    by_folder: dict[str, set[str]] = {}
+    for rel in rels:
+        folder, _, name = rel.rpartition("/")
+        by_folder.setdefault(folder, set()).add(name)
+    missing: set[str] = set()
+    for folder, names in sorted(by_folder.items()):
+        url = storage.join(spec.output_url, folder) if folder else spec.output_url
+        present = set(storage.list_files(url, spec.storage_options))
+        missing.update(f"{folder}/{n}" if folder else n for n in names - present)
+    return missing
 
 
 def _todo(spec: RunSpec, shard: archive.Shard, previous: pa.Table, logger: Any) -> list[str]:
-    """The images of a finished shard to redo: changed since, and (``retry_failed``) those without an ok row."""
+    """The images of a finished shard to redo: changed since, ok but with their output gone, and
+    (``retry_failed``) those without an ok row."""
     changed = archive.changed_sources(shard, archive.shard_metadata(previous))
     rows = previous.to_pylist()
     failed = [r["rel_path"] for r in rows if r["status"] != "ok"] if spec.retry_failed else []
-    todo = [p for p in shard.paths if p in changed or archive.printable(p) in failed]
+    ok = {r["rel_path"] for r in rows if r["status"] == "ok"}
+    gone = _missing_outputs(spec, [p for p in shard.paths if archive.printable(p) in ok])
+    todo = [p for p in shard.paths if p in changed or p in gone or archive.printable(p) in failed]
     if todo:
         logger.info(
-            "%s: redoing %d image(s): %d changed since, %d failed", shard.shard_id, len(todo), len(changed), len(failed)
+            "%s: redoing %d image(s): %d changed since, %d with their output gone, %d failed",
+            shard.shard_id,
+            len(todo),
+            len(changed),
+            len(gone),
+            len(failed),
         )
     return todo
 

@@ -9,18 +9,21 @@ quote it without the URL around it, by :func:`scrub`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
 import re
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from llie import atomic
+from llie.batch import localfs
 from llie.batch.imageio import is_image_name
 
 StorageOptions = dict[str, Any] | None
@@ -219,7 +222,8 @@ def join(url: str, rel: str) -> str:
     paths are rejected instead of being resolved.
     """
     rel = str(rel)
-    if not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", rel) or "://" in rel:
+    # a drive letter only with a backslash (C:\x): "C:/x" is a folder named "C:" on POSIX and S3
+    if not rel or rel.startswith("/") or re.match(r"^[A-Za-z]:\\", rel) or "://" in rel:
         raise ValueError(f"not a relative path: {rel!r}")
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
@@ -245,51 +249,77 @@ def _local_version(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _list_local(root: str, follow_symlinks: bool = False, links_out: list[str] | None = None) -> dict[str, str]:
+@dataclass
+class _Listing:
+    """What a local listing found: images and their versions, links out of the root, unreadable folders."""
+
+    follow_symlinks: bool = False
+    found: dict[str, str] = field(default_factory=dict)
+    links_out: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _list_local(root: str, listing: _Listing) -> _Listing:
     root_real = os.path.realpath(root)
     if not os.path.isdir(root_real):
         raise FileNotFoundError(f"no such folder: {root}")
-    found: dict[str, str] = {}
 
     def walk(dir_path: str, rel_prefix: str, ancestors: frozenset[str]) -> None:
-        with os.scandir(dir_path) as it:
-            entries = list(it)
+        try:
+            with os.scandir(dir_path) as it:
+                entries = list(it)
+        except OSError as exc:
+            if not rel_prefix:  # the root itself: nothing to run over
+                raise
+            # one folder this user may not read (lost+found on a mounted disk) must not stop the rest
+            listing.unreadable.append(f"{rel_prefix.rstrip('/')} ({exc.strerror or exc})")
+            return
         for entry in entries:
             # Hidden folders too: .git, .Trash, our own temp files from write_bytes_atomic.
-            if entry.name.startswith("."):
-                continue
-            rel = rel_prefix + entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                # A link out of the tree could expose (and, via the output mirror, copy)
-                # files the caller never pointed us at; only an explicit opt-in follows it.
-                if not follow_symlinks and not _within(target, root_real):
-                    if links_out is not None and os.path.isfile(target) and is_image_name(entry.name):
-                        links_out.append(rel)
-                    continue
-                if os.path.isdir(target):
-                    if target not in ancestors:  # a link to an ancestor would loop forever
-                        walk(entry.path, rel + "/", ancestors | {target})
-                elif os.path.isfile(target) and is_image_name(entry.name):
-                    found[rel] = _local_version(os.stat(target))
-            elif entry.is_dir(follow_symlinks=False):
-                walk(entry.path, rel + "/", ancestors | {os.path.realpath(entry.path)})
-            elif entry.is_file(follow_symlinks=False) and is_image_name(entry.name):
-                found[rel] = _local_version(entry.stat(follow_symlinks=False))
+            if not entry.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):  # gone since the folder was read
+                    visit(entry, rel_prefix + entry.name, ancestors)
+
+    def visit(entry: os.DirEntry, rel: str, ancestors: frozenset[str]) -> None:
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            # A link out of the tree could expose (and, via the output mirror, copy)
+            # files the caller never pointed us at; only an explicit opt-in follows it.
+            if not listing.follow_symlinks and not _within(target, root_real):
+                if os.path.isfile(target) and is_image_name(entry.name):
+                    listing.links_out.append(rel)
+                return
+            if os.path.isdir(target):
+                if target not in ancestors:  # a link to an ancestor would loop forever
+                    walk(entry.path, rel + "/", ancestors | {target})
+            elif os.path.isfile(target) and is_image_name(entry.name):
+                listing.found[rel] = _local_version(os.stat(target))
+        elif entry.is_dir(follow_symlinks=False):
+            walk(entry.path, rel + "/", ancestors | {os.path.realpath(entry.path)})
+        elif entry.is_file(follow_symlinks=False) and is_image_name(entry.name):
+            listing.found[rel] = _local_version(entry.stat(follow_symlinks=False))
 
     walk(root, "", frozenset({root_real}))
-    return found
+    return listing
 
 
 def list_image_versions(
-    url: str, storage_options: StorageOptions = None, follow_symlinks: bool = False
+    url: str,
+    storage_options: StorageOptions = None,
+    follow_symlinks: bool = False,
+    unreadable: list[str] | None = None,
 ) -> dict[str, str]:
     """:func:`list_images` with a version of each image: ``size:mtime_ns`` locally, ``size:ETag`` on an
     object store (``size:last-modified`` where it has no ETag). Any change of content changes it, so a
-    resumed run can tell an image replaced under the same name from one it has already done."""
+    resumed run can tell an image replaced under the same name from one it has already done.
+
+    A local folder below the root that cannot be read is left out and named (with why) in ``unreadable``."""
     fs, root = _fs(url, storage_options)
     if _is_local(fs):
-        return dict(sorted(_list_local(root, follow_symlinks).items()))
+        listing = _list_local(root, _Listing(follow_symlinks))
+        if unreadable is not None:
+            unreadable.extend(listing.unreadable)
+        return dict(sorted(listing.found.items()))
     root = root.rstrip("/")
     found = {}
     for path, info in fs.find(root, withdirs=False, detail=True).items():
@@ -318,11 +348,13 @@ def list_images(url: str, storage_options: StorageOptions = None, follow_symlink
     return list(list_image_versions(url, storage_options, follow_symlinks))
 
 
-def list_local_images(root: str) -> tuple[list[str], list[str]]:
-    """:func:`list_images` of a local folder, and the image links in it that lead out of it (not followed)."""
-    links_out: list[str] = []
-    images = sorted(_list_local(root, follow_symlinks=False, links_out=links_out))
-    return images, sorted(links_out)
+def list_local_images(root: str, unreadable: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """:func:`list_images` of a local folder, and the image links in it that lead out of it (not followed);
+    folders that cannot be read are named in ``unreadable``."""
+    listing = _list_local(root, _Listing())
+    if unreadable is not None:
+        unreadable.extend(listing.unreadable)
+    return sorted(listing.found), sorted(listing.links_out)
 
 
 def list_files(url: str, storage_options: StorageOptions = None) -> list[str]:
@@ -370,29 +402,54 @@ def remove(url: str, storage_options: StorageOptions = None) -> None:
         fs.invalidate_cache(posixpath.dirname(path))
 
 
-def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = None, root: str | None = None) -> None:
     """Write ``data`` so that readers see either the old file or the whole new one.
 
-    Locally: :func:`llie.atomic.write_bytes` (a hidden temp file beside it, then a rename).
-    Object stores: one put; an object only becomes visible once the upload completes, so there
-    is never a partial object.
+    Locally: a hidden, locked temp file in the destination folder (same filesystem, so the rename is
+    atomic) then a rename (:func:`llie.batch.localfs.write_atomic`); with ``root`` (a URL above
+    ``url``), no folder on the way may lead out of it through a link. Object stores: one put; an
+    object only becomes visible once the upload completes, so there is never a partial object.
     """
     fs, path = _fs(url, storage_options)
-    if _is_local(fs):
-        atomic.write_bytes(path, data)
+    if not _is_local(fs):
+        fs.pipe_file(path, bytes(data))
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache(posixpath.dirname(path))
         return
-    fs.pipe_file(path, bytes(data))
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache(posixpath.dirname(path))
+    localfs.write_atomic(path, data, None if root is None else _fs(root, storage_options)[1])
+
+
+def read_inside(root_url: str, rel: str, storage_options: StorageOptions = None, max_bytes: int | None = None) -> bytes:
+    """The bytes of ``rel`` under ``root_url``, and only from inside it.
+
+    Locally the file must be a regular one (a FIFO or a device is refused without blocking) whose real
+    place, links resolved as it was opened, is inside the root: a folder swapped for a link after the
+    listing reads nothing outside. More than ``max_bytes`` is refused, not read.
+    """
+    url = join(root_url, rel)
+    fs, path = _fs(url, storage_options)
+    if _is_local(fs):
+        return localfs.read_regular(path, _fs(root_url, storage_options)[1], max_bytes)
+    if max_bytes is None:
+        return fs.cat_file(path)
+    size = fs.info(path).get("size")
+    if size is not None and int(size) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes: not read")
+    with fs.open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes: not read")
+    return data
 
 
 def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageOptions = None) -> list[str]:
     """Delete temporary files that :func:`write_bytes_atomic` left behind for ``rel_paths``.
 
     A process killed between writing its temporary file and renaming it (a Dask worker that
-    died, ``kill -9``) cannot clean up after itself. Call this once nothing writes these paths
-    any more, e.g. at the end of a run. Local folders only: object stores have no temporary
-    files. One listing per folder; returns the relative paths of what was removed.
+    died, ``kill -9``) cannot clean up after itself. A temporary file that a live writer still holds
+    (another run writing the same output) is left alone (:func:`llie.batch.localfs.remove_if_abandoned`).
+    Local folders only: object stores have no temporary files. One listing per folder; returns the
+    relative paths of what was removed.
     """
     fs, root = _fs(url, storage_options)
     if not _is_local(fs):
@@ -402,28 +459,24 @@ def remove_stale_temps(url: str, rel_paths: list[str], storage_options: StorageO
         if is_safe_rel(rel):
             folder, _, name = str(rel).rpartition("/")
             wanted.setdefault(folder, set()).add(name)
-    removed = []
+    removed, now = [], time.time()
     for folder, names in sorted(wanted.items()):
         try:
             entries = os.listdir(os.path.join(root, folder) if folder else root)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        prefixes = {atomic.temp_prefix(name, os.path.join(root, folder) if folder else root) for name in names}
+        prefixes = {localfs.temp_prefix(name, os.path.join(root, folder) if folder else root) for name in names}
         for entry in entries:
-            prefix, tail = entry[: -len("xxxxxxxx.tmp")], entry[-len("xxxxxxxx.tmp") :]
-            if prefix in prefixes and atomic.TEMP_TAIL.match(tail):
-                rel = f"{folder}/{entry}" if folder else entry
-                try:
-                    os.unlink(os.path.join(root, rel))
-                except FileNotFoundError:
-                    continue
-                removed.append(rel)
+            rel = f"{folder}/{entry}" if folder else entry
+            if entry[:-12] in prefixes and localfs.is_temp_name(entry):
+                if localfs.remove_if_abandoned(os.path.join(root, rel), now):
+                    removed.append(rel)
     return sorted(removed)
 
 
 def remove_stale_temps_in(url: str, storage_options: StorageOptions = None) -> list[str]:
-    """Delete every temporary file of :func:`write_bytes_atomic` directly inside ``url``, a folder only
-    llie writes (a run's report folder), whatever the name it was for; returns the names removed."""
+    """Delete every abandoned temporary file of :func:`write_bytes_atomic` directly inside ``url``, a
+    folder only llie writes (a run's report folder), whatever the name it was for; returns the names removed."""
     fs, root = _fs(url, storage_options)
     if not _is_local(fs):
         return []
@@ -431,15 +484,10 @@ def remove_stale_temps_in(url: str, storage_options: StorageOptions = None) -> l
         entries = os.listdir(root)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    removed = []
-    for entry in entries:
-        if entry.startswith(".") and atomic.TEMP_TAIL.match(entry[-len("xxxxxxxx.tmp") :]) and len(entry) > 13:
-            try:
-                os.unlink(os.path.join(root, entry))
-            except FileNotFoundError:
-                continue
-            removed.append(entry)
-    return sorted(removed)
+    now = time.time()
+    return sorted(
+        e for e in entries if localfs.is_temp_name(e) and localfs.remove_if_abandoned(os.path.join(root, e), now)
+    )
 
 
 def _normalise(url: str, storage_options: StorageOptions) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llie.method import bundle_settings
 from llie.method.mapping import MappingConfig
 from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
@@ -200,6 +201,19 @@ def required_files(manifest: dict, quantiles_config: dict) -> set[str]:
     return needed
 
 
+def _check_settings(manifest: dict) -> None:
+    """Refuse nonsense settings (type, range, unknown keys) before any file is read or object built."""
+    why = bundle_settings.manifest_problem(manifest)
+    if why is None:
+        try:  # the rules between settings (gain_full >= gain_off, ...) are the classes' own
+            EnhancePolicy(**manifest.get("policy", {}))
+            MappingConfig(**manifest["mapping"])
+        except ValueError as exc:
+            why = str(exc)
+    if why is not None:
+        raise BundleError(f"bundle file {MANIFEST}: setting {why}: refusing to load")
+
+
 def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
     """The manifest and the bytes of every file it lists, each checked against its hash.
 
@@ -211,6 +225,7 @@ def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
         raise BundleError(
             f"bundle format {manifest.get('format')!r} is not supported (expected one of {SUPPORTED_FORMATS})"
         )
+    _check_settings(manifest)
     hashes = manifest.get("files")
     if not isinstance(hashes, dict) or not hashes:
         raise BundleError(f"bundle file {MANIFEST} lists no model files: refusing to load")
@@ -237,6 +252,8 @@ def _verified_files(directory: Path) -> tuple[dict, dict[str, bytes]]:
         quantiles_config = json.loads(contents["quantiles.json"])
     except ValueError as exc:
         raise BundleError(f"bundle file quantiles.json is not valid JSON: {exc}") from None
+    if why := bundle_settings.section_problem("quantiles.json", quantiles_config, bundle_settings.QUANTILES):
+        raise BundleError(f"bundle setting {why}: refusing to load")
     for name in sorted(required_files(manifest, quantiles_config) - set(contents)):
         raise BundleError(f"bundle file {name} is needed by the model but not listed in {MANIFEST}: refusing to load")
     return manifest, contents

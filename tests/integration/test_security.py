@@ -11,6 +11,7 @@ a real S3 run, and inputs that cannot be written to.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -65,6 +66,32 @@ def test_run_with_a_tampered_bundle_is_refused_before_any_work(prefect_harness, 
     assert result.exit_code == 2
     assert "bundle file refiner.safetensors does not match the hash in its manifest: refusing to load" in result.output
     assert not (tmp_path / "out").exists()  # refused before a manifest, a shard or an image was written
+
+
+def test_run_with_a_consistent_bundle_of_nonsense_settings_is_refused_before_any_work(
+    prefect_harness, tmp_path, make_images
+):
+    """Hashes that match, a version recomputed, and a bag of a billion members: refused up front (exit 2),
+    not loaded by every shard and retried with backoff."""
+    from click.testing import CliRunner
+
+    from llie.method.bundle import manifest_version
+    from llie_cli.main import cli
+
+    bundle = _copy_bundle(tmp_path / "bundle")
+    config = json.loads((bundle / "quantiles.json").read_text())
+    data = json.dumps({**config, "bag": 10**9}).encode()
+    (bundle / "quantiles.json").write_bytes(data)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["quantiles.json"] = hashlib.sha256(data).hexdigest()
+    manifest["model_version"] = manifest_version(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    make_images(tmp_path / "in", ["a.png"])
+    args = ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(bundle), "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "quantiles.json.bag is 1000000000: not a finite number from 1 to 64" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_model_is_refused_before_any_work(prefect_harness, tmp_path, make_images):

@@ -74,7 +74,7 @@ def test_run_id_accepts(good):
     assert archive.validate_run_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "..", "x=y", "has space", "-lead", "é"])
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "x=y", "has space", "-lead", "é", "evil\n", "ok\n"])
 def test_run_id_refuses(bad):
     with pytest.raises(ValueError):
         archive.validate_run_id(bad)
@@ -281,11 +281,11 @@ def test_reads_of_the_next_image_overlap_the_current_one(tmp_path, make_images, 
     names = [f"img{i}.png" for i in range(4)]
     make_images(inp, names, width=96, height=64)
     events = []
-    real_read = storage.read_bytes
+    real_read = storage.read_inside
 
-    def recording_read(url, *args, **kwargs):  # a spy: the real read still happens
-        events.append(("read", url.rsplit("/", 1)[-1], threading.current_thread().name, time.perf_counter()))
-        return real_read(url, *args, **kwargs)
+    def recording_read(root, rel, *args, **kwargs):  # a spy: the real read still happens
+        events.append(("read", rel.rsplit("/", 1)[-1], threading.current_thread().name, time.perf_counter()))
+        return real_read(root, rel, *args, **kwargs)
 
     class RecordingEnhancer:
         model_version = enhancer.model_version
@@ -295,7 +295,7 @@ def test_reads_of_the_next_image_overlap_the_current_one(tmp_path, make_images, 
             events.append(("enhanced", None, threading.current_thread().name, time.perf_counter()))
             return result
 
-    monkeypatch.setattr(storage, "read_bytes", recording_read)
+    monkeypatch.setattr(storage, "read_inside", recording_read)
     shard = archive.plan_shards(names, 4)[0]
     rows = archive.process_shard(RunSpec(str(inp), str(tmp_path / "out"), read_ahead=1), shard, RecordingEnhancer())
     assert [r["status"] for r in rows] == ["ok"] * 4

@@ -294,3 +294,53 @@ def test_bundle_from_before_the_detail_head_loads_without_it(bundle, tmp_path):
     x = torch.rand(1, 3, 80, 80)
     with torch.no_grad():
         torch.testing.assert_close(loaded.refiner(x), plain.half().float()(x), atol=1e-3, rtol=0)
+
+
+def _consistent_bundle(dest: Path, manifest_edit=None, quantiles_edit=None) -> Path:
+    """The shipped bundle with settings edited and every hash and the version made to match again:
+    what a careless (or hostile) tool would write."""
+    import hashlib
+    import shutil
+
+    from llie.method.bundle import default_bundle_path
+
+    shutil.copytree(default_bundle_path(), dest)
+    manifest = json.loads((dest / MANIFEST).read_text())
+    if quantiles_edit is not None:
+        config = json.loads((dest / "quantiles.json").read_text())
+        quantiles_edit(config)
+        data = json.dumps(config).encode()
+        (dest / "quantiles.json").write_bytes(data)
+        manifest["files"]["quantiles.json"] = hashlib.sha256(data).hexdigest()
+    if manifest_edit is not None:
+        manifest_edit(manifest)
+    manifest["model_version"] = manifest_version(manifest)
+    (dest / MANIFEST).write_text(json.dumps(manifest))  # NaN is written as NaN, as Python's json does
+    return dest
+
+
+@pytest.mark.parametrize(
+    "manifest_edit,quantiles_edit,reason",
+    [
+        (None, lambda q: q.update(bag=10**9), "quantiles.json.bag is 1000000000: not a finite number from 1 to 64"),
+        (None, lambda q: q.update(bag="2"), "quantiles.json.bag is '2': not a whole number"),
+        (lambda m: m["policy"].update(exposure_full=float("nan")), None, "policy.exposure_full is nan: not a finite"),
+        (lambda m: m["policy"].update(gain_off=float("inf")), None, "policy.gain_off is inf: not a finite"),
+        (lambda m: m["policy"].update(surprise=1), None, "policy has an unknown setting 'surprise'"),
+        (lambda m: m["mapping"].update(grid="many"), None, "mapping.grid is 'many': not a whole number"),
+        (lambda m: m["mapping"].update(method="magic"), None, "mapping.method is 'magic': not one of kde, interp"),
+        (lambda m: m["refiner"].update(dim=10**9), None, "refiner.dim is 1000000000: not a finite number"),
+        (lambda m: m["refiner"].update(dim=161), None, "refiner.dim 161 does not divide by refiner.heads 5"),
+        (lambda m: m.update(policy=[1, 2]), None, "policy is not a JSON object"),
+        (lambda m: m["policy"].update(gain_full=1.0, gain_off=2.0), None, "gain_full 1.0 is below gain_off 2.0"),
+    ],
+)
+def test_a_consistent_bundle_with_nonsense_settings_is_refused_before_loading(
+    tmp_path, manifest_edit, quantiles_edit, reason
+):
+    """Hashes that match say nothing of the settings: each is checked (type, finite, range, known key)."""
+    bundle = _consistent_bundle(tmp_path / "b", manifest_edit, quantiles_edit)
+    for load in (verify_bundle, load_bundle):
+        with pytest.raises(BundleError) as caught:
+            load(bundle)
+        assert reason in str(caught.value) and "refusing to load" in str(caught.value)

@@ -135,3 +135,15 @@ def test_bundles_from_before_the_illumination_net_keep_their_version(tmp_path):
     plain = save_bundle(_bundle(None), tmp_path)
     earlier = {k: v for k, v in plain.items() if k != "illumination"}  # as written before the net existed
     assert manifest_version(earlier) == manifest_version(plain) == plain["model_version"]
+
+
+def test_nonsense_illumination_settings_are_refused_before_loading(tmp_path):
+    from llie.method.bundle import manifest_version
+
+    save_bundle(_bundle(_perturbed()), tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["illumination"]["grid"] = 10**9
+    manifest["model_version"] = manifest_version(manifest)
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="illumination.grid"):
+        load_bundle(tmp_path)
