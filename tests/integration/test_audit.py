@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from llie.audit import report
 from llie.audit import summary as audit
+from llie.audit.sources import PhotoRoots
 from llie.batch import archive, storage
 from llie.stats import bootstrap_interval
 from tests.conftest import encode, gradient, run_archive, write_images
@@ -376,10 +377,11 @@ def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     for item in summary.worst + summary.best:
         assert item.rel_path in page
     assert "g01.png" in page and "ok → error" in page
-    # The contact sheets had real pixels to show: inputs, outputs and references all readable.
-    worst = summary.worst[0]
-    for url in (worst.input_path, worst.output_path, f"{runs.ref}/{worst.rel_path}"):
-        thumb, size = report._thumbnail(url)
+    # The contact sheets had real pixels to show: inputs, outputs and references all readable, each by its
+    # rel_path under the run's own folders (llie.audit.sources).
+    worst, roots = summary.worst[0], PhotoRoots.of_run(run.output_url, run.manifest)
+    for column in ("before", "after", "reference"):
+        thumb, size = report._thumbnail(roots.read(column, worst.rel_path))
         assert thumb is not None and thumb.shape[2] == 3 and size > 0
 
 

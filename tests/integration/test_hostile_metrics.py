@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -42,9 +41,10 @@ def real_run(tmp_path_factory, enhancer) -> tuple[Path, Path]:
     return root, out
 
 
-def _copy_run(out: Path, run_id: str, change, manifest: dict | None = None) -> None:
-    """Run "real" again as ``run_id``, its rows passed through ``change``."""
-    files = sorted((out / "_metrics" / "run_id=real").glob("shard-*.parquet"))
+def _copy_run(out: Path, run_id: str, change, manifest: dict | None = None, source: Path | None = None) -> None:
+    """Run "real" (of ``source``, default ``out``) again as ``run_id`` under ``out``, its rows passed through
+    ``change``."""
+    files = sorted(((source or out) / "_metrics" / "run_id=real").glob("shard-*.parquet"))
     table = change(pa.concat_tables([pq.read_table(f) for f in files]))
     folder = out / "_metrics" / f"run_id={run_id}"
     folder.mkdir(parents=True)
@@ -120,13 +120,16 @@ def test_audit_reads_only_the_runs_own_photos_by_their_names(real_run, tmp_path)
     assert report.is_file() and str(outside) not in report.read_text()
 
 
-def test_audit_of_a_photo_replaced_by_a_fifo_or_a_device_does_not_hang(real_run, tmp_path):
+def test_audit_of_photos_replaced_by_fifos_does_not_hang(real_run, tmp_path):
+    """The rows name the files the audit would read (output_path), and each is now a FIFO: refused at
+    once, the report written without those thumbnails. (Devices are refused the same way: see
+    test_hostile_outputs.py::test_open_regular_refuses_fifos_and_devices_without_blocking.)"""
     _, out = real_run
     run = tmp_path / "out"
-    (run / "_metrics").mkdir(parents=True)
-    shutil.copytree(out / "_metrics" / "run_id=real", run / "_metrics" / "run_id=real")
-    os.mkfifo(run / "a.png")  # the output of a ranked photo
-    os.symlink("/dev/zero", run / "b.png")
+    paths = lambda t: _set(t, "output_path", [str(run / r) for r in t.column("rel_path").to_pylist()])  # noqa: E731
+    _copy_run(run, "real", paths, source=out)
+    for name in NAMES:
+        os.mkfifo(run / name)
     result = _audit(str(run), "--run", "real", "--report", str(tmp_path / "r.html"), timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "r.html").is_file()
