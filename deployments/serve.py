@@ -16,11 +16,13 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
-from deployments.checks import require_archive_urls
+from deployments.checks import require_archive_urls, require_own_name
+from flows.console import no_server_analytics
 from flows.enhance_archive import enhance_archive
 from llie.batch import storage
 
 DEFAULT_CRON = "0 2 * * *"  # 02:00 every night, after the day's uploads
+DEFAULT_NAME = "served-archive"  # prefect.yaml's is nightly-archive: the two routes never share one
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,12 @@ def _given(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--name", envvar="LLIE_DEPLOYMENT_NAME", default="nightly-archive", help="Deployment name.")
+@click.option(
+    "--name",
+    envvar="LLIE_DEPLOYMENT_NAME",
+    default=DEFAULT_NAME,
+    help="Deployment name; refused when `prefect deploy` made one of that name for a work pool.",
+)
 @click.option("--cron", envvar="LLIE_CRON", default=DEFAULT_CRON, help="When to run (cron syntax).")
 @click.option("--timezone", envvar="LLIE_TIMEZONE", default="UTC", help="Time zone of the cron schedule.")
 @click.option("--input-url", envvar="LLIE_INPUT_URL", required=True, help="Archive to enhance.")
@@ -100,6 +107,7 @@ def main(
     limit,
 ) -> None:
     """Register the archive deployment with its schedule and run its flow runs here until stopped."""
+    no_server_analytics()  # without PREFECT_API_URL, Prefect serves from a temporary server of its own
     run = {
         "input_url": input_url,
         "output_url": output_url,
@@ -114,6 +122,7 @@ def main(
     cfg = ArchiveDeployment(name=name, cron=cron, timezone=timezone, parameters=parameters)
     try:
         deployment = build_deployment(cfg)
+        require_own_name(cfg.name, work_pool=None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     serve(deployment, limit=limit)
