@@ -86,6 +86,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="llie")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, param, value: _set_debug(value),
+    help="Show the traceback of an error, not its one line (also: LLIE_DEBUG=1).",
+)
 def cli() -> None:
     """llie: turn dark, noisy photos into well-lit ones.
 
@@ -100,6 +108,15 @@ def cli() -> None:
     Start with:  llie enhance --input photos/ --output enhanced/
     Archives:    llie run INPUT_URL OUTPUT_URL   (Prefect + Dask, Parquet metrics, local or s3://)
     """
+
+
+def _set_debug(value: bool) -> None:
+    import os
+
+    from llie_cli.errors import DEBUG_ENV
+
+    if value:
+        os.environ[DEBUG_ENV] = "1"  # read where an error is reported, here and in `llie run`
 
 
 def _check_device(device: str) -> None:
