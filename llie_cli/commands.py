@@ -295,7 +295,13 @@ class PhotoJob:
             decoded = decode_file(self.input_dir / rel, self.limits)
             levels = 65536 if decoded.bit_depth > 8 else 256
             result = self.enhancer.enhance(decoded.rgb, stages=self.stages, levels=levels, mask=decoded.opaque)
-            write_bytes_atomic(str(self.output_dir / rel), encode_image(result.image, decoded, options=self.encoding))
+            # a photo left as it was is copied, not encoded again (generation loss, a bigger file)
+            encoded = (
+                (self.input_dir / rel).read_bytes()
+                if result.unchanged
+                else encode_image(result.image, decoded, options=self.encoding)
+            )
+            write_bytes_atomic(str(self.output_dir / rel), encoded)
         except (ImageDecodeError, OSError, ValueError) as exc:
             return PhotoOutcome(rel.as_posix(), error=str(exc))
         if self.reference is None:

@@ -321,6 +321,7 @@ class RunSummary:
     ok: int
     error: int
     skipped: int
+    unchanged: int  # ok rows of photos the method left as they were (their bytes copied)
     shards: int
     workers: int
     model_versions: list[str]
@@ -437,6 +438,7 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         ok=statuses.get("ok", 0),
         error=statuses.get("error", 0),
         skipped=statuses.get("skipped", 0),
+        unchanged=int(pc.sum(pc.fill_null(table.column("unchanged"), False)).as_py() or 0),
         shards=len(set(table.column("shard_id").to_pylist())),
         workers=len(set(table.column("worker").to_pylist())),
         model_versions=sorted({v for v in table.column("model_version").to_pylist() if v}),
@@ -670,6 +672,8 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     if s.duplicates:
         out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
     out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
+    if s.unchanged:
+        out.append(f"        {s.unchanged} of the ok left as they were (copied byte for byte)")
     if s.problems:
         out += ["", "most common problems:"]
         out += [

@@ -26,6 +26,7 @@ class EnhanceResult:
     image: np.ndarray  # float32 HxWx3 in [0, 1]
     quantiles: np.ndarray  # (3, 21) predicted percentile values of the well-lit image
     seconds: dict[str, float] = field(default_factory=dict)
+    unchanged: bool = False  # no stage changed a pixel: ``image`` is the input, which a writer may copy as it is
 
 
 def set_threads(n: int) -> None:
@@ -113,6 +114,7 @@ class Enhancer:
         t = time.perf_counter()
         source_means = channel_means(rgb, mask)
         weight = stage3_weight(source_means, self.bundle.policy)
+        unchanged = weight <= 0
         if weight > 0:
             mapped = match_to_quantiles(rgb, quantiles, self.bundle.mapping, levels or infer_levels(rgb), mask)
             mapped = blend(rgb, mapped, weight)
@@ -125,7 +127,8 @@ class Enhancer:
             policy = self.bundle.policy
             weight = refiner_weight(brightening(source_means, channel_means(mapped, mask)), policy)
             if weight > 0:
+                unchanged = False
                 refined = refine(self.bundle.refiner, mapped, self.device, self.tiling)
                 mapped = apply_policy(mapped, refined, weight, policy, mask)
         seconds["refiner"] = time.perf_counter() - t
-        return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)
+        return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds, unchanged)

@@ -172,6 +172,8 @@ def enhance_at_working_size(
     small_mask = None if mask is None else area_downscale(mask, shape) >= 0.5
     seconds = {"downscale": time.perf_counter() - t}
     result = enhancer.enhance(small, stages=stages, levels=levels, mask=small_mask)
+    if result.unchanged:  # the photo as it is, not its affine fit to itself
+        return replace(result, image=rgb.astype(np.float32, copy=False), seconds=seconds | result.seconds)
     t = time.perf_counter()
     coefficients = guided_coefficients(small, result.image, working.radius, working.eps)
     image = apply_upsampled(rgb, coefficients)

@@ -225,3 +225,62 @@ def test_shards_are_sized_for_the_workers_and_a_resume_keeps_its_size_and_prints
     # a resume without --shard-size keeps the run's own, whatever the workers now
     again = CliRunner().invoke(cli, ["run", str(inp), str(out), "--run-id", "sized", *common])
     assert again.exit_code == 0 and "13 images in 7 shards (7 resumed)" in again.output, again.output
+
+
+# --------------------------------------------------------------------------- photos left as they were
+
+
+def _bright_jpeg(seed: int = 0) -> bytes:
+    import numpy as np
+
+    from tests.conftest import encode
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:48, 0:64]
+    img = 150 + 40 * np.sin(x / 7.0)[..., None] * np.array([1.0, 0.8, 0.6]) + rng.normal(0, 4, (48, 64, 3))
+    return encode(np.clip(img + y[..., None] * 0.5, 0, 255).astype(np.uint8), "JPEG")
+
+
+def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
+    prefect_harness, dask_address, tmp_path, make_images, bundle_path
+):
+    from click.testing import CliRunner
+
+    from llie_cli.main import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, ["dark.jpg"])
+    (inp / "bright.jpg").write_bytes(_bright_jpeg())
+    args = ["run", str(inp), str(out), "--dask-address", dask_address, "--run-id", "copy", "--no-progress"]
+    result = CliRunner().invoke(cli, [*args, *_model(bundle_path)])
+    assert result.exit_code == 0, result.output
+    assert (out / "bright.jpg").read_bytes() == (inp / "bright.jpg").read_bytes()  # not encoded again
+    assert (out / "dark.jpg").read_bytes() != (inp / "dark.jpg").read_bytes()
+    rows = {r["rel_path"]: r for r in archive.read_metrics(str(out), "copy").to_pylist()}
+    assert rows["bright.jpg"]["unchanged"] is True and rows["bright.jpg"]["status"] == "ok"
+    assert rows["bright.jpg"]["bytes_out"] == rows["bright.jpg"]["bytes_in"]
+    assert rows["dark.jpg"]["unchanged"] is False
+    audit = CliRunner().invoke(cli, ["audit", str(out)])
+    assert audit.exit_code == 0 and "1 of the ok left as they were (copied byte for byte)" in audit.output
+
+    # llie enhance does the same
+    folder = tmp_path / "enhanced"
+    done = CliRunner().invoke(cli, ["enhance", "--input", str(inp), "--output", str(folder), *_model(bundle_path)])
+    assert done.exit_code == 0, done.output
+    assert (folder / "bright.jpg").read_bytes() == (inp / "bright.jpg").read_bytes()
+
+
+def test_shard_files_from_before_the_unchanged_column_still_read(tmp_path, make_images, enhancer):
+    import pyarrow.parquet as pq
+
+    from llie.batch.shard import run_shard
+    from llie.batch.spec import RunSpec
+
+    make_images(tmp_path / "in", ["a.png"])
+    spec = RunSpec(str(tmp_path / "in"), str(tmp_path / "out"), run_id="old", shard_size=4, stages="hist")
+    run_shard(spec, archive.plan_shards(["a.png"], 4)[0], enhancer)
+    path = tmp_path / "out" / "_metrics" / "run_id=old" / "shard-00000.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.drop(["unchanged"]), path)  # as an older llie wrote it
+    [row] = archive.read_metrics(str(tmp_path / "out"), "old").to_pylist()
+    assert row["rel_path"] == "a.png" and row["unchanged"] is None
