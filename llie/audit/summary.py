@@ -292,6 +292,20 @@ class ImageScore:
     bytes_out: int | None = None
 
 
+def _image_score(r: dict[str, Any], value: float) -> ImageScore:
+    return ImageScore(
+        rel_path=r["rel_path"],
+        input_path=r["input_path"],
+        output_path=r["output_path"],
+        value=value,
+        psnr=r["psnr"],
+        ssim=r["ssim"],
+        before_brightness=r["before_brightness"],
+        after_brightness=r["after_brightness"],
+        bytes_out=r["bytes_out"],
+    )
+
+
 def ok_mask(table: pa.Table) -> np.ndarray:
     """True for the rows whose status is ``ok``: the rows quality statistics use."""
     return np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
@@ -348,6 +362,8 @@ class RunSummary:
     rank_by: str
     worst: list[ImageScore]
     best: list[ImageScore]
+    # when nothing is ranked (no references): llie.audit.flagged.FlaggedImage
+    flagged: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -386,26 +402,15 @@ def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScor
     descending = candidates[np.lexsort((paths, -values[candidates]))]
 
     def scores(indices: np.ndarray) -> list[ImageScore]:
-        return [
-            ImageScore(
-                rel_path=r["rel_path"],
-                input_path=r["input_path"],
-                output_path=r["output_path"],
-                value=float(r[metric]),
-                psnr=r["psnr"],
-                ssim=r["ssim"],
-                before_brightness=r["before_brightness"],
-                after_brightness=r["after_brightness"],
-                bytes_out=r["bytes_out"],
-            )
-            for r in _rows(table, indices)
-        ]
+        return [_image_score(r, float(r[metric])) for r in _rows(table, indices)]
 
     return scores(ascending[:n]), scores(descending[:n])
 
 
 def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     """Everything ``llie audit`` prints about one run."""
+    from llie.audit.flagged import flag_without_references
+
     table = run.table
     ok = ok_mask(table)
     statuses = Counter(table.column("status").to_pylist())
@@ -465,6 +470,7 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         rank_by=rank_by,
         worst=worst,
         best=best,
+        flagged=[] if worst or best else flag_without_references(run),  # imported here: it imports this module
     )
 
 

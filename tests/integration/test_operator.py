@@ -263,6 +263,15 @@ def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
     audit = CliRunner().invoke(cli, ["audit", str(out)])
     assert audit.exit_code == 0 and "1 of the ok left as they were (copied byte for byte)" in audit.output
 
+    # no references: the run's report shows before/after photos picked by no-reference statistics
+    from llie.audit import summary as au
+
+    flagged = {f.reason: f.image.rel_path for f in au.summarise(au.load_run(str(out), "copy")).flagged}
+    assert flagged["largest change"] == "dark.jpg" and flagged["darkest result"] == "dark.jpg"
+    assert flagged["brightest result"] == "bright.jpg" and "most noise left" in flagged
+    page = (out / "_metrics" / "run_id=copy" / "_report" / "report.html").read_text()
+    assert '<figure id="contact_flagged"' in page and "largest change" in page and "No image ranked" not in page
+
     # llie enhance does the same
     folder = tmp_path / "enhanced"
     done = CliRunner().invoke(cli, ["enhance", "--input", str(inp), "--output", str(folder), *_model(bundle_path)])
