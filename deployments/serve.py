@@ -19,6 +19,7 @@ from prefect.schedules import Cron
 from deployments.checks import require_archive_urls, require_own_name
 from flows.console import no_server_analytics
 from flows.enhance_archive import enhance_archive
+from llie import option_help
 from llie.batch import storage
 
 DEFAULT_CRON = "0 2 * * *"  # 02:00 every night, after the day's uploads
@@ -62,27 +63,26 @@ def _given(fields: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--cron", envvar="LLIE_CRON", default=DEFAULT_CRON, help="When to run (cron syntax).")
 @click.option("--timezone", envvar="LLIE_TIMEZONE", default="UTC", help="Time zone of the cron schedule.")
-@click.option("--input-url", envvar="LLIE_INPUT_URL", required=True, help="Archive to enhance.")
-@click.option("--output-url", envvar="LLIE_OUTPUT_URL", required=True, help="Where outputs and metrics go.")
-@click.option("--reference-url", envvar="LLIE_REFERENCE_URL", default=None, help="Optional references.")
-@click.option("--model", envvar="LLIE_MODEL", default=None, help="Bundle path (default: shipped bundle).")
-@click.option("--shard-size", envvar="LLIE_SHARD_SIZE", type=click.IntRange(min=1), default=64)
-@click.option("--dask-address", envvar="LLIE_DASK_ADDRESS", default=None, help="Existing Dask scheduler.")
+# --input, --output, --reference: the words of llie enhance; the -url names of earlier versions still work
+@click.option("--input", "--input-url", "input_url", envvar="LLIE_INPUT_URL", required=True, help=option_help.INPUT_URL)
 @click.option(
-    "--workers",
-    envvar="LLIE_WORKERS",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local cluster workers (default: one per CPU).",
+    "--output", "--output-url", "output_url", envvar="LLIE_OUTPUT_URL", required=True, help=option_help.OUTPUT_URL
 )
+@click.option(
+    "--reference", "--reference-url", "reference_url", envvar="LLIE_REFERENCE_URL", help=option_help.REFERENCE
+)
+@click.option("--model", envvar="LLIE_MODEL", default=None, help=option_help.MODEL)
+@click.option("--shard-size", envvar="LLIE_SHARD_SIZE", type=click.IntRange(min=1), help=option_help.SHARD_SIZE)
+@click.option("--dask-address", envvar="LLIE_DASK_ADDRESS", default=None, help=option_help.DASK_ADDRESS)
+@click.option("--workers", envvar="LLIE_WORKERS", type=click.IntRange(min=1), help=option_help.WORKERS_LOCAL)
 @click.option(
     "--run-id",
     envvar="LLIE_RUN_ID",
     default=None,
     help="Fixed run id: every scheduled run resumes it (default: a new run each time).",
 )
-@click.option("--retries", envvar="LLIE_RETRIES", type=click.IntRange(min=0), default=2)
-@click.option("--max-pixels", envvar="LLIE_MAX_PIXELS", type=click.IntRange(min=1), default=None)
+@click.option("--retries", envvar="LLIE_RETRIES", type=click.IntRange(min=0), default=2, help=option_help.RETRIES)
+@click.option("--max-pixels", envvar="LLIE_MAX_PIXELS", type=click.IntRange(min=1), help=option_help.MAX_PIXELS)
 @click.option(
     "--limit",
     envvar="LLIE_CONCURRENT_RUNS",

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
+from llie import option_help
+
 if TYPE_CHECKING:  # imported where used: --help stays light
     from llie.batch.imageio import DecodeLimits, EncodeOptions
     from llie.method.pipeline import Enhancer
@@ -185,7 +187,7 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits
     "--model",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Model bundle directory (default: the model shipped with llie).",
+    help=option_help.MODEL,
 )
 @click.option(
     "--stages",
@@ -198,20 +200,20 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits
     "--reference",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Folder of well-lit references with the same relative paths: prints PSNR/SSIM per image and the mean.",
+    help=option_help.REFERENCE,
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, help=option_help.DEVICE)
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
     default=None,
-    help="Refuse images larger than this (decompression-bomb guard).",
+    help=option_help.MAX_PIXELS,
 )
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Photos enhanced at a time, one thread each (default: one per CPU core). A photo starts only "
+    help=option_help.WORKERS_THREADS + " A photo starts only "
     "while the photos in flight fit in half the free memory (about 56 bytes per pixel each), so large "
     "photos may run fewer at a time.",
 )
@@ -247,9 +249,12 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
     outcomes = map_in_order(
         job.run, names, workers, lambda name: PEAK_BYTES_PER_PIXEL * stored_pixels(input_dir / name), default_budget()
     )
-    rows, unscored, failures = [], [], 0
+    rows, unscored, failures, skipped = [], [], 0, 0
     for outcome in tqdm(outcomes, total=len(names), desc="enhance", unit="img"):
-        if outcome.error is not None:
+        if outcome.skipped is not None:  # over --max-pixels: a choice, as in llie run, not a failure
+            skipped += 1
+            tqdm.write(f"skipped: {outcome.name}: {outcome.skipped}", file=sys.stderr)
+        elif outcome.error is not None:
             failures += 1
             tqdm.write(f"error: {outcome.name}: {outcome.error}", file=sys.stderr)
         elif outcome.scores is not None:
@@ -257,11 +262,11 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
         elif o.reference is not None:
             unscored.append((outcome.name, outcome.unscored_why))
     click.echo(
-        f"enhanced {len(names) - failures} of {len(names)} images into {output_dir} "
-        f"(model {enhancer.model_version}, stages {o.stages})"
+        f"enhanced {len(names) - failures - skipped} of {len(names)} images into {output_dir} "
+        f"(model {enhancer.model_version}, stages {o.stages})" + (f", {skipped} skipped" if skipped else "")
     )
     if o.reference is not None:
-        _print_scores(rows, unscored, len(names) - failures, o.reference)
+        _print_scores(rows, unscored, len(names) - failures - skipped, o.reference)
     if failures:
         sys.exit(1)
 
@@ -272,6 +277,7 @@ class PhotoOutcome:
     error: str | None = None  # why the photo was not enhanced
     scores: dict | None = None  # PSNR and SSIM against its reference
     unscored_why: str | None = None
+    skipped: str | None = None  # why the photo was left out (larger than --max-pixels)
 
 
 @dataclass(frozen=True)
@@ -287,7 +293,7 @@ class PhotoJob:
     encoding: EncodeOptions
 
     def run(self, name: str) -> PhotoOutcome:
-        from llie.batch.imageio import ImageDecodeError, decode_file, encode_image
+        from llie.batch.imageio import ImageDecodeError, ImageTooLargeError, decode_file, encode_image
         from llie.batch.storage import write_bytes_atomic
 
         rel = Path(name)
@@ -302,6 +308,8 @@ class PhotoJob:
                 else encode_image(result.image, decoded, options=self.encoding)
             )
             write_bytes_atomic(str(self.output_dir / rel), encoded)
+        except ImageTooLargeError as exc:
+            return PhotoOutcome(rel.as_posix(), skipped=str(exc))
         except (ImageDecodeError, OSError, ValueError) as exc:
             return PhotoOutcome(rel.as_posix(), error=str(exc))
         if self.reference is None:

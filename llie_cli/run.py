@@ -23,12 +23,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from flows import credentials
 from flows.artifacts import summary_text
 from flows.console import mute_console_logging, quiet_prefect_console
+from llie import option_help
 from llie.batch import archive, storage, storage_options
 from llie.batch.layout import RunLayout
 from llie.batch.spec import (
     DEFAULT_SHARD_SIZE,
-    MIN_SHARD_SIZE,
-    SHARDS_PER_WORKER,
     RunSpec,
     decode_limits,
     encode_options,
@@ -255,34 +254,33 @@ def print_summary(summary: dict[str, Any], spec: RunSpec, cluster: Cluster) -> N
     "--model",
     default=None,
     metavar="BUNDLE",
-    help="Model bundle directory, reachable from every worker (default: the bundle shipped with llie).",
+    help=option_help.MODEL,
 )
 @click.option(
     "--shard-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Images per task: the unit of parallelism, retry and resume (default: a resumed run's own; a new "
-    f"run gets about {SHARDS_PER_WORKER} shards per worker, {MIN_SHARD_SIZE} to {DEFAULT_SHARD_SIZE} images each).",
+    help=option_help.SHARD_SIZE,
 )
 @click.option(
     "--reference",
     "reference_url",
     default=None,
     metavar="URL",
-    help="Well-lit references with the same relative paths, for PSNR/SSIM.",
+    help=option_help.REFERENCE,
 )
 @click.option(
     "--dask-address",
     default=None,
     metavar="ADDR",
-    help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster).",
+    help=option_help.DASK_ADDRESS,
 )
 @click.option(
     "--workers",
     "n_workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker processes of the local cluster (default: one per CPU).",
+    help=option_help.WORKERS_LOCAL,
 )
 @click.option(
     "--run-id",
@@ -295,7 +293,7 @@ def print_summary(summary: dict[str, Any], spec: RunSpec, cluster: Cluster) -> N
     type=click.IntRange(min=0),
     default=2,
     show_default=True,
-    help="Extra attempts for a shard that fails, with exponential backoff.",
+    help=option_help.RETRIES,
 )
 @click.option(
     "--retry-failed", is_flag=True, help="With --run-id: also redo images that ended with an error or skipped row."
@@ -304,9 +302,9 @@ def print_summary(summary: dict[str, Any], spec: RunSpec, cluster: Cluster) -> N
     "--max-pixels",
     type=click.IntRange(min=1),
     default=None,
-    help="Skip images larger than this many pixels (decompression-bomb guard).",
+    help=option_help.MAX_PIXELS,
 )
-@click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
+@click.option("--device", default="auto", show_default=True, help=option_help.DEVICE)
 @refiner_precision_option
 @storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
@@ -318,7 +316,8 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     INPUT_URL and OUTPUT_URL are folders or object-store prefixes (s3://bucket/prefix).
     Enhanced images keep their relative paths under OUTPUT_URL; per-image metrics go to
     OUTPUT_URL/_metrics/run_id=<ID>/<shard>.parquet (hive partitioned, one file per shard).
-    Credentials come from the environment (AWS_* variables, ~/.aws), never from the URL.
+    Credentials come from the environment (AWS_* variables, ~/.aws) or --storage-option key=... and
+    secret=... (never shown), not from user:password@ in a URL, which is refused.
 
     \b
     Examples:

@@ -293,3 +293,42 @@ def test_shard_files_from_before_the_unchanged_column_still_read(tmp_path, make_
     pq.write_table(table.drop(["unchanged"]), path)  # as an older llie wrote it
     [row] = archive.read_metrics(str(tmp_path / "out"), "old").to_pylist()
     assert row["rel_path"] == "a.png" and row["unchanged"] is None
+
+
+# --------------------------------------------------------------------------- one vocabulary in --help
+
+
+def test_the_commands_share_one_vocabulary():
+    """An option that several commands have means the same thing in each, in the same words."""
+    from deployments.serve import main as serve
+    from llie_cli.main import cli
+    from llie_cli.run import run_command
+
+    commands = {"enhance": cli.commands["enhance"], "run": run_command, "serve": serve}
+    helps = {name: {o: p.help for p in c.params for o in p.opts} for name, c in commands.items()}
+    for option in ("--model", "--reference", "--device", "--max-pixels"):
+        assert helps["enhance"][option] == helps["run"][option] == helps["serve"].get(option, helps["run"][option])
+    for option in ("--shard-size", "--retries", "--dask-address", "--workers", "--max-pixels", "--model"):
+        assert helps["run"][option] == helps["serve"][option], option
+    assert helps["enhance"]["--max-pixels"].startswith("Skip ")
+    assert all(h["--workers"].startswith("Photos enhanced at a time") for h in helps.values())
+    assert all(p.help for p in serve.params), [p.name for p in serve.params if not p.help]
+    # serve takes the words of llie enhance (the -url names of earlier versions too)
+    assert {"--input", "--output", "--reference", "--input-url"} <= set(helps["serve"])
+    assert "never from the URL" not in run_command.help and "--storage-option" in run_command.help
+
+
+def test_enhance_skips_a_photo_over_max_pixels_as_run_does(tmp_path, make_images, bundle_path):
+    from click.testing import CliRunner
+
+    from llie_cli.main import cli
+
+    make_images(tmp_path / "in", ["small.png"], width=16, height=12)
+    make_images(tmp_path / "in", ["big.png"], width=64, height=48)
+    args = ["enhance", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--stages", "hist"]
+    done = CliRunner().invoke(cli, [*args, "--max-pixels", "1000", *_model(bundle_path)])
+    assert done.exit_code == 0, done.output
+    assert (
+        "skipped: big.png: " in done.output and "enhanced 1 of 2 images" in done.output and ", 1 skipped" in done.output
+    )
+    assert (tmp_path / "out" / "small.png").is_file() and not (tmp_path / "out" / "big.png").exists()
