@@ -16,11 +16,14 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
-from deployments.checks import require_archive_urls
+from deployments.checks import require_archive_urls, require_own_name
+from flows.console import no_server_analytics
 from flows.enhance_archive import enhance_archive
+from llie import option_help
 from llie.batch import storage
 
 DEFAULT_CRON = "0 2 * * *"  # 02:00 every night, after the day's uploads
+DEFAULT_NAME = "served-archive"  # prefect.yaml's is nightly-archive: the two routes never share one
 
 
 @dataclass(frozen=True)
@@ -52,30 +55,34 @@ def _given(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--name", envvar="LLIE_DEPLOYMENT_NAME", default="nightly-archive", help="Deployment name.")
+@click.option(
+    "--name",
+    envvar="LLIE_DEPLOYMENT_NAME",
+    default=DEFAULT_NAME,
+    help="Deployment name; refused when `prefect deploy` made one of that name for a work pool.",
+)
 @click.option("--cron", envvar="LLIE_CRON", default=DEFAULT_CRON, help="When to run (cron syntax).")
 @click.option("--timezone", envvar="LLIE_TIMEZONE", default="UTC", help="Time zone of the cron schedule.")
-@click.option("--input-url", envvar="LLIE_INPUT_URL", required=True, help="Archive to enhance.")
-@click.option("--output-url", envvar="LLIE_OUTPUT_URL", required=True, help="Where outputs and metrics go.")
-@click.option("--reference-url", envvar="LLIE_REFERENCE_URL", default=None, help="Optional references.")
-@click.option("--model", envvar="LLIE_MODEL", default=None, help="Bundle path (default: shipped bundle).")
-@click.option("--shard-size", envvar="LLIE_SHARD_SIZE", type=click.IntRange(min=1), default=64)
-@click.option("--dask-address", envvar="LLIE_DASK_ADDRESS", default=None, help="Existing Dask scheduler.")
+# --input, --output, --reference: the words of llie enhance; the -url names of earlier versions still work
+@click.option("--input", "--input-url", "input_url", envvar="LLIE_INPUT_URL", required=True, help=option_help.INPUT_URL)
 @click.option(
-    "--workers",
-    envvar="LLIE_WORKERS",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local cluster workers (default: one per CPU).",
+    "--output", "--output-url", "output_url", envvar="LLIE_OUTPUT_URL", required=True, help=option_help.OUTPUT_URL
 )
+@click.option(
+    "--reference", "--reference-url", "reference_url", envvar="LLIE_REFERENCE_URL", help=option_help.REFERENCE
+)
+@click.option("--model", envvar="LLIE_MODEL", default=None, help=option_help.MODEL)
+@click.option("--shard-size", envvar="LLIE_SHARD_SIZE", type=click.IntRange(min=1), help=option_help.SHARD_SIZE)
+@click.option("--dask-address", envvar="LLIE_DASK_ADDRESS", default=None, help=option_help.DASK_ADDRESS)
+@click.option("--workers", envvar="LLIE_WORKERS", type=click.IntRange(min=1), help=option_help.WORKERS_LOCAL)
 @click.option(
     "--run-id",
     envvar="LLIE_RUN_ID",
     default=None,
     help="Fixed run id: every scheduled run resumes it (default: a new run each time).",
 )
-@click.option("--retries", envvar="LLIE_RETRIES", type=click.IntRange(min=0), default=2)
-@click.option("--max-pixels", envvar="LLIE_MAX_PIXELS", type=click.IntRange(min=1), default=None)
+@click.option("--retries", envvar="LLIE_RETRIES", type=click.IntRange(min=0), default=2, help=option_help.RETRIES)
+@click.option("--max-pixels", envvar="LLIE_MAX_PIXELS", type=click.IntRange(min=1), help=option_help.MAX_PIXELS)
 @click.option(
     "--limit",
     envvar="LLIE_CONCURRENT_RUNS",
@@ -100,6 +107,7 @@ def main(
     limit,
 ) -> None:
     """Register the archive deployment with its schedule and run its flow runs here until stopped."""
+    no_server_analytics()  # without PREFECT_API_URL, Prefect serves from a temporary server of its own
     run = {
         "input_url": input_url,
         "output_url": output_url,
@@ -114,6 +122,7 @@ def main(
     cfg = ArchiveDeployment(name=name, cron=cron, timezone=timezone, parameters=parameters)
     try:
         deployment = build_deployment(cfg)
+        require_own_name(cfg.name, work_pool=None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     serve(deployment, limit=limit)

@@ -47,8 +47,9 @@ def _link(url: str) -> str:
     return f"[{_cell(url.rsplit('/', 1)[-1] or url)}]({href.replace(' ', '%20').replace(')', '%29')}) (`{_cell(url)}`)"
 
 
-def summary_text(summary: dict[str, Any]) -> str:
-    """The flow's summary (what ``enhance_archive`` returns) as a few lines a person reads."""
+def summary_text(summary: dict[str, Any], retry_command: str | None = None) -> str:
+    """The flow's summary (what ``enhance_archive`` returns) as a few lines a person reads; ``retry_command``:
+    the exact command that redoes its failed images, where the caller knows it."""
     psnr = summary.get("mean_psnr")
     lines = [
         f"run {summary['run_id']}: {summary['images']} images in {summary['shards']} shards "
@@ -63,7 +64,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     if summary.get("failed_shards"):
         lines.append(f"  failed shards {', '.join(summary['failed_shards'][:10])}")
     if summary["errors"] or summary["skipped"]:
-        lines.append(f"  to retry them: llie run ... --run-id {summary['run_id']} --retry-failed")
+        retry = retry_command or f"llie run ... --run-id {summary['run_id']} --retry-failed"
+        lines.append(f"  to retry them: {retry}")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_run_report, summary_text
 from flows.parameters import ArchiveRun, Cluster
-from flows.shards import enhance_shards
+from flows.shards import cluster_workers, enhance_shards
 from llie.batch.plan import RunPlan, common_problems, plan_run, read_rows, remove_partial_files, summarise_run
 from llie.method.bundle import verify_bundle
 
@@ -49,7 +49,7 @@ def enhance_archive(run: ArchiveRun, cluster: Cluster = Cluster()) -> dict[str, 
     """
     logger, spec = get_run_logger(), run.spec()
     check_model(spec.model, cluster.dask_address)
-    plan = plan_run(spec, logger)
+    plan = plan_run(spec, logger, workers=cluster_workers(cluster) if spec.shard_size is None else 1)
     started = time.perf_counter()
     results = enhance_shards(plan, cluster, logger)
     if stale := remove_partial_files(plan):

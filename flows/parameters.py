@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows import credentials
 from llie.batch import storage_options as storage_options_mod
-from llie.batch.spec import DEFAULT_SHARD_SIZE, RunSpec, decode_limits, encode_options
+from llie.batch.spec import DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE, RunSpec, decode_limits, encode_options
 from llie.resources import available_cpus, threads_per_worker
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -31,7 +31,12 @@ class ArchiveRun(BaseModel):
         "must not overlap the input."
     )
     model: str | None = Field(None, description="Model bundle folder; empty: the bundle shipped with llie.")
-    shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="Images per task: the unit of retry and resume.")
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per task: the unit of retry and resume. Empty: a resumed run keeps its own; a new "
+        f"one gets about 4 shards per worker, {MIN_SHARD_SIZE} to {DEFAULT_SHARD_SIZE} images each.",
+    )
     reference_url: str | None = Field(
         None, description="Optional folder of well-lit references with the same relative paths, for PSNR/SSIM."
     )

@@ -78,4 +78,6 @@ class _TiedServer(_server_class()):
             "PREFECT__SERVER_FINAL": "1",
             **get_current_settings().to_environment_variables(exclude_unset=True),
         }
-        return subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command], env=env)
+        # A process group of its own: a terminal's Ctrl-C goes to the whole foreground group, and the
+        # server must outlive it long enough for the interrupted run to record its state and stop.
+        return subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command], env=env, process_group=0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import unmapped
@@ -38,6 +41,16 @@ def local_cluster_kwargs(n_workers: int, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def cluster_workers(cluster: Cluster) -> int:
+    """Tasks the cluster runs at once: a local one's workers, or an existing one's worker threads."""
+    if not cluster.dask_address:
+        return cluster.workers
+    from distributed import Client
+
+    with Client(cluster.dask_address, timeout=60, set_as_default=False) as client:
+        return max(1, sum(client.nthreads().values()))
+
+
 def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | None = None) -> DaskTaskRunner:
     if dask_address:
         return DaskTaskRunner(address=dask_address)
@@ -47,6 +60,25 @@ def make_task_runner(dask_address: str | None, n_workers: int, api_url: str | No
         # its own (slow, and its task runs would land in a different database).
         env["PREFECT_API_URL"] = api_url
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers, env))
+
+
+@contextlib.contextmanager
+def closed_quietly(runner: DaskTaskRunner) -> Iterator[DaskTaskRunner]:
+    """The runner, its local cluster closed without "Worker process still alive after 4.0 seconds, killing".
+
+    A worker busy flushing Prefect's queues as it exits (a busy machine) is killed by its nanny with that
+    warning, once the run's work is done and written; during the run the nanny's warnings still show.
+    """
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    try:
+        with runner as entered:
+            try:
+                yield entered
+            finally:
+                nanny.setLevel(logging.ERROR)
+    finally:
+        nanny.setLevel(level)
 
 
 def send_worker_logs(client: Any, logger: Any) -> None:
@@ -87,7 +119,7 @@ def enhance_shards(plan: RunPlan, cluster: Cluster, logger: Any) -> list[Any]:
     with (
         local_cluster_settings(),
         tasks_report_to(api_url),
-        make_task_runner(cluster.dask_address, cluster.workers, api_url) as runner,
+        closed_quietly(make_task_runner(cluster.dask_address, cluster.workers, api_url)) as runner,
     ):
         futures = runner.map(task, {"shard": list(plan.shards), "spec": unmapped(spec)})
         # One failed shard must not hide the others' results: collect, then decide.

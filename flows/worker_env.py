@@ -29,6 +29,8 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.admin.tick.interval": "200ms",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
+    # Ctrl-C in a terminal reaches the workers too: the run stops them itself (flows.worker_signals)
+    "distributed.worker.preload": ["flows.worker_signals"],
 }
 
 

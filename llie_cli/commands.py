@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
+from llie import option_help
+
 if TYPE_CHECKING:  # imported where used: --help stays light
     from llie.batch.imageio import DecodeLimits, EncodeOptions
     from llie.method.pipeline import Enhancer
@@ -86,6 +88,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="llie")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, param, value: _set_debug(value),
+    help="Show the traceback of an error, not its one line (also: LLIE_DEBUG=1).",
+)
 def cli() -> None:
     """llie: turn dark, noisy photos into well-lit ones.
 
@@ -100,6 +110,15 @@ def cli() -> None:
     Start with:  llie enhance --input photos/ --output enhanced/
     Archives:    llie run INPUT_URL OUTPUT_URL   (Prefect + Dask, Parquet metrics, local or s3://)
     """
+
+
+def _set_debug(value: bool) -> None:
+    import os
+
+    from llie_cli.errors import DEBUG_ENV
+
+    if value:
+        os.environ[DEBUG_ENV] = "1"  # read where an error is reported, here and in `llie run`
 
 
 def _check_device(device: str) -> None:
@@ -170,7 +189,7 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits
     "--model",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Model bundle directory (default: the model shipped with llie).",
+    help=option_help.MODEL,
 )
 @click.option(
     "--stages",
@@ -183,20 +202,20 @@ def _reference_score(reference: Path, rel: Path, image: np.ndarray, like, limits
     "--reference",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Folder of well-lit references with the same relative paths: prints PSNR/SSIM per image and the mean.",
+    help=option_help.REFERENCE,
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, help=option_help.DEVICE)
 @click.option(
     "--max-pixels",
     type=click.IntRange(min=1),
     default=None,
-    help="Refuse images larger than this (decompression-bomb guard).",
+    help=option_help.MAX_PIXELS,
 )
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Photos enhanced at a time, one thread each (default: one per CPU core). A photo starts only "
+    help=option_help.WORKERS_THREADS + " A photo starts only "
     "while the photos in flight fit in half the free memory (about 56 bytes per pixel each), so large "
     "photos may run fewer at a time.",
 )
@@ -232,9 +251,12 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
     outcomes = map_in_order(
         job.run, names, workers, lambda name: PEAK_BYTES_PER_PIXEL * stored_pixels(input_dir / name), default_budget()
     )
-    rows, unscored, failures = [], [], 0
+    rows, unscored, failures, skipped = [], [], 0, 0
     for outcome in tqdm(outcomes, total=len(names), desc="enhance", unit="img"):
-        if outcome.error is not None:
+        if outcome.skipped is not None:  # over --max-pixels: a choice, as in llie run, not a failure
+            skipped += 1
+            tqdm.write(f"skipped: {outcome.name}: {outcome.skipped}", file=sys.stderr)
+        elif outcome.error is not None:
             failures += 1
             tqdm.write(f"error: {outcome.name}: {outcome.error}", file=sys.stderr)
         elif outcome.scores is not None:
@@ -242,11 +264,11 @@ def enhance(input_dir: Path, output_dir: Path, **options: Any) -> None:
         elif o.reference is not None:
             unscored.append((outcome.name, outcome.unscored_why))
     click.echo(
-        f"enhanced {len(names) - failures} of {len(names)} images into {output_dir} "
-        f"(model {enhancer.model_version}, stages {o.stages})"
+        f"enhanced {len(names) - failures - skipped} of {len(names)} images into {output_dir} "
+        f"(model {enhancer.model_version}, stages {o.stages})" + (f", {skipped} skipped" if skipped else "")
     )
     if o.reference is not None:
-        _print_scores(rows, unscored, len(names) - failures, o.reference)
+        _print_scores(rows, unscored, len(names) - failures - skipped, o.reference)
     if failures:
         sys.exit(1)
 
@@ -257,6 +279,7 @@ class PhotoOutcome:
     error: str | None = None  # why the photo was not enhanced
     scores: dict | None = None  # PSNR and SSIM against its reference
     unscored_why: str | None = None
+    skipped: str | None = None  # why the photo was left out (larger than --max-pixels)
 
 
 @dataclass(frozen=True)
@@ -272,7 +295,7 @@ class PhotoJob:
     encoding: EncodeOptions
 
     def run(self, name: str) -> PhotoOutcome:
-        from llie.batch.imageio import ImageDecodeError, decode_image, encode_image
+        from llie.batch.imageio import ImageDecodeError, ImageTooLargeError, decode_image, encode_image
         from llie.batch.localfs import read_regular
         from llie.batch.storage import write_bytes_atomic
 
@@ -283,8 +306,11 @@ class PhotoJob:
             decoded = decode_image(data, self.limits)
             levels = 65536 if decoded.bit_depth > 8 else 256
             result = self.enhancer.enhance(decoded.rgb, stages=self.stages, levels=levels, mask=decoded.opaque)
-            encoded = encode_image(result.image, decoded, options=self.encoding)
+            # a photo left as it was is copied, not encoded again (generation loss, a bigger file)
+            encoded = data if result.unchanged else encode_image(result.image, decoded, options=self.encoding)
             write_bytes_atomic(str(self.output_dir / rel), encoded, root=str(self.output_dir))
+        except ImageTooLargeError as exc:
+            return PhotoOutcome(rel.as_posix(), skipped=str(exc))
         except (ImageDecodeError, OSError, ValueError) as exc:
             return PhotoOutcome(rel.as_posix(), error=str(exc))
         if self.reference is None:

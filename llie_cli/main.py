@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from llie_cli.audit import audit
 from llie_cli.commands import cli
+from llie_cli.errors import run_reporting_errors
 
 cli.add_command(audit)
 
@@ -15,4 +16,4 @@ def main() -> None:
     from llie import allocator
 
     allocator.settle()  # photo after photo without glibc mapping and unmapping the temporaries
-    cli()
+    run_reporting_errors(cli)

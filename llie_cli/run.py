@@ -6,6 +6,7 @@ The one command that needs Prefect; ``llie_cli.commands`` stays free of it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -21,17 +22,24 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flows import credentials
 from flows.artifacts import summary_text
-from flows.console import quiet_prefect_console
+from flows.console import mute_console_logging, quiet_prefect_console
+from llie import option_help
 from llie.batch import archive, storage, storage_options
 from llie.batch.layout import RunLayout
-from llie.batch.spec import DEFAULT_SHARD_SIZE, RunSpec, decode_limits, encode_options
+from llie.batch.spec import (
+    DEFAULT_SHARD_SIZE,
+    RunSpec,
+    decode_limits,
+    encode_options,
+)
 from llie_cli.commands import encoding_options, refiner_precision_option
+from llie_cli.errors import debugging
 from llie_cli.options import storage_option_flag
 
 if TYPE_CHECKING:
     from flows.parameters import Cluster
 
-__all__ = ["DEFAULT_SHARD_SIZE", "ImageProgress", "resume_command", "run_command"]
+__all__ = ["DEFAULT_SHARD_SIZE", "ImageProgress", "resume_advice", "resume_command", "run_command"]
 
 
 @contextmanager
@@ -120,58 +128,102 @@ class ImageProgress:
             self._bar.refresh()
 
 
-def check_reachable(url: str, options: storage.StorageOptions = None) -> None:
-    """Fail at once, in one line, when the store behind ``url`` cannot be reached.
+def check_reachable(url: str, options: storage.StorageOptions = None, must_exist: str | None = None) -> None:
+    """Fail at once, in one line, when the store behind ``url`` cannot be reached, or when ``url`` (named
+    ``must_exist``: "input", "reference") or, for the output, its bucket does not exist.
 
-    Otherwise the flow would start, fail on its first listing and print Prefect's tracebacks
-    before the reason. A missing folder is left to the flow (it reports it its own way).
+    Otherwise the flow would start, fail on its first listing and print Prefect's tracebacks before the
+    reason. Anything else (permissions, odd stores) is the flow's to report.
     """
+    secrets = storage.url_secrets(url) + storage_options.credential_values(options)
     try:
         fs, path = storage._fs(url, options)
-        if not storage._is_local(fs):
-            fs.info(path)
+        if storage._is_local(fs) and not must_exist:
+            return
+        fs.info(path if must_exist else path.split("/", 1)[0])
     except FileNotFoundError:
-        return
+        if must_exist:
+            what = "no such folder" if storage._is_local(fs) else "no such bucket, or nothing under that prefix"
+            raise click.ClickException(f"{must_exist} {storage.redact_url(url)} not found: {what}") from None
+        raise click.ClickException(f"output {storage.redact_url(url)}: no such bucket") from None
     except Exception as exc:
         if storage.is_unreachable(exc):
-            secrets = storage.url_secrets(url) + storage_options.credential_values(options)
             raise click.ClickException(
                 f"cannot reach {storage.redact_url(url)}: {storage.describe_error(exc, secrets)}"
             ) from None
-        return  # anything else (permissions, odd stores) is the flow's to report
+
+
+def check_prefect_api() -> None:
+    """Fail at once, in one line, when the configured Prefect API (PREFECT_API_URL) does not answer."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return  # llie run starts a temporary server of its own
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        reason = storage.describe_error(exc, storage.url_secrets(url))
+        raise click.ClickException(
+            f"cannot reach the Prefect API at {storage.redact_url(url)} (PREFECT_API_URL): {reason}"
+        ) from None
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def _exit_on_sigterm():
-    """SIGTERM (timeout, systemd, a cron wrapper) ends a run the way Ctrl-C does, through Python's exit.
+def _stop_on_signals(run_id: str, debug: bool = False):
+    """Ctrl-C and SIGTERM (timeout, systemd, a cron wrapper) stop the run as KeyboardInterrupt: Prefect
+    records the flow run as crashed, the local Dask cluster is closed, the temporary Prefect server stops.
 
-    Prefect handles the signal for the flow run, then hands it to the handler found before; with the
-    default one the process dies on the spot and the temporary Prefect server it started lives on as
-    an orphan, one more per killed run. Raising SystemExit lets the shutdown hooks stop it.
+    Yields the list of the signals received. Default handlers would not do: SIGTERM's kills the process on
+    the spot, leaving the temporary Prefect server it started running as an orphan.
     """
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
-        yield
+        yield received
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            if not debug:
+                mute_console_logging()
+            click.echo(f"\nstopping run {run_id} ({signal.Signals(signum).name}) ...", err=True)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def resume_command(spec: RunSpec) -> str:
-    """The command that resumes a run: with every setting a resume must repeat (a different shard size,
-    model or refiner precision is refused; a missing --reference would leave the redone shards without PSNR/SSIM)."""
+def resume_command(spec: RunSpec, cluster: Cluster | None = None) -> str:
+    """The command that resumes a run, with every setting it was started with that a resume must repeat (a
+    different shard size, model or refiner precision is refused; other limits, encodings or references would
+    make the remaining images differ from the finished ones) and the cluster it ran on."""
+    from llie.batch.imageio import DecodeLimits, EncodeOptions
+
     folders = [storage.redact_url(spec.input_url), storage.redact_url(spec.output_url)]
     args = ["--run-id", spec.run_id]
-    if spec.model:
-        args += ["--model", spec.model]
-    if spec.shard_size != DEFAULT_SHARD_SIZE:
-        args += ["--shard-size", str(spec.shard_size)]
-    if spec.reference_url:
-        args += ["--reference", storage.redact_url(spec.reference_url)]
-    if spec.refiner_precision != "float32":
-        args += ["--refiner-precision", spec.refiner_precision]
+    given: list[tuple[str, Any, Any]] = [
+        ("--model", spec.model, None),
+        ("--shard-size", spec.shard_size, None),
+        ("--reference", storage.redact_url(spec.reference_url) if spec.reference_url else None, None),
+        ("--refiner-precision", spec.refiner_precision, "float32"),
+        ("--max-pixels", spec.limits.max_pixels, DecodeLimits().max_pixels),
+        ("--png-compression", spec.encoding.png_compression, EncodeOptions().png_compression),
+        ("--jpeg-quality", spec.encoding.jpeg_quality, EncodeOptions().jpeg_quality),
+        ("--device", spec.device, "auto"),
+        ("--dask-address", cluster.dask_address if cluster else None, None),
+    ]
+    for flag, value, default in given:
+        if value is not None and value != default:
+            args += [flag, str(value)]
     args += storage_options.as_arguments(spec.storage_options)  # credentials as ***
     if any(f.startswith("-") for f in folders):  # "-in" would be read as an option: options first, then "--"
         return shlex.join(["llie", "run", *args, "--", *folders])
@@ -188,9 +240,24 @@ def _resumable(state: Any) -> bool:
     return not isinstance(error, ValueError | FileNotFoundError)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def resume_advice(spec: RunSpec, cluster: Cluster | None = None) -> str | None:
+    """The resume command of a run that has started (its manifest written), None for one that never did.
+
+    Its shard size comes from the manifest: the one the run was cut with, chosen or given.
+    """
+    try:
+        manifest = archive.read_run_manifest(spec.output_url, spec.run_id, spec.storage_options)
+    except Exception:  # the store that failed the run may be the one that holds the manifest
+        manifest = None
+    if not manifest:
+        return None
+    return resume_command(dataclasses.replace(spec, shard_size=manifest.get("shard_size")), cluster)
+
+
+def print_summary(summary: dict[str, Any], spec: RunSpec, cluster: Cluster) -> None:
+    advice = resume_advice(spec, cluster) if summary["errors"] or summary["skipped"] else None
     click.echo("")
-    click.echo(summary_text(summary))
+    click.echo(summary_text(summary, advice and advice + " --retry-failed"))
 
 
 @click.command("run")
@@ -200,34 +267,33 @@ def print_summary(summary: dict[str, Any]) -> None:
     "--model",
     default=None,
     metavar="BUNDLE",
-    help="Model bundle directory, reachable from every worker (default: the bundle shipped with llie).",
+    help=option_help.MODEL,
 )
 @click.option(
     "--shard-size",
     type=click.IntRange(min=1),
-    default=DEFAULT_SHARD_SIZE,
-    show_default=True,
-    help="Images per task: the unit of parallelism, retry and resume.",
+    default=None,
+    help=option_help.SHARD_SIZE,
 )
 @click.option(
     "--reference",
     "reference_url",
     default=None,
     metavar="URL",
-    help="Well-lit references with the same relative paths, for PSNR/SSIM.",
+    help=option_help.REFERENCE,
 )
 @click.option(
     "--dask-address",
     default=None,
     metavar="ADDR",
-    help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster).",
+    help=option_help.DASK_ADDRESS,
 )
 @click.option(
     "--workers",
     "n_workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker processes of the local cluster (default: one per CPU).",
+    help=option_help.WORKERS_LOCAL,
 )
 @click.option(
     "--run-id",
@@ -240,7 +306,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     type=click.IntRange(min=0),
     default=2,
     show_default=True,
-    help="Extra attempts for a shard that fails, with exponential backoff.",
+    help=option_help.RETRIES,
 )
 @click.option(
     "--retry-failed", is_flag=True, help="With --run-id: also redo images that ended with an error or skipped row."
@@ -249,9 +315,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     "--max-pixels",
     type=click.IntRange(min=1),
     default=None,
-    help="Skip images larger than this many pixels (decompression-bomb guard).",
+    help=option_help.MAX_PIXELS,
 )
-@click.option("--device", default="auto", show_default=True, help="Torch device for the refiner: auto, cpu, cuda.")
+@click.option("--device", default="auto", show_default=True, help=option_help.DEVICE)
 @refiner_precision_option
 @storage_option_flag
 @click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
@@ -263,7 +329,8 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     INPUT_URL and OUTPUT_URL are folders or object-store prefixes (s3://bucket/prefix).
     Enhanced images keep their relative paths under OUTPUT_URL; per-image metrics go to
     OUTPUT_URL/_metrics/run_id=<ID>/<shard>.parquet (hive partitioned, one file per shard).
-    Credentials come from the environment (AWS_* variables, ~/.aws), never from the URL.
+    Credentials come from the environment (AWS_* variables, ~/.aws) or --storage-option key=... and
+    secret=... (never shown), not from user:password@ in a URL, which is refused.
 
     \b
     Examples:
@@ -277,11 +344,18 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     # The terminal shows the bar, warnings, errors and the summary; Prefect's INFO lines go to its API.
     quiet_prefect_console()
     from flows import prefect_server
+    from flows.console import console_without_tracebacks
     from flows.enhance_archive import enhance_archive
     from flows.parameters import ArchiveRun
 
+    if not debugging():
+        console_without_tracebacks()  # the reasons, one line each; the tracebacks reach Prefect's API
     spec, cluster = _checked_spec(input_url, output_url, options)
-    check_reachable(input_url, spec.storage_options)
+    check_reachable(spec.input_url, spec.storage_options, must_exist="input")
+    if spec.reference_url:
+        check_reachable(spec.reference_url, spec.storage_options, must_exist="reference")
+    check_reachable(spec.output_url, spec.storage_options)
+    check_prefect_api()
     _, secret = storage_options.split_credentials(spec.storage_options)
     prefect_server.start_if_needed()  # a temporary API, if one is needed, that dies with this process
     progress = ImageProgress(
@@ -289,16 +363,29 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     )
     if options["no_progress"]:  # the bar names the run; without it, a run stopped early would not
         click.echo(f"run {spec.run_id}", err=True)
-    with _exit_on_sigterm(), credentials.storage_credentials(secret), progress:
-        state = enhance_archive(ArchiveRun.of(spec), cluster, return_state=True)
+    received: list[int] = []
+    try:
+        with _stop_on_signals(spec.run_id, debugging()) as received, credentials.storage_credentials(secret), progress:
+            state = enhance_archive(ArchiveRun.of(spec), cluster, return_state=True)
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        _fail(spec, cluster, f"stopped ({signal.Signals(signum).name})", 128 + signum)
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
         reason = storage.scrub(state.message or state.name, spec.secrets())
-        click.echo(f"\nrun {spec.run_id} did not complete: {reason}", err=True)
-        if _resumable(state):
-            click.echo("resume it with: " + resume_command(spec), err=True)
-        sys.exit(1)
-    print_summary(state.result())
+        _fail(spec, cluster, "did not complete: " + reason, 1, resumable=_resumable(state))
+    print_summary(state.result(), spec, cluster)
+
+
+def _fail(spec: RunSpec, cluster: Cluster, what: str, code: int, resumable: bool = True) -> None:
+    """Say what became of the run and how to resume it (when a resume can help), and exit with ``code``."""
+    advice = resume_advice(spec, cluster) if resumable else None
+    click.echo(f"\nrun {spec.run_id} {what}", err=True)
+    if advice:
+        click.echo(f"resume it with: {advice}", err=True)
+    elif resumable:
+        click.echo("it had not started: nothing to resume", err=True)
+    sys.exit(code)
 
 
 def _checked_spec(input_url: str, output_url: str, options: dict[str, Any]) -> tuple[RunSpec, Cluster]:

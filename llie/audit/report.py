@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from llie.audit.flagged import FlaggedImage
 from llie.audit.numbers import number
 from llie.audit.sources import PhotoRoots
 from llie.audit.summary import (
@@ -259,6 +260,16 @@ def _short(text: str, width: int = 34) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
+def flagged_sheet(
+    flagged: list[FlaggedImage], roots: PhotoRoots, storage_options: storage.StorageOptions = None
+) -> Plot | None:
+    """Before and after of the images a run without references flagged, each titled with what flagged it."""
+    labels = [f"after: {f.reason} ({f.image.value:.3f})" for f in flagged]
+    title = "Photos to look at (no references: picked by no-reference statistics)"
+    images = [f.image for f in flagged]
+    return contact_sheet(images, title, "contact_flagged", "psnr", roots, storage_options, labels)
+
+
 def contact_sheet(
     images: list[ImageScore],
     title: str,
@@ -266,9 +277,11 @@ def contact_sheet(
     rank_by: str,
     roots: PhotoRoots,
     storage_options: storage.StorageOptions = None,
+    after_labels: list[str] | None = None,
 ) -> Plot | None:
     """One row per image: before (input), after (output) and, if known, the reference; each read by its
-    rel_path under the run's own folders (``llie.audit.sources``), never from a path a row names."""
+    rel_path under the run's own folders (``llie.audit.sources``), never from a path a row names.
+    ``after_labels`` title the after column instead of the ranking metric's value."""
     if not images:
         return None
     columns = ["before", "after"] + (["reference"] if roots.reference else [])
@@ -276,7 +289,7 @@ def contact_sheet(
     axes = np.atleast_2d(fig.subplots(len(images), len(columns)))
     fig.suptitle(title, fontsize=11)
     d = DIGITS[rank_by]
-    for row, item in zip(axes, images):
+    for k, (row, item) in enumerate(zip(axes, images)):
         for ax, col in zip(row, columns):
             thumb, size = _thumbnail(roots.read(col, item.rel_path, storage_options))
             ax.set_xticks([])
@@ -289,6 +302,8 @@ def contact_sheet(
                 ax.imshow(thumb, interpolation="antialiased")
             if col == "before":
                 ax.set_title(f"before: {_short(item.rel_path)}", fontsize=8, loc="left")
+            elif col == "after" and after_labels:
+                ax.set_title(after_labels[k], fontsize=8, loc="left")
             elif col == "after":
                 label = f"after: {rank_by} {item.value:.{d}f}"
                 if item.ssim is not None and rank_by != "ssim":
@@ -492,6 +507,7 @@ def build_plots(
         _drawn(metric_histogram, run, "ssim", summary.ssim, base),
         _drawn(before_after_plot, run),
         _drawn(stage_plot, summary, base_summary),
+        _drawn(flagged_sheet, summary.flagged, roots, storage_options),
     ]
     for name, items in (("worst", summary.worst), ("best", summary.best)):
         title = f"{name.capitalize()} {len(items)} by {rank}"
@@ -551,6 +567,22 @@ def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison |
             f"<h2>Best {len(s.best)} by {_e(s.rank_by)}</h2>",
             _ranked_html(s, s.best),
             fig("contact_best"),
+        ]
+    elif s.flagged:
+        body += [
+            "<h2>Photos to look at</h2>",
+            f'<p class="muted">No image has a {_e(s.rank_by)} value (no references): these are picked by '
+            "no-reference statistics.</p>",
+            _html_table(
+                ["why", "image", "value", "brightness before", "brightness after"],
+                [
+                    [f.reason, f.image.rel_path, number(f.image.value, 3)]
+                    + [number(f.image.before_brightness, 3), number(f.image.after_brightness, 3)]
+                    for f in s.flagged
+                ],
+                left={0, 1},
+            ),
+            fig("contact_flagged"),
         ]
     else:
         body.append(f'<p class="muted">No image ranked: no ok image has a {_e(s.rank_by)} value.</p>')

@@ -292,6 +292,20 @@ class ImageScore:
     bytes_out: int | None = None
 
 
+def _image_score(r: dict[str, Any], value: float) -> ImageScore:
+    return ImageScore(
+        rel_path=r["rel_path"],
+        input_path=r["input_path"],
+        output_path=r["output_path"],
+        value=value,
+        psnr=r["psnr"],
+        ssim=r["ssim"],
+        before_brightness=r["before_brightness"],
+        after_brightness=r["after_brightness"],
+        bytes_out=r["bytes_out"],
+    )
+
+
 def ok_mask(table: pa.Table) -> np.ndarray:
     """True for the rows whose status is ``ok``: the rows quality statistics use."""
     return np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
@@ -321,6 +335,7 @@ class RunSummary:
     ok: int
     error: int
     skipped: int
+    unchanged: int  # ok rows of photos the method left as they were (their bytes copied)
     shards: int
     workers: int
     model_versions: list[str]
@@ -348,6 +363,8 @@ class RunSummary:
     worst: list[ImageScore]
     best: list[ImageScore]
     planned: int | None = None  # images in the run's plan (its manifest); None when it has none
+    # when nothing is ranked (no references): llie.audit.flagged.FlaggedImage
+    flagged: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -391,26 +408,15 @@ def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScor
     descending = candidates[np.lexsort((paths, -values[candidates]))]
 
     def scores(indices: np.ndarray) -> list[ImageScore]:
-        return [
-            ImageScore(
-                rel_path=r["rel_path"],
-                input_path=r["input_path"],
-                output_path=r["output_path"],
-                value=float(r[metric]),
-                psnr=r["psnr"],
-                ssim=r["ssim"],
-                before_brightness=r["before_brightness"],
-                after_brightness=r["after_brightness"],
-                bytes_out=r["bytes_out"],
-            )
-            for r in _rows(table, indices)
-        ]
+        return [_image_score(r, float(r[metric])) for r in _rows(table, indices)]
 
     return scores(ascending[:n]), scores(descending[:n])
 
 
 def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     """Everything ``llie audit`` prints about one run."""
+    from llie.audit.flagged import flag_without_references
+
     table = run.table
     ok = ok_mask(table)
     statuses = Counter(table.column("status").to_pylist())
@@ -443,6 +449,7 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         ok=statuses.get("ok", 0),
         error=statuses.get("error", 0),
         skipped=statuses.get("skipped", 0),
+        unchanged=int(pc.sum(pc.fill_null(table.column("unchanged"), False)).as_py() or 0),
         shards=len(set(table.column("shard_id").to_pylist())),
         workers=len(set(table.column("worker").to_pylist())),
         model_versions=sorted({v for v in table.column("model_version").to_pylist() if v}),
@@ -470,6 +477,7 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         worst=worst,
         best=best,
         planned=_planned_images(run.manifest),
+        flagged=[] if worst or best else flag_without_references(run),  # imported here: it imports this module
     )
 
 
@@ -684,6 +692,8 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
     if s.missing:
         out.append(f"incomplete: {s.images} of {s.planned} planned images have a row (resume the run to finish it)")
+    if s.unchanged:
+        out.append(f"        {s.unchanged} of the ok left as they were (copied byte for byte)")
     if s.problems:
         out += ["", "most common problems:"]
         out += [

@@ -85,11 +85,16 @@ def _fields() -> list[pa.Field]:
     fields += [
         pa.field("bytes_in", pa.int64()),
         pa.field("bytes_out", pa.int64()),
+        # True: the method left the photo as it was, and its output is the input's bytes, copied
+        pa.field("unchanged", pa.bool_()),
         pa.field("worker", pa.string(), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
     return fields
 
+
+# Columns added since the first shard files: an older file without one reads as nulls (pyarrow's dataset).
+ADDED_COLUMNS = frozenset({"unchanged"})
 
 METRICS_SCHEMA: pa.Schema = pa.schema(_fields(), metadata={b"llie.schema_version": str(SCHEMA_VERSION).encode()})
 
@@ -376,7 +381,9 @@ def _enhance(spec: RunSpec, enhancer: Any, image: _Image, memory_budget: int | N
     for stage in PIPELINE_STAGES:
         image.seconds[stage] = float(result.seconds.get(stage, 0.0))
     with image.stage("encode"):
-        encoded = encode_image(result.image, like=img, options=spec.encoding)
+        # a photo left as it was is copied, not encoded again (generation loss, a bigger file)
+        encoded = data if result.unchanged else encode_image(result.image, like=img, options=spec.encoding)
+    row["unchanged"] = bool(result.unchanged)
     out_url = spec.layout.image_url(image.rel)
     with image.stage("write"):
         # never through a link that leads out of the output (onto the originals, say)
@@ -549,7 +556,8 @@ def _check_shard_file(fragment: Any, url: str) -> None:
     for expected in METRICS_SCHEMA:
         index = physical.get_field_index(expected.name)
         if index < 0:
-            problems.append(f"no column {expected.name}")
+            if expected.name not in ADDED_COLUMNS:
+                problems.append(f"no column {expected.name}")
         elif not physical.field(index).type.equals(expected.type):
             problems.append(f"{expected.name} is {physical.field(index).type}, not {expected.type}")
     if problems:

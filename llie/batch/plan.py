@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from llie.batch import archive, storage
 from llie.batch.layout import METRICS_DIR, new_run_id, validate_run_id
-from llie.batch.spec import RunSpec
+from llie.batch.spec import RunSpec, auto_shard_size
 from llie.method.refine import check_precision
 
 _log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def check_spec(spec: RunSpec) -> RunSpec:
         storage.check_no_credentials(url)
     storage.check_folders_apart(spec.input_url, spec.output_url, spec.reference_url, spec.storage_options)
     run_id = validate_run_id(spec.run_id) if spec.run_id else new_run_id()
-    if spec.shard_size < 1:
+    if spec.shard_size is not None and spec.shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     check_precision(spec.refiner_precision, "refiner_precision")  # the run parameter's name
     return dataclasses.replace(spec, run_id=run_id)
@@ -99,13 +99,21 @@ def _check_resume(plan: RunPlan, previous: dict[str, Any], logger: Any) -> None:
         storage.remove(spec.layout.shard_url(stale), spec.storage_options)
 
 
-def plan_run(spec: RunSpec, logger: Any = None) -> RunPlan:
-    """List the archive, cut it into shards (keeping a resumed run's finished ones), write the manifest."""
+def plan_run(spec: RunSpec, logger: Any = None, workers: int = 1) -> RunPlan:
+    """List the archive, cut it into shards (keeping a resumed run's finished ones), write the manifest.
+
+    Without a ``spec.shard_size``, a resumed run keeps its own, and a new one gets :func:`auto_shard_size`
+    for its images on ``workers``.
+    """
     logger = logger or _log
     spec = check_spec(spec)
     versions = _list_images(spec, logger)
     paths = sorted(versions)
     previous = archive.read_run_manifest(spec.output_url, spec.run_id, spec.storage_options) or {}
+    if spec.shard_size is None:
+        size = previous.get("shard_size") or auto_shard_size(len(paths), workers)
+        spec = dataclasses.replace(spec, shard_size=int(size))
+    assert spec.shard_size is not None
     if not paths and previous.get("images"):
         # An unmounted share or a wrong prefix lists nothing; planning nothing would drop every
         # finished shard of this run as "no longer part of the plan" and report success.

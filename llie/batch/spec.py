@@ -9,7 +9,9 @@ from llie.batch import storage_options as storage_options_mod
 from llie.batch.imageio import DecodeLimits, EncodeOptions
 from llie.batch.layout import RunLayout
 
-DEFAULT_SHARD_SIZE = 64
+DEFAULT_SHARD_SIZE = 64  # the most images a shard is given when its size is chosen for the run
+MIN_SHARD_SIZE = 2  # ... and the fewest: a task's own cost (Prefect's records, a Parquet file) stays small
+SHARDS_PER_WORKER = 4  # enough to keep every worker busy to the end, and to retry a small part of a run
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class RunSpec:
     run_id: str = ""
     model: str | None = None
     reference_url: str | None = None
-    shard_size: int = DEFAULT_SHARD_SIZE
+    shard_size: int | None = None  # None: chosen by plan_run (auto_shard_size, or a resumed run's own)
     storage_options: storage.StorageOptions = field(default=None, repr=False)
     retry_failed: bool = False  # also redo the images of finished shards that ended without an ok row
     limits: DecodeLimits = DecodeLimits()
@@ -52,6 +54,13 @@ class RunSpec:
     def secrets(self) -> tuple[str, ...]:
         """Every secret of this run: its URLs' credentials and those of its storage options."""
         return self.url_secrets() + storage_options_mod.credential_values(self.storage_options)
+
+
+def auto_shard_size(images: int, workers: int) -> int:
+    """Images per shard for ``images`` on ``workers``: about SHARDS_PER_WORKER shards each, within
+    MIN_SHARD_SIZE and DEFAULT_SHARD_SIZE (11 photos on 2 workers: 6 shards of 2, not one of 11)."""
+    wanted = -(-images // max(1, workers * SHARDS_PER_WORKER))
+    return max(MIN_SHARD_SIZE, min(DEFAULT_SHARD_SIZE, wanted))
 
 
 def decode_limits(max_pixels: int | None) -> DecodeLimits:

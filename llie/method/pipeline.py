@@ -26,6 +26,7 @@ class EnhanceResult:
     image: np.ndarray  # float32 HxWx3 in [0, 1]
     quantiles: np.ndarray  # (3, 21) predicted percentile values of the well-lit image
     seconds: dict[str, float] = field(default_factory=dict)
+    unchanged: bool = False  # no stage changed a pixel: ``image`` is the input, which a writer may copy as it is
 
 
 def set_threads(n: int) -> None:
@@ -112,14 +113,17 @@ class Enhancer:
 
         t = time.perf_counter()
         policy = self.bundle.policy
-        mapped, _ = map_under_policy(rgb, quantiles, self.bundle.mapping, policy, levels or infer_levels(rgb), mask)
+        mapped, share = map_under_policy(rgb, quantiles, self.bundle.mapping, policy, levels or infer_levels(rgb), mask)
+        unchanged = share == 0
         seconds["mapping"] = time.perf_counter() - t
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            mapped = refine_under_policy(rgb, mapped, self._refine, policy, mask)
+            refined = refine_under_policy(rgb, mapped, self._refine, policy, mask)
+            unchanged = unchanged and refined is mapped  # the policy left the refiner out too
+            mapped = refined
         seconds["refiner"] = time.perf_counter() - t
-        return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds)
+        return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds, unchanged)
 
     def _refine(self, mapped: np.ndarray) -> np.ndarray:
         """Stage 4: the bundle's local gain (if it has one, on the CPU: it is tiny), then the refiner."""
@@ -137,6 +141,8 @@ class Enhancer:
         small, small_mask = working_copy(rgb, levels, mask, self.working)
         seconds = {"downscale": time.perf_counter() - t}
         result = self.enhance(small, stages=stages, levels=levels, mask=small_mask)
+        if result.unchanged:  # the photo as it is, not its affine fit to itself
+            return replace(result, image=rgb.astype(np.float32, copy=False), seconds=seconds | result.seconds)
         t = time.perf_counter()
         image = carry_to_full_size(rgb, small, result.image, self.working)
         seconds = {**seconds, **result.seconds, "upsample": time.perf_counter() - t}

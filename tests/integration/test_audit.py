@@ -400,7 +400,8 @@ def test_report_without_references_leaves_out_the_score_plots(runs, tmp_path):
     assert summary.psnr is None and summary.worst == [] and "no images ranked" in audit.format_summary(summary)
     files = report.write_report(run, summary, str(tmp_path / "rep"))
     assert files.html_url.endswith("/rep/report.html")
-    assert set(files.plots) == {"before_after", "stage_times"}
+    # nothing ranked: before/after photos picked by no-reference statistics instead
+    assert set(files.plots) == {"before_after", "stage_times", "contact_flagged"}
     assert "No ok image has a reference" in Path(files.html_url).read_text()
 
 

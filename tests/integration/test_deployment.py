@@ -266,8 +266,71 @@ def test_prefect_deploy_refuses_a_deployment_without_input_and_output(prefect_se
     ):
         done = prefect("deploy", "--all", **extra)
         assert done.returncode != 0 and reason in done.stdout + done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "Traceback" not in done.stdout + done.stderr  # one line says it all
+        assert (done.stdout + done.stderr).count("Error:") == 1
         after = _deployment(api, "nightly-archive")
         assert (after and after.updated) == (existing and existing.updated)  # neither made nor changed
+
+
+def _project(tmp_path: Path, name: str) -> Path:
+    """A copy of prefect.yaml whose deployment is called ``name``, next to the packages it runs."""
+    project = tmp_path / "project"
+    project.mkdir()
+    text = (REPO / "prefect.yaml").read_text()
+    assert "name: &name nightly-archive" in text  # the step checks the name the deployment has
+    (project / "prefect.yaml").write_text(text.replace("name: &name nightly-archive", f"name: &name {name}"))
+    for pkg in ("llie", "tasks", "flows", "deployments"):
+        (project / pkg).symlink_to(REPO / pkg, target_is_directory=True)
+    return project
+
+
+def test_the_two_routes_never_take_over_each_others_deployment(prefect_server, client_env, tmp_path):
+    """`prefect deploy` over a served deployment of the same name would change its pool and drop its
+    cluster settings; serve over a deployed one would take it off its pool. Each refuses, in one line."""
+    import yaml
+
+    from deployments.serve import DEFAULT_NAME
+
+    api = prefect_server["api_url"]
+    assert yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]["name"] != DEFAULT_NAME
+    served = "clash-served"
+    register = (
+        "from deployments.serve import ArchiveDeployment, build_deployment; "
+        f"build_deployment(ArchiveDeployment(name={served!r}, parameters={{'run': {{'input_url': 'in', "
+        "'output_url': 'out'}, 'cluster': {'dask_address': 'tcp://10.0.0.5:8786'}})).apply()"
+    )
+    subprocess.run([sys.executable, "-c", register], env=client_env, cwd=REPO, check=True, timeout=120)
+    before = _deployment(api, served)
+    project = _project(tmp_path, served)
+    env = dict(client_env, PWD=str(project), LLIE_INPUT_URL=str(tmp_path / "in"), LLIE_OUTPUT_URL=str(tmp_path / "o"))
+
+    def prefect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [PREFECT, "--no-prompt", *args], env=env, cwd=project, capture_output=True, text=True, timeout=120
+        )
+
+    assert prefect("work-pool", "create", "llie-process", "--type", "process", "--overwrite").returncode == 0
+    done = prefect("deploy", "--all")
+    text = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in text, text[-3000:]
+    assert f"deployment enhance-archive/{served} exists already, made by `python -m deployments.serve`" in text
+    after = _deployment(api, served)
+    assert after.work_pool_name is None and after.parameters == before.parameters and after.updated == before.updated
+
+    pooled = "clash-pooled"
+    shutil.rmtree(project)
+    project = _project(tmp_path, pooled)
+    assert prefect("deploy", "--all").returncode == 0
+    serve = subprocess.run(
+        [sys.executable, "-m", "deployments.serve", "--name", pooled, "--input-url", "in", "--output-url", "out"],
+        env=client_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert serve.returncode == 2 and "made by `prefect deploy` for work pool 'llie-process'" in serve.stderr
+    assert _deployment(api, pooled).work_pool_name == "llie-process"
 
 
 def test_serve_refuses_an_empty_input(tmp_path):

@@ -399,7 +399,8 @@ def test_the_flow_parameters_carry_the_refiner_precision_both_ways():
     field = enhance_archive.parameters.definitions["ArchiveRun"]["properties"]["refiner_precision"]
     assert field["default"] == "float32" and field["enum"] == ["float32", "bf16"]
     assert "No effect on CUDA" in field["description"]
-    assert resume_command(spec) == "llie run in out --run-id r-3 --refiner-precision bf16"  # a resume must keep it
+    # a resume must keep it (and the device it ran on)
+    assert resume_command(spec) == "llie run in out --run-id r-3 --refiner-precision bf16 --device cpu"
 
 
 def test_cli_run_in_bf16_enhances_in_bf16_and_records_it(dask_address, tmp_path, make_images, bundle_path):

@@ -77,7 +77,7 @@ def test_plan_run_refuses_an_input_that_lists_nothing_after_it_had_images(tmp_pa
 def test_run_shard_writes_then_resumes_and_the_summary_reads_the_rows(tmp_path, make_images, enhancer):
     make_images(tmp_path / "in", ["a.png", "b.png"])
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
-    plan = plan_run(RunSpec(str(tmp_path / "in"), str(tmp_path / "out"), run_id="s1", stages="hist"))
+    plan = plan_run(RunSpec(str(tmp_path / "in"), str(tmp_path / "out"), run_id="s1", stages="hist", shard_size=64))
     [shard] = plan.shards
     first = run_shard(plan.spec, shard, enhancer)
     assert (first["ok"], first["errors"], first["processed"], first["resumed"]) == (2, 1, 3, False)
