@@ -47,7 +47,8 @@ def stage_throughput(enhancer, size: Size, repeats: int, n_images: int = 1) -> d
     pairs = [synthetic_pair(size.width, size.height, seed=100 + i) for i in range(n_images)]
     pngs = [to_png(low) for low, _ in pairs]
     decoded = [decode_image(b) for b in pngs]
-    feats = [extract_features(d.rgb) for d in decoded]
+    feature_set = enhancer.bundle.quantile_model.config.features
+    feats = [extract_features(d.rgb, feature_set=feature_set) for d in decoded]
     quants = [enhancer.bundle.quantile_model.predict(f) for f in feats]
     levels = [infer_levels(d.rgb) for d in decoded]
     mapping = enhancer.bundle.mapping
@@ -62,7 +63,7 @@ def stage_throughput(enhancer, size: Size, repeats: int, n_images: int = 1) -> d
 
     work = {
         "decode": lambda i: decode_image(pngs[i]),
-        "features": lambda i: extract_features(decoded[i].rgb),
+        "features": lambda i: extract_features(decoded[i].rgb, feature_set=feature_set),
         "quantiles": lambda i: enhancer.bundle.quantile_model.predict(feats[i]),
         "mapping": lambda i: match_to_quantiles(decoded[i].rgb, quants[i], mapping, levels[i]),
         "refiner": lambda i: _refine(mapped[i]),

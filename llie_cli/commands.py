@@ -660,6 +660,14 @@ def config_option(command):
     "over before), applies in full from FULL, and in proportion between.",
 )
 @click.option(
+    "--hue-guard",
+    type=click.FloatRange(min=0.0, max=179.0),
+    default=30.0,
+    show_default=True,
+    help="Degrees a visible hue (HSV saturation above 0.3, value above 0.08) may turn between the photo and "
+    "the result before it is turned back, in full 15 degrees later; 0 for no bound.",
+)
+@click.option(
     "--init-refiner",
     type=click.Path(exists=True, file_okay=False),
     default=None,
@@ -707,6 +715,7 @@ def _train_config(o: SimpleNamespace):
             anchor_exposure=o.anchor_exposure,
             gain_off=o.refiner_gain[0],
             gain_full=o.refiner_gain[1],
+            hue_guard=o.hue_guard,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

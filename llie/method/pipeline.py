@@ -11,7 +11,7 @@ import numpy as np
 
 from llie.method.bundle import Bundle, load_bundle
 from llie.method.features import extract_features
-from llie.method.mapping import infer_levels
+from llie.method.mapping import hold_visible_hues, infer_levels
 from llie.method.policy import map_under_policy, refine_under_policy
 from llie.method.refine import TilingConfig, cpu_has_native_bf16, refine, resolve_device, tiling_for_precision
 from llie.method.working_size import WorkingSize, carry_to_full_size, working_copy
@@ -122,6 +122,8 @@ class Enhancer:
             refined = refine_under_policy(rgb, mapped, self._refine, policy, mask)
             unchanged = unchanged and refined is mapped  # the policy left the refiner out too
             mapped = refined
+        if policy.hue_guard > 0 and not unchanged:
+            mapped = hold_visible_hues(rgb, np.clip(mapped, 0.0, 1.0), policy.hue_guard)
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds, unchanged)
 

@@ -21,12 +21,16 @@ class EnhancePolicy:
     anchor_exposure: bool = False
     gain_off: float = 0.0  # stage-3 brightening at or below which the refiner is left out
     gain_full: float = 0.0  # ... at or above which it applies in full
+    # degrees a visible hue of the photo may turn in the output before it is turned back (0: no bound)
+    hue_guard: float = 0.0
 
     def __post_init__(self) -> None:
         if self.gain_full < self.gain_off:
             raise ValueError(f"gain_full {self.gain_full} is below gain_off {self.gain_off}")
         if self.exposure_off < self.exposure_full:
             raise ValueError(f"exposure_off {self.exposure_off} is below exposure_full {self.exposure_full}")
+        if not 0.0 <= self.hue_guard < 180.0:
+            raise ValueError(f"hue_guard {self.hue_guard} is not a number of degrees from 0 to 180")
 
 
 def channel_means(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
