@@ -38,3 +38,17 @@ def test_the_sheet_has_a_row_per_photo_and_a_column_per_output(tmp_path):
     assert sheet.size == (3 * cell, 18 + 2 * cell)  # columns: input, gamma, llie; a row per photo
     assert set(figures["summary"]) == {"gamma", "llie"}
     assert all(0.0 <= v <= 1.0 for s in figures["per_photo"].values() for v in s.values())
+
+
+def test_an_enlarged_and_a_stretched_copy_come_back_close_to_the_photo():
+    from helpers_synthetic import pair
+
+    from benchmarks.upsized import agreement
+    from llie.method.pipeline import Enhancer
+
+    low, _ = pair(120, 180, seed=4)
+    figures = agreement(Enhancer.load(None, device="cpu"), low, {"enlarged": (900, 600), "stretched": (900, 720)})
+    assert figures["mean_level"] > 60  # a dark shot, brightened
+    for name in ("enlarged", "stretched"):
+        assert figures[name]["psnr_db"] > 25
+        assert abs(figures[name]["mean_level"] - figures["mean_level"]) < 8
