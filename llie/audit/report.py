@@ -32,7 +32,6 @@ from llie.audit.numbers import number
 from llie.audit.sources import PhotoRoots
 from llie.audit.summary import (
     DELTA_METRICS,
-    DIGITS,
     NR_SHOWN,
     Comparison,
     ImageScore,
@@ -40,9 +39,9 @@ from llie.audit.summary import (
     RunSummary,
     Stats,
     finite,
-    no_reference_rows,
     ok_mask,
 )
+from llie.audit.text import DIGITS, no_reference_rows
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
 

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from llie.audit import report
 from llie.audit import summary as audit
+from llie.audit import text as audit_text
 from llie.audit.sources import PhotoRoots
 from llie.batch import archive, storage
 from llie.stats import bootstrap_interval
@@ -248,7 +249,7 @@ def test_compare_against_duckdb_join(runs):
     assert cmp.improved + cmp.unchanged + cmp.worse_count + cmp.unscored == 13
     # g02 got a different (much darker) input: its score moved, one way or the other.
     assert abs(cmp.per_image["g02.png"]["psnr"]) > cmp.tolerance
-    text = audit.format_comparison(cmp)
+    text = audit_text.format_comparison(cmp)
     assert "g01.png" in text and "ok -> error" in text
     assert "mean 95% interval" in text and f"{low:+.2f} to {high:+.2f}" in text
 
@@ -284,12 +285,12 @@ def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_pa
     cmp = audit.compare(run, audit.load_run(str(tmp_path), "no-ref"))
     assert (cmp.common, cmp.improved, cmp.unchanged, cmp.worse_count, cmp.unscored, cmp.scored) == (13, 0, 0, 0, 13, 0)
     assert cmp.nothing_compared() == "no image has a psnr in both runs"
-    text = audit.format_comparison(cmp)
+    text = audit_text.format_comparison(cmp)
     assert "0 better, 0 unchanged, 0 worse; 13 without a score in both runs" in text
     assert "nothing compared by psnr: no image has a psnr in both runs" in text and "no image got worse" not in text
     cmp = audit.compare(run, audit.load_run(str(tmp_path), "disjoint"))
     assert (cmp.common, cmp.unchanged, cmp.unscored, cmp.nothing_compared()) == (0, 0, 0, "no image is in both runs")
-    assert "nothing compared by psnr: no image is in both runs" in audit.format_comparison(cmp)
+    assert "nothing compared by psnr: no image is in both runs" in audit_text.format_comparison(cmp)
 
     def gate(base: str, *args: str):
         return CliRunner().invoke(
@@ -397,7 +398,7 @@ def test_report_without_references_leaves_out_the_score_plots(runs, tmp_path):
         pq.write_table(table, dst / f.name)
     run = audit.load_run(str(tmp_path / "out"), RUN_A)
     summary = audit.summarise(run)
-    assert summary.psnr is None and summary.worst == [] and "no images ranked" in audit.format_summary(summary)
+    assert summary.psnr is None and summary.worst == [] and "no images ranked" in audit_text.format_summary(summary)
     files = report.write_report(run, summary, str(tmp_path / "rep"))
     assert files.html_url.endswith("/rep/report.html")
     # nothing ranked: before/after photos picked by no-reference statistics instead
