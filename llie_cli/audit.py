@@ -141,6 +141,7 @@ class _Found:
 
 def _load(output_url: str, o: SimpleNamespace, opts: Any) -> _Found:
     from llie.audit import summary as au
+    from llie.audit.comparison import compare
 
     if not o.compare_id:
         _refuse_without_compare(
@@ -152,7 +153,7 @@ def _load(output_url: str, o: SimpleNamespace, opts: Any) -> _Found:
         return _Found(run, summary)
     base = au.load_run(o.compare_output or output_url, o.compare_id, opts)
     base_summary = au.summarise(base, top=o.top, rank_by=o.rank_by)
-    return _Found(run, summary, base, base_summary, au.compare(run, base, metric=o.rank_by, tolerance=o.tolerance))
+    return _Found(run, summary, base, base_summary, compare(run, base, metric=o.rank_by, tolerance=o.tolerance))
 
 
 def _show(found: _Found, o: SimpleNamespace, opts: Any) -> None:

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from llie.audit.comparison import DELTA_METRICS, Comparison
 from llie.audit.flagged import FlaggedImage
 from llie.audit.numbers import number
 from llie.audit.sources import PhotoRoots
 from llie.audit.summary import (
-    DELTA_METRICS,
     NR_SHOWN,
-    Comparison,
     ImageScore,
     RunData,
     RunSummary,

@@ -1,4 +1,5 @@
-"""Audit an archive run from its Parquet metrics: counts, quality, speed, and run-to-run changes.
+"""Audit an archive run from its Parquet metrics: counts, quality and speed (``llie.audit.comparison``
+compares two runs).
 
 Pure functions over the dataset the archive flow writes (see ``docs/parquet_schema.md``)::
 
@@ -21,7 +22,6 @@ Conventions, so that the numbers can be reproduced with any Parquet reader:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,15 +32,9 @@ import pyarrow.compute as pc
 
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
-from llie.stats import mean_interval
 
 RANK_METRICS = ("psnr", "ssim")
-# Metrics a comparison reports deltas for; "higher is better" only matters for the rank metric.
-DELTA_METRICS = ("psnr", "ssim", "after_brightness", "after_contrast", "after_noise")
 NR_SHOWN = ("brightness", "contrast", "noise")
-# Changes smaller than this are "unchanged" (thread-count nondeterminism in torch and XGBoost
-# moves PSNR by far less than 0.01 dB).
-DEFAULT_TOLERANCE = {"psnr": 0.01, "ssim": 0.0005}
 
 
 class AuditError(ValueError):
@@ -419,14 +413,6 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     ok = ok_mask(table)
     statuses = Counter(table.column("status").to_pylist())
 
-    problem_idx = np.flatnonzero(~ok)
-    problems = Counter(
-        (r["status"], _error_reason(r))
-        for r in _rows(table.select(["status", "error", "input_path", "rel_path"]), problem_idx)
-    )
-    warning_col = table.filter(pa.array(ok)).column("warning")
-    warnings = Counter(w for w in warning_col.to_pylist() if w)
-
     psnr = run.column("psnr")[ok]
     no_reference = {
         name: {"before": Stats.of(run.column(f"before_{name}")[ok]), "after": Stats.of(run.column(f"after_{name}")[ok])}
@@ -454,11 +440,8 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         duplicates=run.duplicates,
         first_finished=first.isoformat() if first else None,
         last_finished=last.isoformat() if last else None,
-        problems=[
-            (status, reason, count)
-            for (status, reason), count in sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))
-        ],
-        warnings=sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0])),
+        problems=_problems(table, ok),
+        warnings=_warnings(table, ok),
         references=int((~np.isnan(psnr)).sum()),
         psnr=Stats.of(psnr),
         ssim=Stats.of(run.column("ssim")[ok]),
@@ -479,149 +462,23 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     )
 
 
+def _problems(table: pa.Table, ok: np.ndarray) -> list[tuple[str, str, int]]:
+    """(status, reason, count) of the rows that are not ok, most common first."""
+    problems = Counter(
+        (r["status"], _error_reason(r))
+        for r in _rows(table.select(["status", "error", "input_path", "rel_path"]), np.flatnonzero(~ok))
+    )
+    return [
+        (status, reason, count) for (status, reason), count in sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def _warnings(table: pa.Table, ok: np.ndarray) -> list[tuple[str, int]]:
+    """(warning, count) of the ok rows, most common first."""
+    warnings = Counter(w for w in table.filter(pa.array(ok)).column("warning").to_pylist() if w)
+    return sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def _planned_images(manifest: dict[str, Any] | None) -> int | None:
     planned = (manifest or {}).get("images")
     return planned if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 0 else None
-
-
-# --------------------------------------------------------------------------- two runs
-
-
-@dataclass
-class ImageDelta:
-    rel_path: str
-    base_status: str
-    status: str
-    base_value: float | None  # the rank metric in the baseline run
-    value: float | None  # ... and in the audited run
-    delta: float | None  # value - base_value
-    input_path: str
-    output_path: str | None
-    base_output_path: str | None
-
-
-@dataclass
-class Comparison:
-    """What changed from ``base_run_id`` (the baseline, ``--compare``) to ``run_id``.
-
-    Deltas are ``run - baseline``: a positive PSNR delta means the audited run is better.
-    """
-
-    run_id: str
-    base_run_id: str
-    metric: str
-    tolerance: float
-    model_versions: list[str]
-    base_model_versions: list[str]
-    common: int
-    only_in_run: list[str]
-    only_in_base: list[str]
-    # (rel_path, baseline status, status) where they differ
-    status_changes: list[tuple[str, str, str]]
-    # metric -> Stats of the per-image delta over images with a value in both runs
-    deltas: dict[str, Stats | None]
-    # metric -> 95% interval of the mean delta (llie.stats.mean_interval): whether the change is real
-    delta_intervals: dict[str, list[float] | None]
-    improved: int
-    unchanged: int
-    worse_count: int
-    # images in both runs whose metric is missing (no reference, failed, inf) in one run or both,
-    # and whose status did not go from ok to not ok or back: neither better, unchanged nor worse
-    unscored: int
-    # images with the metric in both runs: 0 means no score was compared at all
-    scored: int
-    # images that got worse: ok -> error/skipped first, then the largest metric drops
-    worse: list[ImageDelta]
-    # every common image: rel_path -> {metric: delta}
-    per_image: dict[str, dict[str, float | None]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def nothing_compared(self) -> str | None:
-        """Why no image could be compared by the metric, or None when some could.
-
-        "0 worse" then means nothing: a gate (``--fail-on-worse``) must not pass on it.
-        """
-        if self.common == 0:
-            return "no image is in both runs"
-        if self.scored == 0:
-            return f"no image has a {self.metric} in both runs"
-        return None
-
-
-def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float | None = None) -> Comparison:
-    """Per-image changes between two runs over the same inputs, matched by ``rel_path``."""
-    if metric not in RANK_METRICS:
-        raise ValueError(f"compare metric must be one of {RANK_METRICS}, got {metric!r}")
-    tol = DEFAULT_TOLERANCE[metric] if tolerance is None else float(tolerance)
-    cols = ["rel_path", "status", "input_path", "output_path", *DELTA_METRICS]
-    now = {r["rel_path"]: r for r in run.table.select(cols).to_pylist()}
-    then = {r["rel_path"]: r for r in base.table.select(cols).to_pylist()}
-    common = sorted(now.keys() & then.keys())
-
-    def number(row: dict[str, Any], name: str) -> float | None:
-        v = row[name] if row["status"] == "ok" else None
-        return float(v) if v is not None and math.isfinite(v) else None
-
-    per_image: dict[str, dict[str, float | None]] = {}
-    deltas: dict[str, list[float]] = {m: [] for m in DELTA_METRICS}
-    status_changes, worse = [], []
-    improved = unchanged = unscored = 0
-    for rel in common:
-        a, b = now[rel], then[rel]
-        entry: dict[str, float | None] = {}
-        for m in DELTA_METRICS:
-            va, vb = number(a, m), number(b, m)
-            delta = entry[m] = None if va is None or vb is None else va - vb
-            if delta is not None:
-                deltas[m].append(delta)
-        per_image[rel] = entry
-        if a["status"] != b["status"]:
-            status_changes.append((rel, b["status"], a["status"]))
-        d = entry[metric]
-        regressed = b["status"] == "ok" and a["status"] != "ok"
-        fixed = b["status"] != "ok" and a["status"] == "ok"
-        if regressed or (d is not None and d < -tol):
-            worse.append(
-                ImageDelta(
-                    rel_path=rel,
-                    base_status=b["status"],
-                    status=a["status"],
-                    base_value=number(b, metric),
-                    value=number(a, metric),
-                    delta=d,
-                    input_path=a["input_path"],
-                    output_path=a["output_path"],
-                    base_output_path=b["output_path"],
-                )
-            )
-        elif fixed or (d is not None and d > tol):
-            improved += 1
-        elif d is None:  # no score to compare: "unchanged" would be a guess
-            unscored += 1
-        else:
-            unchanged += 1
-    # Status regressions first (delta None), then by how much worse, then by name.
-    worse.sort(key=lambda w: (w.delta is not None, w.delta if w.delta is not None else 0.0, w.rel_path))
-    return Comparison(
-        run_id=run.run_id,
-        base_run_id=base.run_id,
-        metric=metric,
-        tolerance=tol,
-        model_versions=sorted({v for v in run.table.column("model_version").to_pylist() if v}),
-        base_model_versions=sorted({v for v in base.table.column("model_version").to_pylist() if v}),
-        common=len(common),
-        only_in_run=sorted(now.keys() - then.keys()),
-        only_in_base=sorted(then.keys() - now.keys()),
-        status_changes=status_changes,
-        deltas={m: Stats.of(np.array(v)) for m, v in deltas.items()},
-        delta_intervals={m: list(mean_interval(v)) if len(v) > 1 else None for m, v in deltas.items()},
-        improved=improved,
-        unchanged=unchanged,
-        worse_count=len(worse),
-        unscored=unscored,
-        scored=len(deltas[metric]),
-        worse=worse,
-        per_image=per_image,
-    )

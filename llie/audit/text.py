@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 
+from llie.audit.comparison import DELTA_METRICS, Comparison
 from llie.audit.numbers import number
-from llie.audit.summary import DELTA_METRICS, NR_SHOWN, Comparison, RunInfo, RunSummary
+from llie.audit.summary import NR_SHOWN, RunInfo, RunSummary
 from llie.batch import archive
 
 
@@ -57,6 +58,10 @@ def _bytes(n: float) -> str:
     return str(n)
 
 
+def _indented(lines: list[str]) -> list[str]:
+    return ["  " + line for line in lines]
+
+
 def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     out = [f"run {s.run_id}  ({s.output_url})"]
     models = ", ".join(s.model_versions) or "-"
@@ -66,27 +71,39 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
     )
     if s.duplicates:
         out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
-    out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
+    out += _count_lines(s, max_reasons)
+    out += _quality_lines(s)
+    out += _throughput_lines(s)
+    out += _ranked_lines(s)
+    return "\n".join(out)
+
+
+def _count_lines(s: RunSummary, max_reasons: int) -> list[str]:
+    """Images per status, the most common problems and warnings."""
+    out = ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
     if s.missing:
         out.append(f"incomplete: {s.images} of {s.planned} planned images have a row (resume the run to finish it)")
     if s.unchanged:
         out.append(f"        {s.unchanged} of the ok left as they were (copied byte for byte)")
     if s.problems:
         out += ["", "most common problems:"]
-        out += [
-            "  " + line
-            for line in _table(
+        out += _indented(
+            _table(
                 ["status", "count", "reason"],
                 [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]],
                 right={1},
             )
-        ]
+        )
         if len(s.problems) > max_reasons:
             out.append(f"  ... and {len(s.problems) - max_reasons} other reason(s)")
     if s.warnings:
         out.append("warnings (ok images): " + "; ".join(f"{w} x{c}" for w, c in s.warnings[:max_reasons]))
+    return out
 
-    out += ["", f"reference quality ({s.references} of {s.ok} ok images have a reference):"]
+
+def _quality_lines(s: RunSummary) -> list[str]:
+    """Reference quality (PSNR, SSIM) and the no-reference statistics before and after."""
+    out = ["", f"reference quality ({s.references} of {s.ok} ok images have a reference):"]
     rows = []
     for name, st in (("PSNR (dB)", s.psnr), ("SSIM", s.ssim)):
         d = 2 if name.startswith("PSNR") else 4
@@ -94,54 +111,53 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
             [name, str(st.n) if st else "0"]
             + [_f(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95")]
         )
-    out += ["  " + line for line in _table(["metric", "n", "mean", "median", "p5", "p95"], rows)]
+    out += _indented(_table(["metric", "n", "mean", "median", "p5", "p95"], rows))
     if s.psnr and s.psnr.infinite:
         out.append(f"  ({s.psnr.infinite} image(s) identical to their reference: PSNR inf, not in the stats)")
 
     out += ["", "no-reference statistics, ok images (mean / median):"]
     rows = no_reference_rows(s, missing="-")
-    out += [
-        "  " + line for line in _table(["stat", "before", "after", "change", "median before", "median after"], rows)
-    ]
+    out += _indented(_table(["stat", "before", "after", "change", "median before", "median after"], rows))
+    return out
 
-    out += ["", "throughput:"]
+
+def _throughput_lines(s: RunSummary) -> list[str]:
+    out = ["", "throughput:"]
     out.append(
         f"  {_f(s.images_per_second, 2)} images/s over {_f(s.wall_seconds, 1)} s wall clock "
         f"(first image start to last finish); {_f(s.images_per_busy_second, 2)} images/s per busy worker"
     )
     out.append(f"  {_bytes(s.bytes_in)} read, {_bytes(s.bytes_out)} written; {_f(s.busy_seconds, 1)} s busy in total")
-    out += [
-        "  " + line
-        for line in _table(
+    out += _indented(
+        _table(
             ["stage", "seconds", "share"],
             [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES],
         )
-    ]
+    )
+    return out
 
-    if s.worst or s.best:
-        d, unit = DIGITS[s.rank_by], UNITS[s.rank_by]
-        for title, items in (
-            (f"worst {len(s.worst)} by {s.rank_by}", s.worst),
-            (f"best {len(s.best)} by {s.rank_by}", s.best),
-        ):
-            out += ["", title + ":"]
-            out += [
-                "  " + line
-                for line in _table(
-                    ["image", s.rank_by + unit, "brightness before", "after"],
-                    [
-                        [i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)]
-                        for i in items
-                    ],
-                )
-            ]
-    else:
-        out += ["", f"no images ranked: no ok image has a {s.rank_by} (no references?)"]
-    return "\n".join(out)
+
+def _ranked_lines(s: RunSummary) -> list[str]:
+    """The worst and best images by the rank metric."""
+    if not (s.worst or s.best):
+        return ["", f"no images ranked: no ok image has a {s.rank_by} (no references?)"]
+    out: list[str] = []
+    d, unit = DIGITS[s.rank_by], UNITS[s.rank_by]
+    for title, items in (
+        (f"worst {len(s.worst)} by {s.rank_by}", s.worst),
+        (f"best {len(s.best)} by {s.rank_by}", s.best),
+    ):
+        out += ["", title + ":"]
+        out += _indented(
+            _table(
+                ["image", s.rank_by + unit, "brightness before", "after"],
+                [[i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)] for i in items],
+            )
+        )
+    return out
 
 
 def format_comparison(c: Comparison, limit: int = 10) -> str:
-    d = DIGITS[c.metric]
     out = [f"compare run {c.run_id} with baseline {c.base_run_id} (deltas are run - baseline)"]
     out.append(f"  models: {', '.join(c.base_model_versions) or '-'} -> {', '.join(c.model_versions) or '-'}")
     out.append(
@@ -156,6 +172,24 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
     nothing = c.nothing_compared()
     if nothing:
         out.append(f"  nothing compared by {c.metric}: {nothing}")
+    out += ["", "per-image deltas (an interval that holds 0: these images do not show a change of the mean):"]
+    out += _indented(_table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], _delta_rows(c)))
+    if c.status_changes:
+        out += ["", "status changes:"]
+        out += _indented(
+            _table(["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set())
+        )
+        if len(c.status_changes) > limit:
+            out.append(f"  ... and {len(c.status_changes) - limit} more")
+    if not c.worse:  # "no image got worse" only where images were compared
+        out += ["", f"nothing compared by {c.metric}: {nothing}" if nothing else "no image got worse"]
+    else:
+        out += _worse_lines(c, limit)
+    return "\n".join(out)
+
+
+def _delta_rows(c: Comparison) -> list[list[str]]:
+    """Per delta metric: n, mean, its 95% interval, median, p5, p95."""
     rows = []
     for m in DELTA_METRICS:
         st, ci = c.deltas[m], c.delta_intervals[m]
@@ -171,41 +205,30 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
                 _signed(st.p95 if st else None, dd),
             ]
         )
-    out += ["", "per-image deltas (an interval that holds 0: these images do not show a change of the mean):"]
-    out += ["  " + line for line in _table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], rows)]
-    if c.status_changes:
-        out += ["", "status changes:"]
-        out += [
-            "  " + line
-            for line in _table(
-                ["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set()
-            )
-        ]
-        if len(c.status_changes) > limit:
-            out.append(f"  ... and {len(c.status_changes) - limit} more")
-    if not c.worse:  # "no image got worse" only where images were compared
-        out += ["", f"nothing compared by {c.metric}: {nothing}" if nothing else "no image got worse"]
-    else:
-        out += ["", f"images that got worse ({c.worse_count}):"]
-        out += [
-            "  " + line
-            for line in _table(
-                ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+    return rows
+
+
+def _worse_lines(c: Comparison, limit: int) -> list[str]:
+    d = DIGITS[c.metric]
+    out = ["", f"images that got worse ({c.worse_count}):"]
+    out += _indented(
+        _table(
+            ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+            [
                 [
-                    [
-                        w.rel_path,
-                        _f(w.base_value, d),
-                        _f(w.value, d),
-                        _signed(w.delta, d),
-                        w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}",
-                    ]
-                    for w in c.worse[:limit]
-                ],
-            )
-        ]
-        if c.worse_count > limit:
-            out.append(f"  ... and {c.worse_count - limit} more (--json has every image)")
-    return "\n".join(out)
+                    w.rel_path,
+                    _f(w.base_value, d),
+                    _f(w.value, d),
+                    _signed(w.delta, d),
+                    w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}",
+                ]
+                for w in c.worse[:limit]
+            ],
+        )
+    )
+    if c.worse_count > limit:
+        out.append(f"  ... and {c.worse_count - limit} more (--json has every image)")
+    return out
 
 
 def format_runs(runs: list[RunInfo]) -> str:
