@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from llie.audit import report
+from llie.audit import contact_sheet, report
 from llie.audit import summary as audit
 from llie.audit import text as audit_text
 from llie.audit.comparison import compare
@@ -383,7 +383,7 @@ def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     # rel_path under the run's own folders (llie.audit.sources).
     worst, roots = summary.worst[0], PhotoRoots.of_run(run.output_url, run.manifest)
     for column in ("before", "after", "reference"):
-        thumb, size = report._thumbnail(roots.read(column, worst.rel_path))
+        thumb, size = contact_sheet._thumbnail(roots.read(column, worst.rel_path))
         assert thumb is not None and thumb.shape[2] == 3 and size > 0
 
 
