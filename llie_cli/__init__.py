@@ -1,6 +1,6 @@
 """The ``llie`` command line, the top layer: it imports the flows and the library, nothing imports it.
 
-``main`` assembles the group: ``commands`` (enhance, evaluate, train, synth; no Prefect), ``audit`` and
+``main`` assembles the group: ``commands`` (enhance, evaluate, synth; no Prefect), ``audit``, ``train`` and
 ``run`` (the archive flow); ``options`` holds the options several commands share.
 """
 

@@ -98,13 +98,14 @@ def audit(output_url: str, **options: Any) -> None:
       llie audit enhanced/ --run new-model --compare old-model --fail-on-worse
     """
     from llie.audit import summary as au
+    from llie.audit.text import format_runs
     from llie.batch import storage, storage_options
 
     o = SimpleNamespace(**options)  # the options by name, as click gives them
     opts = o.storage_option or None
     try:
         if o.list_runs:
-            click.echo(au.format_runs(au.list_runs(output_url, opts)))
+            click.echo(format_runs(au.list_runs(output_url, opts)))
             return
         found = _load(output_url, o, opts)
     except au.AuditError as exc:
@@ -140,6 +141,7 @@ class _Found:
 
 def _load(output_url: str, o: SimpleNamespace, opts: Any) -> _Found:
     from llie.audit import summary as au
+    from llie.audit.comparison import compare
 
     if not o.compare_id:
         _refuse_without_compare(
@@ -151,20 +153,20 @@ def _load(output_url: str, o: SimpleNamespace, opts: Any) -> _Found:
         return _Found(run, summary)
     base = au.load_run(o.compare_output or output_url, o.compare_id, opts)
     base_summary = au.summarise(base, top=o.top, rank_by=o.rank_by)
-    return _Found(run, summary, base, base_summary, au.compare(run, base, metric=o.rank_by, tolerance=o.tolerance))
+    return _Found(run, summary, base, base_summary, compare(run, base, metric=o.rank_by, tolerance=o.tolerance))
 
 
 def _show(found: _Found, o: SimpleNamespace, opts: Any) -> None:
     """The text on stdout (unless the JSON goes there), the report and the JSON file."""
-    from llie.audit import summary as au
+    from llie.audit.text import format_comparison, format_summary
     from llie.batch import storage
 
     to_stdout = o.json_path == "-"
     if not to_stdout:
-        click.echo(au.format_summary(found.summary))
+        click.echo(format_summary(found.summary))
         if found.comparison is not None:
             click.echo("")
-            click.echo(au.format_comparison(found.comparison, limit=max(o.top, 10)))
+            click.echo(format_comparison(found.comparison, limit=max(o.top, 10)))
     if o.report_path:
         from llie.audit.report import write_report
 

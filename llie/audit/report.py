@@ -19,45 +19,34 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from llie.audit.flagged import FlaggedImage
+from llie.audit.comparison import DELTA_METRICS, Comparison
+from llie.audit.contact_sheet import contact_sheet, flagged_sheet
+from llie.audit.figures import Plot, figure, png_bytes
 from llie.audit.numbers import number
 from llie.audit.sources import PhotoRoots
 from llie.audit.summary import (
-    DELTA_METRICS,
-    DIGITS,
     NR_SHOWN,
-    Comparison,
     ImageScore,
     RunData,
     RunSummary,
     Stats,
     finite,
-    no_reference_rows,
     ok_mask,
 )
+from llie.audit.text import DIGITS, no_reference_rows
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
 
-THUMB = 192  # longest side of a contact-sheet thumbnail, pixels
-DPI = 100
-FULL_WIDTH = 10.5  # inches: at DPI, the page's text width, so that plots are shown at their own size
+FULL_WIDTH = 10.5  # inches: at figures.DPI, the page's text width, so that plots are shown at their own size
 RUN_COLOR, BASE_COLOR, BEFORE_COLOR, AFTER_COLOR, WORSE_COLOR = "#1f77b4", "#aaaaaa", "#7f7f7f", "#ff7f0e", "#d62728"
-
-
-@dataclass
-class Plot:
-    name: str  # the figure's id in the page
-    title: str
-    png: bytes
-    caption: str = ""
 
 
 @dataclass
@@ -67,21 +56,6 @@ class ReportFiles:
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return buf.getvalue()
 
 
 def _ok_values(run: RunData, column: str) -> np.ndarray:
@@ -103,7 +77,7 @@ def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunDa
     if values.size == 0 and base_values.size == 0:
         return None
     label = "PSNR (dB)" if metric == "psnr" else "SSIM"
-    fig = _figure(FULL_WIDTH, 3.6)
+    fig = figure(FULL_WIDTH, 3.6)
     ax = fig.add_subplot()
     bins = _bins(values, base_values)
     if base_values.size:
@@ -136,14 +110,14 @@ def metric_histogram(run: RunData, metric: str, stats: Stats | None, base: RunDa
             f"p5 {stats.p5:.{DIGITS[metric]}f}, p95 {stats.p95:.{DIGITS[metric]}f} over {stats.n} images"
         )
     )
-    return Plot(f"{metric}_hist", f"{label} histogram", _png(fig), caption)
+    return Plot(f"{metric}_hist", f"{label} histogram", png_bytes(fig), caption)
 
 
 def before_after_plot(run: RunData) -> Plot | None:
     columns = {name: (_ok_values(run, f"before_{name}"), _ok_values(run, f"after_{name}")) for name in NR_SHOWN}
     if not any(b.size or a.size for b, a in columns.values()):
         return None
-    fig = _figure(FULL_WIDTH, 3.4)
+    fig = figure(FULL_WIDTH, 3.4)
     axes = fig.subplots(1, len(NR_SHOWN))
     for ax, (name, (before, after)) in zip(axes, columns.items()):
         bins = _bins(before, after, n=25)
@@ -157,7 +131,7 @@ def before_after_plot(run: RunData) -> Plot | None:
     return Plot(
         "before_after",
         "Brightness, contrast and noise before / after",
-        _png(fig),
+        png_bytes(fig),
         "no-reference statistics of the input and of the enhanced output, ok images",
     )
 
@@ -165,7 +139,7 @@ def before_after_plot(run: RunData) -> Plot | None:
 def stage_plot(summary: RunSummary, base_summary: RunSummary | None = None) -> Plot:
     stages = list(archive.STAGES)
     per_image = [summary.stage_seconds[s] / max(summary.images, 1) for s in stages]
-    fig = _figure(FULL_WIDTH, 3.8)
+    fig = figure(FULL_WIDTH, 3.8)
     ax = fig.add_subplot()
     y = np.arange(len(stages))
     height = 0.4 if base_summary else 0.7
@@ -193,7 +167,10 @@ def stage_plot(summary: RunSummary, base_summary: RunSummary | None = None) -> P
     if base_summary:
         ax.legend(fontsize=8, loc="lower right")
     return Plot(
-        "stage_times", "Time per stage", _png(fig), f"{summary.busy_seconds:.1f} s busy over {summary.images} images"
+        "stage_times",
+        "Time per stage",
+        png_bytes(fig),
+        f"{summary.busy_seconds:.1f} s busy over {summary.images} images",
     )
 
 
@@ -208,7 +185,7 @@ def comparison_plot(comparison: Comparison, run: RunData, base: RunData) -> Plot
     x = np.array([p[0] for p in pairs])
     y = np.array([p[1] for p in pairs])
     bad = np.array([p[2] in worse for p in pairs])
-    fig = _figure(5.2, 5.0)
+    fig = figure(5.2, 5.0)
     ax = fig.add_subplot()
     lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     pad = 0.05 * (hi - lo or 1.0)
@@ -223,97 +200,9 @@ def comparison_plot(comparison: Comparison, run: RunData, base: RunData) -> Plot
     return Plot(
         f"compare_{metric}",
         f"{metric.upper()} per image: run against baseline",
-        _png(fig),
+        png_bytes(fig),
         "above the diagonal: better in the audited run",
     )
-
-
-# --------------------------------------------------------------------------- contact sheets
-
-
-def _thumbnail(data: bytes | None) -> tuple[np.ndarray | None, int | None]:
-    """(uint8 thumbnail, file size) of an image's bytes, or (None, None) when it could not be read."""
-    if data is None:
-        return None, None
-    try:
-        from PIL import Image, ImageOps
-
-        with Image.open(io.BytesIO(data)) as img:
-            if img.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"):
-                img.draft("RGB", (THUMB * 2, THUMB * 2))  # JPEG: decode at a reduced scale
-                thumb = ImageOps.exif_transpose(img).convert("RGB")
-                thumb.thumbnail((THUMB, THUMB))
-                return np.asarray(thumb), len(data)
-        # 16-bit and other high-depth modes: llie's own decoder scales them right.
-        from llie.batch.imageio import decode_image
-        from llie.metrics import quantize8
-
-        rgb = quantize8(decode_image(data).rgb)
-        thumb = Image.fromarray(rgb)
-        thumb.thumbnail((THUMB, THUMB))
-        return np.asarray(thumb), len(data)
-    except Exception:
-        return None, len(data)
-
-
-def _short(text: str, width: int = 34) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def flagged_sheet(
-    flagged: list[FlaggedImage], roots: PhotoRoots, storage_options: storage.StorageOptions = None
-) -> Plot | None:
-    """Before and after of the images a run without references flagged, each titled with what flagged it."""
-    labels = [f"after: {f.reason} ({f.image.value:.3f})" for f in flagged]
-    title = "Photos to look at (no references: picked by no-reference statistics)"
-    images = [f.image for f in flagged]
-    return contact_sheet(images, title, "contact_flagged", "psnr", roots, storage_options, labels)
-
-
-def contact_sheet(
-    images: list[ImageScore],
-    title: str,
-    name: str,
-    rank_by: str,
-    roots: PhotoRoots,
-    storage_options: storage.StorageOptions = None,
-    after_labels: list[str] | None = None,
-) -> Plot | None:
-    """One row per image: before (input), after (output) and, if known, the reference; each read by its
-    rel_path under the run's own folders (``llie.audit.sources``), never from a path a row names.
-    ``after_labels`` title the after column instead of the ranking metric's value."""
-    if not images:
-        return None
-    columns = ["before", "after"] + (["reference"] if roots.reference else [])
-    fig = _figure(2.5 * len(columns) + 0.4, 2.3 * len(images) + 0.5)
-    axes = np.atleast_2d(fig.subplots(len(images), len(columns)))
-    fig.suptitle(title, fontsize=11)
-    d = DIGITS[rank_by]
-    for k, (row, item) in enumerate(zip(axes, images)):
-        for ax, col in zip(row, columns):
-            thumb, size = _thumbnail(roots.read(col, item.rel_path, storage_options))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if thumb is None:
-                ax.text(
-                    0.5, 0.5, "unavailable", ha="center", va="center", fontsize=9, color="gray", transform=ax.transAxes
-                )
-            else:
-                ax.imshow(thumb, interpolation="antialiased")
-            if col == "before":
-                ax.set_title(f"before: {_short(item.rel_path)}", fontsize=8, loc="left")
-            elif col == "after" and after_labels:
-                ax.set_title(after_labels[k], fontsize=8, loc="left")
-            elif col == "after":
-                label = f"after: {rank_by} {item.value:.{d}f}"
-                if item.ssim is not None and rank_by != "ssim":
-                    label += f", ssim {item.ssim:.3f}"
-                if size is not None and item.bytes_out is not None and size != item.bytes_out:
-                    label += "\n(file rewritten since this run)"
-                ax.set_title(label, fontsize=8, loc="left")
-            else:
-                ax.set_title("reference", fontsize=8, loc="left")
-    return Plot(name, title, _png(fig))
 
 
 # --------------------------------------------------------------------------- HTML
@@ -559,8 +448,20 @@ def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison |
         _speed_html(s),
         fig("stage_times"),
     ]
+    body += _images_html(s, fig)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>llie audit {_e(s.run_id)}</title><style>{_CSS}</style></head><body>"
+        + "\n".join(b for b in body if b)
+        + "</body></html>\n"
+    )
+
+
+def _images_html(s: RunSummary, fig: Callable[[str], str]) -> list[str]:
+    """The worst and best images, or (no references) the flagged ones, with their contact sheets."""
+    out: list[str] = []
     if s.worst or s.best:
-        body += [
+        out += [
             f"<h2>Worst {len(s.worst)} by {_e(s.rank_by)}</h2>",
             _ranked_html(s, s.worst),
             fig("contact_worst"),
@@ -569,7 +470,7 @@ def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison |
             fig("contact_best"),
         ]
     elif s.flagged:
-        body += [
+        out += [
             "<h2>Photos to look at</h2>",
             f'<p class="muted">No image has a {_e(s.rank_by)} value (no references): these are picked by '
             "no-reference statistics.</p>",
@@ -585,13 +486,8 @@ def render_html(summary: RunSummary, plots: list[Plot], comparison: Comparison |
             fig("contact_flagged"),
         ]
     else:
-        body.append(f'<p class="muted">No image ranked: no ok image has a {_e(s.rank_by)} value.</p>')
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>llie audit {_e(s.run_id)}</title><style>{_CSS}</style></head><body>"
-        + "\n".join(b for b in body if b)
-        + "</body></html>\n"
-    )
+        out.append(f'<p class="muted">No image ranked: no ok image has a {_e(s.rank_by)} value.</p>')
+    return out
 
 
 def _split_destination(dest: str) -> tuple[str, str]:

@@ -1,11 +1,12 @@
-"""Audit an archive run from its Parquet metrics: counts, quality, speed, and run-to-run changes.
+"""Audit an archive run from its Parquet metrics: counts, quality and speed (``llie.audit.comparison``
+compares two runs).
 
 Pure functions over the dataset the archive flow writes (see ``docs/parquet_schema.md``)::
 
     <output_url>/_metrics/run_id=<run_id>/<shard_id>.parquet
 
-Nothing here knows about Prefect, Dask or matplotlib; ``llie.audit.report`` draws the pictures and
-``llie_cli.audit`` is the command line. Every URL may be local or an fsspec URL (``s3://...``);
+Nothing here knows about Prefect, Dask or matplotlib; ``llie.audit.text`` writes the tables,
+``llie.audit.report`` draws the pictures and ``llie_cli.audit`` is the command line. Every URL may be local or an fsspec URL (``s3://...``);
 credentials come from ``storage_options`` or the environment, never from the URL.
 
 Conventions, so that the numbers can be reproduced with any Parquet reader:
@@ -21,8 +22,6 @@ Conventions, so that the numbers can be reproduced with any Parquet reader:
 
 from __future__ import annotations
 
-import functools
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,18 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llie.audit.numbers import number
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
-from llie.stats import mean_interval
 
 RANK_METRICS = ("psnr", "ssim")
-# Metrics a comparison reports deltas for; "higher is better" only matters for the rank metric.
-DELTA_METRICS = ("psnr", "ssim", "after_brightness", "after_contrast", "after_noise")
 NR_SHOWN = ("brightness", "contrast", "noise")
-# Changes smaller than this are "unchanged" (thread-count nondeterminism in torch and XGBoost
-# moves PSNR by far less than 0.01 dB).
-DEFAULT_TOLERANCE = {"psnr": 0.01, "ssim": 0.0005}
 
 
 class AuditError(ValueError):
@@ -421,14 +413,6 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     ok = ok_mask(table)
     statuses = Counter(table.column("status").to_pylist())
 
-    problem_idx = np.flatnonzero(~ok)
-    problems = Counter(
-        (r["status"], _error_reason(r))
-        for r in _rows(table.select(["status", "error", "input_path", "rel_path"]), problem_idx)
-    )
-    warning_col = table.filter(pa.array(ok)).column("warning")
-    warnings = Counter(w for w in warning_col.to_pylist() if w)
-
     psnr = run.column("psnr")[ok]
     no_reference = {
         name: {"before": Stats.of(run.column(f"before_{name}")[ok]), "after": Stats.of(run.column(f"after_{name}")[ok])}
@@ -456,11 +440,8 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         duplicates=run.duplicates,
         first_finished=first.isoformat() if first else None,
         last_finished=last.isoformat() if last else None,
-        problems=[
-            (status, reason, count)
-            for (status, reason), count in sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))
-        ],
-        warnings=sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0])),
+        problems=_problems(table, ok),
+        warnings=_warnings(table, ok),
         references=int((~np.isnan(psnr)).sum()),
         psnr=Stats.of(psnr),
         ssim=Stats.of(run.column("ssim")[ok]),
@@ -481,375 +462,23 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     )
 
 
+def _problems(table: pa.Table, ok: np.ndarray) -> list[tuple[str, str, int]]:
+    """(status, reason, count) of the rows that are not ok, most common first."""
+    problems = Counter(
+        (r["status"], _error_reason(r))
+        for r in _rows(table.select(["status", "error", "input_path", "rel_path"]), np.flatnonzero(~ok))
+    )
+    return [
+        (status, reason, count) for (status, reason), count in sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+def _warnings(table: pa.Table, ok: np.ndarray) -> list[tuple[str, int]]:
+    """(warning, count) of the ok rows, most common first."""
+    warnings = Counter(w for w in table.filter(pa.array(ok)).column("warning").to_pylist() if w)
+    return sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def _planned_images(manifest: dict[str, Any] | None) -> int | None:
     planned = (manifest or {}).get("images")
     return planned if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 0 else None
-
-
-# --------------------------------------------------------------------------- two runs
-
-
-@dataclass
-class ImageDelta:
-    rel_path: str
-    base_status: str
-    status: str
-    base_value: float | None  # the rank metric in the baseline run
-    value: float | None  # ... and in the audited run
-    delta: float | None  # value - base_value
-    input_path: str
-    output_path: str | None
-    base_output_path: str | None
-
-
-@dataclass
-class Comparison:
-    """What changed from ``base_run_id`` (the baseline, ``--compare``) to ``run_id``.
-
-    Deltas are ``run - baseline``: a positive PSNR delta means the audited run is better.
-    """
-
-    run_id: str
-    base_run_id: str
-    metric: str
-    tolerance: float
-    model_versions: list[str]
-    base_model_versions: list[str]
-    common: int
-    only_in_run: list[str]
-    only_in_base: list[str]
-    # (rel_path, baseline status, status) where they differ
-    status_changes: list[tuple[str, str, str]]
-    # metric -> Stats of the per-image delta over images with a value in both runs
-    deltas: dict[str, Stats | None]
-    # metric -> 95% interval of the mean delta (llie.stats.mean_interval): whether the change is real
-    delta_intervals: dict[str, list[float] | None]
-    improved: int
-    unchanged: int
-    worse_count: int
-    # images in both runs whose metric is missing (no reference, failed, inf) in one run or both,
-    # and whose status did not go from ok to not ok or back: neither better, unchanged nor worse
-    unscored: int
-    # images with the metric in both runs: 0 means no score was compared at all
-    scored: int
-    # images that got worse: ok -> error/skipped first, then the largest metric drops
-    worse: list[ImageDelta]
-    # every common image: rel_path -> {metric: delta}
-    per_image: dict[str, dict[str, float | None]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def nothing_compared(self) -> str | None:
-        """Why no image could be compared by the metric, or None when some could.
-
-        "0 worse" then means nothing: a gate (``--fail-on-worse``) must not pass on it.
-        """
-        if self.common == 0:
-            return "no image is in both runs"
-        if self.scored == 0:
-            return f"no image has a {self.metric} in both runs"
-        return None
-
-
-def compare(run: RunData, base: RunData, metric: str = "psnr", tolerance: float | None = None) -> Comparison:
-    """Per-image changes between two runs over the same inputs, matched by ``rel_path``."""
-    if metric not in RANK_METRICS:
-        raise ValueError(f"compare metric must be one of {RANK_METRICS}, got {metric!r}")
-    tol = DEFAULT_TOLERANCE[metric] if tolerance is None else float(tolerance)
-    cols = ["rel_path", "status", "input_path", "output_path", *DELTA_METRICS]
-    now = {r["rel_path"]: r for r in run.table.select(cols).to_pylist()}
-    then = {r["rel_path"]: r for r in base.table.select(cols).to_pylist()}
-    common = sorted(now.keys() & then.keys())
-
-    def number(row: dict[str, Any], name: str) -> float | None:
-        v = row[name] if row["status"] == "ok" else None
-        return float(v) if v is not None and math.isfinite(v) else None
-
-    per_image: dict[str, dict[str, float | None]] = {}
-    deltas: dict[str, list[float]] = {m: [] for m in DELTA_METRICS}
-    status_changes, worse = [], []
-    improved = unchanged = unscored = 0
-    for rel in common:
-        a, b = now[rel], then[rel]
-        entry: dict[str, float | None] = {}
-        for m in DELTA_METRICS:
-            va, vb = number(a, m), number(b, m)
-            entry[m] = None if va is None or vb is None else va - vb
-            if entry[m] is not None:
-                deltas[m].append(entry[m])
-        per_image[rel] = entry
-        if a["status"] != b["status"]:
-            status_changes.append((rel, b["status"], a["status"]))
-        d = entry[metric]
-        regressed = b["status"] == "ok" and a["status"] != "ok"
-        fixed = b["status"] != "ok" and a["status"] == "ok"
-        if regressed or (d is not None and d < -tol):
-            worse.append(
-                ImageDelta(
-                    rel_path=rel,
-                    base_status=b["status"],
-                    status=a["status"],
-                    base_value=number(b, metric),
-                    value=number(a, metric),
-                    delta=d,
-                    input_path=a["input_path"],
-                    output_path=a["output_path"],
-                    base_output_path=b["output_path"],
-                )
-            )
-        elif fixed or (d is not None and d > tol):
-            improved += 1
-        elif d is None:  # no score to compare: "unchanged" would be a guess
-            unscored += 1
-        else:
-            unchanged += 1
-    # Status regressions first (delta None), then by how much worse, then by name.
-    worse.sort(key=lambda w: (w.delta is not None, w.delta if w.delta is not None else 0.0, w.rel_path))
-    return Comparison(
-        run_id=run.run_id,
-        base_run_id=base.run_id,
-        metric=metric,
-        tolerance=tol,
-        model_versions=sorted({v for v in run.table.column("model_version").to_pylist() if v}),
-        base_model_versions=sorted({v for v in base.table.column("model_version").to_pylist() if v}),
-        common=len(common),
-        only_in_run=sorted(now.keys() - then.keys()),
-        only_in_base=sorted(then.keys() - now.keys()),
-        status_changes=status_changes,
-        deltas={m: Stats.of(np.array(v)) for m, v in deltas.items()},
-        delta_intervals={m: list(mean_interval(v)) if len(v) > 1 else None for m, v in deltas.items()},
-        improved=improved,
-        unchanged=unchanged,
-        worse_count=len(worse),
-        unscored=unscored,
-        scored=len(deltas[metric]),
-        worse=worse,
-        per_image=per_image,
-    )
-
-
-# --------------------------------------------------------------------------- text
-
-
-def no_reference_rows(s: RunSummary, missing: str) -> list[list[str]]:
-    """Per no-reference statistic shown: its name, mean before and after, the change, median before and after."""
-    rows = []
-    for name in NR_SHOWN:
-        b, a = s.no_reference[name]["before"], s.no_reference[name]["after"]
-        rows.append(
-            [
-                name,
-                number(b.mean if b else None, 4, missing=missing),
-                number(a.mean if a else None, 4, missing=missing),
-                number(a.mean - b.mean if a and b else None, 4, signed=True, missing=missing),
-                number(b.median if b else None, 4, missing=missing),
-                number(a.median if a else None, 4, missing=missing),
-            ]
-        )
-    return rows
-
-
-# audit texts show a missing number as "-"
-_f = functools.partial(number, missing="-")
-_signed = functools.partial(number, signed=True, missing="-")
-
-
-def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
-    """A plain aligned text table; columns in ``right`` are right-aligned."""
-    right = right if right is not None else set(range(1, len(header)))
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
-DIGITS = {"psnr": 2, "ssim": 4}
-UNITS = {"psnr": " dB", "ssim": ""}
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
-def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
-    out = [f"run {s.run_id}  ({s.output_url})"]
-    models = ", ".join(s.model_versions) or "-"
-    out.append(
-        f"  model {models}; {s.shards} shard(s), {s.workers} worker(s); "
-        f"finished {s.first_finished or '-'} .. {s.last_finished or '-'}"
-    )
-    if s.duplicates:
-        out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
-    out += ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
-    if s.missing:
-        out.append(f"incomplete: {s.images} of {s.planned} planned images have a row (resume the run to finish it)")
-    if s.unchanged:
-        out.append(f"        {s.unchanged} of the ok left as they were (copied byte for byte)")
-    if s.problems:
-        out += ["", "most common problems:"]
-        out += [
-            "  " + line
-            for line in _table(
-                ["status", "count", "reason"],
-                [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]],
-                right={1},
-            )
-        ]
-        if len(s.problems) > max_reasons:
-            out.append(f"  ... and {len(s.problems) - max_reasons} other reason(s)")
-    if s.warnings:
-        out.append("warnings (ok images): " + "; ".join(f"{w} x{c}" for w, c in s.warnings[:max_reasons]))
-
-    out += ["", f"reference quality ({s.references} of {s.ok} ok images have a reference):"]
-    rows = []
-    for name, st in (("PSNR (dB)", s.psnr), ("SSIM", s.ssim)):
-        d = 2 if name.startswith("PSNR") else 4
-        rows.append(
-            [name, str(st.n) if st else "0"]
-            + [_f(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95")]
-        )
-    out += ["  " + line for line in _table(["metric", "n", "mean", "median", "p5", "p95"], rows)]
-    if s.psnr and s.psnr.infinite:
-        out.append(f"  ({s.psnr.infinite} image(s) identical to their reference: PSNR inf, not in the stats)")
-
-    out += ["", "no-reference statistics, ok images (mean / median):"]
-    rows = no_reference_rows(s, missing="-")
-    out += [
-        "  " + line for line in _table(["stat", "before", "after", "change", "median before", "median after"], rows)
-    ]
-
-    out += ["", "throughput:"]
-    out.append(
-        f"  {_f(s.images_per_second, 2)} images/s over {_f(s.wall_seconds, 1)} s wall clock "
-        f"(first image start to last finish); {_f(s.images_per_busy_second, 2)} images/s per busy worker"
-    )
-    out.append(f"  {_bytes(s.bytes_in)} read, {_bytes(s.bytes_out)} written; {_f(s.busy_seconds, 1)} s busy in total")
-    out += [
-        "  " + line
-        for line in _table(
-            ["stage", "seconds", "share"],
-            [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES],
-        )
-    ]
-
-    if s.worst or s.best:
-        d, unit = DIGITS[s.rank_by], UNITS[s.rank_by]
-        for title, items in (
-            (f"worst {len(s.worst)} by {s.rank_by}", s.worst),
-            (f"best {len(s.best)} by {s.rank_by}", s.best),
-        ):
-            out += ["", title + ":"]
-            out += [
-                "  " + line
-                for line in _table(
-                    ["image", s.rank_by + unit, "brightness before", "after"],
-                    [
-                        [i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)]
-                        for i in items
-                    ],
-                )
-            ]
-    else:
-        out += ["", f"no images ranked: no ok image has a {s.rank_by} (no references?)"]
-    return "\n".join(out)
-
-
-def format_comparison(c: Comparison, limit: int = 10) -> str:
-    d = DIGITS[c.metric]
-    out = [f"compare run {c.run_id} with baseline {c.base_run_id} (deltas are run - baseline)"]
-    out.append(f"  models: {', '.join(c.base_model_versions) or '-'} -> {', '.join(c.model_versions) or '-'}")
-    out.append(
-        f"  {c.common} image(s) in both; {len(c.only_in_run)} only in {c.run_id}; "
-        f"{len(c.only_in_base)} only in {c.base_run_id}"
-    )
-    unscored = f"; {c.unscored} without a score in both runs" if c.unscored else ""
-    out.append(
-        f"  by {c.metric} (tolerance {c.tolerance:g}): {c.improved} better, {c.unchanged} unchanged, "
-        f"{c.worse_count} worse{unscored}"
-    )
-    nothing = c.nothing_compared()
-    if nothing:
-        out.append(f"  nothing compared by {c.metric}: {nothing}")
-    rows = []
-    for m in DELTA_METRICS:
-        st, ci = c.deltas[m], c.delta_intervals[m]
-        dd = DIGITS.get(m, 4)
-        rows.append(
-            [
-                m,
-                str(st.n) if st else "0",
-                _signed(st.mean if st else None, dd),
-                f"{_signed(ci[0], dd)} to {_signed(ci[1], dd)}" if ci else "-",
-                _signed(st.median if st else None, dd),
-                _signed(st.p5 if st else None, dd),
-                _signed(st.p95 if st else None, dd),
-            ]
-        )
-    out += ["", "per-image deltas (an interval that holds 0: these images do not show a change of the mean):"]
-    out += ["  " + line for line in _table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], rows)]
-    if c.status_changes:
-        out += ["", "status changes:"]
-        out += [
-            "  " + line
-            for line in _table(
-                ["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set()
-            )
-        ]
-        if len(c.status_changes) > limit:
-            out.append(f"  ... and {len(c.status_changes) - limit} more")
-    if not c.worse:  # "no image got worse" only where images were compared
-        out += ["", f"nothing compared by {c.metric}: {nothing}" if nothing else "no image got worse"]
-    else:
-        out += ["", f"images that got worse ({c.worse_count}):"]
-        out += [
-            "  " + line
-            for line in _table(
-                ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
-                [
-                    [
-                        w.rel_path,
-                        _f(w.base_value, d),
-                        _f(w.value, d),
-                        _signed(w.delta, d),
-                        w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}",
-                    ]
-                    for w in c.worse[:limit]
-                ],
-            )
-        ]
-        if c.worse_count > limit:
-            out.append(f"  ... and {c.worse_count - limit} more (--json has every image)")
-    return "\n".join(out)
-
-
-def format_runs(runs: list[RunInfo]) -> str:
-    if not runs:
-        return "no runs"
-    return "\n".join(
-        _table(
-            ["run", "images", "ok", "error", "skipped", "mean PSNR", "last finished", "model"],
-            [
-                [
-                    r.run_id,
-                    str(r.images),
-                    str(r.ok),
-                    str(r.error),
-                    str(r.skipped),
-                    _f(r.mean_psnr, 2),
-                    r.last_finished or "-",
-                    ", ".join(r.model_versions) or "-",
-                ]
-                for r in runs
-            ],
-            right={1, 2, 3, 4, 5},
-        )
-    )

@@ -22,8 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from llie.audit import report
+from llie.audit import contact_sheet, report
 from llie.audit import summary as audit
+from llie.audit import text as audit_text
+from llie.audit.comparison import compare
 from llie.audit.sources import PhotoRoots
 from llie.batch import archive, storage
 from llie.stats import bootstrap_interval
@@ -214,7 +216,7 @@ def test_duplicate_rows_keep_the_latest(runs, tmp_path):
 
 
 def test_compare_against_duckdb_join(runs):
-    cmp = audit.compare(audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A))
+    cmp = compare(audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A))
     joined = duckdb.sql(
         f"SELECT b.rel_path, a.status, b.status, "
         f"CASE WHEN a.status = 'ok' AND b.status = 'ok' THEN b.psnr - a.psnr END, "
@@ -248,7 +250,7 @@ def test_compare_against_duckdb_join(runs):
     assert cmp.improved + cmp.unchanged + cmp.worse_count + cmp.unscored == 13
     # g02 got a different (much darker) input: its score moved, one way or the other.
     assert abs(cmp.per_image["g02.png"]["psnr"]) > cmp.tolerance
-    text = audit.format_comparison(cmp)
+    text = audit_text.format_comparison(cmp)
     assert "g01.png" in text and "ok -> error" in text
     assert "mean 95% interval" in text and f"{low:+.2f} to {high:+.2f}" in text
 
@@ -281,15 +283,15 @@ def test_compare_with_a_baseline_without_scores_or_images_in_common(runs, tmp_pa
     copy_run(runs, tmp_path, "no-ref", without_scores)
     copy_run(runs, tmp_path, "disjoint", elsewhere)
     run = audit.load_run(str(runs.out), RUN_A)
-    cmp = audit.compare(run, audit.load_run(str(tmp_path), "no-ref"))
+    cmp = compare(run, audit.load_run(str(tmp_path), "no-ref"))
     assert (cmp.common, cmp.improved, cmp.unchanged, cmp.worse_count, cmp.unscored, cmp.scored) == (13, 0, 0, 0, 13, 0)
     assert cmp.nothing_compared() == "no image has a psnr in both runs"
-    text = audit.format_comparison(cmp)
+    text = audit_text.format_comparison(cmp)
     assert "0 better, 0 unchanged, 0 worse; 13 without a score in both runs" in text
     assert "nothing compared by psnr: no image has a psnr in both runs" in text and "no image got worse" not in text
-    cmp = audit.compare(run, audit.load_run(str(tmp_path), "disjoint"))
+    cmp = compare(run, audit.load_run(str(tmp_path), "disjoint"))
     assert (cmp.common, cmp.unchanged, cmp.unscored, cmp.nothing_compared()) == (0, 0, 0, "no image is in both runs")
-    assert "nothing compared by psnr: no image is in both runs" in audit.format_comparison(cmp)
+    assert "nothing compared by psnr: no image is in both runs" in audit_text.format_comparison(cmp)
 
     def gate(base: str, *args: str):
         return CliRunner().invoke(
@@ -354,7 +356,7 @@ def test_cli_reports_an_unreadable_shard_file_as_a_data_error(runs, tmp_path):
 def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     run, base = audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A)
     summary, base_summary = audit.summarise(run), audit.summarise(base)
-    cmp = audit.compare(run, base)
+    cmp = compare(run, base)
     files = report.write_report(run, summary, str(tmp_path / "rep" / "audit.html"), cmp, base, base_summary)
     assert files.html_url == str(tmp_path / "rep" / "audit.html")
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["audit.html"]  # no PNG beside it
@@ -381,7 +383,7 @@ def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     # rel_path under the run's own folders (llie.audit.sources).
     worst, roots = summary.worst[0], PhotoRoots.of_run(run.output_url, run.manifest)
     for column in ("before", "after", "reference"):
-        thumb, size = report._thumbnail(roots.read(column, worst.rel_path))
+        thumb, size = contact_sheet._thumbnail(roots.read(column, worst.rel_path))
         assert thumb is not None and thumb.shape[2] == 3 and size > 0
 
 
@@ -397,7 +399,7 @@ def test_report_without_references_leaves_out_the_score_plots(runs, tmp_path):
         pq.write_table(table, dst / f.name)
     run = audit.load_run(str(tmp_path / "out"), RUN_A)
     summary = audit.summarise(run)
-    assert summary.psnr is None and summary.worst == [] and "no images ranked" in audit.format_summary(summary)
+    assert summary.psnr is None and summary.worst == [] and "no images ranked" in audit_text.format_summary(summary)
     files = report.write_report(run, summary, str(tmp_path / "rep"))
     assert files.html_url.endswith("/rep/report.html")
     # nothing ranked: before/after photos picked by no-reference statistics instead
@@ -517,7 +519,7 @@ def test_documented_duckdb_queries(runs):
         s = audit.summarise(audit.load_run(str(runs.out), run_id))
         assert (images, ok, error, skipped) == (s.images, s.ok, s.error, s.skipped)
         assert (mean, p5, p50, p95) == pytest.approx((s.psnr.mean, s.psnr.p5, s.psnr.median, s.psnr.p95), rel=1e-12)
-    cmp = audit.compare(audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A))
+    cmp = compare(audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A))
     got = [r[0] for r in duckdb.sql(_localise(worse, runs.out)).fetchall()]
     assert got == [w.rel_path for w in cmp.worse if w.delta is not None]
 

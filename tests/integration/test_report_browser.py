@@ -146,6 +146,7 @@ def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
     """The report of two small real runs (rows from archive.process_shard), the second compared with the first."""
     from llie.audit import report
     from llie.audit import summary as audit
+    from llie.audit.comparison import compare
     from llie.batch import archive
     from llie.batch.layout import RunLayout
     from llie.batch.spec import RunSpec
@@ -163,9 +164,7 @@ def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
         archive.write_run_manifest(str(out), run_id, {"run_id": run_id, "reference_url": str(ref), "images": 4})
     run, base = audit.load_run(str(out), "after"), audit.load_run(str(out), "before")
     summary, base_summary = audit.summarise(run, top=2), audit.summarise(base, top=2)
-    files = report.write_report(
-        run, summary, str(tmp_path / "report.html"), audit.compare(run, base), base, base_summary
-    )
+    files = report.write_report(run, summary, str(tmp_path / "report.html"), compare(run, base), base, base_summary)
     assert len(files.plots) == 7
     return Path(files.html_url)
 

@@ -435,7 +435,7 @@ def test_train_command_passes_its_settings_through(tmp_path):
 
 def test_train_defaults_for_stage2_match_the_library():
     from llie.method.quantiles import QuantileModelConfig
-    from llie_cli.commands import DEFAULT_BAG, DEFAULT_HISTOGRAM_ROWS
+    from llie_cli.train import DEFAULT_BAG, DEFAULT_HISTOGRAM_ROWS
 
     assert DEFAULT_HISTOGRAM_ROWS == QuantileModelConfig().augmentations
     assert DEFAULT_BAG == QuantileModelConfig().bag

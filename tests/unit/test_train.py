@@ -557,6 +557,7 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
         "anchor_exposure": True,
         "gain_off": 1.2,
         "gain_full": 1.5,
+        "hue_guard": 30.0,  # the command's default
     }
     bundle = load_bundle(out)
     assert bundle.quantile_model.config.harmless == 2 and bundle.policy.gain_full == 1.5
