@@ -98,7 +98,7 @@ def out_of_fold_predictions(pairs, lows, highs, oof, progress: bool) -> tuple[np
 def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress: bool) -> dict[str, np.ndarray]:
     """Per pair: dark shot's stage-3 PSNR/SSIM, the well-exposed photo's PSNR after the pipeline;
     ``predictions`` are the (dark, well-exposed) out-of-fold stage-2 predictions."""
-    from llie.method.policy import map_under_policy, refine_under_policy
+    from llie.method.policy import finish_under_policy, map_under_policy, refine_under_policy
     from llie.method.refine import refine, resolve_device
     from llie.metrics import psnr, quantize8, ssim
 
@@ -108,11 +108,12 @@ def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress:
     out = {k: np.zeros(len(lows)) for k in ("dark_psnr", "dark_ssim", "exposed_psnr", "exposed_gate")}
     for i in tqdm(range(len(lows)), desc="score", disable=not progress, leave=False):
         mapped, _ = map_under_policy(lows[i], dark_q[i], mapping, policy)
-        out8 = quantize8(mapped) / 255.0
+        out8 = quantize8(finish_under_policy(lows[i], np.clip(mapped, 0.0, 1.0), policy)) / 255.0
         out["dark_psnr"][i], out["dark_ssim"][i] = psnr(out8, highs[i]), ssim(out8, highs[i])
         kept, out["exposed_gate"][i] = map_under_policy(highs[i], exposed_q[i], mapping, policy)
         if refiner is not None:
             kept = refine_under_policy(highs[i], kept, lambda x: refine(refiner, x, device), policy)
+        kept = finish_under_policy(highs[i], np.clip(kept, 0.0, 1.0), policy)  # a no-op where nothing turned
         out["exposed_psnr"][i] = min(psnr(quantize8(kept) / 255.0, highs[i]), PSNR_CAP)
     return out
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from llie.method.bundle import Bundle, load_bundle
 from llie.method.features import extract_features
-from llie.method.mapping import hold_visible_hues, infer_levels
-from llie.method.policy import map_under_policy, refine_under_policy
+from llie.method.mapping import infer_levels
+from llie.method.policy import finish_under_policy, map_under_policy, refine_under_policy
 from llie.method.refine import TilingConfig, cpu_has_native_bf16, refine, resolve_device, tiling_for_precision
 from llie.method.working_size import WorkingSize, carry_to_full_size, working_copy
 
@@ -119,15 +119,15 @@ class Enhancer:
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            refined = refine_under_policy(rgb, mapped, self._refine, policy, mask)
+            refined = refine_under_policy(rgb, mapped, self.refine_mapped, policy, mask)
             unchanged = unchanged and refined is mapped  # the policy left the refiner out too
             mapped = refined
-        if policy.hue_guard > 0 and not unchanged:
-            mapped = hold_visible_hues(rgb, np.clip(mapped, 0.0, 1.0), policy.hue_guard)
+        if not unchanged:
+            mapped = finish_under_policy(rgb, np.clip(mapped, 0.0, 1.0), policy)
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds, unchanged)
 
-    def _refine(self, mapped: np.ndarray) -> np.ndarray:
+    def refine_mapped(self, mapped: np.ndarray) -> np.ndarray:
         """Stage 4: the bundle's local gain (if it has one, on the CPU: it is tiny), then the refiner."""
         if self.bundle.illumination is not None:
             from llie.method.illumination import relight  # torch, as the refiner: not for stages 1-3

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llie.method.mapping import LUMA, MappingConfig, match_to_quantiles
+from llie.method.mapping import LUMA, MappingConfig, hold_visible_hues, match_to_quantiles
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,11 @@ def refine_under_policy(
     if weight == 0:
         return mapped
     return apply_policy(mapped, refine(mapped), weight, policy, mask)
+
+
+def finish_under_policy(source: np.ndarray, result: np.ndarray, policy: EnhancePolicy) -> np.ndarray:
+    """The policy's last colour rule on a changed photo's ``result`` (in [0, 1]): visible hues of ``source``
+    that turned past ``policy.hue_guard`` degrees are turned back (``mapping.hold_visible_hues``)."""
+    if policy.hue_guard <= 0:
+        return result
+    return hold_visible_hues(source, result, policy.hue_guard)
