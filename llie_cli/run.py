@@ -232,11 +232,16 @@ def resume_command(spec: RunSpec, cluster: Cluster | None = None) -> str:
 
 def _resumable(state: Any) -> bool:
     """Whether running the run again can finish it: not when it stopped on what it was given (a bad
-    bundle, a damaged record, settings other than the run's, a missing input: ValueError, FileNotFoundError)."""
+    bundle, a damaged record, settings other than the run's, a missing input: ValueError, FileNotFoundError),
+    except a shard size other than the run's, which the printed command takes from the run's manifest."""
+    from llie.batch.plan import SettingMismatch
+
     try:
         error = state.result(raise_on_failure=False)
     except Exception:  # no result to look at (a crash): a resume is worth a try
         return True
+    if isinstance(error, SettingMismatch):
+        return error.key == "shard_size"
     return not isinstance(error, ValueError | FileNotFoundError)
 
 

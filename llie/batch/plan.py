@@ -51,6 +51,14 @@ class RunPlan:
         }
 
 
+class SettingMismatch(ValueError):
+    """A resumed run given a setting other than the one it was started with (``key``)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def check_spec(spec: RunSpec) -> RunSpec:
     """Refuse what no run may do, before anything is listed; returns the spec with its run id."""
     for url in (spec.input_url, spec.output_url, spec.reference_url):
@@ -87,9 +95,10 @@ def _check_resume(plan: RunPlan, previous: dict[str, Any], logger: Any) -> None:
         previous = {"refiner_precision": "float32", **previous}
     for key in ("shard_size", "input_url", "model", "refiner_precision"):
         if key in previous and _comparable(previous[key]) != _comparable(manifest[key]):
-            raise ValueError(
+            raise SettingMismatch(
+                key,
                 f"run {spec.run_id} was started with {key}={previous[key]!r}, not {manifest[key]!r}; "
-                "resume it with the same settings, or start a new run_id"
+                "resume it with the same settings, or start a new run_id",
             )
     planned = {s.shard_id for s in plan.shards}
     for stale in sorted(set(archive.shard_files(spec.output_url, spec.run_id, spec.storage_options)) - planned):
