@@ -177,7 +177,7 @@ def coarse_noise_features(rgb: np.ndarray, mask: np.ndarray | None = None) -> np
     to the signal. A resized or smoothed copy of a photo measures nearly as the photo does there, where
     pixel-level noise changes with every resampling. Pixels outside ``mask`` take the mean colour of those
     inside, so what hides there cannot count."""
-    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32, copy=False)
+    rgb = np.rint(np.clip(rgb, 0.0, 1.0) * np.float32(255)) / np.float32(255)  # 8-bit levels, as the rest
     if mask is not None:
         rgb = np.where(mask[..., None], rgb, rgb[mask].mean(axis=0) if mask.any() else np.float32(0))
     if min(rgb.shape[:2]) < COARSE_MIN_SIDE:  # tiny photos: edge-padded so every copy keeps a 3x3

@@ -192,10 +192,13 @@ VISIBLE_SATURATION = 0.3  # HSV saturation and value from which a pixel's hue sh
 VISIBLE_VALUE = 0.08
 
 
-def hold_visible_hues(source: np.ndarray, out: np.ndarray, start: float, ramp: float = HUE_RAMP) -> np.ndarray:
+def hold_visible_hues(
+    source: np.ndarray, out: np.ndarray, start: float, ramp: float = HUE_RAMP, mask: np.ndarray | None = None
+) -> np.ndarray:
     """``out`` with every visible hue of ``source`` (HSV saturation above 0.3, value above 0.08) that turned
     past ``start`` degrees turned back, in full from ``start + ramp``: the pixel keeps its brightness and
-    chroma, and takes the hue of ``source`` around it (a 3x3 mean, so noise does not pick it)."""
+    chroma, and takes the hue of ``source`` around it (a 3x3 mean, so noise does not pick it; only over the
+    pixels an HxW boolean ``mask`` marks, so that what hides under the rest cannot count)."""
     top, bottom = _channel_max(source), _channel_min(source)
     # soft edges so that a pixel near the thresholds does not flip between two looks
     shown = np.clip(((top - bottom) / np.maximum(top, 1e-6) - VISIBLE_SATURATION) / 0.05 + 1.0, 0.0, 1.0)
@@ -207,8 +210,11 @@ def hold_visible_hues(source: np.ndarray, out: np.ndarray, start: float, ramp: f
     if not len(where):
         return out
     rows, cols = np.divmod(where, source.shape[1])
-    padded = np.pad(source, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    inside = np.ones(source.shape[:2], np.float32) if mask is None else mask.astype(np.float32)
+    padded = np.pad(source * inside[..., None], ((1, 1), (1, 1), (0, 0)), mode="edge")
+    counts = np.pad(inside, 1, mode="edge")
     around = sum(padded[rows + dy, cols + dx] for dy in range(3) for dx in range(3))
+    around /= np.maximum(sum(counts[rows + dy, cols + dx] for dy in range(3) for dx in range(3)), 1.0)[:, None]
     mine, theirs = out.reshape(-1, 3)[where] @ _OPPONENT.T, around @ _OPPONENT.T
     chroma, angle = np.hypot(mine[:, 1], mine[:, 2]), np.arctan2(theirs[:, 2], theirs[:, 1])
     turned = np.stack([mine[:, 0], chroma * np.cos(angle), chroma * np.sin(angle)], axis=1) @ _FROM_OPPONENT.T

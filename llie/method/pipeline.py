@@ -123,7 +123,7 @@ class Enhancer:
             unchanged = unchanged and refined is mapped  # the policy left the refiner out too
             mapped = refined
         if not unchanged:
-            mapped = finish_under_policy(rgb, np.clip(mapped, 0.0, 1.0), policy)
+            mapped = finish_under_policy(rgb, np.clip(mapped, 0.0, 1.0), policy, mask)
         seconds["refiner"] = time.perf_counter() - t
         return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds, unchanged)
 

@@ -120,9 +120,11 @@ def refine_under_policy(
     return apply_policy(mapped, refine(mapped), weight, policy, mask)
 
 
-def finish_under_policy(source: np.ndarray, result: np.ndarray, policy: EnhancePolicy) -> np.ndarray:
+def finish_under_policy(
+    source: np.ndarray, result: np.ndarray, policy: EnhancePolicy, mask: np.ndarray | None = None
+) -> np.ndarray:
     """The policy's last colour rule on a changed photo's ``result`` (in [0, 1]): visible hues of ``source``
     that turned past ``policy.hue_guard`` degrees are turned back (``mapping.hold_visible_hues``)."""
     if policy.hue_guard <= 0:
         return result
-    return hold_visible_hues(source, result, policy.hue_guard)
+    return hold_visible_hues(source, result, policy.hue_guard, mask=mask)

@@ -80,6 +80,7 @@ def test_features_identical_for_8bit_and_exact_16bit(seed):
     as16 = (codes8 * 257).astype(np.float32) / 65535.0  # the exact 16-bit rendering of the same picture
     np.testing.assert_array_equal(channel_histograms(as8), channel_histograms(as16))
     np.testing.assert_array_equal(extract_features(as8), extract_features(as16))
+    np.testing.assert_array_equal(extract_features(as8, feature_set=2), extract_features(as16, feature_set=2))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 900), (48, 64), (101, 7)])
