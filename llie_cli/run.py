@@ -375,11 +375,22 @@ def run_command(input_url: str, output_url: str, **options: Any) -> None:
     except KeyboardInterrupt:
         signum = received[0] if received else signal.SIGINT
         _fail(spec, cluster, f"stopped ({signal.Signals(signum).name})", 128 + signum)
+    if (signum := stopped_by(state)) is not None:
+        _fail(spec, cluster, f"stopped ({signal.Signals(signum).name})", 128 + signum)
     if not state.is_completed():
         # The message may quote the URLs' credentials without a scheme (botocore: "KEY:SECRET@bucket").
         reason = storage.scrub(state.message or state.name, spec.secrets())
         _fail(spec, cluster, "did not complete: " + reason, 1, resumable=_resumable(state))
     print_summary(state.result(), spec, cluster)
+
+
+def stopped_by(state: Any) -> int | None:
+    """SIGTERM when the run failed on Prefect's own SIGTERM handler (which replaces ours while the flow
+    runs) in a place that wrapped its TerminationSignal into another error (pydantic, while a task was being
+    submitted); None otherwise. A stopped run is resumable, whatever the wrapper says."""
+    if state.is_completed():
+        return None
+    return signal.SIGTERM if "TerminationSignal" in (state.message or "") else None
 
 
 def _fail(spec: RunSpec, cluster: Cluster, what: str, code: int, resumable: bool = True) -> None:
