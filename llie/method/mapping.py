@@ -209,12 +209,17 @@ def hold_visible_hues(
     where, weight = where[weight > 0], weight[weight > 0]  # usually few: the rest is left as it is
     if not len(where):
         return out
+    # the 3x3 mean of the turned pixels alone (edges repeated), not a filter over the whole photo
     rows, cols = np.divmod(where, source.shape[1])
-    inside = np.ones(source.shape[:2], np.float32) if mask is None else mask.astype(np.float32)
-    padded = np.pad(source * inside[..., None], ((1, 1), (1, 1), (0, 0)), mode="edge")
-    counts = np.pad(inside, 1, mode="edge")
-    around = sum(padded[rows + dy, cols + dx] for dy in range(3) for dx in range(3))
-    around /= np.maximum(sum(counts[rows + dy, cols + dx] for dy in range(3) for dx in range(3)), 1.0)[:, None]
+    around, counts = np.zeros((len(where), 3), np.float32), np.zeros(len(where), np.float32)
+    for dy in (-1, 0, 1):
+        r = np.clip(rows + dy, 0, source.shape[0] - 1)
+        for dx in (-1, 0, 1):
+            c = np.clip(cols + dx, 0, source.shape[1] - 1)
+            inside = np.ones(len(where), np.float32) if mask is None else mask[r, c].astype(np.float32)
+            around += source[r, c] * inside[:, None]
+            counts += inside
+    around /= np.maximum(counts, 1.0)[:, None]
     mine, theirs = out.reshape(-1, 3)[where] @ _OPPONENT.T, around @ _OPPONENT.T
     chroma, angle = np.hypot(mine[:, 1], mine[:, 2]), np.arctan2(theirs[:, 2], theirs[:, 1])
     turned = np.stack([mine[:, 0], chroma * np.cos(angle), chroma * np.sin(angle)], axis=1) @ _FROM_OPPONENT.T

@@ -122,10 +122,11 @@ class Enhancer:
             refined = refine_under_policy(rgb, mapped, self.refine_mapped, policy, mask)
             unchanged = unchanged and refined is mapped  # the policy left the refiner out too
             mapped = refined
-        if not unchanged:
-            mapped = finish_under_policy(rgb, np.clip(mapped, 0.0, 1.0), policy, mask)
+        image = np.clip(mapped, 0.0, 1.0)
+        if not unchanged:  # the guard's turned-back pixels stay in [0, 1]: one clip serves both
+            image = finish_under_policy(rgb, image, policy, mask)
         seconds["refiner"] = time.perf_counter() - t
-        return EnhanceResult(np.clip(mapped, 0.0, 1.0), quantiles, seconds, unchanged)
+        return EnhanceResult(image, quantiles, seconds, unchanged)
 
     def refine_mapped(self, mapped: np.ndarray) -> np.ndarray:
         """Stage 4: the bundle's local gain (if it has one, on the CPU: it is tiny), then the refiner."""
