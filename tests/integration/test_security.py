@@ -234,8 +234,13 @@ def _flow_run_logs_and_artifacts(flow_run_id) -> tuple[list[str], list[str], dic
         LogFilterFlowRunId,
     )
 
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        # Every page, not the API's default first 200 rows.
+        logs, page = [], None
+        while page is None or len(page) == 200:
+            page = client.read_logs(log_filter=log_filter, limit=200, offset=len(logs))
+            logs += page
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
@@ -285,8 +290,15 @@ def test_credentials_never_reach_output_logs_or_artifacts(prefect_harness, s3, b
     for key in _keys(s3):
         if key.startswith("out/"):
             texts[key] = storage.read_bytes(s3.url(key)).decode("latin-1")  # every byte, Parquet and manifest too
-    logs, artifacts, parameters = _flow_run_logs_and_artifacts(state.state_details.flow_run_id)
-    assert any("broken.png" in message for message in logs)  # the task logs of the workers did arrive
+    # The workers' task logs did arrive (else this test would check nothing of theirs). The flow sends
+    # them before it returns; a loaded machine may still be writing the last batch, so give it time.
+    deadline = time.monotonic() + 30
+    while True:
+        logs, artifacts, parameters = _flow_run_logs_and_artifacts(state.state_details.flow_run_id)
+        if any("broken.png" in message for message in logs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any("broken.png" in message for message in logs), logs
     texts["prefect logs"] = "\n".join(logs)
     texts["prefect artifacts"] = "\n".join(artifacts)
     texts["flow run parameters"] = json.dumps(parameters, default=str)
