@@ -185,50 +185,6 @@ def hue_turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(turn, 360 - turn)
 
 
-# luma and the two opponent axes hue_angle measures: a pixel's hue is the direction of its last two
-_OPPONENT = np.array([LUMA, [2.0, -1.0, -1.0], [0.0, np.sqrt(3), -np.sqrt(3)]], np.float32)
-_FROM_OPPONENT = np.linalg.inv(_OPPONENT).astype(np.float32)
-VISIBLE_SATURATION = 0.3  # HSV saturation and value from which a pixel's hue shows
-VISIBLE_VALUE = 0.08
-
-
-def hold_visible_hues(
-    source: np.ndarray, out: np.ndarray, start: float, ramp: float = HUE_RAMP, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """``out`` with every visible hue of ``source`` (HSV saturation above 0.3, value above 0.08) that turned
-    past ``start`` degrees turned back, in full from ``start + ramp``: the pixel keeps its brightness and
-    chroma, and takes the hue of ``source`` around it (a 3x3 mean, so noise does not pick it; only over the
-    pixels an HxW boolean ``mask`` marks, so that what hides under the rest cannot count)."""
-    top, bottom = _channel_max(source), _channel_min(source)
-    # soft edges so that a pixel near the thresholds does not flip between two looks
-    shown = np.clip(((top - bottom) / np.maximum(top, 1e-6) - VISIBLE_SATURATION) / 0.05 + 1.0, 0.0, 1.0)
-    shown *= np.clip((top - VISIBLE_VALUE) / 0.02 + 1.0, 0.0, 1.0)
-    where = np.flatnonzero(shown)
-    turn = hue_turn(source.reshape(-1, 3)[where], out.reshape(-1, 3)[where])
-    weight = shown.ravel()[where] * np.clip((turn - start) / ramp, 0.0, 1.0)
-    where, weight = where[weight > 0], weight[weight > 0]  # usually few: the rest is left as it is
-    if not len(where):
-        return out
-    # the 3x3 mean of the turned pixels alone (edges repeated), not a filter over the whole photo
-    rows, cols = np.divmod(where, source.shape[1])
-    around, counts = np.zeros((len(where), 3), np.float32), np.zeros(len(where), np.float32)
-    for dy in (-1, 0, 1):
-        r = np.clip(rows + dy, 0, source.shape[0] - 1)
-        for dx in (-1, 0, 1):
-            c = np.clip(cols + dx, 0, source.shape[1] - 1)
-            inside = np.ones(len(where), np.float32) if mask is None else mask[r, c].astype(np.float32)
-            around += source[r, c] * inside[:, None]
-            counts += inside
-    around /= np.maximum(counts, 1.0)[:, None]
-    mine, theirs = out.reshape(-1, 3)[where] @ _OPPONENT.T, around @ _OPPONENT.T
-    chroma, angle = np.hypot(mine[:, 1], mine[:, 2]), np.arctan2(theirs[:, 2], theirs[:, 1])
-    turned = np.stack([mine[:, 0], chroma * np.cos(angle), chroma * np.sin(angle)], axis=1) @ _FROM_OPPONENT.T
-    result = out.copy()
-    flat = result.reshape(-1, 3)
-    flat[where] += weight[:, None] * (np.clip(turned, 0.0, 1.0) - flat[where])
-    return result
-
-
 def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConfig) -> np.ndarray:
     """HxWx1 weight of the hue-kept result: the global mix, or for "bounded" the per-pixel turn past the bound."""
     if config.colour == "hue":

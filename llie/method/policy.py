@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llie.method.mapping import LUMA, MappingConfig, hold_visible_hues, match_to_quantiles
+from llie.method.hue_guard import hold_visible_hues
+from llie.method.mapping import LUMA, MappingConfig, match_to_quantiles
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def finish_under_policy(
     source: np.ndarray, result: np.ndarray, policy: EnhancePolicy, mask: np.ndarray | None = None
 ) -> np.ndarray:
     """The policy's last colour rule on a changed photo's ``result`` (in [0, 1]): visible hues of ``source``
-    that turned past ``policy.hue_guard`` degrees are turned back (``mapping.hold_visible_hues``)."""
+    that turned past ``policy.hue_guard`` degrees are turned back (``hue_guard.hold_visible_hues``)."""
     if policy.hue_guard <= 0:
         return result
     return hold_visible_hues(source, result, policy.hue_guard, mask=mask)

@@ -303,30 +303,3 @@ def test_keep_hue_shortcuts_leave_every_value_as_it_was(colour, scene):
     values[0, 1] = np.nan
     np.testing.assert_array_equal(mapping._channel_max(values), values.max(axis=-1))
     np.testing.assert_array_equal(mapping._channel_min(values), values.min(axis=-1))
-
-
-def test_hold_visible_hues_turns_back_what_turned_and_leaves_the_rest():
-    from benchmarks.contact_sheet import hue_turned_share
-    from llie.method.mapping import LUMA, hold_visible_hues, hue_turn
-
-    rng = np.random.default_rng(0)
-    source = np.zeros((40, 60, 3), np.float32)
-    source[:20] = [0.30, 0.12, 0.05]  # a visible orange
-    source[20:] = [0.05, 0.05, 0.06]  # dark, nearly grey: no hue to keep
-    source += rng.normal(0, 0.004, source.shape).astype(np.float32)
-    out = np.clip(source * 2.5, 0, 1)
-    out[:10] = [0.40, 0.45, 0.70]  # half of the orange turned blue-violet
-    held = hold_visible_hues(source, out, start=30.0)
-    assert hue_turned_share(source, out) > 0.4
-    assert hue_turned_share(source, held) == 0.0
-    assert np.abs(held[:10] @ LUMA - out[:10] @ LUMA).max() < 0.02  # brightness kept
-    assert np.array_equal(held[10:], out[10:])  # hues that did not turn, and pixels without one: untouched
-    assert hue_turn(source[:10], held[:10]).max() < 10
-
-
-def test_hold_visible_hues_is_free_where_nothing_shows():
-    from llie.method.mapping import hold_visible_hues
-
-    grey = np.full((8, 8, 3), 0.3, np.float32)
-    out = np.full((8, 8, 3), [0.5, 0.3, 0.3], np.float32)
-    assert hold_visible_hues(grey, out, start=30.0) is out

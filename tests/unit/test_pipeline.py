@@ -8,8 +8,9 @@ from helpers_synthetic import pair, scene
 
 from llie.method.bundle import Bundle
 from llie.method.features import extract_features
+from llie.method.hue_guard import hold_visible_hues
 from llie.method.illumination import relight
-from llie.method.mapping import hold_visible_hues, match_to_quantiles
+from llie.method.mapping import match_to_quantiles
 from llie.method.pipeline import STAGES, Enhancer
 from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
 from llie.method.refine import refine
