@@ -25,6 +25,7 @@ class RefinerTrainConfig:
     weight_decay: float = 0.02
     warmup: int = 100
     l1_weight: float = 20.0  # L1 is in [0, 1] units; this puts 0.05 of L1 on a par with 1 dB
+    ssim_weight: float = 0.0  # weight of 1 - SSIM in the loss (100 puts 0.01 of SSIM on a par with 1 dB)
     eval_every: int = 250
     checkpoint_every: int = 250
     # validation scores (and keeps) a moving average of the weights when > 0: it smooths out how much

@@ -37,10 +37,15 @@ class RefinerRun:
 
 
 def refiner_loss(
-    pred: torch.Tensor, target: torch.Tensor, l1_weight: float, mask: torch.Tensor | None = None
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    l1_weight: float,
+    mask: torch.Tensor | None = None,
+    ssim_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-PSNR (per image, dB) + l1_weight * L1; returns (loss, mean PSNR). ``mask`` (B, 1, H, W) of
-    zeros and ones limits both to the pixels it marks (the photo's own, in a padded crop)."""
+    """-PSNR (per image, dB) + l1_weight * L1 + ssim_weight * (1 - SSIM); returns (loss, mean PSNR).
+    ``mask`` (B, 1, H, W) of zeros and ones limits them to the pixels it marks (the photo's own, in a
+    padded crop; SSIM to the windows wholly inside them)."""
     err = pred - target
     if mask is None:
         mse, l1 = err.pow(2).flatten(1).mean(1), err.abs().mean()
@@ -49,7 +54,26 @@ def refiner_loss(
         mse = (err.pow(2) * mask).flatten(1).sum(1) / counts
         l1 = (err.abs() * mask).sum() / counts.sum()
     psnr_db = -10.0 * torch.log10(mse + 1e-8)
-    return -psnr_db.mean() + l1_weight * l1, psnr_db.mean().detach()
+    loss = -psnr_db.mean() + l1_weight * l1
+    if ssim_weight:
+        loss = loss + ssim_weight * (1.0 - mean_ssim(pred, target, mask))
+    return loss, psnr_db.mean().detach()
+
+
+def mean_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean SSIM of (B, 3, H, W) images in [0, 1] as ``llie.metrics.ssim`` takes it (7x7 uniform windows,
+    per channel, sample covariances), over the windows wholly inside ``mask`` when one is given."""
+    pool = lambda a: torch.nn.functional.avg_pool2d(a, 7, stride=1)  # noqa: E731
+    n = 49.0 / 48.0  # sample (not population) variances, as skimage
+    mx, my = pool(pred), pool(target)
+    vx, vy = n * (pool(pred * pred) - mx * mx), n * (pool(target * target) - my * my)
+    cxy = n * (pool(pred * target) - mx * my)
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    if mask is None:
+        return ssim_map.mean()
+    inside = (pool(mask) > 0.999).to(ssim_map.dtype)
+    return (ssim_map * inside).sum() / (inside.sum() * pred.shape[1]).clamp_min(1.0)
 
 
 def random_crops(inputs, targets, batch: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +260,8 @@ class _Session:
     def step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> float:
         """One optimiser step on a batch; returns its loss."""
         # full precision on every device: under bf16 autocast training went to NaN (docs/training.md)
-        loss, batch_psnr = refiner_loss(anchored(self.model(x), x, self.run.cfg.policy), y, self.rt.l1_weight, mask)
+        pred = anchored(self.model(x), x, self.run.cfg.policy)
+        loss, batch_psnr = refiner_loss(pred, y, self.rt.l1_weight, mask, self.rt.ssim_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

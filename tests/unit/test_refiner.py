@@ -106,6 +106,25 @@ def test_refiner_loss_matches_its_definition():
     assert loss.item() == pytest.approx(-20.0 + 20.0 * 0.1, abs=1e-3)
 
 
+def test_the_ssim_term_is_the_metric_the_scores_use():
+    from llie.metrics import ssim
+    from llie.training.refiner_training import mean_ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.random((20, 24, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    as_batch = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None]  # noqa: E731
+    assert mean_ssim(as_batch(a), as_batch(b)).item() == pytest.approx(ssim(a, b), abs=1e-9)
+    mask = torch.ones(1, 1, 20, 24, dtype=torch.float64)
+    mask[..., 12:] = 0  # windows reaching into the masked-out half do not count
+    assert mean_ssim(as_batch(a), as_batch(b), mask).item() == pytest.approx(ssim(a[:, :12], b[:, :12]), abs=1e-9)
+    target = torch.rand(2, 3, 16, 16)
+    pred = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
+    plain, _ = refiner_loss(pred, target, l1_weight=20.0)
+    weighted, _ = refiner_loss(pred, target, l1_weight=20.0, ssim_weight=100.0)
+    assert (weighted - plain).item() == pytest.approx(100.0 * (1 - mean_ssim(pred, target).item()), rel=1e-5)
+
+
 def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
     lows, highs = pairs(2, 80, 80, seed=3)
