@@ -41,6 +41,7 @@ from llie.audit.summary import (
     finite,
     ok_mask,
 )
+from llie.audit.table import Table
 from llie.audit.text import DIGITS, no_reference_rows
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
@@ -227,12 +228,7 @@ def _e(value: Any) -> str:
 
 def _html_table(header: list[str], rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
     """Cells are escaped here; pass plain text."""
-    head = "".join(f'<th class="{"l" if i in left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i in left else ""}">{_e(c)}</td>' for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return Table.of(header, rows, left=left).html()
 
 
 def _figure_html(plot: Plot) -> str:
@@ -248,24 +244,9 @@ def _figure_html(plot: Plot) -> str:
 
 
 def _summary_html(s: RunSummary) -> str:
-    parts = [
-        _html_table(
-            ["images", "ok", "error", "skipped", "with reference", "shards", "workers", "model"],
-            [
-                [
-                    str(s.images),
-                    str(s.ok),
-                    str(s.error),
-                    str(s.skipped),
-                    str(s.references),
-                    str(s.shards),
-                    str(s.workers),
-                    ", ".join(s.model_versions) or "–",
-                ]
-            ],
-            left={7},
-        )
-    ]
+    details = [("with reference", str(s.references)), ("workers", str(s.workers))]
+    details.append(("model", ", ".join(s.model_versions) or "–"))
+    parts = [Table.pairs(s.overview().rows() + details).html()]
     if s.duplicates:
         parts.append(f'<p class="bad">{s.duplicates} duplicate row(s) ignored (latest row per image kept).</p>')
     if s.problems:

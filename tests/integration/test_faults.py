@@ -435,7 +435,7 @@ def test_completed_run_started_again_is_a_noop(resumed_run, bundle_path):
     assert _without_report(resumed_run["after"]) == _expected_files(resumed_run["images"], "half", 2)  # complete
     output = _cli(resumed_run["args"], bundle_path)
     assert "run half: 16 images in 8 shards (8 resumed)" in output
-    assert "(0 processed in" in output and "ok 16   errors 0   skipped 0" in output
+    assert "(0 processed in" in output and "ok / error / skipped  16 / 0 / 0" in output
     assert _files(out) == resumed_run["after"]  # not a file written, replaced or touched
 
 
@@ -552,7 +552,7 @@ def test_a_full_output_disk_fails_the_run_and_the_printed_resume_command_complet
         assert command[:2] == ["llie", "run"]
         resumed = CliRunner().invoke(cli, command[1:] + extra)
         assert resumed.exit_code == 0, resumed.output
-        assert "ok 4   errors 0   skipped 0" in resumed.output
+        assert "ok / error / skipped  4 / 0 / 0" in resumed.output
         rows = _one_row_per_image(str(out), "full", images)
         assert all(r["status"] == "ok" for r in rows.values())
         for name in images:

@@ -345,7 +345,7 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "run cli-1: 4 images in 2 shards (0 resumed)" in result.output
-    assert "ok 3   errors 1   skipped 0" in result.output
+    assert "ok / error / skipped  3 / 1 / 0" in result.output
     # the exact command that redoes the failed image, with the run's settings
     model = ["--model", bundle_path] if bundle_path else []
     retry = ["llie", "run", str(inp), str(out), "--run-id", "cli-1", *model, "--shard-size", "2"]

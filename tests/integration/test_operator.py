@@ -61,7 +61,7 @@ def test_a_clean_run_on_the_default_route_prints_no_error_or_warning(tmp_path, b
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]
     assert _problem_lines(text) == [], text[-3000:]
-    assert "ok 4   errors 0   skipped 0" in done.stdout
+    assert "ok / error / skipped  4 / 0 / 0" in done.stdout
 
 
 def test_prefect_event_queue_warnings_are_quiet_wherever_a_task_runs():
@@ -261,7 +261,7 @@ def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
     assert rows["bright.jpg"]["bytes_out"] == rows["bright.jpg"]["bytes_in"]
     assert rows["dark.jpg"]["unchanged"] is False
     audit = CliRunner().invoke(cli, ["audit", str(out)])
-    assert audit.exit_code == 0 and "1 of the ok left as they were (copied byte for byte)" in audit.output
+    assert audit.exit_code == 0 and "1 of the ok images left as they were (copied byte for byte)" in audit.output
 
     # no references: the run's report shows before/after photos picked by no-reference statistics
     from llie.audit import summary as au
