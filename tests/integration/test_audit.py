@@ -375,7 +375,9 @@ def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     run, base = audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A)
     summary, base_summary = audit.summarise(run), audit.summarise(base)
     cmp = compare(run, base)
-    files = report.write_report(run, summary, str(tmp_path / "rep" / "audit.html"), cmp, base, base_summary)
+    files = report.write_report(
+        run, summary, str(tmp_path / "rep" / "audit.html"), report.Baseline(base, base_summary, cmp)
+    )
     assert files.html_url == str(tmp_path / "rep" / "audit.html")
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["audit.html"]  # no PNG beside it
     page = Path(files.html_url).read_text()
