@@ -31,6 +31,8 @@ from tests.conftest import (
     encode,
     free_port,
     gradient,
+    group_gone,
+    kill_group,
     mounted,
     run_archive,
     subprocess_env,
@@ -387,8 +389,7 @@ def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            kill_group(proc)
     _wait_until_idle(dask_address)  # shards already running when their client died finish on their own
     done = set(archive.shard_files(str(out), "half"))
     before = _files(out)
@@ -480,20 +481,9 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
         assert "run term stopped (SIGTERM)" in text and "Traceback" not in text, text[-3000:]
         assert "resume it with: llie run " in text and "--run-id term --shard-size 1 --dask-address" in text
         # Everything it started lived in its session: nothing of it may outlive it.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, "a process of the killed run is still running"
-            time.sleep(0.2)
+        assert group_gone(proc.pid, 30), "a process of the killed run is still running"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)
 
 
 # --------------------------------------------------------------------------- the output disk full or read-only
@@ -700,11 +690,7 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
             assert time.monotonic() < deadline, f"the temporary Prefect server {server} outlived its parent"
             time.sleep(0.2)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)
     _wait_until_idle(dask_address)
 
     report = metrics / "_report"

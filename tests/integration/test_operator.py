@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llie.batch import archive
-from tests.conftest import REPO, free_port, subprocess_env, write_images
+from tests.conftest import REPO, free_port, group_gone, kill_group, subprocess_env, write_images
 
 # What the Makefile and tests/conftest.py set that a user's shell does not.
 _NOT_A_USERS = (
@@ -79,17 +79,6 @@ def _wait_for_a_shard(proc: subprocess.Popen, metrics: Path, log: Path, timeout:
         time.sleep(0.05)
 
 
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_ctrl_c_to_the_process_group_stops_a_default_run_in_seconds_with_its_resume_command(
     tmp_path, bundle_path, prefect_harness
 ):
@@ -112,13 +101,9 @@ def test_ctrl_c_to_the_process_group_stops_a_default_run_in_seconds_with_its_res
         stopped = time.monotonic()
         assert proc.wait(timeout=30) == 128 + signal.SIGINT, log.read_text()[-3000:]
         took = time.monotonic() - stopped
-        assert _group_gone(proc.pid, 20), "a process of the stopped run is still running"
+        assert group_gone(proc.pid, 20), "a process of the stopped run is still running"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)
     text = log.read_text()
     assert took < 20, (took, text[-3000:])
     assert "Traceback" not in text and "ConnectError" not in text, text[-3000:]
