@@ -417,7 +417,8 @@ def test_killed_run_resumes_only_the_remaining_shards_and_equals_an_uninterrupte
     assert not [k for k in before if Path(k).name.startswith(".")], "a partial file survived the kill"
 
     remaining = [s for s in shards if s.shard_id not in done]
-    assert f"run half: 16 images in 8 shards ({len(done)} resumed)" in resumed_run["output"]
+    assert "run half\n  images                16\n" in resumed_run["output"]
+    assert f"  shards                8 ({len(done)} resumed)\n" in resumed_run["output"]
     assert f"({sum(len(s) for s in remaining)} processed in" in resumed_run["output"]
     for name, mtime in before.items():  # finished shards were not redone, not even rewritten
         assert after[name] == mtime, name
@@ -435,7 +436,7 @@ def test_completed_run_started_again_is_a_noop(resumed_run, bundle_path):
     out = resumed_run["out"]
     assert _without_report(resumed_run["after"]) == _expected_files(resumed_run["images"], "half", 2)  # complete
     output = _cli(resumed_run["args"], bundle_path)
-    assert "run half: 16 images in 8 shards (8 resumed)" in output
+    assert "run half\n  images                16\n" in output and "  shards                8 (8 resumed)\n" in output
     assert "(0 processed in" in output and "ok / error / skipped  16 / 0 / 0" in output
     assert _files(out) == resumed_run["after"]  # not a file written, replaced or touched
 
@@ -698,7 +699,7 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
     left = report / ".report.html.k9x2ab7q.tmp"  # what a writer killed between write and rename leaves
     left.write_text("<html>half")
     output = _cli(args[:-2] if bundle_path else args, bundle_path)
-    assert "ok 6" in output
+    assert "ok / error / skipped  6 / 0 / 0" in output
     assert not left.exists()
     assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")]
 
