@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llie.audit.table import Table
+
 GIB = 2**30
 
 
@@ -214,9 +216,7 @@ def _fmt(v, digits=2) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
-    return lines
+    return Table.of(header, [[c if isinstance(c, str) else _fmt(c) for c in r] for r in rows]).markdown()
 
 
 def _large_lines(large: dict) -> list[str]:

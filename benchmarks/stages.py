@@ -142,6 +142,46 @@ def _bf16_twin(enhancer):
     )
 
 
+def _variants(enhancer) -> dict[str, tuple]:
+    """The pipelines :func:`pipeline_throughput` times: name -> (X, encoder, threads: None = all cores)."""
+    from llie.batch.imageio import encode_image
+
+    bf16 = _bf16_twin(enhancer)
+    llie_encode = lambda rgb, img: encode_image(rgb, like=img)  # noqa: E731
+    pillow_encode = lambda rgb, img: _pillow_png(rgb)  # noqa: E731
+    return {
+        "io_floor": (lambda rgb: rgb, llie_encode, None),
+        "io_floor_pillow": (lambda rgb: rgb, pillow_encode, None),
+        "opencv_clahe": (_clahe_lab, llie_encode, None),
+        "stages_1_3": (lambda rgb: enhancer.enhance(rgb, stages="hist").image, llie_encode, None),
+        "full_pipeline": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, None),
+        "full_pipeline_1_thread": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, 1),
+        # opt-in, not the default: its output moves by a level or two (benchmarks/precision.py)
+        "full_pipeline_1_thread_bf16": (lambda rgb: bf16.enhance(rgb, stages="full").image, llie_encode, 1),
+    }
+
+
+def _variant_figures(times: dict, cpu: dict, threads: dict, n_images: int, cores: int) -> dict:
+    """Each variant's median pass as images/s and ms per image, against both I/O floors."""
+    out = {}
+    for name, ts in times.items():
+        s = summarise_times(ts)
+        out[name] = {
+            "images_per_s": n_images / s["median_s"],
+            "ms_per_image": s["median_s"] / n_images * 1e3,
+            "cpu_ms_per_image": float(np.median(cpu[name])) / n_images * 1e3,
+            "spread_images_per_s": [n_images / s["max_s"], n_images / s["min_s"]],
+            "threads": threads[name] or cores,
+        }
+    floor, pillow_floor = out["io_floor"]["images_per_s"], out["io_floor_pillow"]["images_per_s"]
+    for name in out:
+        out[name]["fraction_of_io_floor"] = out[name]["images_per_s"] / floor
+        out[name]["fraction_of_pillow_io_floor"] = out[name]["images_per_s"] / pillow_floor
+    for name in ("full_pipeline_1_thread", "full_pipeline_1_thread_bf16"):
+        out[name]["images_per_s_one_worker_per_core"] = out[name]["images_per_s"] * cores
+    return out
+
+
 def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores: int) -> dict:
     """Images per second of decode -> X -> encode for X in (nothing, CLAHE, stages 1-3, all stages).
 
@@ -153,25 +193,12 @@ def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores:
     runs it; ``cores`` x that is the flow's throughput if workers scale perfectly (the scaling
     section measures how near they come). Process CPU seconds per image are recorded beside wall time.
     """
-    from llie.batch.imageio import decode_image, encode_image
+    from llie.batch.imageio import decode_image
 
     from .common import worker_threads
 
     pngs = [to_png(synthetic_pair(size.width, size.height, seed=200 + i)[0]) for i in range(n_images)]
-    bf16 = _bf16_twin(enhancer)
-    llie_encode = lambda rgb, img: encode_image(rgb, like=img)  # noqa: E731
-    pillow_encode = lambda rgb, img: _pillow_png(rgb)  # noqa: E731
-    # name -> (X, encoder, threads: None = all cores)
-    variants = {
-        "io_floor": (lambda rgb: rgb, llie_encode, None),
-        "io_floor_pillow": (lambda rgb: rgb, pillow_encode, None),
-        "opencv_clahe": (_clahe_lab, llie_encode, None),
-        "stages_1_3": (lambda rgb: enhancer.enhance(rgb, stages="hist").image, llie_encode, None),
-        "full_pipeline": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, None),
-        "full_pipeline_1_thread": (lambda rgb: enhancer.enhance(rgb, stages="full").image, llie_encode, 1),
-        # opt-in, not the default: its output moves by a level or two (benchmarks/precision.py)
-        "full_pipeline_1_thread_bf16": (lambda rgb: bf16.enhance(rgb, stages="full").image, llie_encode, 1),
-    }
+    variants = _variants(enhancer)
 
     def one_pass(fn, encode, threads) -> tuple[float, float]:
         with worker_threads(threads or cores):
@@ -190,22 +217,7 @@ def pipeline_throughput(enhancer, size: Size, n_images: int, passes: int, cores:
             wall, used = one_pass(*variant)
             times[name].append(wall)
             cpu[name].append(used)
-    out = {}
-    for name, ts in times.items():
-        s = summarise_times(ts)
-        out[name] = {
-            "images_per_s": n_images / s["median_s"],
-            "ms_per_image": s["median_s"] / n_images * 1e3,
-            "cpu_ms_per_image": float(np.median(cpu[name])) / n_images * 1e3,
-            "spread_images_per_s": [n_images / s["max_s"], n_images / s["min_s"]],
-            "threads": variants[name][2] or cores,
-        }
-    floor, pillow_floor = out["io_floor"]["images_per_s"], out["io_floor_pillow"]["images_per_s"]
-    for name in out:
-        out[name]["fraction_of_io_floor"] = out[name]["images_per_s"] / floor
-        out[name]["fraction_of_pillow_io_floor"] = out[name]["images_per_s"] / pillow_floor
-    for name in ("full_pipeline_1_thread", "full_pipeline_1_thread_bf16"):
-        out[name]["images_per_s_one_worker_per_core"] = out[name]["images_per_s"] * cores
+    out = _variant_figures(times, cpu, {k: v[2] for k, v in variants.items()}, n_images, cores)
     return {
         "size": f"{size.width}x{size.height}",
         "images": n_images,

@@ -13,7 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import publish_run_report, summary_text
 from flows.parameters import ArchiveRun, Cluster
 from flows.shards import cluster_workers, enhance_shards
-from llie.batch.plan import RunPlan, common_problems, plan_run, read_rows, remove_partial_files, summarise_run
+from llie.audit.overview import RunOverview, summarise_run
+from llie.batch.plan import RunPlan, common_problems, plan_run, read_rows, remove_partial_files
 from llie.method.bundle import verify_bundle
 
 
@@ -33,7 +34,7 @@ def check_model(model: str | None, dask_address: str | None) -> None:
 
 
 @task(name="report-run", task_run_name="report-{plan.spec.run_id}", cache_policy=NO_CACHE)
-def report_run(plan: RunPlan, summary: dict[str, Any], rows: pa.Table | None) -> str | None:
+def report_run(plan: RunPlan, summary: RunOverview, rows: pa.Table | None) -> str | None:
     """The run's audit report and artifact, from the rows the flow read (see :func:`publish_run_report`)."""
     spec = plan.spec
     return publish_run_report(spec.output_url, spec.run_id, summary, spec.storage_options, rows)
@@ -60,9 +61,9 @@ def enhance_archive(run: ArchiveRun, cluster: Cluster = Cluster()) -> dict[str, 
         logger.warning("%s", line)
     logger.info("%s", summary_text(summary))
     report_run(plan, summary, rows)
-    if failed := summary["failed_shards"]:
+    if failed := summary.failed_shards:
         raise RuntimeError(
             f"{len(failed)} shard(s) failed after retries: {', '.join(failed[:10])}; "
             f"rerun with run_id={plan.spec.run_id} to resume"
         )
-    return summary
+    return summary.to_dict()

@@ -168,17 +168,12 @@ def _show(found: _Found, o: SimpleNamespace, opts: Any) -> None:
             click.echo("")
             click.echo(format_comparison(found.comparison, limit=max(o.top, 10)))
     if o.report_path:
-        from llie.audit.report import write_report
+        from llie.audit.report import Baseline, write_report
 
-        files = write_report(
-            found.run,
-            found.summary,
-            o.report_path,
-            found.comparison,
-            found.base,
-            found.base_summary,
-            storage_options=opts,
-        )
+        baseline = None
+        if found.comparison is not None and found.base is not None and found.base_summary is not None:
+            baseline = Baseline(found.base, found.base_summary, found.comparison)
+        files = write_report(found.run, found.summary, o.report_path, baseline, storage_options=opts)
         if not to_stdout:
             click.echo(f"\nreport  {storage.redact_url(files.html_url)}  ({len(files.plots)} plots inside)")
     if o.json_path:

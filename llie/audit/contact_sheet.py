@@ -6,6 +6,7 @@ Each photo is read by its ``rel_path`` under the run's own folders (``llie.audit
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,26 +56,30 @@ def flagged_sheet(
     labels = [f"after: {f.reason} ({f.image.value:.3f})" for f in flagged]
     title = "Photos to look at (no references: picked by no-reference statistics)"
     images = [f.image for f in flagged]
-    return contact_sheet(images, title, "contact_flagged", "psnr", roots, storage_options, labels)
+    return contact_sheet(images, Sheet(title, "contact_flagged", "psnr", tuple(labels)), roots, storage_options)
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """What a contact sheet is called, and what titles its after column."""
+
+    title: str
+    name: str  # the plot's name (its id in the report)
+    rank_by: str = "psnr"  # the metric the after column names, with its value
+    after_labels: tuple[str, ...] = ()  # one per image, in place of the metric's value
 
 
 def contact_sheet(
-    images: list[ImageScore],
-    title: str,
-    name: str,
-    rank_by: str,
-    roots: PhotoRoots,
-    storage_options: storage.StorageOptions = None,
-    after_labels: list[str] | None = None,
+    images: list[ImageScore], sheet: Sheet, roots: PhotoRoots, storage_options: storage.StorageOptions = None
 ) -> Plot | None:
     """One row per image: before (input), after (output) and, if known, the reference; each read by its
-    rel_path under the run's own folders (``llie.audit.sources``), never from a path a row names.
-    ``after_labels`` title the after column instead of the ranking metric's value."""
+    rel_path under the run's own folders (``llie.audit.sources``), never from a path a row names."""
     if not images:
         return None
     columns = ["before", "after"] + (["reference"] if roots.reference else [])
     fig = figure(2.5 * len(columns) + 0.4, 2.3 * len(images) + 0.5)
     axes = np.atleast_2d(fig.subplots(len(images), len(columns)))
+    title, rank_by, after_labels = sheet.title, sheet.rank_by, sheet.after_labels
     fig.suptitle(title, fontsize=11)
     d = DIGITS[rank_by]
     for k, (row, item) in enumerate(zip(axes, images)):
@@ -101,4 +106,4 @@ def contact_sheet(
                 ax.set_title(label, fontsize=8, loc="left")
             else:
                 ax.set_title("reference", fontsize=8, loc="left")
-    return Plot(name, title, png_bytes(fig))
+    return Plot(sheet.name, title, png_bytes(fig))

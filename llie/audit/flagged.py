@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from llie.audit.summary import ImageScore, RunData, _image_score, _rows, ok_mask
+from llie.audit.rows import ImageScore, RunData, image_score, ok_mask, take_rows
 
 
 @dataclass
@@ -41,6 +41,6 @@ def flag_without_references(run: RunData) -> list[FlaggedImage]:
         if candidates.size == 0:
             continue
         order = np.lexsort((paths[candidates], -values[candidates] if largest else values[candidates]))
-        [row] = _rows(table, candidates[order[:1]])
-        flagged.append(FlaggedImage(reason, _image_score(row, float(values[candidates[order[0]]]))))
+        [row] = take_rows(table, candidates[order[:1]])
+        flagged.append(FlaggedImage(reason, image_score(row, float(values[candidates[order[0]]]))))
     return flagged

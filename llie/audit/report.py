@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from llie.audit.comparison import DELTA_METRICS, Comparison
-from llie.audit.contact_sheet import contact_sheet, flagged_sheet
+from llie.audit.contact_sheet import Sheet, contact_sheet, flagged_sheet
 from llie.audit.figures import Plot, figure, png_bytes
 from llie.audit.numbers import number
 from llie.audit.sources import PhotoRoots
@@ -41,12 +41,22 @@ from llie.audit.summary import (
     finite,
     ok_mask,
 )
+from llie.audit.table import Table
 from llie.audit.text import DIGITS, no_reference_rows
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
 
 FULL_WIDTH = 10.5  # inches: at figures.DPI, the page's text width, so that plots are shown at their own size
 RUN_COLOR, BASE_COLOR, BEFORE_COLOR, AFTER_COLOR, WORSE_COLOR = "#1f77b4", "#aaaaaa", "#7f7f7f", "#ff7f0e", "#d62728"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The run a report compares with: its rows, its summary, and the comparison of the audited run with it."""
+
+    run: RunData
+    summary: RunSummary
+    comparison: Comparison
 
 
 @dataclass
@@ -227,12 +237,7 @@ def _e(value: Any) -> str:
 
 def _html_table(header: list[str], rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
     """Cells are escaped here; pass plain text."""
-    head = "".join(f'<th class="{"l" if i in left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i in left else ""}">{_e(c)}</td>' for i, c in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return Table.of(header, rows, left=left).html()
 
 
 def _figure_html(plot: Plot) -> str:
@@ -248,24 +253,9 @@ def _figure_html(plot: Plot) -> str:
 
 
 def _summary_html(s: RunSummary) -> str:
-    parts = [
-        _html_table(
-            ["images", "ok", "error", "skipped", "with reference", "shards", "workers", "model"],
-            [
-                [
-                    str(s.images),
-                    str(s.ok),
-                    str(s.error),
-                    str(s.skipped),
-                    str(s.references),
-                    str(s.shards),
-                    str(s.workers),
-                    ", ".join(s.model_versions) or "–",
-                ]
-            ],
-            left={7},
-        )
-    ]
+    details = [("with reference", str(s.references)), ("workers", str(s.workers))]
+    details.append(("model", ", ".join(s.model_versions) or "–"))
+    parts = [Table.pairs(s.overview().rows() + details).html()]
     if s.duplicates:
         parts.append(f'<p class="bad">{s.duplicates} duplicate row(s) ignored (latest row per image kept).</p>')
     if s.problems:
@@ -385,24 +375,23 @@ def _comparison_html(c: Comparison, limit: int = 100) -> str:
 def build_plots(
     run: RunData,
     summary: RunSummary,
-    comparison: Comparison | None = None,
-    base: RunData | None = None,
-    base_summary: RunSummary | None = None,
+    baseline: Baseline | None = None,
     storage_options: storage.StorageOptions = None,
 ) -> list[Plot]:
     roots, rank = PhotoRoots.of_run(run.output_url, run.manifest), summary.rank_by
+    base = baseline.run if baseline else None
     plots = [
         _drawn(metric_histogram, run, "psnr", summary.psnr, base),
         _drawn(metric_histogram, run, "ssim", summary.ssim, base),
         _drawn(before_after_plot, run),
-        _drawn(stage_plot, summary, base_summary),
+        _drawn(stage_plot, summary, baseline.summary if baseline else None),
         _drawn(flagged_sheet, summary.flagged, roots, storage_options),
     ]
     for name, items in (("worst", summary.worst), ("best", summary.best)):
         title = f"{name.capitalize()} {len(items)} by {rank}"
-        plots.append(_drawn(contact_sheet, items, title, f"contact_{name}", rank, roots, storage_options))
-    if comparison is not None and base is not None:
-        plots.append(_drawn(comparison_plot, comparison, run, base))
+        plots.append(_drawn(contact_sheet, items, Sheet(title, f"contact_{name}", rank), roots, storage_options))
+    if baseline is not None:
+        plots.append(_drawn(comparison_plot, baseline.comparison, run, baseline.run))
     return [p for p in plots if p is not None]
 
 
@@ -508,15 +497,13 @@ def write_report(
     run: RunData,
     summary: RunSummary,
     dest: str,
-    comparison: Comparison | None = None,
-    base: RunData | None = None,
-    base_summary: RunSummary | None = None,
+    baseline: Baseline | None = None,
     storage_options: storage.StorageOptions = None,
 ) -> ReportFiles:
     """Write the one-file HTML report; ``dest`` is ``.../name.html`` or a folder (``report.html``)."""
     folder, name = _split_destination(dest)
-    plots = build_plots(run, summary, comparison, base, base_summary, storage_options)
+    plots = build_plots(run, summary, baseline, storage_options)
     files = ReportFiles(html_url=storage.join(folder, name), plots=tuple(p.name for p in plots))
-    page = render_html(summary, plots, comparison)
+    page = render_html(summary, plots, baseline.comparison if baseline else None)
     storage.write_bytes_atomic(files.html_url, page.encode("utf-8"), storage_options)
     return files

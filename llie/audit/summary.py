@@ -30,6 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llie.audit.flagged import flag_without_references
+from llie.audit.overview import RunOverview
+from llie.audit.rows import ImageScore, RunData, finite, floats, image_score, ok_mask, take_rows
 from llie.batch import archive, storage
 from llie.batch.layout import RunLayout
 
@@ -42,25 +45,6 @@ class AuditError(ValueError):
 
 
 # --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class RunData:
-    """One run's rows (``METRICS_SCHEMA`` + ``run_id``), one per image, and its manifest."""
-
-    run_id: str
-    output_url: str
-    table: pa.Table
-    manifest: dict[str, Any] | None = None
-    duplicates: int = 0  # rows dropped because an image had more than one (latest kept)
-
-    def column(self, name: str) -> np.ndarray:
-        """A float column as numpy, nulls as NaN."""
-        return _floats(self.table.column(name))
-
-    @property
-    def reference_url(self) -> str | None:
-        return (self.manifest or {}).get("reference_url")
 
 
 @dataclass
@@ -228,16 +212,6 @@ def _latest_row_per_image(table: pa.Table) -> tuple[pa.Table, int]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def finite(values: np.ndarray) -> np.ndarray:
-    """The finite values, as float64 (a PSNR of inf is counted apart, never averaged)."""
-    values = np.asarray(values, dtype=np.float64)
-    return values[np.isfinite(values)]
-
-
 @dataclass
 class Stats:
     """Distribution of one metric; percentiles by linear interpolation."""
@@ -269,42 +243,6 @@ class Stats:
             max=float(values.max()),
             infinite=infinite,
         )
-
-
-@dataclass
-class ImageScore:
-    rel_path: str
-    input_path: str
-    output_path: str | None
-    value: float  # the ranking metric's value
-    psnr: float | None
-    ssim: float | None
-    before_brightness: float | None
-    after_brightness: float | None
-    bytes_out: int | None = None
-
-
-def _image_score(r: dict[str, Any], value: float) -> ImageScore:
-    return ImageScore(
-        rel_path=r["rel_path"],
-        input_path=r["input_path"],
-        output_path=r["output_path"],
-        value=value,
-        psnr=r["psnr"],
-        ssim=r["ssim"],
-        before_brightness=r["before_brightness"],
-        after_brightness=r["after_brightness"],
-        bytes_out=r["bytes_out"],
-    )
-
-
-def ok_mask(table: pa.Table) -> np.ndarray:
-    """True for the rows whose status is ``ok``: the rows quality statistics use."""
-    return np.asarray(pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _rows(table: pa.Table, indices: np.ndarray) -> list[dict[str, Any]]:
-    return table.take(pa.array(np.asarray(indices, dtype=np.int64))).to_pylist()
 
 
 def _error_reason(row: dict[str, Any]) -> str:
@@ -361,6 +299,22 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def overview(self) -> RunOverview:
+        """The run at a glance, as the flow's summary shows it (the rows' wall clock for its time)."""
+        return RunOverview(
+            run_id=self.run_id,
+            images=self.images,
+            ok=self.ok,
+            error=self.error,
+            skipped=self.skipped,
+            shards=self.shards,
+            mean_psnr=self.psnr.mean if self.psnr else None,
+            images_per_second=self.images_per_second,
+            seconds=self.wall_seconds,
+            output_url=self.output_url,
+            metrics_url=storage.redact_url(RunLayout(self.output_url, self.run_id).metrics_url),
+        )
+
     @property
     def missing(self) -> int:
         """Planned images without a row: an unfinished (or damaged) run, not a complete one."""
@@ -368,7 +322,7 @@ class RunSummary:
 
 
 def _stage_seconds(table: pa.Table) -> dict[str, float]:
-    return {s: float(np.nansum(_floats(table.column(f"sec_{s}")))) for s in archive.STAGES}
+    return {s: float(np.nansum(floats(table.column(f"sec_{s}")))) for s in archive.STAGES}
 
 
 def _wall_seconds(table: pa.Table, busy_per_row: np.ndarray) -> float | None:
@@ -400,14 +354,13 @@ def rank(run: RunData, metric: str = "psnr", n: int = 5) -> tuple[list[ImageScor
     descending = candidates[np.lexsort((paths, -values[candidates]))]
 
     def scores(indices: np.ndarray) -> list[ImageScore]:
-        return [_image_score(r, float(r[metric])) for r in _rows(table, indices)]
+        return [image_score(r, float(r[metric])) for r in take_rows(table, indices)]
 
     return scores(ascending[:n]), scores(descending[:n])
 
 
 def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
     """Everything ``llie audit`` prints about one run."""
-    from llie.audit.flagged import flag_without_references
 
     table = run.table
     ok = ok_mask(table)
@@ -458,7 +411,7 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         worst=worst,
         best=best,
         planned=_planned_images(run.manifest),
-        flagged=[] if worst or best else flag_without_references(run),  # imported here: it imports this module
+        flagged=[] if worst or best else flag_without_references(run),
     )
 
 
@@ -466,7 +419,7 @@ def _problems(table: pa.Table, ok: np.ndarray) -> list[tuple[str, str, int]]:
     """(status, reason, count) of the rows that are not ok, most common first."""
     problems = Counter(
         (r["status"], _error_reason(r))
-        for r in _rows(table.select(["status", "error", "input_path", "rel_path"]), np.flatnonzero(~ok))
+        for r in take_rows(table.select(["status", "error", "input_path", "rel_path"]), np.flatnonzero(~ok))
     )
     return [
         (status, reason, count) for (status, reason), count in sorted(problems.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -7,6 +7,7 @@ import functools
 from llie.audit.comparison import DELTA_METRICS, Comparison
 from llie.audit.numbers import number
 from llie.audit.summary import NR_SHOWN, RunInfo, RunSummary
+from llie.audit.table import Table
 from llie.batch import archive
 
 
@@ -33,17 +34,9 @@ _f = functools.partial(number, missing="-")
 _signed = functools.partial(number, signed=True, missing="-")
 
 
-def _table(header: list[str], rows: list[list[str]], right: set[int] | None = None) -> list[str]:
-    """A plain aligned text table; columns in ``right`` are right-aligned."""
-    right = right if right is not None else set(range(1, len(header)))
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+def _table(header: list[str], rows: list[list[str]], left: set[int] | None = None) -> list[str]:
+    """An aligned text table, indented under its title; numbers (columns not in ``left``) right-aligned."""
+    return Table.of(header, rows, left={0} if left is None else left).text(indent="  ")
 
 
 DIGITS = {"psnr": 2, "ssim": 4}
@@ -58,16 +51,11 @@ def _bytes(n: float) -> str:
     return str(n)
 
 
-def _indented(lines: list[str]) -> list[str]:
-    return ["  " + line for line in lines]
-
-
 def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
-    out = [f"run {s.run_id}  ({s.output_url})"]
+    out = [f"run {s.run_id}"]
     models = ", ".join(s.model_versions) or "-"
     out.append(
-        f"  model {models}; {s.shards} shard(s), {s.workers} worker(s); "
-        f"finished {s.first_finished or '-'} .. {s.last_finished or '-'}"
+        f"  model {models}; {s.workers} worker(s); finished {s.first_finished or '-'} .. {s.last_finished or '-'}"
     )
     if s.duplicates:
         out.append(f"  note: {s.duplicates} duplicate row(s) ignored (latest row per image kept)")
@@ -80,19 +68,17 @@ def format_summary(s: RunSummary, max_reasons: int = 5) -> str:
 
 def _count_lines(s: RunSummary, max_reasons: int) -> list[str]:
     """Images per status, the most common problems and warnings."""
-    out = ["", f"images  {s.images}   ok {s.ok}   error {s.error}   skipped {s.skipped}"]
+    out = ["", *s.overview().table().text(indent="  ")]
     if s.missing:
         out.append(f"incomplete: {s.images} of {s.planned} planned images have a row (resume the run to finish it)")
     if s.unchanged:
-        out.append(f"        {s.unchanged} of the ok left as they were (copied byte for byte)")
+        out.append(f"  {s.unchanged} of the ok images left as they were (copied byte for byte)")
     if s.problems:
         out += ["", "most common problems:"]
-        out += _indented(
-            _table(
-                ["status", "count", "reason"],
-                [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]],
-                right={1},
-            )
+        out += _table(
+            ["status", "count", "reason"],
+            [[st, str(c), reason] for st, reason, c in s.problems[:max_reasons]],
+            left={0, 2},
         )
         if len(s.problems) > max_reasons:
             out.append(f"  ... and {len(s.problems) - max_reasons} other reason(s)")
@@ -111,28 +97,25 @@ def _quality_lines(s: RunSummary) -> list[str]:
             [name, str(st.n) if st else "0"]
             + [_f(getattr(st, k) if st else None, d) for k in ("mean", "median", "p5", "p95")]
         )
-    out += _indented(_table(["metric", "n", "mean", "median", "p5", "p95"], rows))
+    out += _table(["metric", "n", "mean", "median", "p5", "p95"], rows)
     if s.psnr and s.psnr.infinite:
         out.append(f"  ({s.psnr.infinite} image(s) identical to their reference: PSNR inf, not in the stats)")
 
     out += ["", "no-reference statistics, ok images (mean / median):"]
     rows = no_reference_rows(s, missing="-")
-    out += _indented(_table(["stat", "before", "after", "change", "median before", "median after"], rows))
+    out += _table(["stat", "before", "after", "change", "median before", "median after"], rows)
     return out
 
 
 def _throughput_lines(s: RunSummary) -> list[str]:
-    out = ["", "throughput:"]
+    out = ["", "throughput (wall clock: first image start to last finish):"]
     out.append(
-        f"  {_f(s.images_per_second, 2)} images/s over {_f(s.wall_seconds, 1)} s wall clock "
-        f"(first image start to last finish); {_f(s.images_per_busy_second, 2)} images/s per busy worker"
+        f"  {_f(s.images_per_busy_second, 2)} images/s per busy worker; {_bytes(s.bytes_in)} read, "
+        f"{_bytes(s.bytes_out)} written; {_f(s.busy_seconds, 1)} s busy in total"
     )
-    out.append(f"  {_bytes(s.bytes_in)} read, {_bytes(s.bytes_out)} written; {_f(s.busy_seconds, 1)} s busy in total")
-    out += _indented(
-        _table(
-            ["stage", "seconds", "share"],
-            [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES],
-        )
+    out += _table(
+        ["stage", "seconds", "share"],
+        [[st, _f(s.stage_seconds[st], 2), f"{100 * s.stage_share[st]:5.1f}%"] for st in archive.STAGES],
     )
     return out
 
@@ -148,11 +131,9 @@ def _ranked_lines(s: RunSummary) -> list[str]:
         (f"best {len(s.best)} by {s.rank_by}", s.best),
     ):
         out += ["", title + ":"]
-        out += _indented(
-            _table(
-                ["image", s.rank_by + unit, "brightness before", "after"],
-                [[i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)] for i in items],
-            )
+        out += _table(
+            ["image", s.rank_by + unit, "brightness before", "after"],
+            [[i.rel_path, _f(i.value, d), _f(i.before_brightness, 3), _f(i.after_brightness, 3)] for i in items],
         )
     return out
 
@@ -173,12 +154,10 @@ def format_comparison(c: Comparison, limit: int = 10) -> str:
     if nothing:
         out.append(f"  nothing compared by {c.metric}: {nothing}")
     out += ["", "per-image deltas (an interval that holds 0: these images do not show a change of the mean):"]
-    out += _indented(_table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], _delta_rows(c)))
+    out += _table(["metric", "n", "mean", "mean 95% interval", "median", "p5", "p95"], _delta_rows(c))
     if c.status_changes:
         out += ["", "status changes:"]
-        out += _indented(
-            _table(["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], right=set())
-        )
+        out += _table(["image", "baseline", "run"], [[p, b, a] for p, b, a in c.status_changes[:limit]], left={0, 1, 2})
         if len(c.status_changes) > limit:
             out.append(f"  ... and {len(c.status_changes) - limit} more")
     if not c.worse:  # "no image got worse" only where images were compared
@@ -211,20 +190,18 @@ def _delta_rows(c: Comparison) -> list[list[str]]:
 def _worse_lines(c: Comparison, limit: int) -> list[str]:
     d = DIGITS[c.metric]
     out = ["", f"images that got worse ({c.worse_count}):"]
-    out += _indented(
-        _table(
-            ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+    out += _table(
+        ["image", f"baseline {c.metric}", f"run {c.metric}", "delta", "status"],
+        [
             [
-                [
-                    w.rel_path,
-                    _f(w.base_value, d),
-                    _f(w.value, d),
-                    _signed(w.delta, d),
-                    w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}",
-                ]
-                for w in c.worse[:limit]
-            ],
-        )
+                w.rel_path,
+                _f(w.base_value, d),
+                _f(w.value, d),
+                _signed(w.delta, d),
+                w.status if w.status == w.base_status else f"{w.base_status} -> {w.status}",
+            ]
+            for w in c.worse[:limit]
+        ],
     )
     if c.worse_count > limit:
         out.append(f"  ... and {c.worse_count - limit} more (--json has every image)")
@@ -235,7 +212,7 @@ def format_runs(runs: list[RunInfo]) -> str:
     if not runs:
         return "no runs"
     return "\n".join(
-        _table(
+        Table.of(
             ["run", "images", "ok", "error", "skipped", "mean PSNR", "last finished", "model"],
             [
                 [
@@ -250,6 +227,6 @@ def format_runs(runs: list[RunInfo]) -> str:
                 ]
                 for r in runs
             ],
-            right={1, 2, 3, 4, 5},
-        )
+            left={0, 6, 7},
+        ).text()
     )

@@ -1,11 +1,11 @@
 """A run's plan: list the archive, cut it into shards, check a resume against what it started with,
-record the plan in the run's manifest; and, once the shards are done, the run's summary."""
+record the plan in the run's manifest; and, once the shards are done, read their rows and name their problems
+(the run's overview: ``llie.audit.overview``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -169,51 +169,6 @@ def read_rows(plan: RunPlan) -> pa.Table | None:
     if not archive.shard_files(spec.output_url, spec.run_id, spec.storage_options):
         return None
     return archive.read_metrics(spec.output_url, spec.run_id, spec.storage_options)
-
-
-def summarise_run(plan: RunPlan, results: list[Any], rows: pa.Table | None, seconds: float) -> dict[str, Any]:
-    """The run's summary: counts and mean PSNR from its rows, throughput and failures from the shards' results.
-
-    The rows, not the results, are the record: they also cover shards finished by an earlier
-    attempt of this run. ``results`` holds each shard's summary, or the exception it failed with.
-    """
-    failed = [s.shard_id for s, r in zip(plan.shards, results) if isinstance(r, BaseException)]
-    done = [r for r in results if isinstance(r, dict)]
-    counts, psnrs = _counts(plan, rows)
-    processed = sum(r["processed"] for r in done)
-    return {
-        "run_id": plan.spec.run_id,
-        "images": sum(len(s) for s in plan.shards),
-        "ok": counts["ok"],
-        "errors": counts["error"],
-        "skipped": counts["skipped"],
-        "mean_psnr": sum(psnrs) / len(psnrs) if psnrs else None,
-        "images_per_second": processed / seconds if processed and seconds > 0 else 0.0,
-        "processed": processed,
-        "shards": len(plan.shards),
-        "shards_resumed": sum(1 for r in done if r["resumed"]),
-        "failed_shards": sorted(failed),
-        "seconds": round(seconds, 3),
-        "metrics_url": storage.redact_url(plan.spec.layout.metrics_url),
-        "output_url": storage.redact_url(plan.spec.output_url),
-    }
-
-
-def _counts(plan: RunPlan, rows: pa.Table | None) -> tuple[dict[str, int], list[float]]:
-    """Rows per status, and the finite PSNRs of the ok ones, over the planned shards."""
-    counts = {"ok": 0, "error": 0, "skipped": 0}
-    psnrs: list[float] = []
-    if rows is None:
-        return counts, psnrs
-    planned = {s.shard_id for s in plan.shards}
-    columns = (rows.column(name).to_pylist() for name in ("shard_id", "status", "psnr"))
-    for shard_id, status, value in zip(*columns):
-        if shard_id not in planned:
-            continue
-        counts[status] = counts.get(status, 0) + 1
-        if status == "ok" and value is not None and math.isfinite(value):
-            psnrs.append(value)
-    return counts, psnrs
 
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from llie.audit.table import Table
 from llie.method.pipeline import Enhancer
 from llie.metrics import psnr, quantize8, ssim
 from llie.stats import bootstrap_interval, paired_difference
@@ -85,38 +86,26 @@ def compare_reports(report: dict, baseline: dict) -> dict:
 def format_table(report: dict) -> str:
     rows, mean = report["rows"], report["mean"]
     keys = list(mean)
-    lines = ["| image | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     fmt = lambda k, v: f"{v:.3f}" if "ssim" in k else f"{v:.2f}"
-    for r in rows:
-        lines.append(f"| {r['name']} | " + " | ".join(fmt(k, r[k]) for k in keys) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{fmt(k, mean[k])}**" for k in keys) + " |")
+    body = [[r["name"], *(fmt(k, r[k]) for k in keys)] for r in rows]
+    body.append(["**mean**", *(f"**{fmt(k, mean[k])}**" for k in keys)])
     intervals = report.get("interval", {})
     if intervals:
         label = f"{round(100 * report.get('confidence', CONFIDENCE))}% interval of the mean"
-        lines.append(
-            f"| {label} | "
-            + " | ".join(
-                f"{fmt(k, intervals[k][0])} to {fmt(k, intervals[k][1])}" if k in intervals else "n/a" for k in keys
-            )
-            + " |"
-        )
-    return "\n".join(lines)
+        cells = (f"{fmt(k, intervals[k][0])} to {fmt(k, intervals[k][1])}" if k in intervals else "n/a" for k in keys)
+        body.append([label, *cells])
+    return "\n".join(Table.of(["image", *keys], body).markdown())
 
 
 def format_comparison(comparison: dict) -> str:
     """Markdown table of ``compare_reports``: difference, interval, and images better / worse."""
     pct = round(100 * comparison["confidence"])
-    lines = [
-        f"{comparison['model_version']} minus {comparison['baseline_version']}, same pairs",
-        "",
-        f"| metric | mean difference | {pct}% interval (paired) | images better / worse | shown by this set |",
-        "|---|---|---|---|---|",
-    ]
+    header = ["metric", "mean difference", f"{pct}% interval (paired)", "images better / worse", "shown by this set"]
+    rows = []
     for k, c in comparison["metrics"].items():
         low, high = c["interval"]
         fmt = (lambda v: f"{v:+.4f}") if "ssim" in k else (lambda v: f"{v:+.2f}")
         verdict = "better" if low > 0 else "worse" if high < 0 else "no"
-        lines.append(
-            f"| {k} | {fmt(c['difference'])} | {fmt(low)} to {fmt(high)} | {c['better']} / {c['worse']} | {verdict} |"
-        )
-    return "\n".join(lines)
+        rows.append([k, fmt(c["difference"]), f"{fmt(low)} to {fmt(high)}", f"{c['better']} / {c['worse']}", verdict])
+    title = f"{comparison['model_version']} minus {comparison['baseline_version']}, same pairs"
+    return "\n".join([title, "", *Table.of(header, rows).markdown()])

@@ -8,6 +8,7 @@ the same Parquet read independently (DuckDB, pyarrow, numpy).
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -353,11 +354,30 @@ def test_cli_reports_an_unreadable_shard_file_as_a_data_error(runs, tmp_path):
 # --------------------------------------------------------------------------- report
 
 
+def test_the_audit_overview_reads_the_same_in_text_html_and_markdown(runs, tmp_path):
+    """One audited run with errors and skips: its overview rows, built once, in each of the three renderings."""
+    from flows.artifacts import run_markdown
+
+    run = audit.load_run(str(runs.out), RUN_B)
+    summary = audit.summarise(run)
+    rows = summary.overview().rows()
+    assert ("ok / error / skipped", "9 / 3 / 1") in rows and ("shards", "2") in rows
+    text = audit_text.format_summary(summary)
+    page = Path(report.write_report(run, summary, str(tmp_path / "r.html")).html_url).read_text()
+    markdown = run_markdown(None, summary)
+    for label, value in rows:
+        assert re.search(rf"^  {re.escape(label)} +{re.escape(value)}$", text, flags=re.M), (label, text)
+        assert f'<td class="l">{html.escape(label)}</td><td class="l">{html.escape(value)}</td>' in page, label
+        assert f"| {label} | {value} |" in markdown, (label, markdown)
+
+
 def test_html_report_is_one_file_with_every_plot_inside(runs, tmp_path):
     run, base = audit.load_run(str(runs.out), RUN_B), audit.load_run(str(runs.out), RUN_A)
     summary, base_summary = audit.summarise(run), audit.summarise(base)
     cmp = compare(run, base)
-    files = report.write_report(run, summary, str(tmp_path / "rep" / "audit.html"), cmp, base, base_summary)
+    files = report.write_report(
+        run, summary, str(tmp_path / "rep" / "audit.html"), report.Baseline(base, base_summary, cmp)
+    )
     assert files.html_url == str(tmp_path / "rep" / "audit.html")
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["audit.html"]  # no PNG beside it
     page = Path(files.html_url).read_text()
@@ -419,7 +439,7 @@ def test_cli_audit(runs, tmp_path):
     result = invoke("--run", RUN_A, "--top", "3")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert f"run {RUN_A}" in out and "images  13   ok 10   error 2   skipped 1" in out
+    assert f"run {RUN_A}" in out and "ok / error / skipped  10 / 2 / 1" in out
     assert "decode: empty file" in out and "9 of 10 ok images have a reference" in out
     s = audit.summarise(audit.load_run(str(runs.out), RUN_A), top=3)
     (psnr_line,) = [line for line in out.splitlines() if line.strip().startswith("PSNR (dB)")]
@@ -469,7 +489,7 @@ def test_audit_reads_s3(runs, s3, tmp_path):
         cli, ["audit", s3.url("out"), "--top", "2", "--report", s3.url("reports/a.html")], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
-    assert f"run {RUN_A}" in result.output and "images  13" in result.output
+    assert f"run {RUN_A}" in result.output and "images                13" in result.output
     assert f"report  {s3.url('reports/a.html')}  (6 plots inside)" in result.output
     page = storage.read_bytes(s3.url("reports/a.html")).decode()
     for name in PLOTS:

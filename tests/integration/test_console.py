@@ -46,7 +46,7 @@ def test_run_prints_a_bar_over_images_and_one_readable_summary(prefect_harness, 
     assert "| INFO" not in text, text[-3000:]
     # the bar counts images (5, in shards of 2), not shards
     assert re.search(r"run quiet: 100%.*\b5/5\b", done.stderr), done.stderr[-2000:]
-    assert text.count("run quiet: 5 images in 3 shards") == 1
+    assert text.count("\nrun quiet\n  images                5\n") == 1 and "  shards                3\n" in done.stdout
     assert "{'run_id'" not in text and "mean PSNR" in done.stdout
 
 
@@ -96,7 +96,12 @@ def test_summary_text_is_lines_not_a_dict():
         "failed_shards": [],
     }
     text = summary_text(summary)
-    assert text.splitlines()[0] == "run r: 3 images in 2 shards (1 resumed)"
+    assert text.splitlines()[:4] == [
+        "run r",
+        "  images                3",
+        "  ok / error / skipped  2 / 1 / 0",
+        "  shards                2 (1 resumed)",
+    ]
     assert "n/a (no references)" in text and "--retry-failed" in text and "{" not in text
 
 

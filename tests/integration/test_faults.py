@@ -31,6 +31,8 @@ from tests.conftest import (
     encode,
     free_port,
     gradient,
+    group_gone,
+    kill_group,
     mounted,
     run_archive,
     subprocess_env,
@@ -387,8 +389,7 @@ def resumed_run(prefect_harness, dask_address, tmp_path_factory, bundle_path):
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            kill_group(proc)
     _wait_until_idle(dask_address)  # shards already running when their client died finish on their own
     done = set(archive.shard_files(str(out), "half"))
     before = _files(out)
@@ -416,7 +417,8 @@ def test_killed_run_resumes_only_the_remaining_shards_and_equals_an_uninterrupte
     assert not [k for k in before if Path(k).name.startswith(".")], "a partial file survived the kill"
 
     remaining = [s for s in shards if s.shard_id not in done]
-    assert f"run half: 16 images in 8 shards ({len(done)} resumed)" in resumed_run["output"]
+    assert "run half\n  images                16\n" in resumed_run["output"]
+    assert f"  shards                8 ({len(done)} resumed)\n" in resumed_run["output"]
     assert f"({sum(len(s) for s in remaining)} processed in" in resumed_run["output"]
     for name, mtime in before.items():  # finished shards were not redone, not even rewritten
         assert after[name] == mtime, name
@@ -434,8 +436,8 @@ def test_completed_run_started_again_is_a_noop(resumed_run, bundle_path):
     out = resumed_run["out"]
     assert _without_report(resumed_run["after"]) == _expected_files(resumed_run["images"], "half", 2)  # complete
     output = _cli(resumed_run["args"], bundle_path)
-    assert "run half: 16 images in 8 shards (8 resumed)" in output
-    assert "(0 processed in" in output and "ok 16   errors 0   skipped 0" in output
+    assert "run half\n  images                16\n" in output and "  shards                8 (8 resumed)\n" in output
+    assert "(0 processed in" in output and "ok / error / skipped  16 / 0 / 0" in output
     assert _files(out) == resumed_run["after"]  # not a file written, replaced or touched
 
 
@@ -480,20 +482,9 @@ def test_sigterm_ends_the_run_and_the_prefect_server_it_started(dask_address, tm
         assert "run term stopped (SIGTERM)" in text and "Traceback" not in text, text[-3000:]
         assert "resume it with: llie run " in text and "--run-id term --shard-size 1 --dask-address" in text
         # Everything it started lived in its session: nothing of it may outlive it.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, "a process of the killed run is still running"
-            time.sleep(0.2)
+        assert group_gone(proc.pid, 30), "a process of the killed run is still running"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)
 
 
 # --------------------------------------------------------------------------- the output disk full or read-only
@@ -552,7 +543,7 @@ def test_a_full_output_disk_fails_the_run_and_the_printed_resume_command_complet
         assert command[:2] == ["llie", "run"]
         resumed = CliRunner().invoke(cli, command[1:] + extra)
         assert resumed.exit_code == 0, resumed.output
-        assert "ok 4   errors 0   skipped 0" in resumed.output
+        assert "ok / error / skipped  4 / 0 / 0" in resumed.output
         rows = _one_row_per_image(str(out), "full", images)
         assert all(r["status"] == "ok" for r in rows.values())
         for name in images:
@@ -700,11 +691,7 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
             assert time.monotonic() < deadline, f"the temporary Prefect server {server} outlived its parent"
             time.sleep(0.2)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)
     _wait_until_idle(dask_address)
 
     report = metrics / "_report"
@@ -712,7 +699,7 @@ def test_kill_9_of_llie_run_alone_takes_its_prefect_server_along_and_a_resume_cl
     left = report / ".report.html.k9x2ab7q.tmp"  # what a writer killed between write and rename leaves
     left.write_text("<html>half")
     output = _cli(args[:-2] if bundle_path else args, bundle_path)
-    assert "ok 6" in output
+    assert "ok / error / skipped  6 / 0 / 0" in output
     assert not left.exists()
     assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")]
 

@@ -344,14 +344,14 @@ def test_cli_run_prints_summary_and_progress(dask_address, tmp_path, make_images
         args += ["--model", bundle_path]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "run cli-1: 4 images in 2 shards (0 resumed)" in result.output
-    assert "ok 3   errors 1   skipped 0" in result.output
+    assert "run cli-1\n  images                4\n" in result.output and "  shards                2\n" in result.output
+    assert "ok / error / skipped  3 / 1 / 0" in result.output
     # the exact command that redoes the failed image, with the run's settings
     model = ["--model", bundle_path] if bundle_path else []
     retry = ["llie", "run", str(inp), str(out), "--run-id", "cli-1", *model, "--shard-size", "2"]
     retry += ["--png-compression", "0", "--dask-address", dask_address, "--retry-failed"]
     assert f"to retry them: {shlex.join(retry)}" in result.output
-    assert f"metrics       {out}/_metrics/run_id=cli-1" in result.output
+    assert f"  metrics               {out}/_metrics/run_id=cli-1\n" in result.output
     assert "4/4" in result.output and "image" in result.output  # the progress bar counted every image
     assert len(archive.read_metrics(str(out), "cli-1")) == 4
     width, height = Image.open(out / "a.png").size

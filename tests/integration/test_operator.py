@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llie.batch import archive
-from tests.conftest import REPO, free_port, subprocess_env, write_images
+from tests.conftest import REPO, free_port, group_gone, kill_group, subprocess_env, write_images
 
 # What the Makefile and tests/conftest.py set that a user's shell does not.
 _NOT_A_USERS = (
@@ -61,7 +61,7 @@ def test_a_clean_run_on_the_default_route_prints_no_error_or_warning(tmp_path, b
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]
     assert _problem_lines(text) == [], text[-3000:]
-    assert "ok 4   errors 0   skipped 0" in done.stdout
+    assert "ok / error / skipped  4 / 0 / 0" in done.stdout
 
 
 def test_prefect_event_queue_warnings_are_quiet_wherever_a_task_runs():
@@ -77,17 +77,6 @@ def _wait_for_a_shard(proc: subprocess.Popen, metrics: Path, log: Path, timeout:
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no shard finished in time"
         time.sleep(0.05)
-
-
-def _group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_ctrl_c_to_the_process_group_stops_a_default_run_in_seconds_with_its_resume_command(
@@ -112,13 +101,9 @@ def test_ctrl_c_to_the_process_group_stops_a_default_run_in_seconds_with_its_res
         stopped = time.monotonic()
         assert proc.wait(timeout=30) == 128 + signal.SIGINT, log.read_text()[-3000:]
         took = time.monotonic() - stopped
-        assert _group_gone(proc.pid, 20), "a process of the stopped run is still running"
+        assert group_gone(proc.pid, 20), "a process of the stopped run is still running"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)
     text = log.read_text()
     assert took < 20, (took, text[-3000:])
     assert "Traceback" not in text and "ConnectError" not in text, text[-3000:]
@@ -220,11 +205,14 @@ def test_shards_are_sized_for_the_workers_and_a_resume_keeps_its_size_and_prints
     assert f"--run-id sized --shard-size 2 --dask-address {dask_address}" in resume, resume
     resumed = CliRunner().invoke(cli, [*shlex.split(resume)[1:], "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
-    assert "13 images in 7 shards (6 resumed)" in resumed.output
+    assert (
+        "images                13\n  ok / error / skipped  13 / 0 / 0\n  shards                7 (6 resumed)\n"
+        in resumed.output
+    )
 
     # a resume without --shard-size keeps the run's own, whatever the workers now
     again = CliRunner().invoke(cli, ["run", str(inp), str(out), "--run-id", "sized", *common])
-    assert again.exit_code == 0 and "13 images in 7 shards (7 resumed)" in again.output, again.output
+    assert again.exit_code == 0 and "shards                7 (7 resumed)\n" in again.output, again.output
 
 
 # --------------------------------------------------------------------------- photos left as they were
@@ -261,7 +249,7 @@ def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
     assert rows["bright.jpg"]["bytes_out"] == rows["bright.jpg"]["bytes_in"]
     assert rows["dark.jpg"]["unchanged"] is False
     audit = CliRunner().invoke(cli, ["audit", str(out)])
-    assert audit.exit_code == 0 and "1 of the ok left as they were (copied byte for byte)" in audit.output
+    assert audit.exit_code == 0 and "1 of the ok images left as they were (copied byte for byte)" in audit.output
 
     # no references: the run's report shows before/after photos picked by no-reference statistics
     from llie.audit import summary as au

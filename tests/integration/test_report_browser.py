@@ -164,7 +164,8 @@ def report_page(tmp_path, make_images, enhancer, torch_one_thread) -> Path:
         archive.write_run_manifest(str(out), run_id, {"run_id": run_id, "reference_url": str(ref), "images": 4})
     run, base = audit.load_run(str(out), "after"), audit.load_run(str(out), "before")
     summary, base_summary = audit.summarise(run, top=2), audit.summarise(base, top=2)
-    files = report.write_report(run, summary, str(tmp_path / "report.html"), compare(run, base), base, base_summary)
+    baseline = report.Baseline(base, base_summary, compare(run, base))
+    files = report.write_report(run, summary, str(tmp_path / "report.html"), baseline)
     assert len(files.plots) == 7
     return Path(files.html_url)
 

@@ -8,10 +8,11 @@ import logging
 import pytest
 
 from llie.audit.numbers import number
+from llie.audit.overview import summarise_run
 from llie.batch import archive
 from llie.batch.imageio import DecodeLimits, EncodeOptions
 from llie.batch.layout import RunLayout
-from llie.batch.plan import plan_run, read_rows, remove_partial_files, summarise_run
+from llie.batch.plan import plan_run, read_rows, remove_partial_files
 from llie.batch.shard import run_shard
 from llie.batch.spec import RunSpec, decode_limits, encode_options
 
@@ -88,7 +89,7 @@ def test_run_shard_writes_then_resumes_and_the_summary_reads_the_rows(tmp_path, 
     assert remove_partial_files(plan) == [".a.png.abcd1234.tmp"]
     assert (tmp_path / "out" / "notes.tmp").exists()
     rows = read_rows(plan)
-    summary = summarise_run(plan, [first], rows, seconds=2.0)
+    summary = summarise_run(plan, [first], rows, seconds=2.0).to_dict()
     assert (summary["images"], summary["ok"], summary["errors"], summary["processed"]) == (3, 2, 1, 3)
     assert summary["images_per_second"] == 1.5 and summary["metrics_url"] == plan.spec.layout.metrics_url
     assert archive.read_shard_parquet(plan.spec.layout.shard_url(shard.shard_id)).num_rows == 3
