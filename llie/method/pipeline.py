@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from llie.method.bundle import Bundle, load_bundle
 from llie.method.features import extract_features
@@ -30,10 +31,19 @@ class EnhanceResult:
 
 
 def set_threads(n: int) -> None:
-    """Cap torch's intra-op threads so several workers on one machine do not oversubscribe its cores."""
+    """Cap torch's intra-op threads and numpy's BLAS threads so several workers on one machine do not
+    oversubscribe its cores."""
     import torch
 
     torch.set_num_threads(max(1, int(n)))
+    cap_blas_threads(n)
+
+
+def cap_blas_threads(n: int) -> None:
+    """Cap the threads of numpy's BLAS (its matrix products over a photo's pixels). Photos enhanced side
+    by side would otherwise each wake a BLAS pool as large as the machine, whose spinning threads take
+    the cores from the other photos' work."""
+    threadpool_limits(max(1, int(n)), user_api="blas")
 
 
 class Enhancer:
@@ -70,8 +80,8 @@ class Enhancer:
         leaves stage 4 out (every file is still checked), for stages 1-3 without torch. ``precision``:
         the refiner's arithmetic on CPU (``llie.method.refine.REFINER_PRECISIONS``); CUDA always uses fp16."""
         tiling = tiling_for_precision(precision)
-        if threads is not None and refiner:
-            set_threads(threads)
+        if threads is not None:
+            (set_threads if refiner else cap_blas_threads)(threads)
         return cls(load_bundle(bundle, n_threads=threads, refiner=refiner), device=device, tiling=tiling)
 
     @property

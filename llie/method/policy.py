@@ -37,7 +37,10 @@ class EnhancePolicy:
 def channel_means(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """(3,) float64 channel means over the pixels ``mask`` marks (all without one)."""
     pixels = rgb.reshape(-1, 3) if mask is None else rgb[mask]
-    return pixels.mean(axis=0, dtype=np.float64) if len(pixels) else np.zeros(3)
+    if not len(pixels):
+        return np.zeros(3)
+    # one sum per channel: numpy's reduction over rows of three values is ten times slower
+    return np.array([pixels[:, c].sum(dtype=np.float64) for c in range(3)]) / len(pixels)
 
 
 def brightening(source_means: np.ndarray, mapped_means: np.ndarray) -> float:

@@ -183,3 +183,25 @@ def test_a_saturated_dark_scene_keeps_its_hues(default_enhancer):
         out = default_enhancer.enhance(dim, stages=stages).image
         assert out.mean() > 2 * dim.mean(), stages
         assert np.mean(hue_turn(dim, out)[shown] > 45) < 0.01, stages  # per-channel stage 3 alone turned 4 %
+
+
+def test_threads_cap_numpy_blas_too():
+    """Photos side by side each on one thread: numpy's BLAS must not wake a pool per photo as well."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from llie.method.pipeline import Enhancer, set_threads
+
+    blas = lambda: {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}  # noqa: E731
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores this process's BLAS threads afterwards
+        try:
+            np.ones((4, 3)) @ np.ones(3)  # BLAS loaded
+            threadpool_limits(2, user_api="blas")
+            set_threads(1)
+            assert blas() == {1}
+            threadpool_limits(2, user_api="blas")
+            Enhancer.load(threads=1, refiner=False)  # stages 1-3 alone cap it too, without torch
+            assert blas() == {1}
+        finally:
+            torch.set_num_threads(before)
