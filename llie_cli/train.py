@@ -142,6 +142,14 @@ def config_option(command):
     "the refiner meets more exposure errors than the one stage 3 left on each training pair.",
 )
 @click.option(
+    "--ssim-weight",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Add this weight times 1 - SSIM to the refiner's loss (-PSNR + L1); 30 puts 0.01 of SSIM on a par "
+    "with 0.3 dB. It trades PSNR for SSIM (docs/method.md).",
+)
+@click.option(
     "--lr",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
@@ -368,6 +376,7 @@ def _refiner_configs(o: SimpleNamespace):
         freeze_transformer=o.freeze_transformer,
         pad_augment=o.pad_augment,
         exposure_jitter=o.exposure_jitter,
+        ssim_weight=o.ssim_weight,
     )
     if o.steps < rt.eval_every:
         rt = replace(rt, eval_every=max(1, o.steps), checkpoint_every=max(1, o.steps))

@@ -415,6 +415,8 @@ def test_train_command_passes_its_settings_through(tmp_path):
             "2",
             "--exposure-jitter",
             "0.1",
+            "--ssim-weight",
+            "30",
             "--threads",
             "1",
             "--device",
@@ -429,6 +431,7 @@ def test_train_command_passes_its_settings_through(tmp_path):
     assert config["quantile"]["augmentations"] == 3 and config["seed"] == 4
     assert config["refiner"]["dim"] == 16 and config["refiner_train"]["crop"] == 80
     assert config["quantile"]["bag"] == 2 and config["refiner_train"]["exposure_jitter"] == 0.1
+    assert config["refiner_train"]["ssim_weight"] == 30.0
     assert load_bundle(out).quantile_model.config.bag == 2
     assert "bundle written to" in result.output
 
