@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llie.method.mapping import HUE_RAMP, LUMA, _channel_max, _channel_min
+from llie.method.mapping import HUE_RAMP, LUMA, channel_max, channel_min
 
 VISIBLE_SATURATION = 0.3  # HSV saturation and value from which a pixel's hue shows
 VISIBLE_VALUE = 0.08
@@ -50,7 +50,7 @@ def hold_visible_hues(
 def _visibility(rgb: np.ndarray) -> np.ndarray:
     """HxW weight in [0, 1] of how visible each pixel's hue is; soft edges so that a pixel near the
     thresholds does not flip between two looks."""
-    top, bottom = _channel_max(rgb), _channel_min(rgb)
+    top, bottom = channel_max(rgb), channel_min(rgb)
     shown = np.clip(((top - bottom) / np.maximum(top, 1e-6) - VISIBLE_SATURATION) / 0.05 + 1.0, 0.0, 1.0)
     shown *= np.clip((top - VISIBLE_VALUE) / 0.02 + 1.0, 0.0, 1.0)
     return shown

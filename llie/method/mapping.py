@@ -162,14 +162,14 @@ def _per_channel_and_hue_kept(codes: np.ndarray, luts: list[np.ndarray], levels:
     return per_channel, kept
 
 
-def _channel_max(rgb: np.ndarray) -> np.ndarray:
+def channel_max(rgb: np.ndarray) -> np.ndarray:
     """``rgb.max(axis=-1)``, the same values twenty times faster (a reduction over an axis of three
     runs numpy's loop once per pixel)."""
     return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
-def _channel_min(rgb: np.ndarray) -> np.ndarray:
-    """``rgb.min(axis=-1)``, as ``_channel_max``."""
+def channel_min(rgb: np.ndarray) -> np.ndarray:
+    """``rgb.min(axis=-1)``, as ``channel_max``."""
     return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
@@ -189,7 +189,7 @@ def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConf
     """HxWx1 weight of the hue-kept result: the global mix, or for "bounded" the per-pixel turn past the bound."""
     if config.colour == "hue":
         return np.full(source.shape[:2] + (1,), config.hue_mix, np.float32)
-    chroma = _channel_max(source) - _channel_min(source)
+    chroma = channel_max(source) - channel_min(source)
     weight = np.clip(chroma / CHROMA_FLOOR - 1.0, 0.0, 1.0)
     shown = weight > 0  # hue angles only where a hue shows: a dark shot has few such pixels
     if np.count_nonzero(shown) > shown.size // 2:  # most do: angles of all, cheaper than gathering them
@@ -221,7 +221,7 @@ def _keep_hue(
     for band in bands:
         per_channel, kept = computed.pop() if computed else _per_channel_and_hue_kept(codes[band], luts, levels)
         kept *= gains
-        luma, peak = kept @ LUMA, _channel_max(kept)
+        luma, peak = kept @ LUMA, channel_max(kept)
         # past white: shrink the chroma toward grey at the same luma until the largest channel fits
         over = peak > 1.0
         if np.count_nonzero(over) > over.size // 8:  # many: the same arithmetic on all, kept where over

@@ -301,5 +301,5 @@ def test_keep_hue_shortcuts_leave_every_value_as_it_was(colour, scene):
     )
     values = rng.random((50, 3), dtype=np.float32)
     values[0, 1] = np.nan
-    np.testing.assert_array_equal(mapping._channel_max(values), values.max(axis=-1))
-    np.testing.assert_array_equal(mapping._channel_min(values), values.min(axis=-1))
+    np.testing.assert_array_equal(mapping.channel_max(values), values.max(axis=-1))
+    np.testing.assert_array_equal(mapping.channel_min(values), values.min(axis=-1))
