@@ -9,7 +9,9 @@ pixels and the range), so either form may be used.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import uniform_filter
@@ -72,12 +74,17 @@ def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float = 1.0) -> float:
 
 
 def _ssim_map(x: np.ndarray, y: np.ndarray, win: int, data_range: float) -> np.ndarray:
-    """skimage's SSIM map (Gaussian-free: uniform window, sample covariance, K1=0.01, K2=0.03)."""
+    return ssim_map(x, y, lambda a: uniform_filter(a, win), win, data_range)
+
+
+def ssim_map(x: Any, y: Any, window_mean: Callable[[Any], Any], win: int, data_range: float = 1.0) -> Any:
+    """skimage's SSIM map (Gaussian-free: uniform window, sample covariance, K1=0.01, K2=0.03), from
+    ``window_mean``, the mean over each ``win`` x ``win`` window: numpy arrays or torch tensors alike."""
     cov_norm = win * win / (win * win - 1.0)
-    ux, uy = uniform_filter(x, win), uniform_filter(y, win)
-    vx = cov_norm * (uniform_filter(x * x, win) - ux * ux)
-    vy = cov_norm * (uniform_filter(y * y, win) - uy * uy)
-    vxy = cov_norm * (uniform_filter(x * y, win) - ux * uy)
+    ux, uy = window_mean(x), window_mean(y)
+    vx = cov_norm * (window_mean(x * x) - ux * ux)
+    vy = cov_norm * (window_mean(y * y) - uy * uy)
+    vxy = cov_norm * (window_mean(x * y) - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
 

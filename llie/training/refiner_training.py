@@ -18,7 +18,7 @@ from llie.method.bundle import load_bundle
 from llie.method.policy import EnhancePolicy, apply_policy
 from llie.method.refine import refine, resolve_device
 from llie.method.refiner import Refiner, RefinerConfig
-from llie.metrics import quantize8, ssim
+from llie.metrics import quantize8, ssim, ssim_map
 from llie.training.config import RefinerTrainConfig, TrainConfig, TrainingSetupError
 from llie.training.stage2 import mean_psnr
 
@@ -64,16 +64,11 @@ def mean_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
     """Mean SSIM of (B, 3, H, W) images in [0, 1] as ``llie.metrics.ssim`` takes it (7x7 uniform windows,
     per channel, sample covariances), over the windows wholly inside ``mask`` when one is given."""
     pool = lambda a: torch.nn.functional.avg_pool2d(a, 7, stride=1)  # noqa: E731
-    n = 49.0 / 48.0  # sample (not population) variances, as skimage
-    mx, my = pool(pred), pool(target)
-    vx, vy = n * (pool(pred * pred) - mx * mx), n * (pool(target * target) - my * my)
-    cxy = n * (pool(pred * target) - mx * my)
-    c1, c2 = 0.01**2, 0.03**2
-    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    similarity = ssim_map(pred, target, pool, 7)
     if mask is None:
-        return ssim_map.mean()
-    inside = (pool(mask) > 0.999).to(ssim_map.dtype)
-    return (ssim_map * inside).sum() / (inside.sum() * pred.shape[1]).clamp_min(1.0)
+        return similarity.mean()
+    inside = (pool(mask) > 0.999).to(similarity.dtype)
+    return (similarity * inside).sum() / (inside.sum() * pred.shape[1]).clamp_min(1.0)
 
 
 def random_crops(inputs, targets, batch: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
