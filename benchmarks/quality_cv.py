@@ -9,9 +9,12 @@ scene. On those out-of-fold predictions, per set:
 * **well-exposed photos**: the target itself fed in, stages 1-3 under the policy (and the refiner, where the
   policy lets it act, with ``--refiner``): PSNR of the output against the photo, its mean and minimum, and
   how many photos fall below 22 and 28 dB;
+* **exposure**: the dark shot's error in log mean luma (and its bias), its PSNR with the output scaled to
+  the target's mean (GT-mean), and the set's PSNR with one brightness factor fitted to the whole set;
 * **variants**: each ``--variant key=value,...`` (fields of the mapping or of the policy) and each
   ``--stage2-variant key=value,...`` (fields of stage 2's settings: stage 2 is refit for it) scored the same
-  way, with its paired difference to the bundle's own settings and a 95% interval resampling scenes.
+  way, with its paired difference to the bundle's own settings and a 95% interval resampling scenes;
+  ``--capture-gate`` adds the capture gate (``llie.method.capture_gate``) fit in each fold on the others.
 
 The refiner's figures on dark shots belong to pairs it never trained on: ``llie evaluate`` on held-out
 pairs, and the validation split in the bundle's manifest. For LOL our485 and SICE-pairs (658 pairs) it
@@ -95,9 +98,47 @@ def out_of_fold_predictions(pairs, lows, highs, oof, progress: bool) -> tuple[np
     return dark, exposed
 
 
+def gated_predictions(pairs, lows, highs, predictions, oof):
+    """The (dark, well-exposed) predictions with a capture gate applied, each fold's from a gate fit on the
+    other folds (their sets' kinds judged on their own out-of-fold predictions); ``oof``: the folds'
+    ``llie.training.stage2.OutOfFold``."""
+    from llie.method.features import extract_features
+    from llie.training.capture_gate import fit_capture_gate
+    from llie.training.data import group_folds
+
+    folds, seed, feature_set = oof.folds, oof.seed, oof.quantile.features
+    fold = group_folds(pairs, folds, seed)
+    dark, exposed = (p.copy() for p in predictions)
+    for k in range(folds):
+        fit, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
+        gate, _ = fit_capture_gate(
+            pick(pairs, fit), pick(lows, fit), pick(highs, fit), predictions[0][fit], feature_set, seed
+        )
+        for i in held if gate is not None else ():
+            dark[i] = gate.apply(extract_features(lows[i], feature_set=feature_set), dark[i])
+            exposed[i] = gate.apply(extract_features(highs[i], feature_set=feature_set), exposed[i])
+    return dark, exposed
+
+
+# brightness factors over which the one-factor figure is searched (about +-50 % in steps of 5 %)
+FACTORS = np.exp(np.arange(-0.7, 0.71, 0.05))
+
+
+def exposure_scores(out: np.ndarray, high: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(log mean-luma error, GT-mean PSNR, PSNR at each of ``FACTORS``) of one output."""
+    from llie.method.mapping import LUMA
+    from llie.metrics import psnr
+
+    own, target = float((out @ LUMA).mean()), float((high @ LUMA).mean())
+    gt_mean = psnr(np.clip(out * (target / max(own, 1e-6)), 0.0, 1.0), high)
+    scaled = np.array([psnr(np.clip(out * f, 0.0, 1.0), high) for f in FACTORS])
+    return float(np.log(max(own, 1e-6) / max(target, 1e-6))), gt_mean, scaled
+
+
 def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress: bool) -> dict[str, np.ndarray]:
-    """Per pair: dark shot's stage-3 PSNR/SSIM, the well-exposed photo's PSNR after the pipeline;
-    ``predictions`` are the (dark, well-exposed) out-of-fold stage-2 predictions."""
+    """Per pair: dark shot's stage-3 PSNR/SSIM and exposure scores, the well-exposed photo's PSNR after the
+    pipeline; ``predictions`` are the (dark, well-exposed) out-of-fold stage-2 predictions."""
     from llie.method.policy import finish_under_policy, map_under_policy, refine_under_policy
     from llie.method.refine import refine, resolve_device
     from llie.metrics import psnr, quantize8, ssim
@@ -105,11 +146,15 @@ def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress:
     dark_q, exposed_q = predictions
     mapping, policy = settings.mapping, settings.policy
     device = resolve_device("cpu")
-    out = {k: np.zeros(len(lows)) for k in ("dark_psnr", "dark_ssim", "exposed_psnr", "exposed_gate")}
+    names = ("dark_psnr", "dark_ssim", "dark_log_luma_error", "dark_gt_mean_psnr", "exposed_psnr", "exposed_gate")
+    out = {k: np.zeros(len(lows)) for k in names}
+    out["dark_scaled_psnr"] = np.zeros((len(lows), len(FACTORS)))
     for i in tqdm(range(len(lows)), desc="score", disable=not progress, leave=False):
         mapped, _ = map_under_policy(lows[i], dark_q[i], mapping, policy)
         out8 = quantize8(finish_under_policy(lows[i], np.clip(mapped, 0.0, 1.0), policy)) / 255.0
         out["dark_psnr"][i], out["dark_ssim"][i] = psnr(out8, highs[i]), ssim(out8, highs[i])
+        exposure = exposure_scores(out8, highs[i])
+        out["dark_log_luma_error"][i], out["dark_gt_mean_psnr"][i], out["dark_scaled_psnr"][i] = exposure
         kept, out["exposed_gate"][i] = map_under_policy(highs[i], exposed_q[i], mapping, policy)
         if refiner is not None:
             kept = refine_under_policy(highs[i], kept, lambda x: refine(refiner, x, device), policy)
@@ -124,6 +169,10 @@ def summary(scores: dict[str, np.ndarray]) -> dict:
         "pairs": len(exposed),
         "dark_psnr": float(scores["dark_psnr"].mean()),
         "dark_ssim": float(scores["dark_ssim"].mean()),
+        "dark_luma_error": float(np.abs(scores["dark_log_luma_error"]).mean()),
+        "dark_luma_bias": float(scores["dark_log_luma_error"].mean()),
+        "dark_gt_mean_psnr": float(scores["dark_gt_mean_psnr"].mean()),
+        "dark_one_factor_psnr": float(scores["dark_scaled_psnr"].mean(axis=0).max()),
         "exposed_mean_psnr": float(exposed.mean()),
         "exposed_min_psnr": float(exposed.min()),
         **{f"exposed_below_{floor:g}": int((exposed < floor).sum()) for floor in WELL_EXPOSED_FLOORS},
@@ -142,6 +191,7 @@ class Study:
     seed: int = 0  # draws the folds and stage 2's rows and trees
     model: Path | None = None  # bundle directory; None: the shipped model
     refiner: bool = False  # also run the refiner on well-exposed photos
+    capture_gate: bool = False  # also score the capture gate, fit in each fold on the others
     threads: int | None = None
     progress: bool = True
 
@@ -165,8 +215,12 @@ def cross_validate(study: Study) -> dict:
         )
         for name, cfg in stage2.items()
     }
+    if study.capture_gate:
+        oof = OutOfFold(quantile_cfg, study.folds, study.seed, study.threads)
+        predictions["capture gate"] = gated_predictions(pairs, lows, highs, predictions["model"], oof)
     base = Settings(bundle.mapping, bundle.policy)
     runs = {"model": (base, "model")} | {v: (parse_variant(v, base), "model") for v in study.variants}
+    runs |= {"capture gate": (base, "capture gate")} if study.capture_gate else {}
     runs |= {f"stage 2 {v}": (base, v) for v in study.stage2_variants}
     scores = {
         name: score_pairs(lows, highs, predictions[fit], s, bundle.refiner, study.progress)
@@ -182,7 +236,12 @@ def cross_validate(study: Study) -> dict:
         "stage2": asdict(quantile_cfg),
         "refiner_on_well_exposed": study.refiner,
         "settings": {
-            name: {"mapping": asdict(s.mapping), "policy": asdict(s.policy), "stage2": asdict(stage2[fit])}
+            name: {
+                "mapping": asdict(s.mapping),
+                "policy": asdict(s.policy),
+                "stage2": asdict(stage2.get(fit, quantile_cfg)),
+            }
+            | ({"capture_gate": True} if fit == "capture gate" else {})
             for name, (s, fit) in runs.items()
         },
     }
@@ -229,6 +288,16 @@ def table(report: dict) -> str:
                 f"| {v} | {f['dark_psnr']:.2f} | {f['dark_ssim']:.3f} | {f['exposed_mean_psnr']:.1f} | "
                 f"{f['exposed_min_psnr']:.1f} | {below} | {f['exposed_changed']} |"
             )
+        lines += [
+            "",
+            "| settings | dark: mean log-luma error | its bias | GT-mean PSNR | one-factor PSNR |",
+            "|---|---|---|---|---|",
+        ]
+        for v, f in s["figures"].items():
+            lines.append(
+                f"| {v} | {f['dark_luma_error']:.3f} | {f['dark_luma_bias']:+.3f} | {f['dark_gt_mean_psnr']:.2f} | "
+                f"{f['dark_one_factor_psnr']:.2f} |"
+            )
         if s["differences"]:
             lines += [
                 "",
@@ -265,12 +334,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="draws the folds and stage 2's rows and trees")
     parser.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped model)")
     parser.add_argument("--refiner", action="store_true", help="also run the refiner on well-exposed photos")
+    parser.add_argument(
+        "--capture-gate", action="store_true", help="also score the capture gate, fit in each fold on the others"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     data = args.data or [datasets / "LOL-v1", datasets / "SICE-pairs"]
     study = Study(
-        data, args.variant, args.stage2_variant, args.folds, args.seed, args.model, args.refiner, args.threads
+        data,
+        args.variant,
+        args.stage2_variant,
+        folds=args.folds,
+        seed=args.seed,
+        model=args.model,
+        refiner=args.refiner,
+        capture_gate=args.capture_gate,
+        threads=args.threads,
     )
     report = cross_validate(study)
     if args.json:

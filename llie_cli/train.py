@@ -175,6 +175,14 @@ def config_option(command):
     "mean PSNR rather than the mean squared error.",
 )
 @click.option(
+    "--capture-gate/--no-capture-gate",
+    default=True,
+    show_default=True,
+    help="Where the data hold sets of two kinds (targets whose brightness follows the scene, as LOL's, and "
+    "targets at each scene's best exposure, as SICE's), fit a classifier that tells their captures apart: "
+    "a photo unlike the first kind gets a neutral brightness instead of stage 2's.",
+)
+@click.option(
     "--histogram-rows",
     type=click.IntRange(min=1),
     default=DEFAULT_HISTOGRAM_ROWS,
@@ -344,6 +352,7 @@ def _train_config(o: SimpleNamespace):
         refiner=refiner,
         refiner_train=refiner_train,
         illumination=IlluminationTrainConfig(steps=o.illumination_steps),
+        capture_gate=o.capture_gate,
         max_pairs=o.max_pairs,
         init_refiner=o.init_refiner,
     )

@@ -21,7 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from llie.method import bundle_settings
+from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings
 from llie.method.mapping import MappingConfig
 from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
@@ -38,7 +41,7 @@ BUNDLE_FORMAT = 2
 SUPPORTED_FORMATS = (1, 2)
 BEHAVIOUR_KEYS = ("mapping", "policy", "refiner")
 # behaviour settings of later parts, hashed only where a bundle has them, so earlier versions stay valid
-OPTIONAL_BEHAVIOUR_KEYS = ("illumination",)
+OPTIONAL_BEHAVIOUR_KEYS = ("illumination", "capture_gate")
 
 
 class BundleError(ValueError):
@@ -53,10 +56,19 @@ class Bundle:
     manifest: dict = field(default_factory=dict)
     policy: EnhancePolicy = field(default_factory=EnhancePolicy)
     illumination: IlluminationNet | None = None  # the local gain between stages 3 and 4, if trained
+    capture_gate: CaptureGate | None = None  # stage 2's brightness gated by the kind of capture, if trained
 
     @property
     def model_version(self) -> str:
         return self.manifest.get("model_version", "unsaved")
+
+    def predict_quantiles(self, features: np.ndarray) -> np.ndarray:
+        """Stage 2 for one photo's (F,) features: (3, 21) percentile values, their brightness gated by the
+        kind of capture where the bundle has a gate."""
+        quantiles = self.quantile_model.predict(features)
+        if self.capture_gate is not None:
+            quantiles = self.capture_gate.apply(features, quantiles)
+        return quantiles
 
 
 def default_bundle_path() -> Path:
@@ -107,6 +119,8 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
             directory / ILLUMINATION_FILE,
         )
         files.append(directory / ILLUMINATION_FILE)
+    if bundle.capture_gate is not None:
+        files.append(bundle.capture_gate.save(directory))
     import numpy
     import scipy
     import xgboost
@@ -120,6 +134,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "policy": asdict(bundle.policy),
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
         "illumination": asdict(bundle.illumination.cfg) if bundle.illumination is not None else None,
+        "capture_gate": asdict(bundle.capture_gate.settings) if bundle.capture_gate is not None else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(),
@@ -198,6 +213,8 @@ def required_files(manifest: dict, quantiles_config: dict) -> set[str]:
         needed.add(REFINER_FILE)
     if manifest.get("illumination") is not None:
         needed.add(ILLUMINATION_FILE)
+    if manifest.get("capture_gate") is not None:
+        needed.add(GATE_FILE)
     return needed
 
 
@@ -304,9 +321,21 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
                 raise BundleError(f"bundle file {REFINER_FILE} does not load as the refiner: {exc}") from None
             refiner.eval()
         illumination = _load_illumination(manifest, folder) if wanted else None
+        capture_gate = _load_capture_gate(manifest, folder)
     # bundles from before the policy name none: their refiner always applies, unanchored
     policy = EnhancePolicy(**manifest.get("policy", {}))
-    return Bundle(quantile_model, MappingConfig(**manifest["mapping"]), refiner, manifest, policy, illumination)
+    mapping = MappingConfig(**manifest["mapping"])
+    return Bundle(quantile_model, mapping, refiner, manifest, policy, illumination, capture_gate)
+
+
+def _load_capture_gate(manifest: dict, folder: Path) -> CaptureGate | None:
+    """The bundle's capture gate, or None for bundles without one."""
+    if manifest.get("capture_gate") is None:
+        return None
+    try:
+        return CaptureGate.load(folder / GATE_FILE, GateSettings(**manifest["capture_gate"]))
+    except Exception as exc:
+        raise BundleError(f"bundle file {GATE_FILE} does not load as the capture gate: {exc}") from None
 
 
 def _load_illumination(manifest: dict, folder: Path) -> IlluminationNet | None:

@@ -65,6 +65,10 @@ ILLUMINATION: dict[str, Rule] = {
     "width": ("int", 1, 256),
     "max_log_gain": ("float", 0.01, 10.0),
 }
+CAPTURE_GATE: dict[str, Rule] = {
+    "neutral_luma": ("float", 0.01, 0.99),
+    "ramp": ("float", 0.001, 1.0),
+}
 
 
 def _value_problem(value: Any, rule: Rule) -> str | None:
@@ -94,7 +98,8 @@ def section_problem(section: str, values: Any, rules: dict[str, Rule]) -> str | 
 
 
 def manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """Why the manifest's behaviour settings (mapping, policy, refiner, illumination) are refused, or None."""
+    """Why the manifest's behaviour settings (mapping, policy, refiner, illumination, capture gate) are
+    refused, or None."""
     if "mapping" not in manifest:
         return "mapping is missing"
     sections = [("mapping", manifest["mapping"], MAPPING), ("policy", manifest.get("policy", {}), POLICY)]
@@ -102,6 +107,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
         sections.append(("refiner", manifest["refiner"], REFINER))
     if manifest.get("illumination") is not None:
         sections.append(("illumination", manifest["illumination"], ILLUMINATION))
+    if manifest.get("capture_gate") is not None:
+        sections.append(("capture_gate", manifest["capture_gate"], CAPTURE_GATE))
     for section, values, rules in sections:
         if why := section_problem(section, values, rules):
             return why

@@ -118,7 +118,7 @@ class Enhancer:
         seconds["features"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        quantiles = self.bundle.quantile_model.predict(features)
+        quantiles = self.bundle.predict_quantiles(features)
         seconds["quantiles"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -218,6 +218,24 @@ def _train_illumination(cfg: TrainConfig, inputs: tuple[list, list], split: Spli
     return train_illumination(pairs, cfg.illumination, progress=progress)
 
 
+def _fit_capture_gate(cfg: TrainConfig, split: Split, stage2: Stage2, metrics: dict):
+    """The capture gate, on every pair's stage-2 prediction from a model that never saw it."""
+    if not cfg.capture_gate:
+        return None
+    from llie.training.capture_gate import fit_capture_gate
+
+    quantiles = np.concatenate([stage2.oof, stage2.val_q]) if split.val else stage2.oof
+    gate, metrics["capture_gate"] = fit_capture_gate(
+        split.train + split.val,
+        split.lows + split.val_lows,
+        split.highs + split.val_highs,
+        quantiles,
+        cfg.quantile.features,
+        cfg.seed,
+    )
+    return gate
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train both stages on ``cfg.data`` and write the bundle to ``cfg.output``; returns the manifest."""
     started = time.time()
@@ -248,7 +266,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
 
     illumination = _train_illumination(cfg, (train_inputs, val_inputs), split, progress)
     model = refit_on_all_pairs(cfg, split, stage2, progress) if cfg.refit_all and split.val else stage2.model
-    bundle = Bundle(model, stage2.mapping, refiner, policy=cfg.policy, illumination=illumination)
+    gate = _fit_capture_gate(cfg, split, stage2, metrics)
+    bundle = Bundle(model, stage2.mapping, refiner, policy=cfg.policy, illumination=illumination, capture_gate=gate)
     seconds = {
         "stage2": round(stage2_seconds, 1),
         "refiner": round(state["seconds"], 1),

@@ -234,12 +234,18 @@ def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_vari
 
     data = [write_lol(tmp_path / "indoor", 6, 48, 64, seed=5), write_lol(tmp_path / "outdoor", 6, 48, 64, seed=6)]
     gate_off = "exposure_full=1.0,exposure_off=1.0"
-    report = cross_validate(Study(data, [gate_off], ["harmless=0"], folds=2, threads=1, progress=False))
+    study = Study(data, [gate_off], ["harmless=0"], folds=2, capture_gate=True, threads=1, progress=False)
+    report = cross_validate(study)
     assert report["pairs"] == 12 and set(report["sets"]) == {"indoor", "outdoor"}
     for s in report["sets"].values():
         model, variant = s["figures"]["model"], s["figures"][gate_off]
         assert model["pairs"] == variant["pairs"] == 6
         assert 5 < model["dark_psnr"] < 60 and 0 < model["dark_ssim"] <= 1
+        # exposure: the best single factor includes 1 (no change), the error's size bounds its bias
+        assert model["dark_one_factor_psnr"] >= model["dark_psnr"] - 1e-6
+        assert model["dark_luma_error"] >= abs(model["dark_luma_bias"])
+        assert 5 < model["dark_gt_mean_psnr"] < 60
+        assert s["figures"]["capture gate"]["pairs"] == 6
         # most well-lit synthetic targets sit above the gate: the model returns them as they were
         assert model["exposed_changed"] < variant["exposed_changed"] == 6
         assert variant["exposed_mean_psnr"] < model["exposed_mean_psnr"] <= 60.0
@@ -251,7 +257,9 @@ def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_vari
         assert refit["dark_psnr"] != model["dark_psnr"] and refit["pairs"] == 6
     assert report["settings"]["stage 2 harmless=0"]["stage2"]["harmless"] == 0
     assert report["settings"]["model"]["stage2"]["harmless"] == 3  # the shipped model's
+    assert report["settings"]["capture gate"]["capture_gate"] is True
     assert "**indoor**" in table(report) and f"| {gate_off} |" in table(report)
+    assert "| capture gate |" in table(report) and "one-factor PSNR" in table(report)
     base = parse_variant("", parse_variant("colour=channels", parse_variant("max_slope=4", _settings())))
     assert base.mapping.colour == "channels" and base.mapping.max_slope == 4.0
     with pytest.raises(ValueError, match="KEY=VALUE"):

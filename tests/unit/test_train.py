@@ -559,8 +559,13 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
         "gain_full": 1.5,
         "hue_guard": 30.0,  # the command's default
     }
+    # each set judged by whether stage 2's out-of-fold brightness beats a constant on it; a gate where they differ
+    kinds = manifest["metrics"]["capture_gate"]["scene_exposed_sets"]
+    assert set(kinds) == {"lol", "sice"}
+    assert (manifest["capture_gate"] is not None) == (len(set(kinds.values())) == 2)
     bundle = load_bundle(out)
     assert bundle.quantile_model.config.harmless == 2 and bundle.policy.gain_full == 1.5
+    assert (bundle.capture_gate is not None) == (manifest["capture_gate"] is not None)
     image = Enhancer(bundle, device="cpu").enhance(lows[0]).image
     assert image.shape == lows[0].shape and image.mean() > lows[0].mean()
 
