@@ -71,7 +71,7 @@ class CaptureGate:
             "max_depth": 3,
             "eta": 0.05,
             "subsample": 0.8,
-            "min_child_weight": 10,
+            "min_child_weight": 2,
             "seed": seed,
             "nthread": 0,
         }

