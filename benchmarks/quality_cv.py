@@ -111,10 +111,8 @@ def gated_predictions(pairs, lows, highs, predictions, oof):
     dark, exposed = (p.copy() for p in predictions)
     for k in range(folds):
         fit, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
-        gate, _ = fit_capture_gate(
-            pick(pairs, fit), pick(lows, fit), pick(highs, fit), predictions[0][fit], feature_set, seed
-        )
+        subset = [pairs[i] for i in fit], [lows[i] for i in fit], [highs[i] for i in fit]
+        gate, _ = fit_capture_gate(*subset, predictions[0][fit], feature_set, seed)
         for i in held if gate is not None else ():
             dark[i] = gate.apply(extract_features(lows[i], feature_set=feature_set), dark[i])
             exposed[i] = gate.apply(extract_features(highs[i], feature_set=feature_set), exposed[i])

@@ -49,7 +49,7 @@ def stage_throughput(enhancer, size: Size, repeats: int, n_images: int = 1) -> d
     decoded = [decode_image(b) for b in pngs]
     feature_set = enhancer.bundle.quantile_model.config.features
     feats = [extract_features(d.rgb, feature_set=feature_set) for d in decoded]
-    quants = [enhancer.bundle.predict_quantiles(f) for f in feats]
+    quants = [enhancer.bundle.predict_quantiles(f)[0] for f in feats]
     levels = [infer_levels(d.rgb) for d in decoded]
     mapping = enhancer.bundle.mapping
     mapped = [match_to_quantiles(d.rgb, q, mapping, lv) for d, q, lv in zip(decoded, quants, levels)]

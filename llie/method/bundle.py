@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llie.method import bundle_settings
-from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings
+from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings, toward_luma
 from llie.method.mapping import MappingConfig
 from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
@@ -62,13 +62,15 @@ class Bundle:
     def model_version(self) -> str:
         return self.manifest.get("model_version", "unsaved")
 
-    def predict_quantiles(self, features: np.ndarray) -> np.ndarray:
+    def predict_quantiles(self, features: np.ndarray) -> tuple[np.ndarray, float]:
         """Stage 2 for one photo's (F,) features: (3, 21) percentile values, their brightness gated by the
-        kind of capture where the bundle has a gate."""
+        kind of capture where the bundle has a gate, and the share of stage 2's brightness kept (1 without
+        a gate: every photo counts as scene-exposed)."""
         quantiles = self.quantile_model.predict(features)
-        if self.capture_gate is not None:
-            quantiles = self.capture_gate.apply(features, quantiles)
-        return quantiles
+        if self.capture_gate is None:
+            return quantiles, 1.0
+        keep = self.capture_gate.keep(features)
+        return toward_luma(quantiles, keep, self.capture_gate.settings.neutral_luma), keep
 
 
 def default_bundle_path() -> Path:

@@ -21,6 +21,7 @@ POLICY: dict[str, Rule] = {
     "gain_off": ("float", 0.0, 1000.0),
     "gain_full": ("float", 0.0, 1000.0),
     "hue_guard": ("float", 0.0, 179.0),
+    "black_point_knee": ("float", 0.0, 99.0),
 }
 MAPPING: dict[str, Rule] = {
     "method": ("choice", ("kde", "interp")),

@@ -11,8 +11,7 @@ scaled toward the neutral mean luma as far as it is unsure (docs/method.md, "The
 from __future__ import annotations
 
 import gzip
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +97,3 @@ class CaptureGate:
         booster = xgb.Booster()
         booster.load_model(bytearray(gzip.decompress(Path(path).read_bytes())))
         return cls(booster, settings)
-
-    def settings_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self.settings)))

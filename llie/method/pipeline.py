@@ -118,7 +118,7 @@ class Enhancer:
         seconds["features"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        quantiles = self.bundle.predict_quantiles(features)
+        quantiles, keep = self.bundle.predict_quantiles(features)
         seconds["quantiles"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -129,7 +129,7 @@ class Enhancer:
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            refined = refine_under_policy(rgb, mapped, self.refine_mapped, policy, mask)
+            refined = refine_under_policy(rgb, mapped, self.refine_mapped, policy, mask, scene_exposed=keep >= 1.0)
             unchanged = unchanged and refined is mapped  # the policy left the refiner out too
             mapped = refined
         image = np.clip(mapped, 0.0, 1.0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llie.method.black_point import hold_black_point
 from llie.method.hue_guard import hold_visible_hues
 from llie.method.mapping import LUMA, MappingConfig, match_to_quantiles
 
@@ -24,6 +25,9 @@ class EnhancePolicy:
     gain_full: float = 0.0  # ... at or above which it applies in full
     # degrees a visible hue of the photo may turn in the output before it is turned back (0: no bound)
     hue_guard: float = 0.0
+    # percentile of the refined luma below which its tones are pulled back to stage 3's black point, for
+    # scene-exposed captures (llie.method.black_point; 0: never)
+    black_point_knee: float = 0.0
 
     def __post_init__(self) -> None:
         if self.gain_full < self.gain_off:
@@ -32,6 +36,8 @@ class EnhancePolicy:
             raise ValueError(f"exposure_off {self.exposure_off} is below exposure_full {self.exposure_full}")
         if not 0.0 <= self.hue_guard < 180.0:
             raise ValueError(f"hue_guard {self.hue_guard} is not a number of degrees from 0 to 180")
+        if not 0.0 <= self.black_point_knee < 100.0:
+            raise ValueError(f"black_point_knee {self.black_point_knee} is not a percentile from 0 to 100")
 
 
 def channel_means(rgb: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -115,13 +121,18 @@ def refine_under_policy(
     refine: Callable[[np.ndarray], np.ndarray],
     policy: EnhancePolicy,
     mask: np.ndarray | None = None,
+    scene_exposed: bool = True,
 ) -> np.ndarray:
     """Stage 4 on stage 3's ``mapped`` (made from ``source``): ``refine(mapped)`` kept in the share the
-    brightening allows, anchored as the policy says; ``mapped`` itself where that share is 0."""
+    brightening allows, anchored as the policy says, its black point held at stage 3's for a
+    ``scene_exposed`` capture if the policy asks; ``mapped`` itself where that share is 0."""
     weight = refiner_weight(brightening(channel_means(source, mask), channel_means(mapped, mask)), policy)
     if weight == 0:
         return mapped
-    return apply_policy(mapped, refine(mapped), weight, policy, mask)
+    refined = apply_policy(mapped, refine(mapped), weight, policy, mask)
+    if policy.black_point_knee > 0 and scene_exposed:
+        refined = hold_black_point(mapped, refined, policy.black_point_knee, mask)
+    return refined
 
 
 def finish_under_policy(

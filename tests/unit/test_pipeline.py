@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers_synthetic import pair, scene
 
+from llie.method.black_point import hold_black_point
 from llie.method.bundle import Bundle
 from llie.method.capture_gate import toward_luma
 from llie.method.features import extract_features
@@ -64,9 +65,10 @@ def test_hist_is_stages_1_to_3_and_full_adds_the_refiner(default_enhancer):
     hist = default_enhancer.enhance(low, stages="hist")
     full = default_enhancer.enhance(low, stages="full")
     features = extract_features(low, feature_set=bundle.quantile_model.config.features)
-    q = bundle.quantile_model.predict(features)
+    q, keep = bundle.quantile_model.predict(features), 1.0
     if bundle.capture_gate is not None:  # stage 2's brightness, gated by the kind of capture
-        q = toward_luma(q, bundle.capture_gate.keep(features), bundle.capture_gate.settings.neutral_luma)
+        keep = bundle.capture_gate.keep(features)
+        q = toward_luma(q, keep, bundle.capture_gate.settings.neutral_luma)
     np.testing.assert_array_equal(hist.quantiles, q)
     np.testing.assert_array_equal(full.quantiles, q)
     # the policy's last colour rule, if the bundle sets one, closes both
@@ -79,7 +81,10 @@ def test_hist_is_stages_1_to_3_and_full_adds_the_refiner(default_enhancer):
     refined = refine(bundle.refiner, relit, default_enhancer.device, default_enhancer.tiling)
     weight = refiner_weight(brightening(channel_means(low), channel_means(stage3)), bundle.policy)
     assert weight == 1.0  # a dark shot: the refiner applies in full, anchored to stage 3's means
-    anchored = np.clip(apply_policy(stage3, refined.copy(), weight, bundle.policy), 0, 1)
+    anchored = apply_policy(stage3, refined.copy(), weight, bundle.policy)
+    if bundle.policy.black_point_knee and keep >= 1.0:  # a scene-exposed capture: its black point held
+        anchored = hold_black_point(stage3, anchored, bundle.policy.black_point_knee)
+    anchored = np.clip(anchored, 0, 1)
     np.testing.assert_allclose(full.image, guarded(anchored), atol=1e-6)
     np.testing.assert_allclose(anchored.mean((0, 1)), stage3.mean((0, 1)), atol=0.01)
 
