@@ -283,6 +283,14 @@ def config_option(command):
     "the result before it is turned back, in full 15 degrees later; 0 for no bound.",
 )
 @click.option(
+    "--black-point-knee",
+    type=click.FloatRange(min=0.0, max=99.0),
+    default=5.0,
+    show_default=True,
+    help="For captures whose brightness follows the scene (the capture gate's first kind), pull the refined "
+    "tones below this luma percentile down so the darkest return to stage 3's level; 0 to leave them.",
+)
+@click.option(
     "--init-refiner",
     type=click.Path(exists=True, file_okay=False),
     default=None,
@@ -331,6 +339,7 @@ def _train_config(o: SimpleNamespace):
             gain_off=o.refiner_gain[0],
             gain_full=o.refiner_gain[1],
             hue_guard=o.hue_guard,
+            black_point_knee=o.black_point_knee,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

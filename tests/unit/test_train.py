@@ -558,6 +558,7 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
         "gain_off": 1.2,
         "gain_full": 1.5,
         "hue_guard": 30.0,  # the command's default
+        "black_point_knee": 5.0,  # the command's default
     }
     # each set judged by whether stage 2's out-of-fold brightness beats a constant on it; a gate where they differ
     kinds = manifest["metrics"]["capture_gate"]["scene_exposed_sets"]
