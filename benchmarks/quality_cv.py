@@ -114,8 +114,8 @@ def gated_predictions(pairs, lows, highs, predictions, oof):
         subset = [pairs[i] for i in fit], [lows[i] for i in fit], [highs[i] for i in fit]
         gate, _ = fit_capture_gate(*subset, predictions[0][fit], feature_set, seed)
         for i in held if gate is not None else ():
-            dark[i] = gate.apply(extract_features(lows[i], feature_set=feature_set), dark[i])
-            exposed[i] = gate.apply(extract_features(highs[i], feature_set=feature_set), exposed[i])
+            dark[i], _ = gate.apply(extract_features(lows[i], feature_set=feature_set), dark[i])
+            exposed[i], _ = gate.apply(extract_features(highs[i], feature_set=feature_set), exposed[i])
     return dark, exposed
 
 
@@ -125,10 +125,10 @@ FACTORS = np.exp(np.arange(-0.7, 0.71, 0.05))
 
 def exposure_scores(out: np.ndarray, high: np.ndarray) -> tuple[float, float, np.ndarray]:
     """(log mean-luma error, GT-mean PSNR, PSNR at each of ``FACTORS``) of one output."""
-    from llie.method.mapping import LUMA
+    from llie.method.policy import channel_means, mean_luma
     from llie.metrics import psnr
 
-    own, target = float((out @ LUMA).mean()), float((high @ LUMA).mean())
+    own, target = mean_luma(channel_means(out)), mean_luma(channel_means(high))
     gt_mean = psnr(np.clip(out * (target / max(own, 1e-6)), 0.0, 1.0), high)
     scaled = np.array([psnr(np.clip(out * f, 0.0, 1.0), high) for f in FACTORS])
     return float(np.log(max(own, 1e-6) / max(target, 1e-6))), gt_mean, scaled

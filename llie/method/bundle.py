@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llie.method import bundle_settings
-from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings, toward_luma
+from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings
 from llie.method.mapping import MappingConfig
 from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
@@ -69,8 +69,7 @@ class Bundle:
         quantiles = self.quantile_model.predict(features)
         if self.capture_gate is None:
             return quantiles, 1.0
-        keep = self.capture_gate.keep(features)
-        return toward_luma(quantiles, keep, self.capture_gate.settings.neutral_luma), keep
+        return self.capture_gate.apply(features, quantiles)
 
 
 def default_bundle_path() -> Path:

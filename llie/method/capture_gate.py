@@ -82,9 +82,10 @@ class CaptureGate:
         p = float(self.booster.inplace_predict(np.atleast_2d(features).astype(np.float32))[0])
         return min(1.0, p / self.settings.ramp)
 
-    def apply(self, features: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-        """Stage 2's (3, 21) percentile values with their brightness gated."""
-        return toward_luma(quantiles, self.keep(features), self.settings.neutral_luma)
+    def apply(self, features: np.ndarray, quantiles: np.ndarray) -> tuple[np.ndarray, float]:
+        """Stage 2's (3, 21) percentile values with their brightness gated, and the share of it kept."""
+        keep = self.keep(features)
+        return toward_luma(quantiles, keep, self.settings.neutral_luma), keep
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / GATE_FILE

@@ -7,7 +7,7 @@ import numpy as np
 
 from llie.method.capture_gate import CaptureGate, GateSettings, implied_luma
 from llie.method.features import extract_features
-from llie.method.mapping import LUMA
+from llie.method.policy import channel_means, mean_luma
 from llie.training.data import Pair
 
 
@@ -17,7 +17,7 @@ def set_name(pair: Pair) -> str:
 
 
 def log_lumas(highs) -> np.ndarray:
-    return np.log([max(float((h @ LUMA).mean()), 1e-6) for h in highs])
+    return np.log([max(mean_luma(channel_means(h)), 1e-6) for h in highs])
 
 
 def scene_exposed_sets(pairs: list[Pair], highs, oof_quantiles: np.ndarray) -> dict[str, bool]:

@@ -66,8 +66,9 @@ def test_the_gate_keeps_stage_2s_brightness_for_the_scene_exposed_kind_only(tmp_
     q = _quantiles(0.3)
     neutral_like = features[np.argmin(keep)]
     expected = implied_luma(q) ** keep.min() * 0.4 ** (1 - keep.min())
-    assert implied_luma(gate.apply(neutral_like, q)) == pytest.approx(expected, rel=1e-4)
-    assert implied_luma(gate.apply(features[np.argmax(keep)], q)) == pytest.approx(implied_luma(q))
+    gated, kept = gate.apply(neutral_like, q)
+    assert kept == keep.min() and implied_luma(gated) == pytest.approx(expected, rel=1e-4)
+    assert implied_luma(gate.apply(features[np.argmax(keep)], q)[0]) == pytest.approx(implied_luma(q))
     # saved as UBJSON and loaded back: the same decisions, and the same bytes when saved again
     path = gate.save(tmp_path)
     loaded = CaptureGate.load(path, gate.settings)
