@@ -12,6 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
+from flows.console import mute_console_logging
 from flows.parameters import Cluster
 from flows.worker_deaths import outcome_of, redo_one_by_one, worker_died
 from flows.worker_env import api_unreachable_from, local_cluster_settings, tasks_report_to
@@ -96,6 +97,16 @@ def send_worker_logs(client: Any, logger: Any) -> None:
             logger.warning("the last task logs of worker %s may be missing: %s", worker, outcome)
 
 
+def mute_local_workers(client: Any) -> None:
+    """A local cluster's workers print nothing more: the run's work is done and its logs sent.
+
+    Closing the cluster races its workers' heartbeats; one that meets the closed scheduler would print
+    "Failed to communicate with scheduler during heartbeat" and a traceback under a run that succeeded.
+    """
+    with contextlib.suppress(Exception):  # the scheduler gone already: nothing left to quiet
+        client.run(mute_console_logging, on_error="ignore")
+
+
 def enhance_shards(plan: RunPlan, cluster: Cluster, logger: Any) -> list[Any]:
     """Run every shard of the plan; each one's summary, or the exception it failed with after its retries.
 
@@ -128,6 +139,8 @@ def enhance_shards(plan: RunPlan, cluster: Cluster, logger: Any) -> list[Any]:
             if worker_died(results[i]):
                 results[i] = redo_one_by_one(runner, task, shard, spec, logger)
         send_worker_logs(runner.client, logger)
+        if not cluster.dask_address:  # an external cluster's workers outlive the run: theirs to print
+            mute_local_workers(runner.client)
     for shard, result in zip(plan.shards, results):
         if isinstance(result, BaseException):
             # The run's URLs: a library may quote their credentials without a scheme.
