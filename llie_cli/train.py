@@ -183,6 +183,13 @@ def config_option(command):
     "a photo unlike the first kind gets a neutral brightness instead of stage 2's.",
 )
 @click.option(
+    "--detail/--no-detail",
+    default=True,
+    show_default=True,
+    help="Fit a rule on the validation pairs that sets, photo by photo, how much the refined photo is smoothed "
+    "or sharpened: the amount of highest SSIM that costs no PSNR (needs a validation split and a refiner).",
+)
+@click.option(
     "--histogram-rows",
     type=click.IntRange(min=1),
     default=DEFAULT_HISTOGRAM_ROWS,
@@ -362,6 +369,7 @@ def _train_config(o: SimpleNamespace):
         refiner_train=refiner_train,
         illumination=IlluminationTrainConfig(steps=o.illumination_steps),
         capture_gate=o.capture_gate,
+        detail=o.detail,
         max_pairs=o.max_pairs,
         init_refiner=o.init_refiner,
     )

@@ -25,6 +25,7 @@ import numpy as np
 
 from llie.method import bundle_settings
 from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings
+from llie.method.detail import DetailRule
 from llie.method.mapping import MappingConfig
 from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
@@ -41,7 +42,7 @@ BUNDLE_FORMAT = 2
 SUPPORTED_FORMATS = (1, 2)
 BEHAVIOUR_KEYS = ("mapping", "policy", "refiner")
 # behaviour settings of later parts, hashed only where a bundle has them, so earlier versions stay valid
-OPTIONAL_BEHAVIOUR_KEYS = ("illumination", "capture_gate")
+OPTIONAL_BEHAVIOUR_KEYS = ("illumination", "capture_gate", "detail")
 
 
 class BundleError(ValueError):
@@ -57,6 +58,7 @@ class Bundle:
     policy: EnhancePolicy = field(default_factory=EnhancePolicy)
     illumination: IlluminationNet | None = None  # the local gain between stages 3 and 4, if trained
     capture_gate: CaptureGate | None = None  # stage 2's brightness gated by the kind of capture, if trained
+    detail: DetailRule | None = None  # how much fine detail the refined photo keeps, if fit
 
     @property
     def model_version(self) -> str:
@@ -136,6 +138,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "refiner": asdict(bundle.refiner.cfg) if bundle.refiner is not None else None,
         "illumination": asdict(bundle.illumination.cfg) if bundle.illumination is not None else None,
         "capture_gate": asdict(bundle.capture_gate.settings) if bundle.capture_gate is not None else None,
+        "detail": asdict(bundle.detail) if bundle.detail is not None else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(),
@@ -226,6 +229,8 @@ def _check_settings(manifest: dict) -> None:
         try:  # the rules between settings (gain_full >= gain_off, ...) are the classes' own
             EnhancePolicy(**manifest.get("policy", {}))
             MappingConfig(**manifest["mapping"])
+            if manifest.get("detail") is not None:
+                DetailRule(**manifest["detail"])
         except ValueError as exc:
             why = str(exc)
     if why is not None:
@@ -326,7 +331,8 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
     # bundles from before the policy name none: their refiner always applies, unanchored
     policy = EnhancePolicy(**manifest.get("policy", {}))
     mapping = MappingConfig(**manifest["mapping"])
-    return Bundle(quantile_model, mapping, refiner, manifest, policy, illumination, capture_gate)
+    detail = DetailRule(**manifest["detail"]) if manifest.get("detail") is not None else None
+    return Bundle(quantile_model, mapping, refiner, manifest, policy, illumination, capture_gate, detail)
 
 
 def _load_capture_gate(manifest: dict, folder: Path) -> CaptureGate | None:

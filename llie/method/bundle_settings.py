@@ -70,6 +70,14 @@ CAPTURE_GATE: dict[str, Rule] = {
     "neutral_luma": ("float", 0.01, 0.99),
     "ramp": ("float", 0.001, 1.0),
 }
+DETAIL: dict[str, Rule] = {
+    "bias": ("float", -100.0, 100.0),
+    "luma": ("float", -100.0, 100.0),
+    "texture": ("float", -100.0, 100.0),
+    "keep": ("float", -100.0, 100.0),
+    "lowest": ("float", -1.0, 1.0),
+    "highest": ("float", -1.0, 1.0),
+}
 
 
 def _value_problem(value: Any, rule: Rule) -> str | None:
@@ -99,8 +107,8 @@ def section_problem(section: str, values: Any, rules: dict[str, Rule]) -> str | 
 
 
 def manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """Why the manifest's behaviour settings (mapping, policy, refiner, illumination, capture gate) are
-    refused, or None."""
+    """Why the manifest's behaviour settings (mapping, policy, refiner, illumination, capture gate, detail)
+    are refused, or None."""
     if "mapping" not in manifest:
         return "mapping is missing"
     sections = [("mapping", manifest["mapping"], MAPPING), ("policy", manifest.get("policy", {}), POLICY)]
@@ -110,6 +118,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
         sections.append(("illumination", manifest["illumination"], ILLUMINATION))
     if manifest.get("capture_gate") is not None:
         sections.append(("capture_gate", manifest["capture_gate"], CAPTURE_GATE))
+    if manifest.get("detail") is not None:
+        sections.append(("detail", manifest["detail"], DETAIL))
     for section, values, rules in sections:
         if why := section_problem(section, values, rules):
             return why

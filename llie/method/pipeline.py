@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from llie.method.bundle import Bundle, load_bundle
 from llie.method.features import extract_features
 from llie.method.mapping import infer_levels
-from llie.method.policy import finish_under_policy, map_under_policy, refine_under_policy
+from llie.method.policy import AfterRefiner, finish_under_policy, map_under_policy, refine_under_policy
 from llie.method.refine import TilingConfig, cpu_has_native_bf16, refine, resolve_device, tiling_for_precision
 from llie.method.working_size import WorkingSize, carry_to_full_size, working_copy
 
@@ -129,7 +129,8 @@ class Enhancer:
 
         t = time.perf_counter()
         if stages == "full" and self.bundle.refiner is not None:
-            refined = refine_under_policy(rgb, mapped, self.refine_mapped, policy, mask, scene_exposed=keep >= 1.0)
+            after = AfterRefiner(keep, self.bundle.detail)
+            refined = refine_under_policy(rgb, mapped, self.refine_mapped, policy, mask, after)
             unchanged = unchanged and refined is mapped  # the policy left the refiner out too
             mapped = refined
         image = np.clip(mapped, 0.0, 1.0)

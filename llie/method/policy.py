@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llie.method.black_point import hold_black_point
+from llie.method.detail import DetailRule, adjust_detail, coarse_texture
 from llie.method.hue_guard import hold_visible_hues
 from llie.method.mapping import LUMA, MappingConfig, match_to_quantiles
 
@@ -115,22 +116,37 @@ def map_under_policy(
     return blend(rgb, match_to_quantiles(rgb, quantiles, mapping, levels, mask), weight), weight
 
 
+@dataclass(frozen=True)
+class AfterRefiner:
+    """What acts on one refined photo after the policy's anchoring: the bundle's detail rule (None: none)
+    and the capture gate's share of stage 2's brightness kept for the photo (1: a scene-exposed capture,
+    whose black point the policy may hold)."""
+
+    keep: float = 1.0
+    detail: DetailRule | None = None
+
+
 def refine_under_policy(
     source: np.ndarray,
     mapped: np.ndarray,
     refine: Callable[[np.ndarray], np.ndarray],
     policy: EnhancePolicy,
     mask: np.ndarray | None = None,
-    scene_exposed: bool = True,
+    after: AfterRefiner = AfterRefiner(),
 ) -> np.ndarray:
     """Stage 4 on stage 3's ``mapped`` (made from ``source``): ``refine(mapped)`` kept in the share the
-    brightening allows, anchored as the policy says, its black point held at stage 3's for a
-    ``scene_exposed`` capture if the policy asks; ``mapped`` itself where that share is 0."""
-    weight = refiner_weight(brightening(channel_means(source, mask), channel_means(mapped, mask)), policy)
+    brightening allows, anchored as the policy says, its fine detail set by ``after.detail``, its black
+    point held at stage 3's for a scene-exposed capture if the policy asks; ``mapped`` itself where that
+    share is 0."""
+    source_means = channel_means(source, mask)
+    weight = refiner_weight(brightening(source_means, channel_means(mapped, mask)), policy)
     if weight == 0:
         return mapped
     refined = apply_policy(mapped, refine(mapped), weight, policy, mask)
-    if policy.black_point_knee > 0 and scene_exposed:
+    if after.detail is not None:
+        amount = after.detail.amount(mean_luma(source_means), coarse_texture(refined), after.keep)
+        refined = adjust_detail(refined, amount)
+    if policy.black_point_knee > 0 and after.keep >= 1.0:
         refined = hold_black_point(mapped, refined, policy.black_point_knee, mask)
     return refined
 

@@ -70,6 +70,7 @@ class TrainConfig:
     policy: EnhancePolicy = field(default_factory=EnhancePolicy)
     refit_all: bool = True  # final stage 2 sees every pair once settings are chosen
     capture_gate: bool = True  # fit llie.method.capture_gate where the sets are of both kinds
+    detail: bool = True  # fit llie.method.detail's rule on the validation pairs
     max_pairs: int | None = None  # for quick runs and tests
     init_refiner: str | None = None  # bundle whose refiner weights start stage 4 (fine-tuning)
 

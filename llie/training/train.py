@@ -236,6 +236,27 @@ def _fit_capture_gate(cfg: TrainConfig, split: Split, stage2: Stage2, metrics: d
     return gate
 
 
+def _fit_detail(cfg: TrainConfig, split: Split, stage2: Stage2, bundle: Bundle, metrics: dict):
+    """The detail rule, on the validation pairs refined as the bundle refines a photo, from stage 2's
+    predictions for them (made without them)."""
+    if not cfg.detail or not split.val or bundle.refiner is None:
+        return None
+    from llie.method.pipeline import Enhancer
+    from llie.training.detail import fit_detail_rule, refined_before_detail
+
+    stage4 = Enhancer(bundle, device=cfg.device).refine_mapped
+    refined, keeps = [], []
+    for low, quantiles in zip(split.val_lows, stage2.val_q):
+        keep = 1.0
+        if bundle.capture_gate is not None:
+            quantiles, keep = bundle.capture_gate.apply(extract_features(low, None, cfg.quantile.features), quantiles)
+        out = refined_before_detail(low, quantiles, keep, bundle.mapping, bundle.policy, stage4)
+        refined.append(np.clip(out, 0.0, 1.0))
+        keeps.append(keep)
+    rule, metrics["detail"] = fit_detail_rule(split.val_lows, refined, split.val_highs, keeps)
+    return rule
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train both stages on ``cfg.data`` and write the bundle to ``cfg.output``; returns the manifest."""
     started = time.time()
@@ -268,6 +289,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     model = refit_on_all_pairs(cfg, split, stage2, progress) if cfg.refit_all and split.val else stage2.model
     gate = _fit_capture_gate(cfg, split, stage2, metrics)
     bundle = Bundle(model, stage2.mapping, refiner, policy=cfg.policy, illumination=illumination, capture_gate=gate)
+    bundle.detail = _fit_detail(cfg, split, stage2, bundle, metrics)
     seconds = {
         "stage2": round(stage2_seconds, 1),
         "refiner": round(state["seconds"], 1),

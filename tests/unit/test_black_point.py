@@ -8,7 +8,7 @@ import pytest
 
 from llie.method.black_point import hold_black_point
 from llie.method.mapping import LUMA
-from llie.method.policy import EnhancePolicy, refine_under_policy
+from llie.method.policy import AfterRefiner, EnhancePolicy, refine_under_policy
 
 
 def _mapped(seed: int = 0) -> np.ndarray:
@@ -65,9 +65,11 @@ def test_the_policy_holds_the_black_point_only_for_scene_exposed_captures():
     mapped = _mapped(3)
     source = (mapped * 0.1).astype(np.float32)  # a dark shot: stage 3 brightened it tenfold
     policy = EnhancePolicy(anchor_exposure=True, black_point_knee=5.0)
-    held = refine_under_policy(source, mapped, _denoised, policy, scene_exposed=True)
-    kept = refine_under_policy(source, mapped, _denoised, policy, scene_exposed=False)
-    off = refine_under_policy(source, mapped, _denoised, EnhancePolicy(anchor_exposure=True), scene_exposed=True)
+    held = refine_under_policy(source, mapped, _denoised, policy, after=AfterRefiner(keep=1.0))
+    kept = refine_under_policy(source, mapped, _denoised, policy, after=AfterRefiner(keep=0.0))
+    off = refine_under_policy(
+        source, mapped, _denoised, EnhancePolicy(anchor_exposure=True), after=AfterRefiner(keep=1.0)
+    )
     np.testing.assert_array_equal(kept, off)
     assert _p1(held) < _p1(kept) - 0.02
     assert _p1(held) == pytest.approx(_p1(mapped), abs=0.005)

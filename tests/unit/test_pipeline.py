@@ -9,12 +9,13 @@ from helpers_synthetic import pair, scene
 from llie.method.black_point import hold_black_point
 from llie.method.bundle import Bundle
 from llie.method.capture_gate import toward_luma
+from llie.method.detail import adjust_detail, coarse_texture
 from llie.method.features import extract_features
 from llie.method.hue_guard import hold_visible_hues
 from llie.method.illumination import relight
 from llie.method.mapping import match_to_quantiles
 from llie.method.pipeline import STAGES, Enhancer
-from llie.method.policy import apply_policy, brightening, channel_means, refiner_weight
+from llie.method.policy import apply_policy, brightening, channel_means, mean_luma, refiner_weight
 from llie.method.refine import refine
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -82,6 +83,9 @@ def test_hist_is_stages_1_to_3_and_full_adds_the_refiner(default_enhancer):
     weight = refiner_weight(brightening(channel_means(low), channel_means(stage3)), bundle.policy)
     assert weight == 1.0  # a dark shot: the refiner applies in full, anchored to stage 3's means
     anchored = apply_policy(stage3, refined.copy(), weight, bundle.policy)
+    if bundle.detail is not None:  # then smoothed or sharpened by the bundle's detail rule
+        amount = bundle.detail.amount(mean_luma(channel_means(low)), coarse_texture(anchored), keep)
+        anchored = adjust_detail(anchored, amount)
     if bundle.policy.black_point_knee and keep >= 1.0:  # a scene-exposed capture: its black point held
         anchored = hold_black_point(stage3, anchored, bundle.policy.black_point_knee)
     anchored = np.clip(anchored, 0, 1)

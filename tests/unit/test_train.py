@@ -12,6 +12,7 @@ import torch
 from helpers_synthetic import pairs, write_lol
 
 from llie.method.bundle import MANIFEST, load_bundle, verify_bundle
+from llie.method.detail import DetailRule
 from llie.method.features import extract_features
 from llie.method.pipeline import Enhancer
 from llie.method.quantiles import QuantileModelConfig
@@ -82,6 +83,7 @@ def test_manifest_has_version_metrics_and_training_summary(runs):
     assert training["pairs"] == N_PAIRS
     assert training["target_groups"] == N_PAIRS
     assert training["validation_pairs"] == 2  # round(12 * 0.15) groups
+    assert metrics["detail"] == {"photos": 2, "fit": False} and manifest["detail"] is None  # too few to fit
     assert training["stage2_refit_on_all_pairs"] is True
     assert training["seed"] == 0
     assert training["config"]["refiner_train"]["steps"] == 4
@@ -187,6 +189,22 @@ def test_init_refiner_starts_from_the_given_bundle(runs, tmp_path):
     wrong = replace(cfg, output=str(tmp_path / "wrong"), refiner=RefinerConfig(dim=8, depth=1, heads=2))
     with pytest.raises(ValueError, match="refiner"):
         train(wrong, progress=False)
+
+
+def test_the_detail_rule_is_fit_on_the_validation_pairs_refined_as_the_bundle_refines(tmp_path):
+    before = torch.get_num_threads()
+    data = write_lol(tmp_path / "lol", 14, 96, 112, seed=5)
+    cfg = replace(_config(data, tmp_path / "with"), val_fraction=0.65)
+    manifest = train(cfg, progress=False)
+    off = train(replace(cfg, output=str(tmp_path / "without"), detail=False), progress=False)
+    torch.set_num_threads(before)
+    record = manifest["metrics"]["detail"]
+    assert record["fit"] and record["photos"] == manifest["training"]["validation_pairs"] >= 8
+    assert -1.0 <= record["mean_label"] <= 1.0
+    assert manifest["detail"]["keep"] == 0.0  # one set, no capture gate: every photo kept in full
+    assert load_bundle(tmp_path / "with").detail == DetailRule(**manifest["detail"])
+    assert off["detail"] is None and "detail" not in off["metrics"]
+    assert load_bundle(tmp_path / "without").detail is None
 
 
 def test_random_crops_come_from_the_right_places():
