@@ -38,9 +38,10 @@ ORIENTATIONS = (
 def orientation_report(
     data: Path, model: str | None = None, max_pairs: int | None = None, progress: bool = True
 ) -> dict:
+    from llie.method.features import extract_features
     from llie.method.mapping import infer_levels
     from llie.method.pipeline import Enhancer
-    from llie.method.policy import finish_under_policy, map_under_policy, refine_under_policy
+    from llie.method.policy import AfterRefiner, finish_under_policy, map_under_policy, refine_under_policy
     from llie.method.refine import ENSEMBLE_TRANSFORMS, dihedral, undo_dihedral
     from llie.training.data import find_pairs, load_rgb
     from llie.training.evaluate import score
@@ -54,13 +55,15 @@ def orientation_report(
     ensembles = {n: {"psnr": [], "ssim": []} for n in ENSEMBLE_TRANSFORMS if n > 1}
     for i, pair in enumerate(tqdm(pairs, desc="orientation", disable=not progress)):
         low, high = load_rgb(pair.low), load_rgb(pair.high)
-        policy, quantiles = enhancer.bundle.policy, enhancer.enhance(low, stages="hist").quantiles
+        bundle, policy = enhancer.bundle, enhancer.bundle.policy
+        quantiles, keep = bundle.predict_quantiles(extract_features(low, None, bundle.quantile_model.config.features))
+        after = AfterRefiner(keep, bundle.detail)
         # stages 3 and 4 under the bundle's rules, as the pipeline runs them, the refiner on a turned copy
-        mapped, _ = map_under_policy(low, quantiles, enhancer.bundle.mapping, policy, infer_levels(low))
+        mapped, _ = map_under_policy(low, quantiles, bundle.mapping, policy, infer_levels(low))
         outputs = []
         for k in range(8):
             turned = lambda m, k=k: np.ascontiguousarray(undo_dihedral(enhancer.refine_mapped(dihedral(m, k)), k))
-            refined = np.clip(refine_under_policy(low, mapped, turned, policy), 0.0, 1.0)
+            refined = np.clip(refine_under_policy(low, mapped, turned, policy, after=after), 0.0, 1.0)
             outputs.append(finish_under_policy(low, refined, policy))
             s = score(outputs[-1], high)
             psnr[i, k], ssim[i, k] = s["psnr"], s["ssim"]
