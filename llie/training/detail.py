@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from llie.method.detail import DetailRule, adjust_detail, coarse_texture
 from llie.method.mapping import MappingConfig
@@ -65,14 +66,19 @@ def rule_inputs(source: np.ndarray, refined: np.ndarray, keep: float) -> list[fl
 
 
 def fit_detail_rule(
-    sources: list[np.ndarray], refined: list[np.ndarray], targets: list[np.ndarray], keeps: list[float]
+    sources: list[np.ndarray],
+    refined: list[np.ndarray],
+    targets: list[np.ndarray],
+    keeps: list[float],
+    progress: bool = False,
 ) -> tuple[DetailRule | None, dict]:
     """The rule from photos the refiner never saw, and a record for the manifest's metrics (None under
     MIN_PHOTOS photos: too few to fit three weights)."""
     if len(sources) < MIN_PHOTOS:
         return None, {"photos": len(sources), "fit": False}
     x = np.array([rule_inputs(s, r, k) for s, r, k in zip(sources, refined, keeps)])
-    y = np.array([best_amount(r, t) for r, t in zip(refined, targets)])
+    pairs = tqdm(list(zip(refined, targets)), desc="detail labels", disable=not progress, leave=False)
+    y = np.array([best_amount(r, t) for r, t in pairs])
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0  # an input that never varies (one kind of capture) gets no weight
     z = (x - mean) / scale

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from llie import atomic
 from llie.method.bundle import Bundle, BundleError, save_bundle
@@ -236,7 +237,7 @@ def _fit_capture_gate(cfg: TrainConfig, split: Split, stage2: Stage2, metrics: d
     return gate
 
 
-def _fit_detail(cfg: TrainConfig, split: Split, stage2: Stage2, bundle: Bundle, metrics: dict):
+def _fit_detail(cfg: TrainConfig, split: Split, stage2: Stage2, bundle: Bundle, metrics: dict, progress: bool):
     """The detail rule, on the validation pairs refined as the bundle refines a photo, from stage 2's
     predictions for them (made without them)."""
     if not cfg.detail or not split.val or bundle.refiner is None:
@@ -246,14 +247,16 @@ def _fit_detail(cfg: TrainConfig, split: Split, stage2: Stage2, bundle: Bundle, 
 
     stage4 = Enhancer(bundle, device=cfg.device).refine_mapped
     refined, keeps = [], []
-    for low, quantiles in zip(split.val_lows, stage2.val_q):
+    for low, quantiles in tqdm(
+        list(zip(split.val_lows, stage2.val_q)), desc="detail rule", disable=not progress, leave=False
+    ):
         keep = 1.0
         if bundle.capture_gate is not None:
             quantiles, keep = bundle.capture_gate.apply(extract_features(low, None, cfg.quantile.features), quantiles)
         out = refined_before_detail(low, quantiles, keep, bundle.mapping, bundle.policy, stage4)
         refined.append(np.clip(out, 0.0, 1.0))
         keeps.append(keep)
-    rule, metrics["detail"] = fit_detail_rule(split.val_lows, refined, split.val_highs, keeps)
+    rule, metrics["detail"] = fit_detail_rule(split.val_lows, refined, split.val_highs, keeps, progress)
     return rule
 
 
@@ -289,7 +292,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     model = refit_on_all_pairs(cfg, split, stage2, progress) if cfg.refit_all and split.val else stage2.model
     gate = _fit_capture_gate(cfg, split, stage2, metrics)
     bundle = Bundle(model, stage2.mapping, refiner, policy=cfg.policy, illumination=illumination, capture_gate=gate)
-    bundle.detail = _fit_detail(cfg, split, stage2, bundle, metrics)
+    bundle.detail = _fit_detail(cfg, split, stage2, bundle, metrics, progress)
     seconds = {
         "stage2": round(stage2_seconds, 1),
         "refiner": round(state["seconds"], 1),
