@@ -13,8 +13,6 @@ import numpy as np
 
 from llie.method.mapping import LUMA
 
-LUMA32 = LUMA.astype(np.float32)  # float32 weights keep the (H, W, 3) product in float32
-
 
 def _percentiles(luma: np.ndarray, mask: np.ndarray | None, q: list[float]) -> np.ndarray:
     values = luma[mask] if mask is not None else luma.ravel()
@@ -27,8 +25,8 @@ def hold_black_point(
     """``refined`` with the tones below its ``knee_percentile`` luma pulled down linearly, so that its
     1st-percentile luma returns to stage 3's ``mapped``; all three channels scaled alike (hues kept), tones
     above the knee unchanged. ``refined`` as it is where the refiner did not lift the black point."""
-    refined_luma = refined @ LUMA32
-    (floor,) = _percentiles(mapped @ LUMA32, mask, [1])
+    refined_luma = refined @ LUMA
+    (floor,) = _percentiles(mapped @ LUMA, mask, [1])
     lifted, knee = _percentiles(refined_luma, mask, [1, knee_percentile])
     if lifted <= floor or knee <= lifted:
         return refined

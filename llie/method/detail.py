@@ -13,7 +13,6 @@ import numpy as np
 
 from llie.method.mapping import LUMA
 
-_LUMA32 = LUMA.astype(np.float32)
 _FLOOR = 1e-4  # log() of a black photo's luma or a flat photo's texture
 
 
@@ -34,13 +33,15 @@ class DetailRule:
             raise ValueError(f"detail amounts from {self.lowest} to {self.highest} are not within -1 to 1")
 
     def amount(self, source_luma: float, texture: float, keep: float) -> float:
-        raw = (
-            self.bias
-            + self.luma * np.log(max(source_luma, _FLOOR))
-            + self.texture * np.log(max(texture, _FLOOR))
-            + self.keep * keep
-        )
+        log_luma, log_texture, share = rule_inputs(source_luma, texture, keep)
+        raw = self.bias + self.luma * log_luma + self.texture * log_texture + self.keep * share
         return float(np.clip(raw, self.lowest, self.highest))
+
+
+def rule_inputs(source_luma: float, texture: float, keep: float) -> list[float]:
+    """What the rule weighs: log mean luma of the input, log coarse texture of the refined photo, the
+    capture gate's share kept."""
+    return [float(np.log(max(source_luma, _FLOOR))), float(np.log(max(texture, _FLOOR))), float(keep)]
 
 
 def coarse_texture(rgb: np.ndarray) -> float:
@@ -49,7 +50,7 @@ def coarse_texture(rgb: np.ndarray) -> float:
     h, w = (rgb.shape[0] // 4) * 4, (rgb.shape[1] // 4) * 4
     if h < 8 or w < 8:
         return _FLOOR
-    blocks = (rgb[:h, :w] @ _LUMA32).reshape(h // 4, 4, w // 4, 4).mean(axis=(1, 3))
+    blocks = (rgb[:h, :w] @ LUMA).reshape(h // 4, 4, w // 4, 4).mean(axis=(1, 3))
     return float(np.abs(np.diff(blocks, axis=0)).mean() + np.abs(np.diff(blocks, axis=1)).mean())
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from llie.method.detail import DetailRule, adjust_detail, coarse_texture
+from llie.method.detail import DetailRule, adjust_detail, coarse_texture, rule_inputs
 from llie.method.mapping import MappingConfig
 from llie.method.policy import (
     AfterRefiner,
@@ -55,16 +55,6 @@ def refined_before_detail(
     return refine_under_policy(source, mapped, refine, replace(policy, black_point_knee=0.0), after=AfterRefiner(keep))
 
 
-def rule_inputs(source: np.ndarray, refined: np.ndarray, keep: float) -> list[float]:
-    """The rule's inputs for one photo: log mean luma of the input, log coarse texture of the refined photo,
-    the capture gate's share kept."""
-    return [
-        float(np.log(max(mean_luma(channel_means(source)), 1e-4))),
-        float(np.log(max(coarse_texture(refined), 1e-4))),
-        float(keep),
-    ]
-
-
 def fit_detail_rule(
     sources: list[np.ndarray],
     refined: list[np.ndarray],
@@ -76,7 +66,9 @@ def fit_detail_rule(
     MIN_PHOTOS photos: too few to fit three weights)."""
     if len(sources) < MIN_PHOTOS:
         return None, {"photos": len(sources), "fit": False}
-    x = np.array([rule_inputs(s, r, k) for s, r, k in zip(sources, refined, keeps)])
+    x = np.array(
+        [rule_inputs(mean_luma(channel_means(s)), coarse_texture(r), k) for s, r, k in zip(sources, refined, keeps)]
+    )
     pairs = tqdm(list(zip(refined, targets)), desc="detail labels", disable=not progress, leave=False)
     y = np.array([best_amount(r, t) for r, t in pairs])
     mean, scale = x.mean(axis=0), x.std(axis=0)
