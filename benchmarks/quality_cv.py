@@ -9,8 +9,11 @@ scene. On those out-of-fold predictions, per set:
 * **well-exposed photos**: the target itself fed in, stages 1-3 under the policy (and the refiner, where the
   policy lets it act, with ``--refiner``): PSNR of the output against the photo, its mean and minimum, and
   how many photos fall below 22 and 28 dB;
-* **exposure**: the dark shot's error in log mean luma (and its bias), its PSNR with the output scaled to
-  the target's mean (GT-mean), and the set's PSNR with one brightness factor fitted to the whole set;
+* **exposure**: the dark shot's error in log mean luma (its mean size, bias and spread), its PSNR with the
+  output scaled to the target's mean (GT-mean), the set's PSNR with one brightness factor fitted to the
+  whole set, and its **floor** (``llie.training.exposure_floor``): how far the distinct targets of one scene
+  spread in log mean luma, whether the outputs follow them within a scene, and the PSNR if every output's
+  error shrank to that spread (the best a model that sees only the scene could do);
 * **variants**: each ``--variant key=value,...`` (fields of the mapping or of the policy) and each
   ``--stage2-variant key=value,...`` (fields of stage 2's settings: stage 2 is refit for it) scored the same
   way, with its paired difference to the bundle's own settings and a 95% interval resampling scenes;
@@ -27,6 +30,7 @@ takes about 20 minutes on two idle cores, plus 10 per stage-2 variant; not part 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -121,17 +125,26 @@ def gated_predictions(pairs, lows, highs, predictions, oof):
 
 # brightness factors over which the one-factor figure is searched (about +-50 % in steps of 5 %)
 FACTORS = np.exp(np.arange(-0.7, 0.71, 0.05))
+# shares of each output's log-luma error taken away (0: as it is, 1: GT-mean) for the floor's PSNR
+SHRINKS = np.linspace(0.0, 1.0, 11)
 
 
-def exposure_scores(out: np.ndarray, high: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(log mean-luma error, GT-mean PSNR, PSNR at each of ``FACTORS``) of one output."""
+def exposure_scores(out: np.ndarray, high: np.ndarray) -> dict[str, Any]:
+    """One output's log mean-luma error, its target's log mean luma, GT-mean PSNR, PSNR at each of
+    ``FACTORS`` and with each of ``SHRINKS`` of its error taken away."""
     from llie.method.policy import channel_means, mean_luma
     from llie.metrics import psnr
 
-    own, target = mean_luma(channel_means(out)), mean_luma(channel_means(high))
-    gt_mean = psnr(np.clip(out * (target / max(own, 1e-6)), 0.0, 1.0), high)
-    scaled = np.array([psnr(np.clip(out * f, 0.0, 1.0), high) for f in FACTORS])
-    return float(np.log(max(own, 1e-6) / max(target, 1e-6))), gt_mean, scaled
+    own, target = (np.log(max(mean_luma(channel_means(a)), 1e-6)) for a in (out, high))
+    return {
+        "dark_log_luma_error": own - target,
+        "target_log_luma": target,
+        "dark_gt_mean_psnr": psnr(np.clip(out * np.exp(target - own), 0.0, 1.0), high),
+        "dark_scaled_psnr": np.array([psnr(np.clip(out * f, 0.0, 1.0), high) for f in FACTORS]),
+        "dark_shrunk_psnr": np.array(
+            [psnr(np.clip(out * np.exp(s * (target - own)), 0.0, 1.0), high) for s in SHRINKS]
+        ),
+    }
 
 
 def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress: bool) -> dict[str, np.ndarray]:
@@ -144,15 +157,16 @@ def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress:
     dark_q, exposed_q = predictions
     mapping, policy = settings.mapping, settings.policy
     device = resolve_device("cpu")
-    names = ("dark_psnr", "dark_ssim", "dark_log_luma_error", "dark_gt_mean_psnr", "exposed_psnr", "exposed_gate")
-    out = {k: np.zeros(len(lows)) for k in names}
+    names = ("dark_psnr", "dark_ssim", "dark_log_luma_error", "target_log_luma", "dark_gt_mean_psnr")
+    out = {k: np.zeros(len(lows)) for k in (*names, "exposed_psnr", "exposed_gate")}
     out["dark_scaled_psnr"] = np.zeros((len(lows), len(FACTORS)))
+    out["dark_shrunk_psnr"] = np.zeros((len(lows), len(SHRINKS)))
     for i in tqdm(range(len(lows)), desc="score", disable=not progress, leave=False):
         mapped, _ = map_under_policy(lows[i], dark_q[i], mapping, policy)
         out8 = quantize8(finish_under_policy(lows[i], np.clip(mapped, 0.0, 1.0), policy)) / 255.0
         out["dark_psnr"][i], out["dark_ssim"][i] = psnr(out8, highs[i]), ssim(out8, highs[i])
-        exposure = exposure_scores(out8, highs[i])
-        out["dark_log_luma_error"][i], out["dark_gt_mean_psnr"][i], out["dark_scaled_psnr"][i] = exposure
+        for name, value in exposure_scores(out8, highs[i]).items():
+            out[name][i] = value
         kept, out["exposed_gate"][i] = map_under_policy(highs[i], exposed_q[i], mapping, policy)
         if refiner is not None:
             kept = refine_under_policy(highs[i], kept, lambda x: refine(refiner, x, device), policy)
@@ -161,16 +175,22 @@ def score_pairs(lows, highs, predictions, settings: Settings, refiner, progress:
     return out
 
 
-def summary(scores: dict[str, np.ndarray]) -> dict:
-    exposed = scores["exposed_psnr"]
+def summary(scores: dict[str, np.ndarray], floor_sd: float) -> dict:
+    """One settings' figures on one set, whose exposure floor is ``floor_sd`` (nan: unknown)."""
+    exposed, error = scores["exposed_psnr"], scores["dark_log_luma_error"]
+    # the floor's PSNR: each error shrunk by the share that brings their spread down to the floor
+    shrink = float(np.clip(1.0 - floor_sd / max(float(error.std()), 1e-9), 0.0, 1.0))
+    at_floor = np.interp(shrink, SHRINKS, scores["dark_shrunk_psnr"].mean(axis=0)) if np.isfinite(shrink) else np.nan
     return {
         "pairs": len(exposed),
         "dark_psnr": float(scores["dark_psnr"].mean()),
         "dark_ssim": float(scores["dark_ssim"].mean()),
-        "dark_luma_error": float(np.abs(scores["dark_log_luma_error"]).mean()),
-        "dark_luma_bias": float(scores["dark_log_luma_error"].mean()),
+        "dark_luma_error": float(np.abs(error).mean()),
+        "dark_luma_bias": float(error.mean()),
+        "dark_luma_error_sd": float(error.std()),
         "dark_gt_mean_psnr": float(scores["dark_gt_mean_psnr"].mean()),
         "dark_one_factor_psnr": float(scores["dark_scaled_psnr"].mean(axis=0).max()),
+        "dark_floor_psnr": float(at_floor),
         "exposed_mean_psnr": float(exposed.mean()),
         "exposed_min_psnr": float(exposed.min()),
         **{f"exposed_below_{floor:g}": int((exposed < floor).sum()) for floor in WELL_EXPOSED_FLOORS},
@@ -225,6 +245,7 @@ def cross_validate(study: Study) -> dict:
         for name, (s, fit) in runs.items()
     }
     groups = np.array([p.group for p in pairs])
+    targets = np.array([hashlib.sha256(high.tobytes()).hexdigest() for high in highs])
     report: dict[str, Any] = {
         "data": [str(d) for d in study.data],
         "pairs": len(pairs),
@@ -244,14 +265,16 @@ def cross_validate(study: Study) -> dict:
         },
     }
     sets = np.array([p.group.split("/")[0] if len(study.data) > 1 else Path(study.data[0]).name for p in pairs])
-    report["sets"] = {name: per_set(scores, sets == name, groups) for name in sorted(set(sets))}
+    report["sets"] = {name: per_set(scores, sets == name, groups, targets) for name in sorted(set(sets))}
     return report
 
 
-def per_set(scores: dict[str, dict[str, np.ndarray]], sel: np.ndarray, groups: np.ndarray) -> dict:
-    """One set's figures (the pairs ``sel`` marks) per settings, and each variant's paired difference to the
-    model's own settings with an interval that resamples scenes."""
+def per_set(scores: dict[str, dict[str, np.ndarray]], sel: np.ndarray, groups: np.ndarray, targets) -> dict:
+    """One set's figures (the pairs ``sel`` marks) per settings, its exposure floor with the model's own
+    outputs (``targets``: each pair's target id), and each variant's paired difference to the model's own
+    settings with an interval that resamples scenes."""
     from llie.stats import clustered_difference
+    from llie.training.exposure_floor import exposure_floor
 
     differences = {
         v: {
@@ -261,8 +284,11 @@ def per_set(scores: dict[str, dict[str, np.ndarray]], sel: np.ndarray, groups: n
         for v in scores
         if v != "model"
     }
-    figures = {v: summary({k: a[sel] for k, a in s.items()}) for v, s in scores.items()}
-    return {"scenes": len(set(groups[sel])), "figures": figures, "differences": differences}
+    model = scores["model"]
+    target = model["target_log_luma"][sel]
+    floor = exposure_floor(target, target + model["dark_log_luma_error"][sel], groups[sel], targets[sel])
+    figures = {v: summary({k: a[sel] for k, a in s.items()}, floor.sd) for v, s in scores.items()}
+    return {"scenes": len(set(groups[sel])), "figures": figures, "floor": asdict(floor), "differences": differences}
 
 
 def table(report: dict) -> str:
@@ -288,14 +314,16 @@ def table(report: dict) -> str:
             )
         lines += [
             "",
-            "| settings | dark: mean log-luma error | its bias | GT-mean PSNR | one-factor PSNR |",
-            "|---|---|---|---|---|",
+            "| settings | dark: mean log-luma error | its bias | its spread | GT-mean PSNR | one-factor PSNR "
+            "| PSNR at the floor |",
+            "|---|---|---|---|---|---|---|",
         ]
         for v, f in s["figures"].items():
             lines.append(
-                f"| {v} | {f['dark_luma_error']:.3f} | {f['dark_luma_bias']:+.3f} | {f['dark_gt_mean_psnr']:.2f} | "
-                f"{f['dark_one_factor_psnr']:.2f} |"
+                f"| {v} | {f['dark_luma_error']:.3f} | {f['dark_luma_bias']:+.3f} | {f['dark_luma_error_sd']:.3f} | "
+                f"{f['dark_gt_mean_psnr']:.2f} | {f['dark_one_factor_psnr']:.2f} | {f['dark_floor_psnr']:.2f} |"
             )
+        lines += ["", floor_line(s["floor"])]
         if s["differences"]:
             lines += [
                 "",
@@ -308,6 +336,16 @@ def table(report: dict) -> str:
                 ]
                 lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def floor_line(floor: dict) -> str:
+    if not floor["scenes"]:
+        return "Exposure floor: unknown (no scene has more than one distinct target)."
+    return (
+        f"Exposure floor: the distinct targets of one scene spread {floor['sd']:.3f} in log mean luma "
+        f"({floor['targets']} targets in {floor['scenes']} scenes); within a scene the model's outputs follow "
+        f"them with correlation {floor['within_scene_correlation']:+.2f}."
+    )
 
 
 def _difference(d: dict, digits: int) -> str:

@@ -230,13 +230,22 @@ def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_vari
     turns the exposure gate off changes every well-exposed photo the model's own policy leaves alone."""
     from helpers_synthetic import write_lol
 
-    from benchmarks.quality_cv import Study, cross_validate, parse_variant, table
+    from benchmarks.quality_cv import Study, cross_validate, floor_line, parse_variant, table
 
     data = [write_lol(tmp_path / "indoor", 6, 48, 64, seed=5), write_lol(tmp_path / "outdoor", 6, 48, 64, seed=6)]
+    # the outdoor set names two scenes of three distinct targets each (as SICE's pairs.json does)
+    scenes = [{"name": f"pair_{i:02d}.png", "scene": i // 3} for i in range(6)]
+    (data[1] / "pairs.json").write_text(json.dumps({"pairs": scenes}))
     gate_off = "exposure_full=1.0,exposure_off=1.0"
     study = Study(data, [gate_off], ["harmless=0"], folds=2, capture_gate=True, threads=1, progress=False)
     report = cross_validate(study)
     assert report["pairs"] == 12 and set(report["sets"]) == {"indoor", "outdoor"}
+    # the exposure floor: the indoor set has no scene with two targets, the outdoor set two such scenes
+    indoor, outdoor = report["sets"]["indoor"], report["sets"]["outdoor"]
+    assert indoor["floor"]["scenes"] == 0 and np.isnan(indoor["figures"]["model"]["dark_floor_psnr"])
+    assert (outdoor["floor"]["scenes"], outdoor["floor"]["targets"]) == (2, 6) and outdoor["floor"]["sd"] > 0
+    at_floor, model = outdoor["figures"]["model"]["dark_floor_psnr"], outdoor["figures"]["model"]
+    assert math.isfinite(at_floor) and at_floor != model["dark_psnr"]
     for s in report["sets"].values():
         model, variant = s["figures"]["model"], s["figures"][gate_off]
         assert model["pairs"] == variant["pairs"] == 6
@@ -245,6 +254,7 @@ def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_vari
         assert model["dark_one_factor_psnr"] >= model["dark_psnr"] - 1e-6
         assert model["dark_luma_error"] >= abs(model["dark_luma_bias"])
         assert 5 < model["dark_gt_mean_psnr"] < 60
+        assert model["dark_luma_error_sd"] >= 0
         assert s["figures"]["capture gate"]["pairs"] == 6
         # most well-lit synthetic targets sit above the gate: the model returns them as they were
         assert model["exposed_changed"] < variant["exposed_changed"] == 6
@@ -260,6 +270,9 @@ def test_quality_cross_validation_reports_each_set_and_the_paired_cost_of_a_vari
     assert report["settings"]["capture gate"]["capture_gate"] is True
     assert "**indoor**" in table(report) and f"| {gate_off} |" in table(report)
     assert "| capture gate |" in table(report) and "one-factor PSNR" in table(report)
+    assert "Exposure floor" in table(report) and "PSNR at the floor" in table(report)
+    line = floor_line({"sd": 0.171, "scenes": 85, "targets": 226, "within_scene_correlation": -0.004})
+    assert "spread 0.171" in line and "226 targets in 85 scenes" in line and "-0.00" in line
     base = parse_variant("", parse_variant("colour=channels", parse_variant("max_slope=4", _settings())))
     assert base.mapping.colour == "channels" and base.mapping.max_slope == 4.0
     with pytest.raises(ValueError, match="KEY=VALUE"):
