@@ -8,9 +8,14 @@ within-scene correlation of the targets' deviations from their scene's mean with
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from llie.method.capture_gate import implied_luma
+from llie.training.capture_gate import log_lumas, set_name
+from llie.training.data import Pair
 
 
 @dataclass(frozen=True)
@@ -45,3 +50,32 @@ def exposure_floor(target_log_luma, output_log_luma, scenes, targets) -> Exposur
     spread = d.std(axis=0)
     correlation = float(np.corrcoef(d.T)[0, 1]) if spread.min() > 0 else float("nan")
     return ExposureFloor(float(np.sqrt((d[:, 0] ** 2).sum() / dof)), len(deviations), len(d), correlation)
+
+
+def exposure_by_set(pairs: list[Pair], highs, quantiles: np.ndarray) -> dict[str, dict]:
+    """Per training set, from stage 2's out-of-fold ``quantiles`` of each pair: the spread of the targets'
+    log mean luma, of stage 2's error in it, and the set's exposure floor (a record for the manifest)."""
+    names = np.array([set_name(p) for p in pairs])
+    truth = log_lumas(highs)
+    predicted = np.log([max(implied_luma(q), 1e-6) for q in quantiles])
+    targets = [hashlib.sha256(np.ascontiguousarray(h).tobytes()).hexdigest() for h in highs]
+    scenes = np.array([p.group for p in pairs])
+    record = {}
+    for name in sorted(set(names)):
+        sel = names == name
+        floor = exposure_floor(truth[sel], predicted[sel], scenes[sel], np.array(targets)[sel])
+        record[str(name)] = {
+            "target_sd": round(float(truth[sel].std()), 4),
+            "error_sd": round(float((predicted[sel] - truth[sel]).std()), 4),
+            "floor": {
+                "sd": _finite(floor.sd),
+                "scenes": floor.scenes,
+                "targets": floor.targets,
+                "within_scene_correlation": _finite(floor.within_scene_correlation),
+            },
+        }
+    return record
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 4) if np.isfinite(value) else None  # JSON has no NaN

@@ -24,6 +24,7 @@ from llie.method.refine import resolve_device
 from llie.method.refiner import Refiner
 from llie.training.config import RefinerTrainConfig, TrainConfig, TrainingSetupError
 from llie.training.data import Pair, load_pairs, resolve_training_sets, split_by_group
+from llie.training.exposure_floor import exposure_by_set
 from llie.training.refiner_training import RefinerRun, check_crop, check_freeze, initial_refiner, train_refiner
 from llie.training.stage2 import bag_rows, fit_quantiles, fit_stage2, inverse_errors, mean_psnr, tune_mapping
 
@@ -225,16 +226,20 @@ def _fit_capture_gate(cfg: TrainConfig, split: Split, stage2: Stage2, metrics: d
         return None
     from llie.training.capture_gate import fit_capture_gate
 
-    quantiles = np.concatenate([stage2.oof, stage2.val_q]) if split.val else stage2.oof
     gate, metrics["capture_gate"] = fit_capture_gate(
         split.train + split.val,
         split.lows + split.val_lows,
         split.highs + split.val_highs,
-        quantiles,
+        unseen_quantiles(split, stage2),
         cfg.quantile.features,
         cfg.seed,
     )
     return gate
+
+
+def unseen_quantiles(split: Split, stage2: Stage2) -> np.ndarray:
+    """Stage 2's prediction for every pair, training then validation, each from a fit that never saw it."""
+    return np.concatenate([stage2.oof, stage2.val_q]) if split.val else stage2.oof
 
 
 def _fit_detail(cfg: TrainConfig, split: Split, stage2: Stage2, bundle: Bundle, metrics: dict, progress: bool):
@@ -273,6 +278,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     check_setup(cfg, split.train, split.lows)
     stage2 = stage2_for_run(cfg, split, run_dir, resume, progress)
     metrics = stage2.metrics
+    # how far stage 2's brightness misses, against what no model could know (llie.training.exposure_floor)
+    metrics["exposure"] = exposure_by_set(
+        split.train + split.val, split.highs + split.val_highs, unseen_quantiles(split, stage2)
+    )
     train_inputs = [match_to_quantiles(l, q, stage2.mapping) for l, q in zip(split.lows, stage2.oof)]
     val_inputs = [match_to_quantiles(l, q, stage2.mapping) for l, q in zip(split.val_lows, stage2.val_q)]
     metrics["train_oof_stage3_psnr"] = mean_psnr(train_inputs, split.highs)

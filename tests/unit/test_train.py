@@ -582,6 +582,16 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     kinds = manifest["metrics"]["capture_gate"]["scene_exposed_sets"]
     assert set(kinds) == {"lol", "sice"}
     assert (manifest["capture_gate"] is not None) == (len(set(kinds.values())) == 2)
+    # per set, stage 2's brightness error against the floor of what no model can know: every SICE-like
+    # scene here holds two distinct targets, so all six count towards its floor
+    exposure = manifest["metrics"]["exposure"]
+    assert set(exposure) == {"lol", "sice"} and exposure["sice"]["floor"]["targets"] == 6
+    assert exposure["sice"]["floor"]["sd"] > 0 and exposure["sice"]["error_sd"] > 0
+    assert exposure["sice"]["target_sd"] > 0
+    correlation = exposure["sice"]["floor"]["within_scene_correlation"]  # None where stage 2 gives a scene one value
+    assert correlation is None or -1 <= correlation <= 1
+    # each LOL-like pair has its own target: no floor, written as JSON's null rather than NaN
+    assert exposure["lol"]["floor"] == {"sd": None, "scenes": 0, "targets": 0, "within_scene_correlation": None}
     bundle = load_bundle(out)
     assert bundle.quantile_model.config.harmless == 2 and bundle.policy.gain_full == 1.5
     assert (bundle.capture_gate is not None) == (manifest["capture_gate"] is not None)
