@@ -268,6 +268,14 @@ def config_option(command):
     help="Stage 3: nor fall below this many times it (posterising); 0 for no bound.",
 )
 @click.option(
+    "--slope-anchor",
+    type=click.Choice(["mean", "median"]),
+    default="mean",
+    show_default=True,
+    help="Stage 3: where a map whose steps were bounded is pinned: 'mean' keeps the channel's mean "
+    "(stage 2's exposure), 'median' the value at the photo's median level (older bundles).",
+)
+@click.option(
     "--anchor-exposure/--no-anchor-exposure",
     default=True,
     show_default=True,
@@ -337,7 +345,11 @@ def _train_config(o: SimpleNamespace):
     refiner, refiner_train = _refiner_configs(o)
     try:
         mapping = MappingConfig(
-            colour=o.colour, max_hue_turn=o.max_hue_turn, max_slope=o.max_slope, min_slope=o.min_slope
+            colour=o.colour,
+            max_hue_turn=o.max_hue_turn,
+            max_slope=o.max_slope,
+            min_slope=o.min_slope,
+            slope_anchor=o.slope_anchor,
         )
         policy = EnhancePolicy(
             exposure_full=o.exposure_gate[0],

@@ -30,6 +30,7 @@ MAPPING: dict[str, Rule] = {
     "dense_points": ("int", 2, 1 << 16),
     "max_slope": ("float", 0.0, 1e6),
     "min_slope": ("float", 0.0, 1e6),
+    "slope_anchor": ("choice", ("mean", "median")),
     "colour": ("choice", ("channels", "hue", "bounded")),
     "hue_mix": ("float", 0.0, 1.0),
     "max_hue_turn": ("float", 0.0, 180.0),

@@ -14,6 +14,8 @@ from scipy.ndimage import gaussian_filter1d
 
 from llie.method.features import PERCENTILES
 
+SLOPE_ANCHORS = ("mean", "median")
+
 
 @dataclass(frozen=True)
 class MappingConfig:
@@ -24,6 +26,9 @@ class MappingConfig:
     # bounds on a table's steps relative to its mean step over the source's middle 98 % (0: unbounded)
     max_slope: float = 0.0
     min_slope: float = 0.0
+    # what a bounded table keeps: "mean" the channel's mean output (stage 2's exposure), "median" the value
+    # at the source's median level (bundles before December 2026; it lifted night skies, docs/method.md)
+    slope_anchor: str = "median"
     colour: str = "channels"  # "channels" (each on its own), "hue" or "bounded" (see the module docstring)
     hue_mix: float = 1.0  # with colour="hue": weight of the hue-keeping result against the per-channel one
     max_hue_turn: float = 30.0  # with colour="bounded": degrees a pixel's hue may turn before it is kept
@@ -37,6 +42,8 @@ class MappingConfig:
             raise ValueError(f"hue_mix must lie in [0, 1] and slope bounds be >= 0: {self}")
         if self.max_slope and self.min_slope > self.max_slope:
             raise ValueError(f"min_slope {self.min_slope} exceeds max_slope {self.max_slope}")
+        if self.slope_anchor not in SLOPE_ANCHORS:
+            raise ValueError(f"unknown slope anchor {self.slope_anchor!r}: use 'mean' or 'median'")
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec.601, as llie.metrics
@@ -75,10 +82,13 @@ def lut_from_target_cdf(source_hist: np.ndarray, target_edges: np.ndarray, targe
     return np.interp(mid_rank, target_cdf, target_edges).astype(np.float32)
 
 
-def bound_slope(lut: np.ndarray, source_hist: np.ndarray, max_ratio: float, min_ratio: float = 0.0) -> np.ndarray:
+def bound_slope(
+    lut: np.ndarray, source_hist: np.ndarray, max_ratio: float, min_ratio: float = 0.0, anchor: str = "median"
+) -> np.ndarray:
     """``lut`` with every step clipped to [min_ratio, max_ratio] x its mean step over the levels holding the
-    middle 98 % of ``source_hist``, shifted so that its value at the source's median level is kept; still
-    monotone and within [0, 1]. A ratio of 0 leaves that side unbounded."""
+    middle 98 % of ``source_hist``, shifted so that what ``anchor`` names is kept: the mean of the mapped
+    source ("mean") or the value at the source's median level ("median"); still monotone and within [0, 1].
+    A ratio of 0 leaves that side unbounded."""
     lut = np.asarray(lut, np.float64)
     cdf = np.cumsum(source_hist) / max(float(np.sum(source_hist)), 1e-12)
     lo, mid, hi = (int(np.searchsorted(cdf, p)) for p in (0.01, 0.5, 0.99))
@@ -89,7 +99,11 @@ def bound_slope(lut: np.ndarray, source_hist: np.ndarray, max_ratio: float, min_
     steps = np.diff(lut)
     steps = np.clip(steps, min_ratio * mean_step, max_ratio * mean_step if max_ratio else np.inf)
     bounded = np.concatenate([[0.0], np.cumsum(steps)])
-    bounded += lut[min(mid, len(lut) - 1)] - bounded[min(mid, len(lut) - 1)]
+    if anchor == "mean":
+        weights = np.asarray(source_hist, np.float64) / max(float(np.sum(source_hist)), 1e-12)
+        bounded += float(weights @ lut) - float(weights @ bounded)
+    else:
+        bounded += lut[min(mid, len(lut) - 1)] - bounded[min(mid, len(lut) - 1)]
     return np.clip(bounded, 0.0, 1.0).astype(np.float32)
 
 
@@ -98,7 +112,7 @@ def channel_lut(source_hist: np.ndarray, quantiles: np.ndarray, config: MappingC
     its steps bounded as ``config`` says."""
     lut = _matching_lut(source_hist, quantiles, config)
     if config.max_slope or config.min_slope:
-        lut = bound_slope(lut, source_hist, config.max_slope, config.min_slope)
+        lut = bound_slope(lut, source_hist, config.max_slope, config.min_slope, config.slope_anchor)
     return lut
 
 

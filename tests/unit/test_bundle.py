@@ -163,6 +163,19 @@ def test_model_version_changes_exactly_when_weights_or_settings_change(bundle, t
     assert versions[:2] == [first, first] and len(set(versions)) == 5
 
 
+def test_a_bundle_from_before_the_slope_anchor_keeps_its_version_and_the_median_anchor(saved):
+    """Manifests written before ``slope_anchor`` existed have no such key: they load as they enhanced
+    (pinned at the median level) and keep their version; a mean-anchored copy is another model."""
+    manifest = json.loads((saved / MANIFEST).read_text())
+    del manifest["mapping"]["slope_anchor"]
+    manifest["model_version"] = manifest_version(manifest)
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    older = load_bundle(saved)
+    assert older.mapping.slope_anchor == "median" and older.model_version == manifest["model_version"]
+    anchored = Bundle(older.quantile_model, replace(older.mapping, slope_anchor="mean"), older.refiner)
+    assert save_bundle(anchored, saved.parent / "anchored")["model_version"] != older.model_version
+
+
 def test_a_policy_edited_in_the_manifest_is_refused(saved):
     """The policy changes every output of the same files: an edit that keeps the version is caught."""
     manifest = json.loads((saved / MANIFEST).read_text())
@@ -332,6 +345,7 @@ def _consistent_bundle(dest: Path, manifest_edit=None, quantiles_edit=None) -> P
         (lambda m: m["policy"].update(surprise=1), None, "policy has an unknown setting 'surprise'"),
         (lambda m: m["mapping"].update(grid="many"), None, "mapping.grid is 'many': not a whole number"),
         (lambda m: m["mapping"].update(method="magic"), None, "mapping.method is 'magic': not one of kde, interp"),
+        (lambda m: m["mapping"].update(slope_anchor="black"), None, "mapping.slope_anchor is 'black': not one of"),
         (lambda m: m["refiner"].update(dim=10**9), None, "refiner.dim is 1000000000: not a finite number"),
         (lambda m: m["refiner"].update(dim=161), None, "refiner.dim 161 does not divide by refiner.heads 5"),
         (lambda m: m.update(policy=[1, 2]), None, "policy is not a JSON object"),

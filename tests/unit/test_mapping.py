@@ -219,9 +219,50 @@ def test_slope_bound_holds_and_keeps_the_median(seed):
     assert bounded[mid] == pytest.approx(plain[mid], abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_slope_bound_anchored_at_the_mean_keeps_the_mapped_mean_under_the_same_bounds(seed):
+    rng = np.random.default_rng(seed)
+    hist = _source_hist(rng)
+    q = np.maximum.accumulate(_random_quantiles(rng, 1)[0])
+    plain = channel_lut(hist, q, MappingConfig())
+    by_median = channel_lut(hist, q, MappingConfig(max_slope=3.0, min_slope=0.2))
+    by_mean = channel_lut(hist, q, MappingConfig(max_slope=3.0, min_slope=0.2, slope_anchor="mean"))
+    weights = hist / hist.sum()
+    if by_mean.min() > 0 and by_mean.max() < 1:  # nothing clipped at black or white: the mean is exact
+        assert weights @ by_mean == pytest.approx(weights @ plain, abs=1e-5)
+    # the same steps, shifted: only the anchor differs
+    np.testing.assert_allclose(
+        np.diff(by_mean)[(by_mean[:-1] > 0) & (by_mean[1:] < 1)],
+        np.diff(by_median)[(by_mean[:-1] > 0) & (by_mean[1:] < 1)],
+        atol=1e-6,
+    )
+
+
+def test_the_mean_anchor_keeps_a_night_photos_brightness_where_the_median_anchor_lifts_it():
+    """Most of the photo on the lowest two levels (a night sky) and a subject above: the plain table lifts
+    the sky's second level far above its first, the bound clips that step, and the median anchor (inside
+    the sky) keeps the second level and lifts the first with it, so the photo comes out brighter than
+    stage 2 predicted; the mean anchor keeps the predicted brightness and lifts the sky's black less."""
+    hist = np.zeros(256)
+    hist[0], hist[1] = 0.10, 0.45  # the median level is the sky's second
+    hist[2:200] = 0.45 / 198
+    q = np.concatenate([[0.02, 0.03], np.linspace(0.25, 0.30, 10), np.linspace(0.33, 0.95, 9)])
+    plain = channel_lut(hist, q, MappingConfig())
+    by_median = channel_lut(hist, q, MappingConfig(max_slope=16.0, min_slope=0.05))
+    by_mean = channel_lut(hist, q, MappingConfig(max_slope=16.0, min_slope=0.05, slope_anchor="mean"))
+    weights = hist / hist.sum()
+    assert plain[1] - plain[0] > 2 * (by_median[1] - by_median[0])  # the step the bound clips
+    assert by_median[1] == pytest.approx(plain[1], abs=1e-6) and by_median[0] > plain[0] + 0.1
+    assert weights @ by_median > weights @ plain + 0.01
+    assert weights @ by_mean == pytest.approx(weights @ plain, abs=1e-4)
+    assert plain[0] < by_mean[0] < by_median[0] - 0.01
+
+
 def test_mapping_settings_are_checked():
     with pytest.raises(ValueError, match="colour"):
         MappingConfig(colour="lab")
+    with pytest.raises(ValueError, match="slope anchor"):
+        MappingConfig(slope_anchor="black")
     with pytest.raises(ValueError, match="hue_mix"):
         MappingConfig(hue_mix=1.5)
 

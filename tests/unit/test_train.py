@@ -569,6 +569,7 @@ def test_train_on_a_png_set_and_a_jpeg_set_with_named_scenes(tmp_path):
     assert manifest["training"]["data"] == ["lol", "sice"]
     assert manifest["training"]["pairs"] == 12 and manifest["training"]["target_groups"] <= 9  # 6 + 3 named scenes
     assert manifest["mapping"]["colour"] == "bounded" and manifest["mapping"]["max_slope"] == 16.0
+    assert manifest["mapping"]["slope_anchor"] == "mean"  # the command's default
     assert manifest["policy"] == {
         "exposure_full": 0.22,
         "exposure_off": 0.28,
@@ -611,7 +612,7 @@ def test_train_takes_its_options_from_a_toml_config_and_the_command_line_overrid
     config.write_text(
         f"data = [{str(png)!r}]\noutput = {str(out)!r}\n"
         'device = "cpu"\nthreads = 1\nsteps = 2\nbatch = 2\ncrop = 80\ndim = 16\ndepth = 1\nheads = 2\n'
-        "histogram-rows = 2\nbag = 1\nharmless-rows = 5\nmax-slope = 8.0\n"
+        'histogram-rows = 2\nbag = 1\nharmless-rows = 5\nmax-slope = 8.0\nslope-anchor = "median"\n'
         "error-weighting = false\nrefiner-gain = [1.2, 1.5]\n"
     )
     before = torch.get_num_threads()
@@ -619,7 +620,7 @@ def test_train_takes_its_options_from_a_toml_config_and_the_command_line_overrid
     torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["mapping"]["max_slope"] == 8.0  # from the file
+    assert manifest["mapping"]["max_slope"] == 8.0 and manifest["mapping"]["slope_anchor"] == "median"  # from the file
     assert manifest["policy"]["gain_off"] == 1.2 and manifest["policy"]["gain_full"] == 1.5
     bundle = load_bundle(out)
     assert bundle.quantile_model.config.harmless == 2  # the command line over the file's 5
