@@ -26,8 +26,8 @@ class MappingConfig:
     # bounds on a table's steps relative to its mean step over the source's middle 98 % (0: unbounded)
     max_slope: float = 0.0
     min_slope: float = 0.0
-    # what a bounded table keeps: "mean" the channel's mean output (stage 2's exposure), "median" the value
-    # at the source's median level (bundles before December 2026; it lifted night skies, docs/method.md)
+    # what a bounded table keeps: "mean" the channel's mean output (stage 2's exposure) or "median" its value
+    # at the source's median level (what bundles written before this setting do)
     slope_anchor: str = "median"
     colour: str = "channels"  # "channels" (each on its own), "hue" or "bounded" (see the module docstring)
     hue_mix: float = 1.0  # with colour="hue": weight of the hue-keeping result against the per-channel one
