@@ -223,7 +223,8 @@ def test_refiner_precision_reaches_the_refiner(tmp_path):
         pixels[precision] = np.asarray(Image.open(out / "a.png")).astype(int)
     np.testing.assert_array_equal(pixels[None], pixels["float32"])
     levels = np.abs(pixels["bf16"] - pixels["float32"])
-    assert 0 < levels.max() <= 6 and levels.mean() < 0.5, (levels.max(), levels.mean())
+    # on a photo this small a handful of pixels move by up to 8 levels (7 with 30c0b365479b on another seed)
+    assert 0 < levels.max() <= 10 and levels.mean() < 0.5 and np.mean(levels > 4) < 0.01, (levels.max(), levels.mean())
 
 
 def test_empty_input_folder_is_a_usage_error(tmp_path):
