@@ -30,7 +30,6 @@ takes about 20 minutes on two idle cores, plus 10 per stage-2 variant; not part 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -219,6 +218,7 @@ def cross_validate(study: Study) -> dict:
     from llie.method.bundle import load_bundle
     from llie.method.quantiles import QuantileModelConfig
     from llie.training.data import load_pairs, resolve_training_sets
+    from llie.training.exposure_floor import target_ids
     from llie.training.stage2 import OutOfFold
 
     bundle = load_bundle(study.model, refiner=study.refiner)
@@ -245,7 +245,7 @@ def cross_validate(study: Study) -> dict:
         for name, (s, fit) in runs.items()
     }
     groups = np.array([p.group for p in pairs])
-    targets = np.array([hashlib.sha256(high.tobytes()).hexdigest() for high in highs])
+    targets = target_ids(highs)
     report: dict[str, Any] = {
         "data": [str(d) for d in study.data],
         "pairs": len(pairs),

@@ -52,18 +52,22 @@ def exposure_floor(target_log_luma, output_log_luma, scenes, targets) -> Exposur
     return ExposureFloor(float(np.sqrt((d[:, 0] ** 2).sum() / dof)), len(deviations), len(d), correlation)
 
 
+def target_ids(highs) -> np.ndarray:
+    """One id per target image, the same for identical pixels (pairs that share a target)."""
+    return np.array([hashlib.sha256(np.ascontiguousarray(h).tobytes()).hexdigest() for h in highs])
+
+
 def exposure_by_set(pairs: list[Pair], highs, quantiles: np.ndarray) -> dict[str, dict]:
     """Per training set, from stage 2's out-of-fold ``quantiles`` of each pair: the spread of the targets'
     log mean luma, of stage 2's error in it, and the set's exposure floor (a record for the manifest)."""
     names = np.array([set_name(p) for p in pairs])
     truth = log_lumas(highs)
     predicted = np.log([max(implied_luma(q), 1e-6) for q in quantiles])
-    targets = [hashlib.sha256(np.ascontiguousarray(h).tobytes()).hexdigest() for h in highs]
-    scenes = np.array([p.group for p in pairs])
+    targets, scenes = target_ids(highs), np.array([p.group for p in pairs])
     record = {}
     for name in sorted(set(names)):
         sel = names == name
-        floor = exposure_floor(truth[sel], predicted[sel], scenes[sel], np.array(targets)[sel])
+        floor = exposure_floor(truth[sel], predicted[sel], scenes[sel], targets[sel])
         record[str(name)] = {
             "target_sd": round(float(truth[sel].std()), 4),
             "error_sd": round(float((predicted[sel] - truth[sel]).std()), 4),

@@ -230,14 +230,14 @@ def _fit_capture_gate(cfg: TrainConfig, split: Split, stage2: Stage2, metrics: d
         split.train + split.val,
         split.lows + split.val_lows,
         split.highs + split.val_highs,
-        unseen_quantiles(split, stage2),
+        _unseen_quantiles(split, stage2),
         cfg.quantile.features,
         cfg.seed,
     )
     return gate
 
 
-def unseen_quantiles(split: Split, stage2: Stage2) -> np.ndarray:
+def _unseen_quantiles(split: Split, stage2: Stage2) -> np.ndarray:
     """Stage 2's prediction for every pair, training then validation, each from a fit that never saw it."""
     return np.concatenate([stage2.oof, stage2.val_q]) if split.val else stage2.oof
 
@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     metrics = stage2.metrics
     # how far stage 2's brightness misses, against what no model could know (llie.training.exposure_floor)
     metrics["exposure"] = exposure_by_set(
-        split.train + split.val, split.highs + split.val_highs, unseen_quantiles(split, stage2)
+        split.train + split.val, split.highs + split.val_highs, _unseen_quantiles(split, stage2)
     )
     train_inputs = [match_to_quantiles(l, q, stage2.mapping) for l, q in zip(split.lows, stage2.oof)]
     val_inputs = [match_to_quantiles(l, q, stage2.mapping) for l, q in zip(split.val_lows, stage2.val_q)]
