@@ -26,6 +26,7 @@ import numpy as np
 from llie.method import bundle_settings
 from llie.method.capture_gate import GATE_FILE, CaptureGate, GateSettings
 from llie.method.detail import DetailRule
+from llie.method.exposure_offset import ExposureOffset, offset_quantiles
 from llie.method.mapping import MappingConfig
 from llie.method.policy import EnhancePolicy
 from llie.method.quantiles import QuantileModel
@@ -42,7 +43,7 @@ BUNDLE_FORMAT = 2
 SUPPORTED_FORMATS = (1, 2)
 BEHAVIOUR_KEYS = ("mapping", "policy", "refiner")
 # behaviour settings of later parts, hashed only where a bundle has them, so earlier versions stay valid
-OPTIONAL_BEHAVIOUR_KEYS = ("illumination", "capture_gate", "detail")
+OPTIONAL_BEHAVIOUR_KEYS = ("illumination", "capture_gate", "detail", "exposure_offset")
 
 
 class BundleError(ValueError):
@@ -59,6 +60,7 @@ class Bundle:
     illumination: IlluminationNet | None = None  # the local gain between stages 3 and 4, if trained
     capture_gate: CaptureGate | None = None  # stage 2's brightness gated by the kind of capture, if trained
     detail: DetailRule | None = None  # how much fine detail the refined photo keeps, if fit
+    exposure_offset: ExposureOffset | None = None  # stops added to stage 2's brightness, if calibrated
 
     @property
     def model_version(self) -> str:
@@ -66,12 +68,14 @@ class Bundle:
 
     def predict_quantiles(self, features: np.ndarray) -> tuple[np.ndarray, float]:
         """Stage 2 for one photo's (F,) features: (3, 21) percentile values, their brightness gated by the
-        kind of capture where the bundle has a gate, and the share of stage 2's brightness kept (1 without
-        a gate: every photo counts as scene-exposed)."""
-        quantiles = self.quantile_model.predict(features)
-        if self.capture_gate is None:
-            return quantiles, 1.0
-        return self.capture_gate.apply(features, quantiles)
+        kind of capture where the bundle has a gate and moved by its exposure offset where it has one, and
+        the share of stage 2's brightness kept (1 without a gate: every photo counts as scene-exposed)."""
+        quantiles, keep = self.quantile_model.predict(features), 1.0
+        if self.capture_gate is not None:
+            quantiles, keep = self.capture_gate.apply(features, quantiles)
+        if self.exposure_offset is not None:
+            quantiles = offset_quantiles(quantiles, self.exposure_offset.stops)
+        return quantiles, keep
 
 
 def default_bundle_path() -> Path:
@@ -139,6 +143,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "illumination": asdict(bundle.illumination.cfg) if bundle.illumination is not None else None,
         "capture_gate": asdict(bundle.capture_gate.settings) if bundle.capture_gate is not None else None,
         "detail": asdict(bundle.detail) if bundle.detail is not None else None,
+        "exposure_offset": asdict(bundle.exposure_offset) if bundle.exposure_offset is not None else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(),
@@ -231,6 +236,8 @@ def _check_settings(manifest: dict) -> None:
             MappingConfig(**manifest["mapping"])
             if manifest.get("detail") is not None:
                 DetailRule(**manifest["detail"])
+            if manifest.get("exposure_offset") is not None:
+                ExposureOffset(**manifest["exposure_offset"])
         except ValueError as exc:
             why = str(exc)
     if why is not None:
@@ -288,6 +295,35 @@ def verify_bundle(directory: str | Path) -> dict:
     return manifest
 
 
+def derive_bundle(source: str | Path | None, output: str | Path, settings: dict, record: dict) -> dict:
+    """Write ``output``: the bundle at ``source`` (None: the shipped one) with the behaviour ``settings``
+    replaced (e.g. ``{"exposure_offset": {"stops": 0.5}}``) and ``record`` kept under ``metrics``. Its files
+    are the checked bytes of the source's, its version is new and names the source's as previous; the
+    source's evaluation is left out, since it scored another model. ``output`` appears whole or not at all
+    and must not exist yet (an empty folder may)."""
+    source = Path(source) if source is not None else default_bundle_path()
+    output = Path(output)
+    manifest, contents = _verified_files(source)
+    manifest = {k: v for k, v in manifest.items() if k != "eval"}
+    manifest |= json.loads(json.dumps(settings))
+    manifest["metrics"] = {**manifest.get("metrics", {}), **json.loads(json.dumps(record))}
+    manifest["previous_version"] = manifest["model_version"]
+    manifest["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    _check_settings(manifest)
+    manifest["model_version"] = manifest_version(manifest)
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise FileExistsError(f"{output} already exists: choose a new folder for the bundle")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.parent) as staging:
+        folder = Path(staging) / "bundle"
+        folder.mkdir()
+        for name, data in contents.items():
+            (folder / name).write_bytes(data)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.replace(folder, output)  # a folder, or an empty one in its place, appears whole
+    return manifest
+
+
 def load_bundle(directory: str | Path | None = None, n_threads: int | None = None, refiner: bool = True) -> Bundle:
     """Load a bundle from the very bytes that were checked against its manifest; ``refiner=False``
     leaves its refiner (and torch) unloaded.
@@ -332,7 +368,8 @@ def load_bundle(directory: str | Path | None = None, n_threads: int | None = Non
     policy = EnhancePolicy(**manifest.get("policy", {}))
     mapping = MappingConfig(**manifest["mapping"])
     detail = DetailRule(**manifest["detail"]) if manifest.get("detail") is not None else None
-    return Bundle(quantile_model, mapping, refiner, manifest, policy, illumination, capture_gate, detail)
+    offset = ExposureOffset(**manifest["exposure_offset"]) if manifest.get("exposure_offset") is not None else None
+    return Bundle(quantile_model, mapping, refiner, manifest, policy, illumination, capture_gate, detail, offset)
 
 
 def _load_capture_gate(manifest: dict, folder: Path) -> CaptureGate | None:

@@ -71,6 +71,9 @@ CAPTURE_GATE: dict[str, Rule] = {
     "neutral_luma": ("float", 0.01, 0.99),
     "ramp": ("float", 0.001, 1.0),
 }
+EXPOSURE_OFFSET: dict[str, Rule] = {
+    "stops": ("float", -4.0, 4.0),
+}
 DETAIL: dict[str, Rule] = {
     "bias": ("float", -100.0, 100.0),
     "luma": ("float", -100.0, 100.0),
@@ -108,7 +111,8 @@ def section_problem(section: str, values: Any, rules: dict[str, Rule]) -> str | 
 
 
 def manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """Why the manifest's behaviour settings (mapping, policy, refiner, illumination, capture gate, detail)
+    """Why the manifest's behaviour settings (mapping, policy, refiner, illumination, capture gate, detail,
+    exposure offset)
     are refused, or None."""
     if "mapping" not in manifest:
         return "mapping is missing"
@@ -121,6 +125,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
         sections.append(("capture_gate", manifest["capture_gate"], CAPTURE_GATE))
     if manifest.get("detail") is not None:
         sections.append(("detail", manifest["detail"], DETAIL))
+    if manifest.get("exposure_offset") is not None:
+        sections.append(("exposure_offset", manifest["exposure_offset"], EXPOSURE_OFFSET))
     for section, values, rules in sections:
         if why := section_problem(section, values, rules):
             return why

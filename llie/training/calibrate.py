@@ -1,0 +1,106 @@
+"""Fitting a bundle's exposure offset to a few pairs from an archive (``llie calibrate``).
+
+Each pair's stage-3 output is scored on a grid of offsets; the fit is the offset of the highest mean PSNR.
+Each pair is also scored at the offset fit without its scene: that gain is the one that carries over to the
+archive's other photos, and the fit is adopted only where its 95 % interval (scenes resampled) lies above
+0. A few pairs of an archive whose taste the model already meets would otherwise pull it off: on LOL, out of
+fold, offsets fit to 5 or 10 scenes cost the other scenes 0.1 to 0.4 dB (docs/method.md, "Calibrating to an
+archive"). Stage 3 suffices: the refiner keeps stage 3's channel means, so it passes the offset on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from llie.method.bundle import Bundle
+from llie.method.exposure_offset import offset_quantiles
+from llie.method.features import extract_features
+from llie.method.policy import map_under_policy
+from llie.method.working_size import WorkingSize, area_downscale, working_shape
+from llie.metrics import psnr, quantize8
+from llie.stats import clustered_difference
+from llie.training.data import Pair, load_rgb
+
+GRID = np.round(np.arange(-12, 13) / 6, 4)  # offsets tried, in stops: -2 to 2 by a sixth
+
+
+@dataclass(frozen=True)
+class Calibration:
+    fitted: float  # the offset of the highest mean PSNR on the pairs
+    stops: float  # the offset to write: ``fitted`` where its gain carries over, else the bundle's own
+    pairs: int
+    scenes: int
+    before: float  # mean stage-3 PSNR at the bundle's own offset
+    after: float  # the same pairs, each at the offset fit without its scene
+    interval: tuple[float, float]  # 95 % interval of after - before, scenes resampled
+
+    def record(self) -> dict:
+        return {**asdict(self), "interval": list(self.interval), "grid_stops": [float(GRID[0]), float(GRID[-1])]}
+
+
+def pair_at_working_size(pair: Pair, working: WorkingSize = WorkingSize()) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) at most the working size, area-averaged alike, as ``llie enhance`` sees a large photo."""
+    low, high = load_rgb(pair.low), load_rgb(pair.high)
+    if low.shape != high.shape:
+        raise ValueError(
+            f"pair {pair.name}: the low image is {low.shape[1]}x{low.shape[0]}, the high one {high.shape[1]}x{high.shape[0]}"
+        )
+    if max(low.shape[:2]) > working.long_side:
+        shape = working_shape(low.shape[0], low.shape[1], working.long_side)
+        low, high = area_downscale(low, shape), area_downscale(high, shape)
+    return low, high
+
+
+def psnr_table(bundle: Bundle, pairs: list[Pair], grid: np.ndarray = GRID, progress: bool = True) -> np.ndarray:
+    """(pairs, offsets) stage-3 PSNR of each pair with each offset of ``grid`` in place of the bundle's."""
+    bare = replace(bundle, exposure_offset=None)
+    table = np.empty((len(pairs), len(grid)))
+    for i, pair in enumerate(tqdm(pairs, desc="calibrate", disable=not progress)):
+        low, high = pair_at_working_size(pair)
+        quantiles, _ = bare.predict_quantiles(extract_features(low, None, bundle.quantile_model.config.features))
+        for j, stops in enumerate(grid):
+            mapped, _ = map_under_policy(low, offset_quantiles(quantiles, float(stops)), bundle.mapping, bundle.policy)
+            table[i, j] = psnr(quantize8(mapped) / 255.0, high)
+    return table
+
+
+def fit_offset(table: np.ndarray, groups: list[str], current: float, grid: np.ndarray = GRID) -> Calibration:
+    """The offset of the highest mean PSNR over ``table`` (pairs x ``grid``) and the gain it carries over
+    (each scene scored at the offset fit on the others, against the bundle's ``current`` offset), adopted
+    where that gain's interval lies above 0."""
+    groups_arr = np.asarray(groups)
+    scenes = np.unique(groups_arr)
+    if len(scenes) < 2:
+        raise ValueError(f"calibration needs pairs of at least 2 scenes, got {len(scenes)}")
+    best = int(np.argmax(table.mean(axis=0)))
+    now = int(np.argmin(np.abs(grid - current)))
+    after = np.empty(len(table))
+    for scene in scenes:
+        held = groups_arr == scene
+        after[held] = table[held, int(np.argmax(table[~held].mean(axis=0)))]
+    gain = clustered_difference(after - table[:, now], groups_arr)
+    carries = gain["interval"][0] > 0.0
+    return Calibration(
+        fitted=float(grid[best]),
+        stops=float(grid[best]) if carries else float(current),
+        pairs=len(table),
+        scenes=len(scenes),
+        before=float(table[:, now].mean()),
+        after=float(after.mean()),
+        interval=(float(gain["interval"][0]), float(gain["interval"][1])),
+    )
+
+
+def calibrate(bundle: Bundle, pairs: list[Pair], progress: bool = True) -> Calibration:
+    """Fit ``bundle``'s exposure offset to ``pairs`` (see the module docstring)."""
+    current = bundle.exposure_offset.stops if bundle.exposure_offset is not None else 0.0
+    grid = np.union1d(GRID, [current])
+    return fit_offset(psnr_table(bundle, pairs, grid, progress), [p.group for p in pairs], current, grid)
+
+
+def calibrated_settings(stops: float) -> dict:
+    """The manifest section ``derive_bundle`` writes for an offset."""
+    return {"exposure_offset": {"stops": float(stops)}}

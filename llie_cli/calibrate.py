@@ -1,0 +1,90 @@
+"""``llie calibrate``: a bundle whose exposure suits an archive, fit to a few of its pairs or set by hand.
+
+Registered on the ``llie`` group by ``llie_cli.main``; the library is imported inside the command so that
+``llie --help`` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+MAX_STOPS = 4.0  # llie.method.exposure_offset.MAX_STOPS, repeated so that --help stays light (a test keeps them equal)
+
+
+@click.command("calibrate")
+@click.option(
+    "--data",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Pairs from the archive in LOL layout (DATA/low and DATA/high, same names; DATA/pairs.json may name "
+    "each pair's scene), each high photo exposed as you want the archive to come out; repeatable.",
+)
+@click.option(
+    "--exposure",
+    type=click.FloatRange(-MAX_STOPS, MAX_STOPS),
+    default=None,
+    help="Set the offset by hand instead of fitting it: stops added to the model's exposure for every dark "
+    "photo (+1 twice the light, -0.5 a little darker).",
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Bundle to start from (default: the shipped model).",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the calibrated bundle; must not exist yet. Use it with --model in enhance, run or evaluate.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def calibrate(
+    data: tuple[Path, ...], exposure: float | None, model: Path | None, output: Path, no_progress: bool
+) -> None:
+    """Write a copy of a model bundle whose exposure suits your archive.
+
+    The model guesses how bright each photo should be; an archive's owner may want its photos brighter or
+    darker throughout. With --data the offset is fit to your pairs: each pair is also scored with the
+    offset fit on the other scenes, and that gain, with its 95% interval, is printed. An interval that
+    holds 0 means the pairs do not show that an offset helps. Well-exposed photos stay as they are.
+    """
+    from llie.method.bundle import BundleError, derive_bundle, load_bundle
+    from llie.training.calibrate import calibrate as fit_calibration
+    from llie.training.calibrate import calibrated_settings
+    from llie.training.data import resolve_training_sets
+
+    if (exposure is None) == (not data):
+        raise click.UsageError("give either --data (fit the offset to pairs) or --exposure STOPS (set it)")
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise click.BadParameter(f"{output} already exists: choose a new folder", param_hint="--output")
+    try:
+        bundle = load_bundle(model, refiner=False)
+    except BundleError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    if exposure is not None:
+        stops, record = exposure, {"calibration": {"stops": exposure, "set_by_hand": True}}
+    else:
+        try:
+            pairs, _ = resolve_training_sets(data)
+            result = fit_calibration(bundle, pairs, progress=not no_progress)
+        except FileNotFoundError as exc:
+            raise click.BadParameter(str(exc), param_hint="--data") from None
+        except ValueError as exc:  # one scene only, a pair whose photos differ in size
+            raise click.ClickException(str(exc)) from None
+        stops, record = result.stops, {"calibration": result.record()}
+        low, high = result.interval
+        click.echo(f"fit on {result.pairs} pairs of {result.scenes} scenes: {result.fitted:+.2f} stops")
+        click.echo(
+            f"stage-3 PSNR {result.before:.2f} dB as the model stands, {result.after:.2f} dB with the offset fit "
+            f"on the other scenes ({result.after - result.before:+.2f} dB, 95% interval {low:+.2f} to {high:+.2f})"
+        )
+        if stops != result.fitted:
+            click.echo(
+                f"the interval does not lie above 0: these pairs do not show that the fit carries over to other "
+                f"photos, so the offset stays {stops:+.2f} stops (more scenes may show it; --exposure sets one)"
+            )
+    manifest = derive_bundle(model, output, calibrated_settings(stops), record)
+    click.echo(f"wrote {output}: model {manifest['model_version']} ({manifest['previous_version']} {stops:+.2f} stops)")

@@ -1,0 +1,145 @@
+"""An archive's exposure: the offset on stage 2's brightness, the bundle that carries it, its fit to a few
+pairs (out of scene), and ``llie calibrate``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers_synthetic import pairs, to_uint8
+from PIL import Image
+
+from llie.method.bundle import MANIFEST, BundleError, default_bundle_path, derive_bundle, load_bundle, read_manifest
+from llie.method.exposure_offset import MAX_STOPS, ExposureOffset, offset_quantiles
+from llie.method.features import extract_features
+from llie.method.pipeline import Enhancer
+from llie.method.policy import map_under_policy
+from llie.training.calibrate import GRID, fit_offset
+from llie_cli import calibrate as calibrate_cli
+from llie_cli.main import cli
+
+
+def test_an_offset_scales_the_percentiles_as_stops_scale_mid_tones_and_keeps_them_monotone():
+    q = np.stack([np.linspace(0.0, 0.95, 21)] * 3).astype(np.float32)
+    assert offset_quantiles(q, 0.0) is q
+    up, down = offset_quantiles(q, 1.0), offset_quantiles(q, -1.0)
+    unclipped = q < 0.95 / 2 ** (1 / 2.2)
+    np.testing.assert_allclose(up[unclipped], q[unclipped] * 2 ** (1 / 2.2), rtol=1e-6)
+    np.testing.assert_allclose(down, q * 2 ** (-1 / 2.2), rtol=1e-6)
+    assert up.max() == 1.0 and np.all(np.diff(up, axis=1) >= 0) and up.dtype == q.dtype
+    for bad in (float("nan"), MAX_STOPS + 0.1, -MAX_STOPS - 0.1):
+        with pytest.raises(ValueError, match="stops"):
+            ExposureOffset(bad)
+    assert calibrate_cli.MAX_STOPS == MAX_STOPS  # repeated there so that --help stays light
+
+
+def test_a_derived_bundle_keeps_the_files_and_moves_stage_2s_brightness(tmp_path):
+    source = read_manifest(default_bundle_path())
+    manifest = derive_bundle(None, tmp_path / "cal", {"exposure_offset": {"stops": 0.5}}, {"calibration": {"x": 1}})
+    assert manifest["previous_version"] == source["model_version"] != manifest["model_version"]
+    assert manifest["files"] == source["files"] and "eval" not in manifest
+    assert manifest["metrics"]["calibration"] == {"x": 1} and "capture_gate" in manifest["metrics"]
+    for name in source["files"]:
+        assert (tmp_path / "cal" / name).read_bytes() == (default_bundle_path() / name).read_bytes()
+    base, calibrated = load_bundle(None, refiner=False), load_bundle(tmp_path / "cal", refiner=False)
+    assert calibrated.exposure_offset == ExposureOffset(0.5) and base.exposure_offset is None
+    assert calibrated.model_version == manifest["model_version"]
+    features = extract_features(pairs(1, seed=3)[0][0], None, base.quantile_model.config.features)
+    (before, keep), (after, keep_after) = base.predict_quantiles(features), calibrated.predict_quantiles(features)
+    assert keep_after == keep
+    np.testing.assert_allclose(after, np.clip(before * 2 ** (0.5 / 2.2), 0, 1), rtol=1e-5)
+    with pytest.raises(FileExistsError):  # never over another folder's files
+        derive_bundle(None, tmp_path / "cal", {"exposure_offset": {"stops": 0.2}}, {})
+
+
+def test_an_offset_out_of_range_in_a_manifest_is_refused(tmp_path):
+    derive_bundle(None, tmp_path / "cal", {"exposure_offset": {"stops": 0.5}}, {})
+    path = tmp_path / "cal" / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["exposure_offset"] = {"stops": 9.0}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="exposure_offset.stops"):
+        load_bundle(tmp_path / "cal", refiner=False)
+
+
+def test_the_fit_picks_the_best_mean_and_scores_each_scene_at_the_offset_of_the_others():
+    grid = np.array([-1.0, 0.0, 1.0])
+    # a and b like +1, c likes -1 so much that +1 wins only by a little: without a, the others prefer -1
+    # (a scores 20 there), without b too (21); without c, +1 (c scores 19). The fit does not carry over.
+    table = np.array([[20.0, 22.0, 25.0], [21.0, 22.0, 24.0], [26.0, 23.0, 19.0]])
+    fit = fit_offset(table, ["a", "b", "c"], current=0.0, grid=grid)
+    assert fit.fitted == 1.0 and (fit.pairs, fit.scenes) == (3, 3)
+    assert fit.before == pytest.approx(67 / 3)
+    assert fit.after == pytest.approx(20.0)
+    assert fit.stops == 0.0 and fit.interval[0] < 0  # not adopted
+    consistent = table[:2].repeat(3, axis=0)  # six pairs of six scenes that all like +1
+    fit = fit_offset(consistent, list("abcdef"), current=-1.0, grid=grid)
+    assert fit.stops == fit.fitted == 1.0 and fit.interval[0] > 0 and fit.before == pytest.approx(20.5)
+    with pytest.raises(ValueError, match="2 scenes"):
+        fit_offset(table, ["a", "a", "a"], current=0.0, grid=grid)
+
+
+def _archive(root, stops: list[float]):
+    """Pairs whose well-lit photos are what stage 3 makes of the dark ones ``stops[i]`` brighter (with a
+    level of grain, so no pair is matched exactly)."""
+    bundle = load_bundle(None, refiner=False)
+    (root / "low").mkdir(parents=True)
+    (root / "high").mkdir()
+    rng = np.random.default_rng(0)
+    for i, low in enumerate(pairs(len(stops), 40, 56, seed=7)[0]):
+        quantiles, _ = bundle.predict_quantiles(extract_features(low, None, bundle.quantile_model.config.features))
+        high, _ = map_under_policy(low, offset_quantiles(quantiles, stops[i]), bundle.mapping, bundle.policy)
+        high = np.clip(high + rng.normal(0, 1 / 255, high.shape), 0, 1)
+        Image.fromarray(to_uint8(low)).save(root / "low" / f"p{i}.png")
+        Image.fromarray(to_uint8(high)).save(root / "high" / f"p{i}.png")
+    return root
+
+
+def test_llie_calibrate_finds_an_archives_offset_and_writes_a_bundle_that_applies_it(tmp_path):
+    data = _archive(tmp_path / "archive", [2 / 3] * 6)
+    result = CliRunner().invoke(
+        cli, ["calibrate", "--data", str(data), "--output", str(tmp_path / "cal"), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "fit on 6 pairs of 6 scenes: +0.67 stops" in result.output
+    record = read_manifest(tmp_path / "cal")["metrics"]["calibration"]
+    assert record["stops"] == record["fitted"] == pytest.approx(2 / 3, abs=1e-3)
+    assert record["after"] > record["before"] + 1.0
+    assert record["interval"][0] > 0 and GRID[0] <= record["stops"] <= GRID[-1]
+    dark = pairs(1, 40, 56, seed=99)[0][0]
+    base = Enhancer.load(None, refiner=False).enhance(dark, stages="hist").image
+    brighter = Enhancer.load(tmp_path / "cal", refiner=False).enhance(dark, stages="hist").image
+    assert brighter.mean() > base.mean() * 1.1
+
+
+def test_llie_calibrate_keeps_the_models_exposure_where_the_pairs_disagree(tmp_path):
+    data = _archive(tmp_path / "archive", [1.5, -1.5] * 3)
+    result = CliRunner().invoke(
+        cli, ["calibrate", "--data", str(data), "--output", str(tmp_path / "cal"), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "so the offset stays +0.00 stops" in result.output
+    record = read_manifest(tmp_path / "cal")["metrics"]["calibration"]
+    assert record["stops"] == 0.0 != record["fitted"] and record["interval"][0] <= 0
+    assert load_bundle(tmp_path / "cal", refiner=False).exposure_offset == ExposureOffset(0.0)
+
+
+def test_llie_calibrate_sets_an_offset_by_hand_and_refuses_what_it_cannot_do(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["calibrate", "--exposure", "-0.5", "--output", str(tmp_path / "dark")])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "dark", refiner=False).exposure_offset == ExposureOffset(-0.5)
+    assert read_manifest(tmp_path / "dark")["metrics"]["calibration"] == {"stops": -0.5, "set_by_hand": True}
+    refused = [
+        (["--output", str(tmp_path / "none")], "either --data"),
+        (["--exposure", "0.5", "--data", str(tmp_path), "--output", str(tmp_path / "both")], "either --data"),
+        (["--exposure", "0.5", "--output", str(tmp_path / "dark")], "already exists"),
+        (["--exposure", "5", "--output", str(tmp_path / "far")], "-4.0<=x<=4.0"),
+        (["--data", str(tmp_path), "--output", str(tmp_path / "nopairs")], "no low/ and high/"),
+    ]
+    for args, message in refused:
+        result = runner.invoke(cli, ["calibrate", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "none").exists() and not (tmp_path / "far").exists()
