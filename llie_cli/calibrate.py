@@ -47,13 +47,14 @@ def calibrate(
     """Write a copy of a model bundle whose exposure suits your archive.
 
     The model guesses how bright each photo should be; an archive's owner may want its photos brighter or
-    darker throughout. With --data the offset is fit to your pairs: each pair is also scored with the
-    offset fit on the other scenes, and that gain, with its 95% interval, is printed. An interval that
-    holds 0 means the pairs do not show that an offset helps. Well-exposed photos stay as they are.
+    darker throughout. With --data the offset is fit to your pairs, and each pair is also scored with the
+    offset fit on the other scenes: that gain is printed with its 80% interval, and the fit is written only
+    where the interval lies above 0 (else the model's own offset is kept). Well-exposed photos stay as
+    they are.
     """
     from llie.method.bundle import BundleError, derive_bundle, load_bundle
+    from llie.training.calibrate import ADOPT_CONFIDENCE, calibrated_settings
     from llie.training.calibrate import calibrate as fit_calibration
-    from llie.training.calibrate import calibrated_settings
     from llie.training.data import resolve_training_sets
 
     if (exposure is None) == (not data):
@@ -79,7 +80,8 @@ def calibrate(
         click.echo(f"fit on {result.pairs} pairs of {result.scenes} scenes: {result.fitted:+.2f} stops")
         click.echo(
             f"stage-3 PSNR {result.before:.2f} dB as the model stands, {result.after:.2f} dB with the offset fit "
-            f"on the other scenes ({result.after - result.before:+.2f} dB, 95% interval {low:+.2f} to {high:+.2f})"
+            f"on the other scenes ({result.after - result.before:+.2f} dB, {ADOPT_CONFIDENCE:.0%} interval "
+            f"{low:+.2f} to {high:+.2f})"
         )
         if stops != result.fitted:
             click.echo(
