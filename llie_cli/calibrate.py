@@ -26,7 +26,7 @@ MAX_STOPS = 4.0  # llie.method.exposure_offset.MAX_STOPS, repeated so that --hel
     type=click.FloatRange(-MAX_STOPS, MAX_STOPS),
     default=None,
     help="Set the offset by hand instead of fitting it: stops added to the model's exposure for every dark "
-    "photo (+1 twice the light, -0.5 a little darker).",
+    "photo (+1 twice the light, -0.5 a little darker), in place of any offset the bundle has.",
 )
 @click.option(
     "--model",

@@ -112,8 +112,7 @@ def section_problem(section: str, values: Any, rules: dict[str, Rule]) -> str | 
 
 def manifest_problem(manifest: dict[str, Any]) -> str | None:
     """Why the manifest's behaviour settings (mapping, policy, refiner, illumination, capture gate, detail,
-    exposure offset)
-    are refused, or None."""
+    exposure offset) are refused, or None."""
     if "mapping" not in manifest:
         return "mapping is missing"
     sections = [("mapping", manifest["mapping"], MAPPING), ("policy", manifest.get("policy", {}), POLICY)]
