@@ -52,6 +52,10 @@ def test_a_derived_bundle_keeps_the_files_and_moves_stage_2s_brightness(tmp_path
     np.testing.assert_allclose(after, np.clip(before * 2 ** (0.5 / 2.2), 0, 1), rtol=1e-5)
     with pytest.raises(FileExistsError):  # never over another folder's files
         derive_bundle(None, tmp_path / "cal", {"exposure_offset": {"stops": 0.2}}, {})
+    (tmp_path / "empty").mkdir()  # an empty folder made for it is fine
+    derive_bundle(None, tmp_path / "empty", {"exposure_offset": {"stops": 0.2}}, {})
+    assert load_bundle(tmp_path / "empty", refiner=False).exposure_offset == ExposureOffset(0.2)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
 
 def test_an_offset_out_of_range_in_a_manifest_is_refused(tmp_path):
