@@ -16,7 +16,8 @@ from llie.method.exposure_offset import MAX_STOPS, ExposureOffset, offset_quanti
 from llie.method.features import extract_features
 from llie.method.pipeline import Enhancer
 from llie.method.policy import map_under_policy
-from llie.training.calibrate import GRID, fit_offset
+from llie.training.calibrate import GRID, fit_offset, pair_at_working_size
+from llie.training.data import Pair
 from llie_cli import calibrate as calibrate_cli
 from llie_cli.main import cli
 
@@ -147,3 +148,16 @@ def test_llie_calibrate_sets_an_offset_by_hand_and_refuses_what_it_cannot_do(tmp
         result = runner.invoke(cli, ["calibrate", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert not (tmp_path / "none").exists() and not (tmp_path / "far").exists()
+
+
+def test_calibration_pairs_are_seen_at_the_working_size_and_must_match(tmp_path):
+    big = np.full((900, 1200, 3), 40, np.uint8)
+    big[:, 600:] = 200  # a left and a right half: an area average keeps the boundary's column pair
+    Image.fromarray(big).save(tmp_path / "low.png")
+    Image.fromarray(big).save(tmp_path / "high.png")
+    low, high = pair_at_working_size(Pair("p", tmp_path / "low.png", tmp_path / "high.png", "s"))
+    assert low.shape == high.shape == (450, 600, 3)
+    assert low[:, :300].max() == pytest.approx(40 / 255) and low[:, 300:].min() == pytest.approx(200 / 255)
+    Image.fromarray(big[:800]).save(tmp_path / "high.png")
+    with pytest.raises(ValueError, match="pair p: the low image is 1200x900, the high one 1200x800"):
+        pair_at_working_size(Pair("p", tmp_path / "low.png", tmp_path / "high.png", "s"))
