@@ -9,7 +9,7 @@ on the set's other scenes, for the fit written always and for ``fit_offset``'s r
 interval of its out-of-scene gain lies above 0). Also the mean gain the command would print against the
 gain realised, and how often its interval held it.
 
-For LOL our485 and SICE-pairs (658 pairs) it takes about 40 minutes on two idle cores; not part of
+For LOL our485 and SICE-pairs (658 pairs) it takes about 15 minutes on two idle cores; not part of
 ``make bench``:
 
     python -m benchmarks.calibration --taste -0.5 --taste 0.5 --scenes 5 10 20
