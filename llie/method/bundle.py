@@ -309,6 +309,7 @@ def derive_bundle(source: str | Path | None, output: str | Path, settings: dict,
     manifest["metrics"] = {**manifest.get("metrics", {}), **json.loads(json.dumps(record))}
     manifest["previous_version"] = manifest["model_version"]
     manifest["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest["format"] = BUNDLE_FORMAT  # format 1's version would not cover the new settings
     _check_settings(manifest)
     manifest["model_version"] = manifest_version(manifest)
     if output.exists() and not (output.is_dir() and not any(output.iterdir())):

@@ -59,6 +59,23 @@ def test_a_derived_bundle_keeps_the_files_and_moves_stage_2s_brightness(tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
 
+def test_a_bundle_derived_from_a_format_1_bundle_has_a_version_that_covers_its_offset(tmp_path):
+    import shutil
+
+    from llie.method.bundle import manifest_version
+
+    shutil.copytree(default_bundle_path(), tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / MANIFEST).read_text())
+    manifest["format"] = 1  # its version hashed the files only
+    manifest["model_version"] = manifest_version(manifest)
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps(manifest))
+    first = derive_bundle(tmp_path / "old", tmp_path / "a", {"exposure_offset": {"stops": 0.5}}, {})
+    second = derive_bundle(tmp_path / "old", tmp_path / "b", {"exposure_offset": {"stops": -0.5}}, {})
+    assert first["format"] == 2 and first["previous_version"] == manifest["model_version"]
+    assert len({first["model_version"], second["model_version"], manifest["model_version"]}) == 3
+    assert load_bundle(tmp_path / "b", refiner=False).exposure_offset == ExposureOffset(-0.5)
+
+
 def test_an_offset_out_of_range_in_a_manifest_is_refused(tmp_path):
     derive_bundle(None, tmp_path / "cal", {"exposure_offset": {"stops": 0.5}}, {})
     path = tmp_path / "cal" / MANIFEST
