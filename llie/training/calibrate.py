@@ -3,11 +3,9 @@
 Each pair's stage-3 output is scored on a grid of offsets; the fit is the offset of the highest mean PSNR.
 Each pair is also scored at the offset fit without its scene: that gain is the one that carries over to the
 archive's other photos, and the fit is adopted only where its 80 % interval (scenes resampled) lies above
-0. A few pairs of an archive whose taste the model already meets would otherwise pull it off: out of fold,
-offsets fit to 5 to 20 scenes of LOL or SICE cost the other scenes 0.1 to 0.4 dB; with the rule at most
-0.03 dB, while it keeps 30 to 85 % of the gain at 5 scenes, 69 to 100 % at 20, where the pairs' taste
-differs by half a stop (docs/method.md, "Calibrating to an archive"). Stage 3 suffices: the refiner keeps
-stage 3's channel means, so it passes the offset on.
+0: a few pairs of an archive whose taste the model already meets would otherwise pull it off, at a cost to
+its other photos (docs/method.md, "Calibrating to an archive"; ``python -m benchmarks.calibration``). Stage
+3 suffices: the refiner keeps stage 3's channel means, so it passes the offset on.
 """
 
 from __future__ import annotations
