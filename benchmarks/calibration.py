@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,39 +44,31 @@ class CalibrationStudy:
 def psnr_tables(lows, highs, predictions, bundle, tastes, progress: bool) -> np.ndarray:
     """(tastes, pairs, offsets) stage-3 PSNR of every pair on the calibration grid, against its target
     re-exposed by each taste (0: as it is)."""
-    from llie.method.exposure_offset import DISPLAY_GAMMA, offset_quantiles
-    from llie.method.policy import map_under_policy
-    from llie.metrics import psnr, quantize8
-    from llie.training.calibrate import GRID
+    from llie.method.exposure_offset import DISPLAY_GAMMA
+    from llie.training.calibrate import GRID, offset_psnrs
 
     tables = np.empty((len(tastes), len(lows), len(GRID)))
     for i in tqdm(range(len(lows)), desc="grid", disable=not progress):
         targets = [np.rint(np.clip(highs[i] * 2 ** (t / DISPLAY_GAMMA), 0, 1) * 255) / 255 for t in tastes]
-        for j, stops in enumerate(GRID):
-            mapped, _ = map_under_policy(
-                lows[i], offset_quantiles(predictions[i], float(stops)), bundle.mapping, bundle.policy
-            )
-            out = quantize8(mapped) / 255.0
-            for k, target in enumerate(targets):
-                tables[k, i, j] = psnr(out, target)
+        tables[:, i] = offset_psnrs(lows[i], predictions[i], targets, bundle, GRID)
     return tables
 
 
 def draw_gains(table: np.ndarray, groups: np.ndarray, n: int, draws: int, seed: int) -> dict:
     """Out-of-scene gains of a calibration on ``n`` drawn scenes: the fit written always, the shipped rule,
     the gain the rule's fit promised and how often its interval held what the other scenes got."""
-    from llie.training.calibrate import fit_offset
+    from llie.training.calibrate import fit_offset, grid_index
 
     rng = np.random.default_rng(seed)
     scenes = np.unique(groups)
-    zero = _column(0.0)
+    zero = grid_index(0.0)
     always, rule, adopted, promised, held = [], [], [], [], []
     for _ in range(draws):
         chosen = np.isin(groups, rng.choice(scenes, size=n, replace=False))
         fit = fit_offset(table[chosen], list(groups[chosen]), current=0.0)
         rest = table[~chosen]
-        always.append(rest[:, _column(fit.fitted)].mean() - rest[:, zero].mean())
-        rule.append(rest[:, _column(fit.stops)].mean() - rest[:, zero].mean())
+        always.append(rest[:, grid_index(fit.fitted)].mean() - rest[:, zero].mean())
+        rule.append(rest[:, grid_index(fit.stops)].mean() - rest[:, zero].mean())
         adopted.append(fit.stops != 0.0)
         promised.append(fit.after - fit.before)
         held.append(fit.interval[0] <= always[-1] <= fit.interval[1])
@@ -91,23 +83,15 @@ def draw_gains(table: np.ndarray, groups: np.ndarray, n: int, draws: int, seed: 
     }
 
 
-def _column(stops: float) -> int:
-    from llie.training.calibrate import GRID
-
-    return int(np.argmin(np.abs(GRID - stops)))
-
-
 def run(study: CalibrationStudy) -> dict:
     from llie.method.bundle import load_bundle
-    from llie.method.quantiles import QuantileModelConfig
     from llie.training.data import load_pairs, resolve_training_sets
     from llie.training.stage2 import OutOfFold
 
-    from .quality_cv import gated_predictions, out_of_fold_predictions
+    from .quality_cv import gated_predictions, out_of_fold_predictions, set_names, stage2_settings
 
     bundle = load_bundle(study.model, refiner=False)
-    trained = bundle.manifest.get("training", {}).get("config", {}).get("quantile", {})
-    quantile_cfg = replace(QuantileModelConfig(**trained), bag=1, error_weighting=False, seed=study.seed)
+    quantile_cfg = stage2_settings(bundle, study.seed)
     pairs, _ = resolve_training_sets(study.data)
     lows, highs = load_pairs(pairs)
     oof = OutOfFold(quantile_cfg, study.folds, study.seed, study.threads)
@@ -117,7 +101,7 @@ def run(study: CalibrationStudy) -> dict:
     tastes = (0.0, *study.tastes)
     tables = psnr_tables(lows, highs, predictions[0], bundle, tastes, study.progress)
     groups = np.array([p.group for p in pairs])
-    sets = np.array([p.group.split("/")[0] if len(study.data) > 1 else Path(study.data[0]).name for p in pairs])
+    sets = set_names(pairs, study.data)
     report: dict = {"data": [str(d) for d in study.data], "draws": study.draws, "folds": study.folds, "sets": {}}
     for name in sorted(set(sets)):
         sel = sets == name

@@ -213,17 +213,28 @@ class Study:
     progress: bool = True
 
 
+def stage2_settings(bundle, seed: int):
+    """The bundle's stage-2 settings as the cross-validations fit them: one model, unweighted, ``seed``."""
+    from llie.method.quantiles import QuantileModelConfig
+
+    trained = bundle.manifest.get("training", {}).get("config", {}).get("quantile", {})
+    return replace(QuantileModelConfig(**trained), bag=1, error_weighting=False, seed=seed)
+
+
+def set_names(pairs, data: list[Path]) -> np.ndarray:
+    """The set each pair came from: its group's prefix with several sets, the folder's name with one."""
+    return np.array([p.group.split("/")[0] if len(data) > 1 else Path(data[0]).name for p in pairs])
+
+
 def cross_validate(study: Study) -> dict:
     """Per-set figures of the bundle's settings and of each variant, and the variants' paired differences."""
     from llie.method.bundle import load_bundle
-    from llie.method.quantiles import QuantileModelConfig
     from llie.training.data import load_pairs, resolve_training_sets
     from llie.training.exposure_floor import target_ids
     from llie.training.stage2 import OutOfFold
 
     bundle = load_bundle(study.model, refiner=study.refiner)
-    trained = bundle.manifest.get("training", {}).get("config", {}).get("quantile", {})
-    quantile_cfg = replace(QuantileModelConfig(**trained), bag=1, error_weighting=False, seed=study.seed)
+    quantile_cfg = stage2_settings(bundle, study.seed)
     pairs, _ = resolve_training_sets(study.data)
     lows, highs = load_pairs(pairs)
     stage2 = {"model": quantile_cfg} | {v: parse_stage2_variant(v, quantile_cfg) for v in study.stage2_variants}
@@ -264,7 +275,7 @@ def cross_validate(study: Study) -> dict:
             for name, (s, fit) in runs.items()
         },
     }
-    sets = np.array([p.group.split("/")[0] if len(study.data) > 1 else Path(study.data[0]).name for p in pairs])
+    sets = set_names(pairs, study.data)
     report["sets"] = {name: per_set(scores, sets == name, groups, targets) for name in sorted(set(sets))}
     return report
 

@@ -52,15 +52,17 @@ def calibrate(
     where the interval lies above 0 (else the model's own offset is kept). Well-exposed photos stay as
     they are.
     """
-    from llie.method.bundle import BundleError, derive_bundle, load_bundle
+    from llie.method.bundle import BundleError, check_new_bundle_folder, derive_bundle, load_bundle
     from llie.training.calibrate import ADOPT_CONFIDENCE, calibrated_settings
     from llie.training.calibrate import calibrate as fit_calibration
     from llie.training.data import resolve_training_sets
 
     if (exposure is None) == (not data):
         raise click.UsageError("give either --data (fit the offset to pairs) or --exposure STOPS (set it)")
-    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
-        raise click.BadParameter(f"{output} already exists: choose a new folder", param_hint="--output")
+    try:  # before minutes of fitting, not after
+        check_new_bundle_folder(output)
+    except FileExistsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--output") from None
     try:
         bundle = load_bundle(model, refiner=False)
     except BundleError as exc:

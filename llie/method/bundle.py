@@ -295,6 +295,12 @@ def verify_bundle(directory: str | Path) -> dict:
     return manifest
 
 
+def check_new_bundle_folder(output: Path) -> None:
+    """FileExistsError unless ``output`` is free for a new bundle: absent, or an empty folder."""
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise FileExistsError(f"{output} already exists: choose a new folder for the bundle")
+
+
 def derive_bundle(source: str | Path | None, output: str | Path, settings: dict, record: dict) -> dict:
     """Write ``output``: the bundle at ``source`` (None: the shipped one) with the behaviour ``settings``
     replaced (e.g. ``{"exposure_offset": {"stops": 0.5}}``) and ``record`` kept under ``metrics``. Its files
@@ -312,8 +318,7 @@ def derive_bundle(source: str | Path | None, output: str | Path, settings: dict,
     manifest["format"] = BUNDLE_FORMAT  # format 1's version would not cover the new settings
     _check_settings(manifest)
     manifest["model_version"] = manifest_version(manifest)
-    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
-        raise FileExistsError(f"{output} already exists: choose a new folder for the bundle")
+    check_new_bundle_folder(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.parent) as staging:
         folder = Path(staging) / "bundle"

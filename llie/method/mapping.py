@@ -90,7 +90,9 @@ def bound_slope(
     source ("mean") or the value at the source's median level ("median"); still monotone and within [0, 1].
     A ratio of 0 leaves that side unbounded."""
     lut = np.asarray(lut, np.float64)
-    cdf = np.cumsum(source_hist) / max(float(np.sum(source_hist)), 1e-12)
+    total = max(float(np.sum(source_hist)), 1e-12)
+    cdf = np.cumsum(source_hist) / total
+    share = np.asarray(source_hist, np.float64) / total
     lo, mid, hi = (int(np.searchsorted(cdf, p)) for p in (0.01, 0.5, 0.99))
     hi = max(hi, lo + 1)
     mean_step = (lut[min(hi, len(lut) - 1)] - lut[lo]) / (min(hi, len(lut) - 1) - lo)
@@ -100,8 +102,7 @@ def bound_slope(
     steps = np.clip(steps, min_ratio * mean_step, max_ratio * mean_step if max_ratio else np.inf)
     bounded = np.concatenate([[0.0], np.cumsum(steps)])
     if anchor == "mean":
-        weights = np.asarray(source_hist, np.float64) / max(float(np.sum(source_hist)), 1e-12)
-        bounded += float(weights @ lut) - float(weights @ bounded)
+        bounded += float(share @ lut) - float(share @ bounded)
     else:
         bounded += lut[min(mid, len(lut) - 1)] - bounded[min(mid, len(lut) - 1)]
     return np.clip(bounded, 0.0, 1.0).astype(np.float32)

@@ -61,6 +61,24 @@ def pair_at_working_size(pair: Pair, working: WorkingSize = WorkingSize()) -> tu
     return low, high
 
 
+def grid_index(stops: float, grid: np.ndarray = GRID) -> int:
+    """The column of ``grid`` nearest ``stops``."""
+    return int(np.argmin(np.abs(grid - stops)))
+
+
+def offset_psnrs(
+    low: np.ndarray, quantiles: np.ndarray, targets: list[np.ndarray], bundle: Bundle, grid: np.ndarray
+) -> np.ndarray:
+    """(targets, offsets) stage-3 PSNR of ``low`` mapped onto ``quantiles`` moved by each offset of ``grid``
+    (under the bundle's mapping and policy), against each of ``targets``."""
+    table = np.empty((len(targets), len(grid)))
+    for j, stops in enumerate(grid):
+        mapped, _ = map_under_policy(low, offset_quantiles(quantiles, float(stops)), bundle.mapping, bundle.policy)
+        out = quantize8(mapped) / 255.0
+        table[:, j] = [psnr(out, target) for target in targets]
+    return table
+
+
 def psnr_table(bundle: Bundle, pairs: list[Pair], grid: np.ndarray = GRID, progress: bool = True) -> np.ndarray:
     """(pairs, offsets) stage-3 PSNR of each pair with each offset of ``grid`` in place of the bundle's."""
     bare = replace(bundle, exposure_offset=None)
@@ -68,9 +86,7 @@ def psnr_table(bundle: Bundle, pairs: list[Pair], grid: np.ndarray = GRID, progr
     for i, pair in enumerate(tqdm(pairs, desc="calibrate", disable=not progress)):
         low, high = pair_at_working_size(pair)
         quantiles, _ = bare.predict_quantiles(extract_features(low, None, bundle.quantile_model.config.features))
-        for j, stops in enumerate(grid):
-            mapped, _ = map_under_policy(low, offset_quantiles(quantiles, float(stops)), bundle.mapping, bundle.policy)
-            table[i, j] = psnr(quantize8(mapped) / 255.0, high)
+        table[i] = offset_psnrs(low, quantiles, [high], bundle, grid)[0]
     return table
 
 
@@ -83,7 +99,7 @@ def fit_offset(table: np.ndarray, groups: list[str], current: float, grid: np.nd
     if len(scenes) < 2:
         raise ValueError(f"calibration needs pairs of at least 2 scenes, got {len(scenes)}")
     best = int(np.argmax(table.mean(axis=0)))
-    now = int(np.argmin(np.abs(grid - current)))
+    now = grid_index(current, grid)
     after = np.empty(len(table))
     for scene in scenes:
         held = groups_arr == scene
