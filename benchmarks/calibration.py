@@ -2,17 +2,18 @@
 
 Stage 2 is fit in folds of scenes (with the bundle's stage-2 settings and, where the bundle has one, its
 capture gate fit in each fold on the others), and every pair's stage-3 output is scored on the offsets of
-``llie.training.calibrate.GRID``, against its target as it is and re-exposed by each ``--taste`` (stops: an
+``llie.training.calibrate.GRID`` (with gamma 1, or each of ``--gammas``), against its target as it is and re-exposed by each ``--taste`` (stops: an
 owner who wants the set darker or brighter than its references). Then, per set and taste, many times over:
 ``n`` whole scenes are drawn as the calibration pairs, an offset is fit to them, and its gain is measured
 on the set's other scenes, for the fit written always and for ``fit_offset``'s rule (written where the
 interval of its out-of-scene gain lies above 0). Also the mean gain the command would print against the
 gain realised, and how often its interval held it.
 
-For LOL our485 and SICE-pairs (658 pairs) it takes about 15 minutes on two idle cores; not part of
-``make bench``:
+For LOL our485 and SICE-pairs (658 pairs) it takes about 15 minutes on two idle cores, and as many times
+longer as gammas are given (``llie calibrate`` fits the eight of ``GAMMAS``); not part of ``make bench``:
 
     python -m benchmarks.calibration --taste -0.5 --taste 0.5 --scenes 5 10 20
+    python -m benchmarks.calibration --gammas 0.6 0.7 0.8 0.9 1 1.1 1.25 1.4
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class CalibrationStudy:
     data: list[Path]
     tastes: tuple[float, ...] = (-0.5, 0.5)  # stops by which the references are re-exposed, besides 0
     scenes: tuple[int, ...] = (5, 10, 20)  # calibration scenes per draw
+    gammas: tuple[float, ...] = (1.0,)  # gammas tried with each offset
     draws: int = 200
     folds: int = 5
     seed: int = 0
@@ -40,36 +42,42 @@ class CalibrationStudy:
     threads: int | None = None
     progress: bool = True
 
+    @property
+    def targets(self) -> tuple[float, ...]:
+        """The tastes scored: the references as they are (0), then each of ``tastes``."""
+        return (0.0, *self.tastes)
 
-def psnr_tables(lows, highs, predictions, bundle, tastes, progress: bool) -> np.ndarray:
-    """(tastes, pairs, offsets) stage-3 PSNR of every pair on the calibration grid, against its target
-    re-exposed by each taste (0: as it is)."""
+
+def psnr_tables(lows, highs, predictions, bundle, grid: np.ndarray, study: CalibrationStudy) -> np.ndarray:
+    """(tastes, pairs, settings) stage-3 PSNR of every pair on the calibration ``grid``, against its target
+    re-exposed by each of the study's tastes (0: as it is)."""
     from llie.method.exposure_offset import DISPLAY_GAMMA
-    from llie.training.calibrate import GRID, offset_psnrs
+    from llie.training.calibrate import offset_psnrs
 
-    tables = np.empty((len(tastes), len(lows), len(GRID)))
-    for i in tqdm(range(len(lows)), desc="grid", disable=not progress):
-        targets = [np.rint(np.clip(highs[i] * 2 ** (t / DISPLAY_GAMMA), 0, 1) * 255) / 255 for t in tastes]
-        tables[:, i] = offset_psnrs(lows[i], predictions[i], targets, bundle, GRID)
+    tables = np.empty((len(study.targets), len(lows), len(grid)))
+    for i in tqdm(range(len(lows)), desc="grid", disable=not study.progress):
+        targets = [np.rint(np.clip(highs[i] * 2 ** (t / DISPLAY_GAMMA), 0, 1) * 255) / 255 for t in study.targets]
+        tables[:, i] = offset_psnrs(lows[i], predictions[i], targets, bundle, grid)
     return tables
 
 
-def draw_gains(table: np.ndarray, groups: np.ndarray, n: int, draws: int, seed: int) -> dict:
+def draw_gains(table: np.ndarray, groups: np.ndarray, grid: np.ndarray, n: int, seed: int, draws: int) -> dict:
     """Out-of-scene gains of a calibration on ``n`` drawn scenes: the fit written always, the shipped rule,
     the gain the rule's fit promised and how often its interval held what the other scenes got."""
     from llie.training.calibrate import fit_offset, grid_index
 
     rng = np.random.default_rng(seed)
     scenes = np.unique(groups)
-    zero = grid_index(0.0)
+    neutral = (0.0, 1.0)
+    zero = grid_index(neutral, grid)
     always, rule, adopted, promised, held = [], [], [], [], []
     for _ in range(draws):
         chosen = np.isin(groups, rng.choice(scenes, size=n, replace=False))
-        fit = fit_offset(table[chosen], list(groups[chosen]), current=0.0)
+        fit = fit_offset(table[chosen], list(groups[chosen]), neutral, grid)
         rest = table[~chosen]
-        always.append(rest[:, grid_index(fit.fitted)].mean() - rest[:, zero].mean())
-        rule.append(rest[:, grid_index(fit.stops)].mean() - rest[:, zero].mean())
-        adopted.append(fit.stops != 0.0)
+        always.append(rest[:, grid_index(fit.fitted, grid)].mean() - rest[:, zero].mean())
+        rule.append(rest[:, grid_index(fit.written, grid)].mean() - rest[:, zero].mean())
+        adopted.append(fit.written != neutral)
         promised.append(fit.after - fit.before)
         held.append(fit.interval[0] <= always[-1] <= fit.interval[1])
     return {
@@ -85,6 +93,7 @@ def draw_gains(table: np.ndarray, groups: np.ndarray, n: int, draws: int, seed: 
 
 def run(study: CalibrationStudy) -> dict:
     from llie.method.bundle import load_bundle
+    from llie.training.calibrate import GRID, tone_grid
     from llie.training.data import load_pairs, resolve_training_sets
     from llie.training.stage2 import OutOfFold
 
@@ -98,21 +107,27 @@ def run(study: CalibrationStudy) -> dict:
     predictions = out_of_fold_predictions(pairs, lows, highs, oof, study.progress)
     if bundle.capture_gate is not None:
         predictions = gated_predictions(pairs, lows, highs, predictions, oof)
-    tastes = (0.0, *study.tastes)
-    tables = psnr_tables(lows, highs, predictions[0], bundle, tastes, study.progress)
+    grid = tone_grid(GRID, tuple(sorted({1.0, *study.gammas})))
+    tables = psnr_tables(lows, highs, predictions[0], bundle, grid, study)
     groups = np.array([p.group for p in pairs])
     sets = set_names(pairs, study.data)
-    report: dict = {"data": [str(d) for d in study.data], "draws": study.draws, "folds": study.folds, "sets": {}}
+    report: dict = {
+        "data": [str(d) for d in study.data],
+        "gammas": sorted({1.0, *study.gammas}),
+        "draws": study.draws,
+        "folds": study.folds,
+        "sets": {},
+    }
     for name in sorted(set(sets)):
         sel = sets == name
         n_scenes = len(set(groups[sel]))
         report["sets"][name] = {
             f"{taste:+.2f}": [
-                draw_gains(tables[k][sel], groups[sel], n, study.draws, study.seed)
+                draw_gains(tables[k][sel], groups[sel], grid, n, study.seed, study.draws)
                 for n in study.scenes
                 if n < n_scenes
             ]
-            for k, taste in enumerate(tastes)
+            for k, taste in enumerate(study.targets)
         }
     return report
 
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "--taste", type=float, action="append", help="stops the references are re-exposed by, repeatable"
     )
     parser.add_argument("--scenes", type=int, nargs="+", default=[5, 10, 20], help="calibration scenes per draw")
+    parser.add_argument("--gammas", type=float, nargs="+", default=[1.0], help="gammas tried with each offset")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         data=args.data or [datasets / "LOL-v1", datasets / "SICE-pairs"],
         tastes=tuple(args.taste if args.taste is not None else (-0.5, 0.5)),
         scenes=tuple(args.scenes),
+        gammas=tuple(args.gammas),
         draws=args.draws,
         folds=args.folds,
         seed=args.seed,

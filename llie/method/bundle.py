@@ -74,7 +74,7 @@ class Bundle:
         if self.capture_gate is not None:
             quantiles, keep = self.capture_gate.apply(features, quantiles)
         if self.exposure_offset is not None:
-            quantiles = offset_quantiles(quantiles, self.exposure_offset.stops)
+            quantiles = offset_quantiles(quantiles, self.exposure_offset.stops, self.exposure_offset.gamma)
         return quantiles, keep
 
 
@@ -143,7 +143,7 @@ def save_bundle(bundle: Bundle, directory: str | Path, extra: dict | None = None
         "illumination": asdict(bundle.illumination.cfg) if bundle.illumination is not None else None,
         "capture_gate": asdict(bundle.capture_gate.settings) if bundle.capture_gate is not None else None,
         "detail": asdict(bundle.detail) if bundle.detail is not None else None,
-        "exposure_offset": asdict(bundle.exposure_offset) if bundle.exposure_offset is not None else None,
+        "exposure_offset": bundle.exposure_offset.section() if bundle.exposure_offset is not None else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
             "python": platform.python_version(),

@@ -73,6 +73,7 @@ CAPTURE_GATE: dict[str, Rule] = {
 }
 EXPOSURE_OFFSET: dict[str, Rule] = {
     "stops": ("float", -4.0, 4.0),
+    "gamma": ("float", 0.5, 2.0),
 }
 DETAIL: dict[str, Rule] = {
     "bias": ("float", -100.0, 100.0),

@@ -1,5 +1,5 @@
-"""An archive's exposure: the offset on stage 2's brightness, the bundle that carries it, its fit to a few
-pairs (out of scene), and ``llie calibrate``."""
+"""An archive's exposure: the offset and gamma on stage 2's percentiles, the bundle that carries them, their
+fit to a few pairs (out of scene), and ``llie calibrate``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from helpers_synthetic import pairs, to_uint8
 from PIL import Image
 
 from llie.method.bundle import MANIFEST, BundleError, default_bundle_path, derive_bundle, load_bundle, read_manifest
-from llie.method.exposure_offset import MAX_STOPS, ExposureOffset, offset_quantiles
+from llie.method.exposure_offset import MAX_GAMMA, MAX_STOPS, MIN_GAMMA, ExposureOffset, offset_quantiles
 from llie.method.features import extract_features
 from llie.method.pipeline import Enhancer
 from llie.method.policy import map_under_policy
-from llie.training.calibrate import GRID, fit_offset, pair_at_working_size
+from llie.training.calibrate import GAMMAS, GRID, fit_offset, grid_index, pair_at_working_size, tone_grid
 from llie.training.data import Pair
 from llie_cli import calibrate as calibrate_cli
 from llie_cli.main import cli
@@ -34,6 +34,23 @@ def test_an_offset_scales_the_percentiles_as_stops_scale_mid_tones_and_keeps_the
         with pytest.raises(ValueError, match="stops"):
             ExposureOffset(bad)
     assert calibrate_cli.MAX_STOPS == MAX_STOPS  # repeated there so that --help stays light
+
+
+def test_a_gamma_bends_the_percentiles_before_the_offset_and_keeps_them_monotone():
+    q = np.stack([np.linspace(0.0, 0.95, 21)] * 3).astype(np.float32)
+    flat, deep = offset_quantiles(q, 0.0, 0.8), offset_quantiles(q, 0.0, 1.25)
+    np.testing.assert_allclose(flat, q**0.8, rtol=1e-6)
+    assert np.all(flat[:, 1:-1] > q[:, 1:-1]) and np.all(deep[:, 1:-1] < q[:, 1:-1])  # shadows lifted, deepened
+    both = offset_quantiles(q, -0.5, 0.8)
+    np.testing.assert_allclose(both, q**0.8 * 2 ** (-0.5 / 2.2), rtol=1e-6)
+    assert np.all(np.diff(both, axis=1) >= 0) and both.dtype == q.dtype
+    for bad in (float("inf"), MIN_GAMMA - 0.01, MAX_GAMMA + 0.01):
+        with pytest.raises(ValueError, match="gamma"):
+            ExposureOffset(0.0, bad)
+    # offsets written before the gamma keep their manifest section, and so their model version
+    assert ExposureOffset(0.5).section() == {"stops": 0.5}
+    assert ExposureOffset(0.5, 0.8).section() == {"stops": 0.5, "gamma": 0.8}
+    assert (calibrate_cli.MIN_GAMMA, calibrate_cli.MAX_GAMMA) == (MIN_GAMMA, MAX_GAMMA)
 
 
 def test_a_derived_bundle_keeps_the_files_and_moves_stage_2s_brightness(tmp_path):
@@ -84,35 +101,52 @@ def test_an_offset_out_of_range_in_a_manifest_is_refused(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="exposure_offset.stops"):
         load_bundle(tmp_path / "cal", refiner=False)
+    manifest["exposure_offset"] = {"stops": 0.5, "gamma": 3.0}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="exposure_offset.gamma"):
+        load_bundle(tmp_path / "cal", refiner=False)
+
+
+def test_a_derived_bundle_with_a_gamma_bends_stage_2s_percentiles(tmp_path):
+    derive_bundle(None, tmp_path / "cal", {"exposure_offset": {"stops": -0.25, "gamma": 0.8}}, {})
+    base, calibrated = load_bundle(None, refiner=False), load_bundle(tmp_path / "cal", refiner=False)
+    assert calibrated.exposure_offset == ExposureOffset(-0.25, 0.8)
+    features = extract_features(pairs(1, seed=3)[0][0], None, base.quantile_model.config.features)
+    before, after = base.predict_quantiles(features)[0], calibrated.predict_quantiles(features)[0]
+    np.testing.assert_allclose(after, np.clip(before, 0, 1) ** 0.8 * 2 ** (-0.25 / 2.2), rtol=1e-5)
 
 
 def test_the_fit_picks_the_best_mean_and_scores_each_scene_at_the_offset_of_the_others():
-    grid = np.array([-1.0, 0.0, 1.0])
+    grid = np.array([[-1.0, 1.0], [0.0, 1.0], [1.0, 0.8]])
     # a and b like +1, c likes -1 so much that +1 wins only by a little: without a, the others prefer -1
     # (a scores 20 there), without b too (21); without c, +1 (c scores 19). The fit does not carry over.
     table = np.array([[20.0, 22.0, 25.0], [21.0, 22.0, 24.0], [26.0, 23.0, 19.0]])
-    fit = fit_offset(table, ["a", "b", "c"], current=0.0, grid=grid)
-    assert fit.fitted == 1.0 and (fit.pairs, fit.scenes) == (3, 3)
+    fit = fit_offset(table, ["a", "b", "c"], current=(0.0, 1.0), grid=grid)
+    assert fit.fitted == (1.0, 0.8) and (fit.pairs, fit.scenes) == (3, 3)
     assert fit.before == pytest.approx(67 / 3)
     assert fit.after == pytest.approx(20.0)
-    assert fit.stops == 0.0 and fit.interval[0] < 0  # not adopted
+    assert fit.written == (0.0, 1.0) and fit.interval[0] < 0  # not adopted
     consistent = table[:2].repeat(3, axis=0)  # six pairs of six scenes that all like +1
-    fit = fit_offset(consistent, list("abcdef"), current=-1.0, grid=grid)
-    assert fit.stops == fit.fitted == 1.0 and fit.interval[0] > 0 and fit.before == pytest.approx(20.5)
+    fit = fit_offset(consistent, list("abcdef"), current=(-1.0, 1.0), grid=grid)
+    assert fit.written == fit.fitted == (1.0, 0.8) and fit.interval[0] > 0 and fit.before == pytest.approx(20.5)
     with pytest.raises(ValueError, match="2 scenes"):
-        fit_offset(table, ["a", "a", "a"], current=0.0, grid=grid)
+        fit_offset(table, ["a", "a", "a"], current=(0.0, 1.0), grid=grid)
+    full = tone_grid()
+    assert len(full) == len(GRID) * len(GAMMAS) and grid_index((2 / 3, 0.8), full) == grid_index((0.67, 0.8), full)
+    assert tuple(full[grid_index((0.0, 1.0), full)]) == (0.0, 1.0)
 
 
-def _archive(root, stops: list[float]):
-    """Pairs whose well-lit photos are what stage 3 makes of the dark ones ``stops[i]`` brighter (with a
-    level of grain, so no pair is matched exactly)."""
+def _archive(root, stops: list[float], gamma: float = 1.0):
+    """Pairs whose well-lit photos are what stage 3 makes of the dark ones ``stops[i]`` brighter and bent by
+    ``gamma`` (with a level of grain, so no pair is matched exactly)."""
     bundle = load_bundle(None, refiner=False)
     (root / "low").mkdir(parents=True)
     (root / "high").mkdir()
     rng = np.random.default_rng(0)
     for i, low in enumerate(pairs(len(stops), 40, 56, seed=7)[0]):
         quantiles, _ = bundle.predict_quantiles(extract_features(low, None, bundle.quantile_model.config.features))
-        high, _ = map_under_policy(low, offset_quantiles(quantiles, stops[i]), bundle.mapping, bundle.policy)
+        moved = offset_quantiles(quantiles, stops[i], gamma)
+        high, _ = map_under_policy(low, moved, bundle.mapping, bundle.policy)
         high = np.clip(high + rng.normal(0, 1 / 255, high.shape), 0, 1)
         Image.fromarray(to_uint8(low)).save(root / "low" / f"p{i}.png")
         Image.fromarray(to_uint8(high)).save(root / "high" / f"p{i}.png")
@@ -125,15 +159,29 @@ def test_llie_calibrate_finds_an_archives_offset_and_writes_a_bundle_that_applie
         cli, ["calibrate", "--data", str(data), "--output", str(tmp_path / "cal"), "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert "fit on 6 pairs of 6 scenes: +0.67 stops" in result.output
+    assert "fit on 6 pairs of 6 scenes: +0.67 stops, gamma 1.00" in result.output
     record = read_manifest(tmp_path / "cal")["metrics"]["calibration"]
-    assert record["stops"] == record["fitted"] == pytest.approx(2 / 3, abs=1e-3)
+    assert record["written"] == record["fitted"] == pytest.approx([2 / 3, 1.0], abs=1e-3)
     assert record["after"] > record["before"] + 1.0
-    assert record["interval"][0] > 0 and GRID[0] <= record["stops"] <= GRID[-1]
+    assert record["interval"][0] > 0 and GRID[0] <= record["written"][0] <= GRID[-1]
     dark = pairs(1, 40, 56, seed=99)[0][0]
     base = Enhancer.load(None, refiner=False).enhance(dark, stages="hist").image
     brighter = Enhancer.load(tmp_path / "cal", refiner=False).enhance(dark, stages="hist").image
     assert brighter.mean() > base.mean() * 1.1
+
+
+def test_llie_calibrate_finds_an_archives_contrast(tmp_path):
+    data = _archive(tmp_path / "archive", [0.0] * 6, gamma=0.8)
+    result = CliRunner().invoke(
+        cli, ["calibrate", "--data", str(data), "--output", str(tmp_path / "cal"), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "fit on 6 pairs of 6 scenes: +0.00 stops, gamma 0.80" in result.output
+    assert load_bundle(tmp_path / "cal", refiner=False).exposure_offset == ExposureOffset(0.0, 0.8)
+    dark = pairs(1, 40, 56, seed=99)[0][0]
+    base = Enhancer.load(None, refiner=False).enhance(dark, stages="hist").image
+    flatter = Enhancer.load(tmp_path / "cal", refiner=False).enhance(dark, stages="hist").image
+    assert np.percentile(flatter, 10) > np.percentile(base, 10)  # shadows lifted
 
 
 def test_llie_calibrate_keeps_the_models_exposure_where_the_pairs_disagree(tmp_path):
@@ -142,9 +190,9 @@ def test_llie_calibrate_keeps_the_models_exposure_where_the_pairs_disagree(tmp_p
         cli, ["calibrate", "--data", str(data), "--output", str(tmp_path / "cal"), "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert "so the offset stays +0.00 stops" in result.output
+    assert "so the bundle keeps +0.00 stops, gamma 1.00" in result.output
     record = read_manifest(tmp_path / "cal")["metrics"]["calibration"]
-    assert record["stops"] == 0.0 != record["fitted"] and record["interval"][0] <= 0
+    assert record["written"] == [0.0, 1.0] != record["fitted"] and record["interval"][0] <= 0
     assert load_bundle(tmp_path / "cal", refiner=False).exposure_offset == ExposureOffset(0.0)
 
 
@@ -153,12 +201,18 @@ def test_llie_calibrate_sets_an_offset_by_hand_and_refuses_what_it_cannot_do(tmp
     result = runner.invoke(cli, ["calibrate", "--exposure", "-0.5", "--output", str(tmp_path / "dark")])
     assert result.exit_code == 0, result.output
     assert load_bundle(tmp_path / "dark", refiner=False).exposure_offset == ExposureOffset(-0.5)
-    assert read_manifest(tmp_path / "dark")["metrics"]["calibration"] == {"stops": -0.5, "set_by_hand": True}
+    assert read_manifest(tmp_path / "dark")["metrics"]["calibration"] == {"written": [-0.5, 1.0], "set_by_hand": True}
+    result = runner.invoke(cli, ["calibrate", "--gamma", "0.8", "--output", str(tmp_path / "flat")])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "flat", refiner=False).exposure_offset == ExposureOffset(0.0, 0.8)
+    assert "+0.00 stops, gamma 0.80" in result.output
     refused = [
         (["--output", str(tmp_path / "none")], "either --data"),
         (["--exposure", "0.5", "--data", str(tmp_path), "--output", str(tmp_path / "both")], "either --data"),
         (["--exposure", "0.5", "--output", str(tmp_path / "dark")], "already exists"),
         (["--exposure", "5", "--output", str(tmp_path / "far")], "-4.0<=x<=4.0"),
+        (["--gamma", "0.3", "--output", str(tmp_path / "far")], "0.5<=x<=2.0"),
+        (["--gamma", "0.8", "--data", str(tmp_path), "--output", str(tmp_path / "both")], "either --data"),
         (["--data", str(tmp_path), "--output", str(tmp_path / "nopairs")], "no low/ and high/"),
     ]
     for args, message in refused:
