@@ -2,12 +2,12 @@
 
 Stage 2 is fit in folds of scenes (with the bundle's stage-2 settings and, where the bundle has one, its
 capture gate fit in each fold on the others), and every pair's stage-3 output is scored on the offsets of
-``llie.training.calibrate.GRID`` (with gamma 1, or each of ``--gammas``), against its target as it is and re-exposed by each ``--taste`` (stops: an
-owner who wants the set darker or brighter than its references). Then, per set and taste, many times over:
-``n`` whole scenes are drawn as the calibration pairs, an offset is fit to them, and its gain is measured
-on the set's other scenes, for the fit written always and for ``fit_offset``'s rule (written where the
-interval of its out-of-scene gain lies above 0). Also the mean gain the command would print against the
-gain realised, and how often its interval held it.
+``llie.training.calibrate.GRID`` (with gamma 1, or with each of ``--gammas``), against its target as it is
+and re-exposed by each ``--taste`` (stops: an owner who wants the set darker or brighter than its
+references). Then, per set and taste, many times over: ``n`` whole scenes are drawn as the calibration
+pairs, a setting is fit to them, and its gain is measured on the set's other scenes, for the fit written
+always and for ``fit_offset``'s rule (written where the interval of its out-of-scene gain lies above 0).
+Also the mean gain the command would print against the gain realised, and how often its interval held it.
 
 For LOL our485 and SICE-pairs (658 pairs) it takes about 15 minutes on two idle cores, and as many times
 longer as gammas are given (``llie calibrate`` fits the eight of ``GAMMAS``); not part of ``make bench``:

@@ -29,7 +29,8 @@ MIN_GAMMA, MAX_GAMMA = 0.5, 2.0
     type=click.FloatRange(-MAX_STOPS, MAX_STOPS),
     default=None,
     help="Set the offset by hand instead of fitting it: stops added to the model's exposure for every dark "
-    "photo (+1 twice the light, -0.5 a little darker), in place of any offset the bundle has.",
+    "photo (+1 twice the light, -0.5 a little darker). By hand, --exposure and --gamma replace the bundle's own "
+    "(unset: 0 and 1).",
 )
 @click.option(
     "--gamma",

@@ -297,9 +297,11 @@ def test_calibration_study_measures_the_gain_on_the_other_scenes(tmp_path):
     from benchmarks.calibration import CalibrationStudy, run, table
 
     data = [write_lol(tmp_path / "indoor", 8, 48, 64, seed=5), write_lol(tmp_path / "outdoor", 8, 48, 64, seed=6)]
-    study = CalibrationStudy(data, tastes=(-0.5,), scenes=(4,), draws=6, folds=2, threads=1, progress=False)
+    study = CalibrationStudy(
+        data, tastes=(-0.5,), scenes=(4,), gammas=(0.8,), draws=6, folds=2, threads=1, progress=False
+    )
     report = run(study)
-    assert set(report["sets"]) == {"indoor", "outdoor"}
+    assert set(report["sets"]) == {"indoor", "outdoor"} and report["gammas"] == [0.8, 1.0]
     for by_taste in report["sets"].values():
         (same,), (darker,) = by_taste["+0.00"], by_taste["-0.50"]
         assert same["scenes"] == darker["scenes"] == 4
