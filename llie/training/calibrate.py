@@ -43,11 +43,9 @@ class Calibration:
     interval: tuple[float, float]  # ADOPT_CONFIDENCE interval of after - before, scenes resampled
 
     def record(self) -> dict:
+        """The fit for ``metrics.calibration`` (``derive_bundle`` stores it as JSON: tuples become lists)."""
         return {
             **asdict(self),
-            "fitted": list(self.fitted),
-            "written": list(self.written),
-            "interval": list(self.interval),
             "confidence": ADOPT_CONFIDENCE,
             "grid_stops": [float(GRID[0]), float(GRID[-1])],
             "grid_gammas": [GAMMAS[0], GAMMAS[-1]],
