@@ -141,19 +141,25 @@ def match_to_quantiles(
     config: MappingConfig = MappingConfig(),
     levels: int = 256,
     mask: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map an HxWx3 float image so that each channel follows the histogram implied by ``quantiles`` (3, 21).
 
     With an HxW boolean ``mask`` the source histogram counts only those pixels (a photo's opaque ones, so
     that whatever colour hides under full transparency does not move the visible part); every pixel
-    goes through the same lookup table."""
+    goes through the same lookup table. With HxW ``counts`` instead, each pixel stands for that many (a
+    photo given as its distinct colours, ``llie.training.palette``): the result is the photo's, colour by
+    colour, since a pixel's mapping depends on nothing but its colour and these totals."""
+    if mask is not None and counts is not None:
+        raise ValueError("give a mask or counts, not both")
     codes = to_levels(rgb, levels)
     luts = []
     for c in range(3):
-        hist = np.bincount((codes[..., c] if mask is None else codes[..., c][mask]).ravel(), minlength=levels)
+        channel = codes[..., c] if mask is None else codes[..., c][mask]
+        hist = np.bincount(channel.ravel(), None if counts is None else counts.ravel(), minlength=levels)
         luts.append(channel_lut(hist, quantiles[c], config))
     if config.colour == "bounded" or (config.colour == "hue" and config.hue_mix > 0):
-        return _keep_hue(codes, luts, levels, config, mask)
+        return _keep_hue(codes, luts, levels, config, mask, counts)
     out = np.empty(rgb.shape, np.float32)
     for c in range(3):
         out[..., c] = luts[c][codes[..., c]]
@@ -216,8 +222,21 @@ def _hue_weight(source: np.ndarray, per_channel: np.ndarray, config: MappingConf
     return weight[..., None].astype(np.float32)
 
 
+def _channel_sums(values: np.ndarray, mask: np.ndarray | None, counts: np.ndarray | None) -> np.ndarray:
+    """(3,) float64 sums of a band's HxWx3 ``values`` over the pixels ``mask`` marks, each ``counts`` times."""
+    if counts is not None:
+        return counts.reshape(-1).astype(np.float64) @ values.reshape(-1, 3)
+    pick = slice(None) if mask is None else mask
+    return values[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
+
+
 def _keep_hue(
-    codes: np.ndarray, luts: list[np.ndarray], levels: int, config: MappingConfig, mask: np.ndarray | None
+    codes: np.ndarray,
+    luts: list[np.ndarray],
+    levels: int,
+    config: MappingConfig,
+    mask: np.ndarray | None,
+    counts: np.ndarray | None,
 ) -> np.ndarray:
     """The colour="hue" or "bounded" result, band by band: a first pass sums both results' channels for
     the gains."""
@@ -228,9 +247,10 @@ def _keep_hue(
         per_channel, kept = _per_channel_and_hue_kept(codes[band], luts, levels)
         if len(bands) == 1:
             computed.append((per_channel, kept))
-        pick = slice(None) if mask is None else mask[band]
-        sums[0] += per_channel[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
-        sums[1] += kept[pick].reshape(-1, 3).sum(axis=0, dtype=np.float64)
+        band_mask = None if mask is None else mask[band]
+        band_counts = None if counts is None else counts[band]
+        sums[0] += _channel_sums(per_channel, band_mask, band_counts)
+        sums[1] += _channel_sums(kept, band_mask, band_counts)
     gains = (sums[0] / np.maximum(sums[1], 1e-9)).astype(np.float32)
     out = np.empty(codes.shape, np.float32)
     for band in bands:

@@ -20,11 +20,13 @@ from tqdm.auto import tqdm
 from llie.method.bundle import Bundle
 from llie.method.exposure_offset import ExposureOffset, offset_quantiles
 from llie.method.features import extract_features
-from llie.method.policy import map_under_policy
+from llie.method.mapping import match_to_quantiles
+from llie.method.policy import channel_means, map_under_policy, stage3_weight
 from llie.method.working_size import WorkingSize, area_downscale, working_shape
 from llie.metrics import psnr, quantize8
 from llie.stats import clustered_difference
 from llie.training.data import Pair, load_rgb
+from llie.training.palette import palette_of, palette_psnr, target_terms
 
 GRID = np.round(np.arange(-12, 13) / 6, 4)  # offsets tried, in stops: -2 to 2 by a sixth
 GAMMAS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.4)  # gammas tried with each offset
@@ -81,6 +83,24 @@ def offset_psnrs(
 ) -> np.ndarray:
     """(targets, settings) stage-3 PSNR of ``low`` mapped onto ``quantiles`` moved by each (stops, gamma) of
     ``grid`` (under the bundle's mapping and policy), against each of ``targets``."""
+    if stage3_weight(channel_means(low), bundle.policy) < 1.0:
+        return _pixel_psnrs(low, quantiles, targets, bundle, grid)
+    # stage 3 in full: each pixel's result follows from its colour alone, so score colour by colour
+    palette = palette_of(low)
+    terms = [target_terms(palette, target) for target in targets]
+    table = np.empty((len(targets), len(grid)))
+    for j, (stops, gamma) in enumerate(grid):
+        moved = offset_quantiles(quantiles, float(stops), float(gamma))
+        mapped = match_to_quantiles(palette.colours, moved, bundle.mapping, counts=palette.counts)
+        out = quantize8(mapped) / 255.0
+        table[:, j] = [palette_psnr(palette, out, term) for term in terms]
+    return table
+
+
+def _pixel_psnrs(
+    low: np.ndarray, quantiles: np.ndarray, targets: list[np.ndarray], bundle: Bundle, grid: np.ndarray
+) -> np.ndarray:
+    """``offset_psnrs`` pixel by pixel, for a photo that stage 3 blends with itself (a brighter one)."""
     table = np.empty((len(targets), len(grid)))
     for j, (stops, gamma) in enumerate(grid):
         moved = offset_quantiles(quantiles, float(stops), float(gamma))
