@@ -83,30 +83,19 @@ def offset_psnrs(
 ) -> np.ndarray:
     """(targets, settings) stage-3 PSNR of ``low`` mapped onto ``quantiles`` moved by each (stops, gamma) of
     ``grid`` (under the bundle's mapping and policy), against each of ``targets``."""
-    if stage3_weight(channel_means(low), bundle.policy) < 1.0:
-        return _pixel_psnrs(low, quantiles, targets, bundle, grid)
-    # stage 3 in full: each pixel's result follows from its colour alone, so score colour by colour
-    palette = palette_of(low)
-    terms = [target_terms(palette, target) for target in targets]
+    # where stage 3 acts in full, a pixel's result follows from its colour alone: score colour by colour
+    # (a photo that stage 3 blends with itself, a brighter one, is scored pixel by pixel)
+    palette = palette_of(low) if stage3_weight(channel_means(low), bundle.policy) == 1.0 else None
+    terms = [] if palette is None else [target_terms(palette, target) for target in targets]
     table = np.empty((len(targets), len(grid)))
     for j, (stops, gamma) in enumerate(grid):
         moved = offset_quantiles(quantiles, float(stops), float(gamma))
-        mapped = match_to_quantiles(palette.colours, moved, bundle.mapping, counts=palette.counts)
-        out = quantize8(mapped) / 255.0
-        table[:, j] = [palette_psnr(palette, out, term) for term in terms]
-    return table
-
-
-def _pixel_psnrs(
-    low: np.ndarray, quantiles: np.ndarray, targets: list[np.ndarray], bundle: Bundle, grid: np.ndarray
-) -> np.ndarray:
-    """``offset_psnrs`` pixel by pixel, for a photo that stage 3 blends with itself (a brighter one)."""
-    table = np.empty((len(targets), len(grid)))
-    for j, (stops, gamma) in enumerate(grid):
-        moved = offset_quantiles(quantiles, float(stops), float(gamma))
-        mapped, _ = map_under_policy(low, moved, bundle.mapping, bundle.policy)
-        out = quantize8(mapped) / 255.0
-        table[:, j] = [psnr(out, target) for target in targets]
+        if palette is None:
+            out = quantize8(map_under_policy(low, moved, bundle.mapping, bundle.policy)[0]) / 255.0
+            table[:, j] = [psnr(out, target) for target in targets]
+        else:
+            mapped = match_to_quantiles(palette.colours, moved, bundle.mapping, counts=palette.counts)
+            table[:, j] = [palette_psnr(palette, quantize8(mapped) / 255.0, term) for term in terms]
     return table
 
 
