@@ -4,7 +4,8 @@ Stage 2 is fit in folds of scenes (with the bundle's stage-2 settings and, where
 capture gate fit in each fold on the others), and every pair's stage-3 output is scored on the offsets of
 ``llie.training.calibrate.GRID`` (with gamma 1, or with each of ``--gammas``), against its target as it is
 and re-exposed by each ``--taste`` (stops: an owner who wants the set darker or brighter than its
-references). Then, per set and taste, many times over: ``n`` whole scenes are drawn as the calibration
+references) or re-toned by each ``--tone`` (a gamma on the references: lighter or deeper shadows, as a new
+capture series' references differ). Then, per set and taste, many times over: ``n`` whole scenes are drawn as the calibration
 pairs, a setting is fit to them, and its gain is measured on the set's other scenes, for the fit written
 always and for ``fit_offset``'s rule (written where the interval of its out-of-scene gain lies above 0).
 Also the mean gain the command would print against the gain realised, and how often its interval held it.
@@ -13,7 +14,7 @@ For LOL our485 and SICE-pairs (658 pairs) it takes about 15 minutes on two idle 
 longer as gammas are given (``llie calibrate`` fits the eight of ``GAMMAS``); not part of ``make bench``:
 
     python -m benchmarks.calibration --taste -0.5 --taste 0.5 --scenes 5 10 20
-    python -m benchmarks.calibration --gammas 0.6 0.7 0.8 0.9 1 1.1 1.25 1.4
+    python -m benchmarks.calibration --gammas 0.6 0.7 0.8 0.9 1 1.1 1.25 1.4 --tone 0.8 --tone 1.25
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .common import REPO
 class CalibrationStudy:
     data: list[Path]
     tastes: tuple[float, ...] = (-0.5, 0.5)  # stops by which the references are re-exposed, besides 0
+    tones: tuple[float, ...] = ()  # gammas the references are raised to, besides 1
     scenes: tuple[int, ...] = (5, 10, 20)  # calibration scenes per draw
     gammas: tuple[float, ...] = (1.0,)  # gammas tried with each offset
     draws: int = 200
@@ -43,20 +45,28 @@ class CalibrationStudy:
     progress: bool = True
 
     @property
-    def targets(self) -> tuple[float, ...]:
-        """The tastes scored: the references as they are (0), then each of ``tastes``."""
-        return (0.0, *self.tastes)
+    def targets(self) -> tuple[tuple[float, float], ...]:
+        """The tastes scored, as (stops, gamma) on the references: as they are, each of ``tastes``, each of
+        ``tones``."""
+        return ((0.0, 1.0), *((t, 1.0) for t in self.tastes), *((0.0, g) for g in self.tones))
+
+
+def taste_label(stops: float, gamma: float) -> str:
+    """A taste as the report names it: its stops, or its gamma where it re-tones."""
+    return f"{stops:+.2f}" if gamma == 1.0 else f"gamma {gamma:.2f}"
 
 
 def psnr_tables(lows, highs, predictions, bundle, grid: np.ndarray, study: CalibrationStudy) -> np.ndarray:
     """(tastes, pairs, settings) stage-3 PSNR of every pair on the calibration ``grid``, against its target
-    re-exposed by each of the study's tastes (0: as it is)."""
+    re-exposed or re-toned by each of the study's tastes (the first: as it is)."""
     from llie.method.exposure_offset import DISPLAY_GAMMA
     from llie.training.calibrate import offset_psnrs
 
     tables = np.empty((len(study.targets), len(lows), len(grid)))
     for i in tqdm(range(len(lows)), desc="grid", disable=not study.progress):
-        targets = [np.rint(np.clip(highs[i] * 2 ** (t / DISPLAY_GAMMA), 0, 1) * 255) / 255 for t in study.targets]
+        targets = [
+            np.rint(np.clip(highs[i] ** g * 2 ** (t / DISPLAY_GAMMA), 0, 1) * 255) / 255 for t, g in study.targets
+        ]
         tables[:, i] = offset_psnrs(lows[i], predictions[i], targets, bundle, grid)
     return tables
 
@@ -122,7 +132,7 @@ def run(study: CalibrationStudy) -> dict:
         sel = sets == name
         n_scenes = len(set(groups[sel]))
         report["sets"][name] = {
-            f"{taste:+.2f}": [
+            taste_label(*taste): [
                 draw_gains(tables[k][sel], groups[sel], grid, n, study.seed, study.draws)
                 for n in study.scenes
                 if n < n_scenes
@@ -136,7 +146,7 @@ def table(report: dict) -> str:
     lines = []
     for name, by_taste in report["sets"].items():
         lines += [
-            f"**{name}**: gain on the other scenes, dB (references re-exposed by the taste, in stops)",
+            f"**{name}**: gain on the other scenes, dB (references re-exposed by the taste, in stops, or re-toned by its gamma)",
             "",
             "| taste | scenes | fit always written | shipped rule | adopted | promised / realised | interval held |",
             "|---|---|---|---|---|---|---|",
@@ -160,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--taste", type=float, action="append", help="stops the references are re-exposed by, repeatable"
     )
+    parser.add_argument(
+        "--tone", type=float, action="append", default=[], help="a gamma the references are raised to, repeatable"
+    )
     parser.add_argument("--scenes", type=int, nargs="+", default=[5, 10, 20], help="calibration scenes per draw")
     parser.add_argument("--gammas", type=float, nargs="+", default=[1.0], help="gammas tried with each offset")
     parser.add_argument("--draws", type=int, default=200)
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     study = CalibrationStudy(
         data=args.data or [datasets / "LOL-v1", datasets / "SICE-pairs"],
         tastes=tuple(args.taste if args.taste is not None else (-0.5, 0.5)),
+        tones=tuple(args.tone),
         scenes=tuple(args.scenes),
         gammas=tuple(args.gammas),
         draws=args.draws,

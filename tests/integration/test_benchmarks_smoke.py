@@ -290,24 +290,26 @@ def _settings():
 
 
 def test_calibration_study_measures_the_gain_on_the_other_scenes(tmp_path):
-    """benchmarks/calibration.py on two tiny synthetic sets: references re-exposed half a stop darker make
-    the fit pay on the other scenes, where references as they are leave it far less to gain."""
+    """benchmarks/calibration.py on two tiny synthetic sets: references re-exposed half a stop darker, or
+    re-toned by a gamma of 0.6, make the fit pay on the other scenes, where references as they are leave it
+    far less to gain."""
     from helpers_synthetic import write_lol
 
     from benchmarks.calibration import CalibrationStudy, run, table
 
     data = [write_lol(tmp_path / "indoor", 8, 48, 64, seed=5), write_lol(tmp_path / "outdoor", 8, 48, 64, seed=6)]
     study = CalibrationStudy(
-        data, tastes=(-0.5,), scenes=(4,), gammas=(0.8,), draws=6, folds=2, threads=1, progress=False
+        data, tastes=(-0.5,), tones=(0.6,), scenes=(4,), gammas=(0.6,), draws=6, folds=2, threads=1, progress=False
     )
     report = run(study)
-    assert set(report["sets"]) == {"indoor", "outdoor"} and report["gammas"] == [0.8, 1.0]
+    assert set(report["sets"]) == {"indoor", "outdoor"} and report["gammas"] == [0.6, 1.0]
     for by_taste in report["sets"].values():
-        (same,), (darker,) = by_taste["+0.00"], by_taste["-0.50"]
-        assert same["scenes"] == darker["scenes"] == 4
+        (same,), (darker,), (lighter_shadows,) = by_taste["+0.00"], by_taste["-0.50"], by_taste["gamma 0.60"]
+        assert same["scenes"] == darker["scenes"] == lighter_shadows["scenes"] == 4
         assert darker["always"] > same["always"] + 0.5 and darker["always"] > 0
-        for row in (same, darker):
+        assert lighter_shadows["always"] > same["always"] + 0.5 and lighter_shadows["always"] > 0
+        for row in (same, darker, lighter_shadows):
             assert 0 <= row["adopted"] <= 1 and 0 <= row["interval_held"] <= 1
             assert row["realised"] == row["always"]
             assert row["adopted"] > 0 or row["rule"] == 0.0  # nothing written: no change on the other scenes
-    assert "| -0.50 | 4 |" in table(report) and "**indoor**" in table(report)
+    assert "| -0.50 | 4 |" in table(report) and "| gamma 0.60 | 4 |" in table(report) and "**indoor**" in table(report)
