@@ -10,8 +10,8 @@ pairs, a setting is fit to them, and its gain is measured on the set's other sce
 always and for ``fit_offset``'s rule (written where the interval of its out-of-scene gain lies above 0).
 Also the mean gain the command would print against the gain realised, and how often its interval held it.
 
-For LOL our485 and SICE-pairs (658 pairs) it takes about 15 minutes on two idle cores, and as many times
-longer as gammas are given (``llie calibrate`` fits the eight of ``GAMMAS``); not part of ``make bench``:
+For LOL our485 and SICE-pairs (658 pairs) and five tastes it takes about 7 minutes on two idle cores with
+gamma 1 alone, 18 with the eight of ``GAMMAS`` that ``llie calibrate`` fits; not part of ``make bench``:
 
     python -m benchmarks.calibration --taste -0.5 --taste 0.5 --scenes 5 10 20
     python -m benchmarks.calibration --gammas 0.6 0.7 0.8 0.9 1 1.1 1.25 1.4 --tone 0.8 --tone 1.25
