@@ -2,13 +2,14 @@
 
 Stage 2 is fit in folds of scenes (with the bundle's stage-2 settings and, where the bundle has one, its
 capture gate fit in each fold on the others), and every pair's stage-3 output is scored on the offsets of
-``llie.training.calibrate.GRID`` (with gamma 1, or with each of ``--gammas``), against its target as it is
-and re-exposed by each ``--taste`` (stops: an owner who wants the set darker or brighter than its
-references) or re-toned by each ``--tone`` (a gamma on the references: lighter or deeper shadows, as a new
-capture series' references differ). Then, per set and taste, many times over: ``n`` whole scenes are drawn as the calibration
-pairs, a setting is fit to them, and its gain is measured on the set's other scenes, for the fit written
-always and for ``fit_offset``'s rule (written where the interval of its out-of-scene gain lies above 0).
-Also the mean gain the command would print against the gain realised, and how often its interval held it.
+``llie.training.calibrate.GRID`` (with gamma 1, or with each of ``--gammas``), against its target as it is,
+re-exposed by each ``--taste`` (stops: an owner who wants the set darker or brighter than its references)
+and re-toned by each ``--tone`` (a gamma on the references: lighter or deeper shadows, as a new capture
+series' references differ). Then, per set and taste, many times over: ``n`` whole scenes are drawn as the
+calibration pairs, a setting is fit to them, and its gain is measured on the set's other scenes, for the
+fit written always and for ``fit_offset``'s rule (written where the interval of its out-of-scene gain lies
+above 0). Also the mean gain the command would print against the gain realised, and how often its
+interval held it.
 
 For LOL our485 and SICE-pairs (658 pairs) and five tastes it takes about 7 minutes on two idle cores with
 gamma 1 alone, 18 with the eight of ``GAMMAS`` that ``llie calibrate`` fits; not part of ``make bench``:
@@ -146,7 +147,8 @@ def table(report: dict) -> str:
     lines = []
     for name, by_taste in report["sets"].items():
         lines += [
-            f"**{name}**: gain on the other scenes, dB (references re-exposed by the taste, in stops, or re-toned by its gamma)",
+            f"**{name}**: gain on the other scenes, dB (references re-exposed by the taste in stops, or re-toned "
+            "by its gamma)",
             "",
             "| taste | scenes | fit always written | shipped rule | adopted | promised / realised | interval held |",
             "|---|---|---|---|---|---|---|",

@@ -19,6 +19,8 @@ from llie.method.mapping import to_levels
 
 @dataclass(frozen=True)
 class Palette:
+    """A photo's distinct colours, how many pixels hold each, and which each pixel holds."""
+
     colours: np.ndarray  # (1, n, 3) float32: each distinct 8-bit colour, as an image of one row
     counts: np.ndarray  # (1, n) float64: how many pixels hold it
     inverse: np.ndarray  # (pixels,) each pixel's colour
