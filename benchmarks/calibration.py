@@ -118,13 +118,14 @@ def run(study: CalibrationStudy) -> dict:
     predictions = out_of_fold_predictions(pairs, lows, highs, oof, study.progress)
     if bundle.capture_gate is not None:
         predictions = gated_predictions(pairs, lows, highs, predictions, oof)
-    grid = tone_grid(GRID, tuple(sorted({1.0, *study.gammas})))
+    gammas = tuple(sorted({1.0, *study.gammas}))  # gamma 1 always: the offset alone, and the bundle as it is
+    grid = tone_grid(GRID, gammas)
     tables = psnr_tables(lows, highs, predictions[0], bundle, grid, study)
     groups = np.array([p.group for p in pairs])
     sets = set_names(pairs, study.data)
     report: dict = {
         "data": [str(d) for d in study.data],
-        "gammas": sorted({1.0, *study.gammas}),
+        "gammas": list(gammas),
         "draws": study.draws,
         "folds": study.folds,
         "sets": {},
