@@ -109,7 +109,10 @@ def calibrate(
                 f"photos, so the bundle keeps {describe(setting)} (more scenes may show it; --exposure and "
                 f"--gamma set them by hand)"
             )
-    manifest = derive_bundle(model, output, calibrated_settings(*setting), record)
+    try:
+        manifest = derive_bundle(model, output, calibrated_settings(*setting), record, bundle.model_version)
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(
         f"wrote {output}: model {manifest['model_version']} ({manifest['previous_version']} {describe(setting)})"
     )

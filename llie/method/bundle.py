@@ -301,15 +301,23 @@ def check_new_bundle_folder(output: Path) -> None:
         raise FileExistsError(f"{output} already exists: choose a new folder for the bundle")
 
 
-def derive_bundle(source: str | Path | None, output: str | Path, settings: dict, record: dict) -> dict:
+def derive_bundle(
+    source: str | Path | None, output: str | Path, settings: dict, record: dict, expect_version: str | None = None
+) -> dict:
     """Write ``output``: the bundle at ``source`` (None: the shipped one) with the behaviour ``settings``
     replaced (e.g. ``{"exposure_offset": {"stops": 0.5}}``) and ``record`` kept under ``metrics``. Its files
     are the checked bytes of the source's, its version is new and names the source's as previous; the
     source's evaluation is left out, since it scored another model. ``output`` appears whole or not at all
-    and must not exist yet (an empty folder may)."""
+    and must not exist yet (an empty folder may). With ``expect_version`` the source must still be that
+    model: settings fit to one model are not written onto another that replaced it meanwhile."""
     source = Path(source) if source is not None else default_bundle_path()
     output = Path(output)
     manifest, contents = _verified_files(source)
+    if expect_version is not None and manifest["model_version"] != expect_version:
+        raise BundleError(
+            f"the bundle at {source} is now model {manifest['model_version']}, not {expect_version}: "
+            "it changed since it was loaded; nothing was written"
+        )
     manifest = {k: v for k, v in manifest.items() if k != "eval"}
     manifest |= json.loads(json.dumps(settings))
     manifest["metrics"] = {**manifest.get("metrics", {}), **json.loads(json.dumps(record))}

@@ -76,6 +76,27 @@ def test_a_derived_bundle_keeps_the_files_and_moves_stage_2s_brightness(tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
 
+def test_a_bundle_replaced_after_it_was_loaded_is_not_derived_from(tmp_path):
+    import shutil
+
+    shutil.copytree(default_bundle_path(), tmp_path / "model")
+    loaded = load_bundle(tmp_path / "model", refiner=False).model_version
+    derive_bundle(tmp_path / "model", tmp_path / "other", {"exposure_offset": {"stops": 1.0}}, {})
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / "other").rename(tmp_path / "model")  # another model in its place while the fit ran
+    with pytest.raises(BundleError, match="changed since it was loaded"):
+        derive_bundle(tmp_path / "model", tmp_path / "cal", {"exposure_offset": {"stops": 0.5}}, {}, loaded)
+    assert not (tmp_path / "cal").exists()
+    derive_bundle(
+        None,
+        tmp_path / "ok",
+        {"exposure_offset": {"stops": 0.5}},
+        {},
+        read_manifest(default_bundle_path())["model_version"],
+    )
+    assert load_bundle(tmp_path / "ok", refiner=False).exposure_offset == ExposureOffset(0.5)
+
+
 def test_a_bundle_derived_from_a_format_1_bundle_has_a_version_that_covers_its_offset(tmp_path):
     import shutil
 
