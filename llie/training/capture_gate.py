@@ -3,12 +3,19 @@ scene, and a classifier that tells their captures from the others'."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from llie.method.capture_gate import CaptureGate, GateSettings, implied_luma
 from llie.method.features import extract_features
 from llie.method.policy import channel_means, mean_luma
 from llie.training.data import Pair
+from llie.training.resampling import resampled_copy
+
+# resampled copies of each dark shot the classifier also learns from, labelled as the shot: without them a
+# photo's kind followed how smooth its noise looked, and a large copy's working copy could change it
+RESAMPLED_COPIES = 2
 
 
 def set_name(pair: Pair) -> str:
@@ -49,5 +56,17 @@ def fit_capture_gate(
     neutral = log_lumas([h for h, n in zip(highs, names) if not kinds[n]])
     settings = GateSettings(neutral_luma=round(float(np.exp(neutral.mean())), 4))
     features = np.stack([extract_features(low, feature_set=feature_set) for low in lows])
+    copies = [_copies_features(pair, low, feature_set, seed) for pair, low in zip(pairs, lows)]
+    features = np.concatenate([features, *np.swapaxes(np.stack(copies), 0, 1)])
     record["pairs"] = {"scene_exposed": int(labels.sum()), "neutral": int(len(labels) - labels.sum())}
-    return CaptureGate.fit(features, labels, settings, seed), record
+    record["resampled_copies"] = RESAMPLED_COPIES
+    return CaptureGate.fit(features, np.tile(labels, RESAMPLED_COPIES + 1), settings, seed), record
+
+
+def _copies_features(pair: Pair, low: np.ndarray, feature_set: int, seed: int) -> np.ndarray:
+    """Features of the dark shot's resampled copies, drawn from a stream of the pair's own (as stage 2's
+    rows), so they do not depend on which other pairs share the fit."""
+    rng = np.random.default_rng([seed, zlib.crc32(pair.name.encode())])
+    return np.stack(
+        [extract_features(resampled_copy(low, rng), feature_set=feature_set) for _ in range(RESAMPLED_COPIES)]
+    )
