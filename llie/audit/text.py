@@ -73,6 +73,11 @@ def _count_lines(s: RunSummary, max_reasons: int) -> list[str]:
         out.append(f"incomplete: {s.images} of {s.planned} planned images have a row (resume the run to finish it)")
     if s.unchanged:
         out.append(f"  {s.unchanged} of the ok images left as they were (copied byte for byte)")
+    if s.neutral_exposure:
+        out.append(
+            f"  {s.neutral_exposure} of the ok images brightened mostly toward the model's neutral brightness "
+            "(capture gate: exposure_kept below 0.5)"
+        )
     if s.problems:
         out += ["", "most common problems:"]
         out += _table(

@@ -88,6 +88,8 @@ def _fields() -> list[pa.Field]:
         pa.field("bytes_out", pa.int64()),
         # True: the method left the photo as it was, and its output is the input's bytes, copied
         pa.field("unchanged", pa.bool_()),
+        # the share of stage 2's brightness the capture gate kept; null where the photo passed unchanged
+        pa.field("exposure_kept", pa.float64()),
         pa.field("worker", pa.string(), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
@@ -95,7 +97,7 @@ def _fields() -> list[pa.Field]:
 
 
 # Columns added since the first shard files: an older file without one reads as nulls (pyarrow's dataset).
-ADDED_COLUMNS = frozenset({"unchanged"})
+ADDED_COLUMNS = frozenset({"unchanged", "exposure_kept"})
 
 METRICS_SCHEMA: pa.Schema = pa.schema(_fields(), metadata={b"llie.schema_version": str(SCHEMA_VERSION).encode()})
 
@@ -359,6 +361,7 @@ def _enhance(spec: RunSpec, enhancer: Any, image: _Image, memory_budget: int | N
         # a photo left as it was is copied, not encoded again (generation loss, a bigger file)
         encoded = data if result.unchanged else encode_image(result.image, like=img, options=spec.encoding)
     row["unchanged"] = bool(result.unchanged)
+    row["exposure_kept"] = None if result.unchanged else float(result.exposure_kept)
     out_url = spec.layout.image_url(image.rel)
     with image.stage("write"):
         # never through a link that leads out of the output (onto the originals, say)

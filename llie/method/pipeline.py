@@ -28,6 +28,8 @@ class EnhanceResult:
     quantiles: np.ndarray  # (3, 21) predicted percentile values of the well-lit image
     seconds: dict[str, float] = field(default_factory=dict)
     unchanged: bool = False  # no stage changed a pixel: ``image`` is the input, which a writer may copy as it is
+    # share of stage 2's predicted brightness the capture gate kept (1: the photo's own; 1 without a gate)
+    exposure_kept: float = 1.0
 
 
 def set_threads(n: int) -> None:
@@ -137,7 +139,7 @@ class Enhancer:
         if not unchanged:  # the guard's turned-back pixels stay in [0, 1]: one clip serves both
             image = finish_under_policy(rgb, image, policy, mask)
         seconds["refiner"] = time.perf_counter() - t
-        return EnhanceResult(image, quantiles, seconds, unchanged)
+        return EnhanceResult(image, quantiles, seconds, unchanged, float(keep))
 
     def refine_mapped(self, mapped: np.ndarray) -> np.ndarray:
         """Stage 4: the bundle's local gain (if it has one, on the CPU: it is tiny), then the refiner."""

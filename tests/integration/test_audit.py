@@ -125,6 +125,28 @@ def test_counts_and_problem_reasons(runs):
     assert s.model_versions == sorted({r["model_version"] for r in rows if r["model_version"]})
 
 
+def test_photos_the_capture_gate_moved_toward_the_neutral_brightness_are_counted(runs, tmp_path):
+    """Rows whose exposure_kept is below 0.5, counted as duckdb counts them. The shipped gate keeps these
+    synthetic photos' own brightness, so the rows of a copy of the run are given other shares."""
+    out = tmp_path / "out"
+    shutil.copytree(runs.out / "_metrics" / f"run_id={RUN_A}", out / "_metrics" / f"run_id={RUN_A}")
+    for k, path in enumerate(sorted((out / "_metrics" / f"run_id={RUN_A}").glob("shard-*.parquet"))):
+        table = pq.read_table(path)
+        kept = table.column("exposure_kept").to_pylist()
+        kept = [None if v is None else (0.1 * i + 0.2 * k) % 1.0 for i, v in enumerate(kept)]
+        column = table.schema.get_field_index("exposure_kept")
+        pq.write_table(table.set_column(column, table.schema.field(column), pa.array(kept, pa.float64())), path)
+    s = audit.summarise(audit.load_run(str(out), RUN_A))
+    (neutral,) = one(f"select count(*) from {files_of(out, RUN_A)} where exposure_kept < 0.5 and status = 'ok'")
+    assert s.neutral_exposure == neutral and 0 < neutral < s.ok
+    assert f"{neutral} of the ok images brightened mostly toward the model's neutral brightness" in (
+        audit_text.format_summary(s)
+    )
+    (as_run,) = one(f"select count(*) from {files_of(runs.out, RUN_A)} where exposure_kept < 0.5")
+    text = audit_text.format_summary(audit.summarise(audit.load_run(str(runs.out), RUN_A)))
+    assert ("neutral brightness" in text) == (as_run > 0)  # the line only where there is something to say
+
+
 def test_quality_percentiles_against_duckdb_and_numpy(runs):
     s = audit.summarise(audit.load_run(str(runs.out), RUN_A))
     for metric, stats in (("psnr", s.psnr), ("ssim", s.ssim)):

@@ -248,6 +248,14 @@ def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
     assert rows["bright.jpg"]["unchanged"] is True and rows["bright.jpg"]["status"] == "ok"
     assert rows["bright.jpg"]["bytes_out"] == rows["bright.jpg"]["bytes_in"]
     assert rows["dark.jpg"]["unchanged"] is False
+    # the capture gate's share kept, as the enhancer finds it for the photo; none for a photo left as it was
+    from llie.batch.imageio import decode_image
+    from llie.method.pipeline import Enhancer
+
+    dark = decode_image((inp / "dark.jpg").read_bytes())
+    kept = Enhancer.load(bundle_path, device="cpu").enhance(dark.rgb, mask=dark.opaque).exposure_kept
+    assert rows["dark.jpg"]["exposure_kept"] == pytest.approx(kept) and 0 <= kept <= 1
+    assert rows["bright.jpg"]["exposure_kept"] is None
     audit = CliRunner().invoke(cli, ["audit", str(out)])
     assert audit.exit_code == 0 and "1 of the ok images left as they were (copied byte for byte)" in audit.output
 
@@ -267,7 +275,8 @@ def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
     assert (folder / "bright.jpg").read_bytes() == (inp / "bright.jpg").read_bytes()
 
 
-def test_shard_files_from_before_the_unchanged_column_still_read(tmp_path, make_images, enhancer):
+@pytest.mark.parametrize("column", sorted(archive.ADDED_COLUMNS))
+def test_shard_files_from_before_an_added_column_still_read(tmp_path, make_images, enhancer, column):
     import pyarrow.parquet as pq
 
     from llie.batch.shard import run_shard
@@ -278,9 +287,10 @@ def test_shard_files_from_before_the_unchanged_column_still_read(tmp_path, make_
     run_shard(spec, archive.plan_shards(["a.png"], 4)[0], enhancer)
     path = tmp_path / "out" / "_metrics" / "run_id=old" / "shard-00000.parquet"
     table = pq.read_table(path)
-    pq.write_table(table.drop(["unchanged"]), path)  # as an older llie wrote it
+    assert table.column(column).null_count == 0  # written by this llie
+    pq.write_table(table.drop([column]), path)  # as an older llie wrote it
     [row] = archive.read_metrics(str(tmp_path / "out"), "old").to_pylist()
-    assert row["rel_path"] == "a.png" and row["unchanged"] is None
+    assert row["rel_path"] == "a.png" and row[column] is None
 
 
 # --------------------------------------------------------------------------- one vocabulary in --help

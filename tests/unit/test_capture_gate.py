@@ -134,6 +134,7 @@ def test_a_bundle_carries_its_gate_and_the_pipeline_applies_it(tmp_path):
     own, gated = implied_luma(without.quantiles), implied_luma(with_gate.quantiles)
     keep = gate.keep(extract_features(dark, feature_set=2))
     assert keep < 0.9 and own < 0.5
+    assert with_gate.exposure_kept == pytest.approx(keep) and without.exposure_kept == 1.0  # what the rows record
     # stage 2's prediction moved toward the neutral brightness, as far as the gate keeps it
     assert np.allclose(with_gate.quantiles, toward_luma(without.quantiles, keep, 0.6), atol=1e-6)
     assert gated > own + 0.05
