@@ -191,7 +191,9 @@ def test_the_gate_calls_a_resampled_copy_of_a_photo_what_it_calls_the_photo():
             guess = target_quantiles(high) * np.exp(rng.normal(0, 0.3))
         name = "scene" if scene else "best"
         pairs_.append(Pair(f"{name}/{i}", None, None, f"{name}/{i}"))
-        lows.append(np.clip(low, 0, 1).astype(np.float32)), highs.append(high), predicted.append(guess)
+        lows.append(np.clip(low, 0, 1).astype(np.float32))
+        highs.append(high)
+        predicted.append(guess)
     gate, record = fit_capture_gate(pairs_, lows, highs, np.stack(predicted), feature_set=2)
     assert gate is not None and record["resampled_copies"] == 2
     copies = [resampled_copy(low, np.random.default_rng(100 + i)) for i, low in enumerate(lows[::2])]
