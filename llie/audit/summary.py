@@ -38,6 +38,8 @@ from llie.batch.layout import RunLayout
 
 RANK_METRICS = ("psnr", "ssim")
 NR_SHOWN = ("brightness", "contrast", "noise")
+# exposure_kept below this: a photo brightened mostly toward the model's neutral brightness
+NEUTRAL_BELOW = 0.5
 
 
 class AuditError(ValueError):
@@ -295,7 +297,7 @@ class RunSummary:
     planned: int | None = None  # images in the run's plan (its manifest); None when it has none
     # when nothing is ranked (no references): llie.audit.flagged.FlaggedImage
     flagged: list[Any] = field(default_factory=list)
-    # ok rows whose brightness the capture gate moved mostly to the neutral one (exposure_kept below 0.5)
+    # ok rows whose brightness the capture gate moved mostly to the neutral one (NEUTRAL_BELOW)
     neutral_exposure: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -389,7 +391,9 @@ def summarise(run: RunData, top: int = 5, rank_by: str = "psnr") -> RunSummary:
         error=statuses.get("error", 0),
         skipped=statuses.get("skipped", 0),
         unchanged=int(pc.sum(pc.fill_null(table.column("unchanged"), False)).as_py() or 0),
-        neutral_exposure=int(pc.sum(pc.fill_null(pc.less(table.column("exposure_kept"), 0.5), False)).as_py() or 0),
+        neutral_exposure=int(
+            pc.sum(pc.fill_null(pc.less(table.column("exposure_kept"), NEUTRAL_BELOW), False)).as_py() or 0
+        ),
         shards=len(set(table.column("shard_id").to_pylist())),
         workers=len(set(table.column("worker").to_pylist())),
         model_versions=sorted({v for v in table.column("model_version").to_pylist() if v}),

@@ -6,7 +6,7 @@ import functools
 
 from llie.audit.comparison import DELTA_METRICS, Comparison
 from llie.audit.numbers import number
-from llie.audit.summary import NR_SHOWN, RunInfo, RunSummary
+from llie.audit.summary import NEUTRAL_BELOW, NR_SHOWN, RunInfo, RunSummary
 from llie.audit.table import Table
 from llie.batch import archive
 
@@ -76,7 +76,7 @@ def _count_lines(s: RunSummary, max_reasons: int) -> list[str]:
     if s.neutral_exposure:
         out.append(
             f"  {s.neutral_exposure} of the ok images brightened mostly toward the model's neutral brightness "
-            "(capture gate: exposure_kept below 0.5)"
+            f"(capture gate: exposure_kept below {NEUTRAL_BELOW:g})"
         )
     if s.problems:
         out += ["", "most common problems:"]

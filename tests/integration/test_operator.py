@@ -230,7 +230,7 @@ def _bright_jpeg(seed: int = 0) -> bytes:
 
 
 def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
-    prefect_harness, dask_address, tmp_path, make_images, bundle_path
+    prefect_harness, dask_address, tmp_path, make_images, bundle_path, enhancer
 ):
     from click.testing import CliRunner
 
@@ -250,10 +250,9 @@ def test_a_photo_the_method_leaves_as_it_is_is_copied_byte_for_byte_and_counted(
     assert rows["dark.jpg"]["unchanged"] is False
     # the capture gate's share kept, as the enhancer finds it for the photo; none for a photo left as it was
     from llie.batch.imageio import decode_image
-    from llie.method.pipeline import Enhancer
 
     dark = decode_image((inp / "dark.jpg").read_bytes())
-    kept = Enhancer.load(bundle_path, device="cpu").enhance(dark.rgb, mask=dark.opaque).exposure_kept
+    kept = enhancer.enhance(dark.rgb, mask=dark.opaque).exposure_kept
     assert rows["dark.jpg"]["exposure_kept"] == pytest.approx(kept) and 0 <= kept <= 1
     assert rows["bright.jpg"]["exposure_kept"] is None
     audit = CliRunner().invoke(cli, ["audit", str(out)])
