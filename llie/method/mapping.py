@@ -260,7 +260,7 @@ def _keep_hue(
         kept *= gains
         # past white: shrink the chroma toward grey at the same luma until the largest channel fits
         flat = kept.reshape(-1, 3)
-        over = np.flatnonzero(channel_max(flat) > 1.0)  # gathered: usually a small share of the pixels
+        over = np.flatnonzero(channel_max(flat) > 1.0)  # gathered: a share of the pixels
         if len(over):
             past = flat[over]
             luma, peak = past @ LUMA, channel_max(past)
