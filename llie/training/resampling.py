@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from llie.method.working_size import area_downscale
+from llie.metrics import quantize8
 
 
 def resampled_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -15,7 +16,7 @@ def resampled_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     h, w = image.shape[:2]
     big = (max(1, round(w * rng.uniform(1.0, 4.0))), max(1, round(h * rng.uniform(1.0, 4.0))))
-    levels = Image.fromarray(np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8))
+    levels = Image.fromarray(quantize8(image))
     enlarged = np.asarray(levels.resize(big, Image.Resampling.BICUBIC), np.float32) / np.float32(255)
     shape = (
         max(1, min(big[1], round(h * rng.uniform(0.4, 1.2)))),
